@@ -1,0 +1,103 @@
+"""The ``pretrain`` command: argument parsing and dispatch only; the work lives in the modules.
+
+    pretrain quickstart [--minutes M] [--out DIR]
+    pretrain tokenizer train --input PATH... --vocab-size N --out DIR
+    pretrain data tokenize --tokenizer DIR --input PATH... --out DIR [--val-fraction F] [--workers N]
+    pretrain data stats DIR [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pretrain import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_reader_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-field", default="text", help="JSON/Parquet field holding the text")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pretrain {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    quick = commands.add_parser("quickstart", help="run the whole path on bundled text")
+    quick.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    quick.add_argument("--out", default="runs/quickstart", help="output directory")
+    quick.add_argument("--workers", type=int, default=2, help="tokenizer processes")
+
+    tok = commands.add_parser("tokenizer", help="train tokenizers").add_subparsers(
+        dest="action", required=True
+    )
+    tok_train = tok.add_parser("train", help="train a byte-level BPE tokenizer")
+    tok_train.add_argument("--input", nargs="+", required=True, help="files, dirs or globs")
+    tok_train.add_argument("--vocab-size", type=int, required=True)
+    tok_train.add_argument("--out", required=True, help="directory for tokenizer.json")
+    tok_train.add_argument("--min-frequency", type=int, default=2)
+    tok_train.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    _add_reader_options(tok_train)
+
+    data = commands.add_parser("data", help="data preparation").add_subparsers(
+        dest="action", required=True
+    )
+    tokz = data.add_parser("tokenize", help="tokenize documents into train/val shards")
+    tokz.add_argument("--tokenizer", required=True, help="directory or tokenizer.json")
+    tokz.add_argument("--input", nargs="+", required=True, help="files, dirs or globs")
+    tokz.add_argument("--out", required=True, help="output shard directory")
+    tokz.add_argument("--val-fraction", type=float, default=0.0)
+    tokz.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    tokz.add_argument("--id-field", default="id")
+    tokz.add_argument("--shard-max-tokens", type=int, default=100_000_000)
+    tokz.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
+    tokz.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+    _add_reader_options(tokz)
+
+    stats = data.add_parser("stats", help="counts of a shard directory; verifies checksums")
+    stats.add_argument("dir")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--no-checksum", action="store_true", help="check sizes only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pretrain.console import setup_logging
+
+    setup_logging(args.verbose)
+    from pretrain.data.readers import DocumentError
+    from pretrain.data.shards import ShardError
+
+    try:
+        return _dispatch(args)
+    except (DocumentError, ShardError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from pretrain import commands
+
+    handler = {
+        ("quickstart", None): commands.quickstart,
+        ("tokenizer", "train"): commands.tokenizer_train,
+        ("data", "tokenize"): commands.data_tokenize,
+        ("data", "stats"): commands.data_stats,
+    }[(args.command, getattr(args, "action", None))]
+    return handler(args)
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""One function per CLI subcommand: call the library, then print a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from pretrain.console import console, read_report_table, stats_table
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def tokenizer_train(args: argparse.Namespace) -> int:
+    from pretrain.tokenizer import train_tokenizer_from_files
+
+    tokenizer, report = train_tokenizer_from_files(
+        args.input, args.vocab_size, args.min_frequency, args.text_field, args.strict
+    )
+    out = tokenizer.save(args.out)
+    if args.json:
+        _print_json(tokenizer.to_meta())
+        return 0
+    table = read_report_table(report)
+    if table is not None:
+        console.print(table)
+    training = tokenizer.meta["training"]
+    console.print(
+        f"trained a {tokenizer.vocab_size}-entry tokenizer on {training['num_documents']:,} "
+        f"documents ({training['num_bytes'] / 1e6:.1f} MB) -> {out}"
+    )
+    return 0
+
+
+def data_tokenize(args: argparse.Namespace) -> int:
+    from pretrain.data.stats import shard_stats
+    from pretrain.data.tokenize import tokenize_to_shards
+
+    manifest = tokenize_to_shards(
+        args.tokenizer,
+        args.input,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        strict=args.strict,
+        shard_max_tokens=args.shard_max_tokens,
+        overwrite=args.overwrite,
+    )
+    stats = shard_stats(args.out, checksum=False)
+    if args.json:
+        _print_json({"stats": stats, "read_report": manifest["read_report"]})
+        return 0
+    table = read_report_table(manifest["read_report"])
+    if table is not None:
+        console.print(table)
+    console.print(stats_table(stats))
+    return 0
+
+
+def data_stats(args: argparse.Namespace) -> int:
+    from pretrain.data.stats import shard_stats
+
+    stats = shard_stats(args.dir, checksum=not args.no_checksum)
+    if args.json:
+        _print_json(stats)
+    else:
+        console.print(stats_table(stats))
+        for problem in stats["problems"]:
+            console.print(f"[red]FAILED[/red] {problem}")
+        if not stats["problems"]:
+            what = "sha256 and size" if stats["checksums_verified"] else "size"
+            console.print(f"every shard matches its manifest ({what})")
+    return 1 if stats["problems"] else 0
+
+
+def quickstart(args: argparse.Namespace) -> int:
+    from pretrain.quickstart import run_quickstart
+
+    summary = run_quickstart(args.out, minutes=args.minutes, workers=args.workers)
+    console.print(stats_table(summary["stats"]))
+    table = Table(title="quickstart")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_row("tokenizer", summary["tokenizer"])
+    table.add_row("shards", summary["shards"])
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    console.print(table)
+    if summary["stopped_before_training"]:
+        console.print(
+            "Stopped after writing shards: model training, evaluation and sampling are not "
+            "built yet (they arrive with the causal LM trainer)."
+        )
+    return 0

@@ -1,0 +1,74 @@
+"""Human-readable tables for the command line (rich); ``--json`` output bypasses these."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pretrain.data.readers import ReadReport
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def read_report_table(report: dict[str, Any] | ReadReport) -> Table | None:
+    """Documents kept and rejected per file and reason; ``None`` when nothing was rejected."""
+    data = report.to_dict() if isinstance(report, ReadReport) else report
+    if not data.get("num_errors"):
+        return None
+    table = Table(title=f"Input problems ({data['num_errors']} not read as documents)")
+    table.add_column("file")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    table.add_column("first at", justify="right")
+    table.add_column("detail")
+    first = {(e["file"], e["reason"]): e for e in data["first_examples"]}
+    for file, counts in data["files"].items():
+        for reason, n in counts.items():
+            if reason == "kept":
+                continue
+            ex = first.get((file, reason), {})
+            line = f"line {ex['line']}" if ex.get("line") else ""
+            table.add_row(file, reason, str(n), line, (ex.get("detail") or "")[:80])
+    return table
+
+
+def stats_table(stats: dict[str, Any]) -> Table:
+    table = Table(title=f"{stats['directory']}  ({stats['dtype']}, vocab {stats['vocab_size']})")
+    for col in ("split", "source", "shards", "documents", "tokens", "text MB", "bytes/token"):
+        table.add_column(col, justify="left" if col in ("split", "source") else "right")
+    for split, s in stats["splits"].items():
+        table.add_row(
+            split,
+            "all",
+            str(s["num_shards"]),
+            f"{s['num_documents']:,}",
+            f"{s['num_tokens']:,}",
+            f"{s['num_text_bytes'] / 1e6:.2f}",
+            f"{s['bytes_per_token']:.3f}",
+        )
+        for source, c in s["sources"].items():
+            bpt = c["num_text_bytes"] / c["num_tokens"] if c["num_tokens"] else 0.0
+            table.add_row(
+                "",
+                source,
+                "",
+                f"{c['num_documents']:,}",
+                f"{c['num_tokens']:,}",
+                f"{c['num_text_bytes'] / 1e6:.2f}",
+                f"{bpt:.3f}",
+            )
+    return table
