@@ -13,7 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-BOOKS = {"books/1342": "Pride and Prejudice", "books/1661": "Sherlock Holmes", "books/84": "Frankenstein"}
+BOOKS = {
+    "books/1342": "Pride and Prejudice",
+    "books/1661": "Sherlock Holmes",
+    "books/84": "Frankenstein",
+}
 CHUNK_CHARS = 8000
 
 

@@ -1,9 +1,9 @@
 """The ``pretrain`` command: argument parsing and dispatch only; the work lives in the modules.
 
-    pretrain quickstart [--minutes M] [--out DIR]
-    pretrain tokenizer train --input PATH... --vocab-size N --out DIR
-    pretrain data tokenize --tokenizer DIR --input PATH... --out DIR [--val-fraction F] [--workers N]
-    pretrain data stats DIR [--json]
+pretrain quickstart [--minutes M] [--out DIR]
+pretrain tokenizer train --input PATH... --vocab-size N --out DIR
+pretrain data tokenize --tokenizer DIR --input PATH... --out DIR [--val-fraction F] [--workers N]
+pretrain data stats DIR [--json]
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("data", "stats"): commands.data_stats,
     }[(args.command, getattr(args, "action", None))]
     return handler(args)
-
 
 
 if __name__ == "__main__":

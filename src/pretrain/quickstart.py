@@ -24,7 +24,7 @@ QUICKSTART_VAL_FRACTION = 0.05
 
 
 def bundled_corpus() -> Path:
-    """Path of the public-domain corpus shipped in the package (see assets/LICENSE-quickstart.md)."""
+    """The public-domain corpus shipped in the package (assets/LICENSE-quickstart.md)."""
     return Path(str(resources.files("pretrain") / "assets" / "quickstart.jsonl.gz"))
 
 
@@ -34,7 +34,9 @@ def run_quickstart(out: str | Path, minutes: float = 5.0, workers: int = 2) -> d
     corpus = bundled_corpus()
     started = time.perf_counter()
 
-    log.info("1/2 training a %d-entry byte-level BPE tokenizer on %s", QUICKSTART_VOCAB_SIZE, corpus.name)
+    log.info(
+        "1/2 training a %d-entry byte-level BPE tokenizer on %s", QUICKSTART_VOCAB_SIZE, corpus.name
+    )
     tokenizer, _ = train_tokenizer_from_files([str(corpus)], QUICKSTART_VOCAB_SIZE)
     tokenizer_dir = tokenizer.save(out / "tokenizer")
 
@@ -50,7 +52,9 @@ def run_quickstart(out: str | Path, minutes: float = 5.0, workers: int = 2) -> d
     )
     stats = shard_stats(shards_dir)
     if stats["problems"]:
-        raise RuntimeError("freshly written shards failed verification: " + "; ".join(stats["problems"]))
+        raise RuntimeError(
+            "freshly written shards failed verification: " + "; ".join(stats["problems"])
+        )
     return {
         "tokenizer": str(tokenizer_dir),
         "shards": str(shards_dir),

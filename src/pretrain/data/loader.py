@@ -225,7 +225,7 @@ class TokenLoader:
         for c in np.unique(comps):
             rows = np.nonzero(comps == c)[0]
             windows = self.orders[c](local[rows])
-            for row, window in zip(rows, windows):
+            for row, window in zip(rows, windows, strict=True):
                 self.sources[c].read(int(window), tokens[row], docs[row])
         return TokenBatch(
             tokens=torch.from_numpy(tokens),

@@ -189,7 +189,9 @@ def _add_file(files: list[InputFile], path: Path, name: str, report: ReadReport)
     if is_supported(path):
         files.append(InputFile(path=path, name=name.replace(os.sep, "/")))
     else:
-        report.problem(str(path), UNSUPPORTED_FORMAT, detail=f"expected one of {SUPPORTED_SUFFIXES}")
+        report.problem(
+            str(path), UNSUPPORTED_FORMAT, detail=f"expected one of {SUPPORTED_SUFFIXES}"
+        )
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -290,7 +292,9 @@ def _record_to_document(
 ) -> Document | None:
     key = str(file.path)
     if not isinstance(record, dict):
-        report.problem(key, MALFORMED_JSON, line_no, f"expected an object, got {type(record).__name__}")
+        report.problem(
+            key, MALFORMED_JSON, line_no, f"expected an object, got {type(record).__name__}"
+        )
         return None
     text = record.get(text_field)
     if isinstance(text, bytes):  # a binary Parquet column

@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.data.shards import MANIFEST_FILE, ShardError, load_manifest, split_shards, verify_shard
+from pretrain.data.shards import (
+    MANIFEST_FILE,
+    ShardError,
+    load_manifest,
+    split_shards,
+    verify_shard,
+)
 
 
 def shard_stats(directory: str | os.PathLike, checksum: bool = True) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def _encode_batch(texts: list[str], dtype_str: str) -> tuple[np.ndarray, np.ndar
     lengths = np.fromiter((len(e) + 1 for e in encodings), dtype=np.int64, count=len(texts))
     flat = np.empty(int(lengths.sum()), dtype=np.dtype(dtype_str))
     ends = np.cumsum(lengths)
-    for e, end, n in zip(encodings, ends, lengths):
+    for e, end, n in zip(encodings, ends, lengths, strict=True):
         flat[end - n : end - 1] = e.ids
     flat[ends - 1] = tok.special.eos
     return flat, lengths
@@ -203,7 +203,9 @@ class _Progress:
 class _SplitWriter:
     """Appends documents of one split to numbered shards of at most ``max_tokens`` tokens."""
 
-    def __init__(self, out: Path, split: str, dtype: np.dtype, max_tokens: int, progress: _Progress):
+    def __init__(
+        self, out: Path, split: str, dtype: np.dtype, max_tokens: int, progress: _Progress
+    ):
         self.out, self.split, self.dtype = out, split, dtype
         self.max_tokens = max_tokens
         self.progress = progress
@@ -270,7 +272,7 @@ def tokenize_to_shards(
 
     dtype = token_dtype(tokenizer.vocab_size)
     progress = _Progress(out, plan)
-    for split, shards in progress.shards.items():
+    for shards in progress.shards.values():
         for info in shards:
             verify_shard(out, info, dtype)
     resume_from = progress.resume_points()
@@ -283,7 +285,7 @@ def tokenize_to_shards(
     try:
         for items, (flat, lengths) in _tokenized(batches, tokenizer, workers, dtype):
             offset = 0
-            for item, n in zip(items, lengths):
+            for item, n in zip(items, lengths, strict=True):
                 writers[item.split].add(flat[offset : offset + n], item)
                 offset += n
         for w in writers.values():

@@ -1,0 +1,139 @@
+"""Readers: every format, every bad-input case counted per file and reason, strict mode."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from pretrain.data.readers import (
+    EMPTY_DOCUMENT,
+    INVALID_UTF8,
+    KEPT,
+    MALFORMED_JSON,
+    MISSING_PATH,
+    MISSING_TEXT_FIELD,
+    UNSUPPORTED_FORMAT,
+    DocumentError,
+    ReadReport,
+    iter_documents,
+)
+from tests.conftest import write_jsonl
+
+GOOD = json.dumps({"id": "a", "text": "hello world", "lang": "en"})
+NO_ID = json.dumps({"text": "no id here"})
+MALFORMED = '{"id": "b", "text": "unterminated'
+NO_TEXT = json.dumps({"id": "c", "body": "wrong field"})
+NULL_TEXT = json.dumps({"id": "c2", "text": None})
+EMPTY = json.dumps({"id": "d", "text": "   \n"})
+BAD_UTF8 = b'{"id": "e", "text": "caf\xe9"}'
+NOT_OBJECT = json.dumps(["a", "list"])
+
+
+def _messy_lines() -> list[str | bytes]:
+    return [GOOD, NO_ID, MALFORMED, "", NO_TEXT, NULL_TEXT, EMPTY, BAD_UTF8, NOT_OBJECT]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_jsonl_bad_lines_are_counted_per_reason_and_good_ones_kept(tmp_path: Path, suffix: str):
+    path = write_jsonl(tmp_path / f"messy{suffix}", _messy_lines())
+    report = ReadReport()
+    docs = list(iter_documents([path], report))
+
+    assert [d["text"] for d in docs] == ["hello world", "no id here"]
+    assert docs[0]["id"] == "a" and docs[0]["lang"] == "en"
+    # no id field: derived from the file name and line number, stable across runs
+    assert docs[1]["id"] == f"messy{suffix}:2"
+    counts = report.counts[str(path)]
+    assert counts == {
+        KEPT: 2,
+        MALFORMED_JSON: 2,
+        MISSING_TEXT_FIELD: 2,
+        EMPTY_DOCUMENT: 1,
+        INVALID_UTF8: 1,
+    }
+    assert report.first_line[(str(path), INVALID_UTF8)] == 8
+    assert report.first_line[(str(path), MALFORMED_JSON)] == 3
+    # every non-blank line is accounted for
+    assert report.num_kept + report.num_errors == sum(1 for ln in _messy_lines() if ln)
+
+
+@pytest.mark.parametrize(
+    ("line", "line_no", "reason"),
+    [
+        (MALFORMED, 2, MALFORMED_JSON),
+        (NO_TEXT, 2, MISSING_TEXT_FIELD),
+        (EMPTY, 2, EMPTY_DOCUMENT),
+        (BAD_UTF8, 2, INVALID_UTF8),
+    ],
+)
+def test_strict_mode_raises_naming_file_and_line(tmp_path: Path, line, line_no, reason):
+    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, line])
+    with pytest.raises(DocumentError) as err:
+        list(iter_documents([path], ReadReport(strict=True)))
+    assert f"{path}:{line_no}: {reason}" in str(err.value)
+
+
+def test_missing_path_is_counted_or_raised(tmp_path: Path):
+    report = ReadReport()
+    assert list(iter_documents([tmp_path / "nope.jsonl", tmp_path / "*.jsonl"], report)) == []
+    assert report.errors_by_reason() == {MISSING_PATH: 2}
+    with pytest.raises(DocumentError, match="nope.jsonl: missing_path"):
+        list(iter_documents([tmp_path / "nope.jsonl"], ReadReport(strict=True)))
+
+
+def test_text_files_one_document_each_with_bad_ones_counted(tmp_path: Path):
+    (tmp_path / "a.txt").write_text("first doc\n")
+    (tmp_path / "b.md").write_text("# second\n")
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    (tmp_path / "latin1.txt").write_bytes("line one\nna\xefve\n".encode("latin-1"))
+    (tmp_path / "notes.csv").write_text("x,y\n")
+    report = ReadReport()
+    docs = list(iter_documents([tmp_path], report))
+    assert [(d["id"], d["text"]) for d in docs] == [
+        ("a.txt", "first doc\n"),
+        ("b.md", "# second\n"),
+    ]
+    reasons = report.errors_by_reason()
+    assert reasons == {EMPTY_DOCUMENT: 1, INVALID_UTF8: 1, UNSUPPORTED_FORMAT: 1}
+    assert report.first_line[(str(tmp_path / "latin1.txt"), INVALID_UTF8)] == 2
+
+
+def test_directories_recurse_sorted_and_globs_expand(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    write_jsonl(tmp_path / "sub" / "b.jsonl", [NO_ID])
+    write_jsonl(tmp_path / "a.jsonl.gz", [GOOD])
+    (tmp_path / ".hidden.jsonl").write_text(GOOD + "\n")
+    by_dir = list(iter_documents([tmp_path]))
+    assert [d["id"] for d in by_dir] == ["a", "sub/b.jsonl:1"]
+    by_glob = list(iter_documents([str(tmp_path / "**" / "*.jsonl")]))
+    assert [d["id"] for d in by_glob] == ["sub/b.jsonl:1"]
+    # ids do not depend on where the corpus directory lives
+    moved = tmp_path.rename(tmp_path.parent / "moved")
+    assert [d["id"] for d in iter_documents([moved])] == ["a", "sub/b.jsonl:1"]
+
+
+def test_parquet_rows_read_with_problems_counted(tmp_path: Path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"id": ["x", None, "z"], "content": ["one", "two", ""]})
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    report = ReadReport()
+    docs = list(iter_documents([path], report, text_field="content"))
+    assert [(d["id"], d["text"]) for d in docs] == [("x", "one"), ("t.parquet:2", "two")]
+    assert report.counts[str(path)] == {KEPT: 2, EMPTY_DOCUMENT: 1}
+
+    report = ReadReport()
+    assert list(iter_documents([path], report)) == []  # no "text" column
+    assert report.counts[str(path)] == {MISSING_TEXT_FIELD: 3}
+
+
+def test_custom_text_field_and_gzip_roundtrip(tmp_path: Path):
+    path = tmp_path / "c.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"id": 7, "body": "é ✓ 🙂"}) + "\n")
+    docs = list(iter_documents([path], text_field="body"))
+    assert docs == [{"id": "7", "text": "é ✓ 🙂"}]
