@@ -1,0 +1,91 @@
+"""The command line: tokenizer train -> data tokenize -> data stats, errors, quickstart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pretrain.cli import EXIT_BAD_INPUT, main
+from pretrain.tokenizer import Tokenizer
+from tests.conftest import write_jsonl
+
+
+def _run_json(capsys: pytest.CaptureFixture, argv: list[str]) -> dict:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_tokenizer_train_tokenize_and_stats_from_the_command_line(
+    tmp_path: Path, corpus_path: Path, capsys: pytest.CaptureFixture
+):
+    tok_dir, shard_dir = tmp_path / "tok", tmp_path / "shards"
+    meta = _run_json(
+        capsys,
+        ["tokenizer", "train", "--input", str(corpus_path), "--vocab-size", "600",
+         "--out", str(tok_dir), "--json"],
+    )  # fmt: skip
+    assert meta["vocab_size"] == 600 == Tokenizer.load(tok_dir).vocab_size
+    assert meta["training"]["num_documents"] == 344
+
+    out = _run_json(
+        capsys,
+        ["data", "tokenize", "--tokenizer", str(tok_dir), "--input", str(corpus_path),
+         "--out", str(shard_dir), "--val-fraction", "0.2", "--workers", "2", "--json"],
+    )  # fmt: skip
+    splits = out["stats"]["splits"]
+    assert splits["train"]["num_documents"] + splits["val"]["num_documents"] == 344
+    assert out["read_report"]["num_errors"] == 0
+
+    stats = _run_json(capsys, ["data", "stats", str(shard_dir), "--json"])
+    assert stats["problems"] == [] and stats["checksums_verified"]
+    assert stats["splits"] == splits
+
+    assert main(["data", "stats", str(shard_dir)]) == 0
+    assert "every shard matches its manifest" in capsys.readouterr().out
+
+
+def test_stats_exits_nonzero_and_names_a_corrupted_shard(
+    tmp_path: Path, shards_dir: Path, capsys: pytest.CaptureFixture
+):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in shards_dir.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / "val-00000.bin").write_bytes(b"\0\0" * 10)
+    assert main(["data", "stats", str(copy)]) == 1
+    assert "val-00000.bin" in capsys.readouterr().out
+
+
+def test_strict_bad_input_exits_with_file_and_line(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+):
+    path = write_jsonl(tmp_path / "in.jsonl", ['{"text": "fine"}', '{"text": "fine too"}', "{bad"])
+    argv = ["data", "tokenize", "--tokenizer", str(tokenizer_dir), "--input", str(path)]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--strict"]) == EXIT_BAD_INPUT
+    assert f"error: {path}:3: malformed_json" in capsys.readouterr().err
+
+    # without --strict the line is counted and reported, and the rest is kept
+    assert main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    out = capsys.readouterr().out
+    assert "malformed_json" in out and "line 3" in out
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    argv = ["data", "tokenize", "--tokenizer", str(tmp_path / "none"), "--input", "x.jsonl"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == EXIT_BAD_INPUT
+    assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_quickstart_writes_tokenizer_and_verified_shards_and_says_where_it_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Stopped after writing shards" in out
+    stats = _run_json(capsys, ["data", "stats", str(tmp_path / "qs" / "shards"), "--json"])
+    assert stats["problems"] == []
+    assert stats["splits"]["val"]["num_documents"] > 0
+    assert Tokenizer.load(tmp_path / "qs" / "tokenizer").hash == stats["tokenizer_hash"]

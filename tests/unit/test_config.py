@@ -1,0 +1,83 @@
+"""Configs: strict keys and types, dotted overrides, save/load round trip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from pretrain.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    schedule: Literal["cosine", "wsd", "linear", "constant"] = "cosine"
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass
+class Train:
+    seq_len: int = 128
+    max_steps: int = 10
+    compile: bool = False
+    device: str | None = None
+
+
+@dataclass
+class Experiment:
+    train: Train = field(default_factory=Train)
+    optim: Optim = field(default_factory=Optim)
+    paths: list[str] = field(default_factory=list)
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_build_typed_config(tmp_path: Path):
+    path = _yaml(tmp_path, "train:\n  seq_len: 256\noptim:\n  schedule: wsd\npaths: [a, b]\n")
+    cfg = load_config(
+        Experiment, path, ["--optim.lr=3e-4", "train.compile=true", "--train.device=cpu"]
+    )
+    assert cfg.train == Train(seq_len=256, max_steps=10, compile=True, device="cpu")
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.optim.schedule == "wsd"
+    assert cfg.optim.betas == (0.9, 0.95)
+    assert cfg.paths == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        (
+            "train:\n  seq_lenn: 3\n",
+            [],
+            "unknown config key 'train.seq_lenn'; valid keys here: seq_len",
+        ),
+        ("", ["--optim.learning_rate=1"], "unknown config key 'optim.learning_rate'"),
+        ("", ["--train.seq_len=abc"], "'train.seq_len' must be an integer, got 'abc'"),
+        ("", ["--train.compile=3"], "'train.compile' must be true or false"),
+        ("", ["--optim.schedule=step"], "'optim.schedule' must be one of ['cosine', 'wsd'"),
+        ("optim: 3\n", [], "optim: expected a mapping"),
+    ],
+)
+def test_bad_keys_and_types_are_named(tmp_path: Path, text, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(Experiment, _yaml(tmp_path, text), overrides)
+    assert message in str(err.value)
+    assert str(tmp_path / "c.yaml") in str(err.value)
+
+
+def test_saved_config_loads_back_equal(tmp_path: Path):
+    cfg = load_config(Experiment, None, ["--train.max_steps=99", "--paths=[x]"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(Experiment, tmp_path / "resolved.yaml") == cfg
+
+
+def test_malformed_override_is_named():
+    with pytest.raises(ConfigError, match="'--train.seq_len' must look like --section.key=value"):
+        load_config(Experiment, None, ["--train.seq_len"])
