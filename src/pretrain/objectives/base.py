@@ -1,0 +1,82 @@
+"""The objective -> model contract: :class:`ModelBatch` and :class:`AttentionSpec` (DESIGN.md §3).
+
+An objective turns a :class:`~pretrain.data.loader.TokenBatch` into a ``ModelBatch``: the
+model inputs, the labels (``IGNORE_INDEX`` where there is nothing to predict) and a
+description of who may attend to whom. Models turn the description into a mask; objectives
+never build masks themselves, so one description serves the SDPA path on CPU and
+FlexAttention on GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+IGNORE_INDEX = -100
+
+AttentionKind = Literal["causal", "bidirectional", "prefix", "permutation"]
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Who may attend to whom.
+
+    Attributes:
+        kind: ``causal`` (position i sees j <= i), ``bidirectional`` (all), ``prefix``
+            (bidirectional inside the first ``prefix_lengths[b]`` positions, causal after),
+            ``permutation`` (``permutation_mask[b, i, j]`` True where i may NOT see j, as
+            XLNet's ``perm_mask``).
+        document_ids: ``(B, T)``; when given, a position only sees positions of the same
+            document (packed sequences never attend across documents).
+        prefix_lengths: ``(B,)`` for ``kind == "prefix"``.
+        permutation_mask: ``(B, T, T)`` bool for ``kind == "permutation"``.
+    """
+
+    kind: AttentionKind = "causal"
+    document_ids: torch.Tensor | None = None
+    prefix_lengths: torch.Tensor | None = None
+    permutation_mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> AttentionSpec:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return AttentionSpec(
+            self.kind,
+            move(self.document_ids),
+            move(self.prefix_lengths),
+            move(self.permutation_mask),
+        )
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """What a model consumes; fields a family does not use stay ``None``."""
+
+    input_ids: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B, T) int64, IGNORE_INDEX where no loss
+    attention: AttentionSpec
+    position_ids: torch.Tensor | None = None  # (B, T); None means 0..T-1
+    decoder_input_ids: torch.Tensor | None = None  # encoder-decoder families
+    target_mapping: torch.Tensor | None = None  # XLNet
+    objective: str = "clm"
+
+    def to(self, device: torch.device | str) -> ModelBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return ModelBatch(
+            input_ids=self.input_ids.to(device, non_blocking=True),
+            labels=self.labels.to(device, non_blocking=True),
+            attention=self.attention.to(device),
+            position_ids=move(self.position_ids),
+            decoder_input_ids=move(self.decoder_input_ids),
+            target_mapping=move(self.target_mapping),
+            objective=self.objective,
+        )
+
+    @property
+    def num_label_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
