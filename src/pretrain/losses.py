@@ -1,0 +1,101 @@
+"""Cross-entropy over the vocabulary that never materializes all fp32 logits at once.
+
+``cross_entropy_sum(hidden, labels, output_weight)`` returns ``(loss_sum, num_label_tokens)``:
+the trainer divides the sum by the label count summed over micro-batches and ranks
+(DESIGN.md §3), so objectives whose label count varies (MLM, span corruption) are weighted
+per token, not per batch.
+
+Only positions with a label are projected onto the vocabulary (for MLM that is ~15% of the
+positions). Those rows are processed in chunks by a fused linear + cross-entropy autograd
+function (the approach of Liger Kernel's fused linear cross-entropy and of torchtitan's
+chunked loss): each chunk's logits are computed in fp32, turned into the loss *and* into the
+gradients of the hidden states and the output weight right away, then freed. Peak memory is
+one chunk of logits instead of ``N x V`` floats, with no recomputation in backward.
+
+The optional z-loss (PaLM, Chowdhery et al. 2022, §5) adds ``coef * logsumexp(logits)**2`` per
+label token to keep the softmax normalizer near 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.objectives.base import IGNORE_INDEX
+
+DEFAULT_CHUNK_ROWS = 2048
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """loss_sum = sum_i [lse(h_i W^T) - (h_i W^T)[y_i] + z * lse(h_i W^T)^2] over rows i."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, z_loss_coef: float, chunk_rows: int):  # type: ignore[override]
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        compute_dtype = hidden.dtype
+        acc_dtype = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 in tests
+        w = weight.to(compute_dtype)
+        loss = torch.zeros((), dtype=acc_dtype, device=hidden.device)
+        z_total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs_grad else None
+        )
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start : start + chunk_rows]  # (n, C)
+            y = targets[start : start + chunk_rows]  # (n,)
+            logits = (h @ w.t()).to(acc_dtype)  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            target_logit = logits.gather(1, y[:, None]).squeeze(1)
+            loss += (lse - target_logit).sum()
+            if z_loss_coef:
+                z_total += (lse * lse).sum()
+            if needs_grad:
+                # d/dlogits of [lse - logit_y + z*lse^2] = softmax * (1 + 2 z lse) - onehot(y)
+                grad_logits = torch.exp(logits - lse[:, None])
+                if z_loss_coef:
+                    grad_logits *= (1.0 + 2.0 * z_loss_coef * lse)[:, None]
+                grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+                g = grad_logits.to(compute_dtype)
+                grad_hidden[start : start + chunk_rows] = g @ w
+                grad_weight += (g.t() @ h).to(acc_dtype)
+            del logits
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss + z_loss_coef * z_total, loss
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = (grad_hidden * grad_total.to(grad_hidden.dtype)) if ctx.needs_input_grad[0] else None
+        gw = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None
+
+
+def cross_entropy_sum(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    output_weight: torch.Tensor,
+    z_loss_coef: float = 0.0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed token cross-entropy of ``hidden @ output_weight.T`` against ``labels``.
+
+    Args:
+        hidden: ``(..., C)`` final hidden states.
+        labels: ``(...)`` target ids, ``IGNORE_INDEX`` where there is no loss.
+        output_weight: ``(V, C)`` output projection (the tied embedding or the LM head).
+        z_loss_coef: PaLM z-loss coefficient (1e-4 in PaLM, 1e-5 in OLMo 2); 0 disables it.
+        chunk_rows: label positions per chunk of fp32 logits.
+
+    Returns:
+        ``(objective_sum, num_label_tokens, ce_sum)``: the sum to backpropagate (cross-entropy
+        plus z-loss), the number of label tokens, and the plain cross-entropy sum for logging.
+    """
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (B*T, C)
+    flat_labels = labels.reshape(-1)
+    rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+    h = flat_hidden.index_select(0, rows)  # (N, C) labeled rows only
+    y = flat_labels.index_select(0, rows)
+    total, ce = _FusedLinearCrossEntropy.apply(h, output_weight, y, float(z_loss_coef), chunk_rows)
+    return total, torch.tensor(len(rows), device=hidden.device), ce.detach()

@@ -1,0 +1,93 @@
+"""AdamW with the usual parameter groups, and learning-rate schedules as pure functions.
+
+Weight decay applies to matrices only: norms, biases and embeddings (so also a tied output
+projection) are not decayed (nanoGPT decays 2-D tensors only; OLMo 2 excludes embeddings).
+
+Schedules, all with linear warmup over ``warmup_steps`` (step ``s`` is 0-based, the warmup
+reaches the peak at ``s = warmup_steps - 1``):
+
+- ``cosine``: cosine decay from the peak to ``min_lr_ratio * peak`` at ``max_steps`` (10% as
+  in GPT-3 App. B, Llama 2 §2.2 and Chinchilla).
+- ``wsd``: warmup-stable-decay (MiniCPM, Hu et al. 2024; Hägele et al. 2024): the peak until
+  the last ``decay_fraction`` of the steps, then a ``1 - sqrt`` cooldown to
+  ``min_lr_ratio * peak`` (the shape Hägele et al. found best).
+- ``linear``: linear decay from the peak to ``min_lr_ratio * peak``.
+- ``constant``: the peak after warmup.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Schedule = Literal["cosine", "wsd", "linear", "constant"]
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed matrices, and undecayed norms, biases and embeddings."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.ndim < 2 or id(p) in embedding_params:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; fused kernels when the parameters live on CUDA."""
+    if fused is None:
+        fused = all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None
+    )
+
+
+def lr_at(
+    step: int,
+    *,
+    schedule: Schedule,
+    peak_lr: float,
+    warmup_steps: int,
+    max_steps: int,
+    min_lr_ratio: float = 0.1,
+    decay_fraction: float = 0.2,
+) -> float:
+    """Learning rate at optimizer step ``step`` (0-based)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    min_lr = peak_lr * min_lr_ratio
+    if schedule == "constant":
+        return peak_lr
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_fraction * max_steps))
+        decay_start = max(warmup_steps, max_steps - decay_steps)
+        if step < decay_start:
+            return peak_lr
+        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        return min_lr + (peak_lr - min_lr) * (1.0 - math.sqrt(progress))
+    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
+    if schedule == "linear":
+        return peak_lr - (peak_lr - min_lr) * progress
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,80 @@
+"""Schedules (exact values) and AdamW parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.optim import build_optimizer, lr_at, param_groups
+
+PEAK = 1e-3
+
+
+def lr(step, schedule, warmup=10, max_steps=110, **kw):
+    return lr_at(
+        step, schedule=schedule, peak_lr=PEAK, warmup_steps=warmup, max_steps=max_steps, **kw
+    )
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "linear", "constant"])
+def test_linear_warmup_reaches_peak(schedule):
+    assert lr(0, schedule) == pytest.approx(PEAK / 10)
+    assert lr(4, schedule) == pytest.approx(PEAK / 2)
+    assert lr(9, schedule) == pytest.approx(PEAK)
+
+
+def test_cosine_decays_to_ten_percent_of_peak():
+    assert lr(10, "cosine") == pytest.approx(PEAK)
+    assert lr(60, "cosine") == pytest.approx(0.1 * PEAK + 0.9 * PEAK * 0.5)  # halfway
+    assert lr(35, "cosine") == pytest.approx(
+        0.1 * PEAK + 0.9 * PEAK * 0.5 * (1 + math.cos(math.pi / 4))
+    )
+    assert lr(110, "cosine") == pytest.approx(0.1 * PEAK)
+    assert lr(500, "cosine") == pytest.approx(0.1 * PEAK)  # stays at the floor
+
+
+def test_wsd_is_stable_then_cools_down_with_one_minus_sqrt():
+    # 110 steps, 20% decay = 22 steps starting at step 88
+    assert lr(50, "wsd") == PEAK
+    assert lr(87, "wsd") == PEAK
+    assert lr(88, "wsd") == pytest.approx(PEAK)
+    assert lr(99, "wsd", min_lr_ratio=0.0) == pytest.approx(PEAK * (1 - math.sqrt(11 / 22)))
+    assert lr(110, "wsd", min_lr_ratio=0.0) == pytest.approx(0.0)
+
+
+def test_linear_and_constant():
+    assert lr(60, "linear") == pytest.approx(PEAK - 0.9 * PEAK * 0.5)
+    assert lr(110, "linear") == pytest.approx(0.1 * PEAK)
+    assert lr(100, "constant") == PEAK
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        lr(0, "step")
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight  # tied
+
+
+def test_no_decay_on_norms_biases_and_embeddings_even_when_tied():
+    model = _Tiny()
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert [p is model.proj.weight for p in decay["params"]] == [True]
+    names = {id(p) for p in no_decay["params"]}
+    assert names == {
+        id(model.embed.weight),
+        id(model.proj.bias),
+        id(model.norm.weight),
+        id(model.norm.bias),
+    }
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    opt = build_optimizer(model, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 5  # the tied weight once
