@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokz.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     _add_reader_options(tokz)
 
+    train = commands.add_parser("train", help="pretrain a model from a YAML config")
+    train.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply without one")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+
     stats = data.add_parser("stats", help="counts of a shard directory; verifies checksums")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
@@ -67,16 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown and args.command != "train":
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = unknown
     from pretrain.console import setup_logging
 
     setup_logging(args.verbose)
     from pretrain.data.readers import DocumentError
     from pretrain.data.shards import ShardError
+    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.trainer import TrainingError
 
+    expected = (DocumentError, ShardError, CheckpointError, TrainingError, ValueError)
     try:
         return _dispatch(args)
-    except (DocumentError, ShardError, ValueError, FileNotFoundError, ImportError) as e:
+    except (*expected, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and closed early
@@ -94,6 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("tokenizer", "train"): commands.tokenizer_train,
         ("data", "tokenize"): commands.data_tokenize,
         ("data", "stats"): commands.data_stats,
+        ("train", None): commands.train,
     }[(args.command, getattr(args, "action", None))]
     return handler(args)
 

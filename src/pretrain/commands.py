@@ -96,3 +96,25 @@ def quickstart(args: argparse.Namespace) -> int:
             "built yet (they arrive with the causal LM trainer)."
         )
     return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from pretrain.config import ExperimentConfig, load_config
+    from pretrain.train.trainer import Trainer
+
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    summary = Trainer(cfg, resume=args.resume).fit()
+    table = Table(title=f"trained {cfg.model.family} ({cfg.model.size}) -> {cfg.run.dir}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("steps", str(summary["step"]))
+    table.add_row("tokens", f"{summary['tokens']:,}")
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    if summary["val"]:
+        table.add_row("val loss", f"{summary['val']['loss']:.4f}")
+        bpb = summary["val"]["bits_per_byte"]
+        table.add_row("val bits/byte", "n/a" if bpb is None else f"{bpb:.4f}")
+    if summary["skipped_steps"]:
+        table.add_row("skipped steps (non-finite)", str(summary["skipped_steps"]))
+    console.print(table)
+    return 0

@@ -160,3 +160,162 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key!r} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{key!r}: unsupported config type {tp}")
+
+
+# --- the experiment schema (DESIGN.md §4) ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Architecture: a named size of a family, with any field overridden (None = size default)."""
+
+    family: typing.Literal["decoder", "encoder", "encoder_decoder", "xlnet"] = "decoder"
+    size: str = "tiny"
+    style: typing.Literal["llama", "gpt2"] | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int | None = None
+    rope_theta: float | None = None
+    qk_norm: bool | None = None
+    tie_embeddings: bool | None = None
+    init_from: str | None = None
+    """Local Hugging Face checkpoint directory to continue pretraining from."""
+
+    def overrides(self) -> dict[str, Any]:
+        skip = {"family", "size", "init_from"}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: list[str] | str = dataclasses.field(default_factory=list)
+    """Shard directories (from `pretrain data tokenize`) whose train split is blended."""
+    weights: list[float] | None = None
+    val: str | None = None
+    """A shard directory whose val split is evaluated."""
+    tokenizer: str | None = None
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, str):
+            self.train = [self.train]
+
+
+@dataclasses.dataclass
+class ObjectiveConfig:
+    name: str = "clm"
+    document_masking: bool = True
+    z_loss: float = 0.0
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    schedule: typing.Literal["cosine", "wsd", "linear", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    seq_len: int = 256
+    tokens_per_batch: int = 16384
+    """Tokens per optimizer step over all ranks; gradient accumulation is derived from it."""
+    micro_batch_size: int = 8
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    """Stop (with a final checkpoint) when this much wall time has passed."""
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    precision: typing.Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every_steps: int = 200
+    max_batches: int = 50
+    batch_size: int | None = None
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep_last: int = 3
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    strategy: typing.Literal["none", "ddp", "fsdp"] = "none"
+
+
+@dataclasses.dataclass
+class LogConfig:
+    every_steps: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def grad_accum_steps(self, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step on each rank, from the token batch size."""
+        per_micro = self.train.micro_batch_size * self.train.seq_len * world_size
+        if self.train.tokens_per_batch % per_micro:
+            raise ConfigError(
+                f"train.tokens_per_batch={self.train.tokens_per_batch} is not a multiple of "
+                f"train.micro_batch_size * train.seq_len * world_size = {per_micro}"
+            )
+        return self.train.tokens_per_batch // per_micro
+
+    def validate(self) -> ExperimentConfig:
+        """Checks that need several keys; raises :class:`ConfigError` naming them."""
+        from pretrain.objectives import check_pairing
+
+        try:
+            check_pairing(self.objective.name, self.model.family)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not self.data.train:
+            raise ConfigError("data.train: give at least one shard directory")
+        if self.data.weights is not None and len(self.data.weights) != len(self.data.train):
+            raise ConfigError(
+                f"data.weights has {len(self.data.weights)} entries for "
+                f"{len(self.data.train)} data.train directories"
+            )
+        for key in ("seq_len", "micro_batch_size", "max_steps", "tokens_per_batch"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1")
+        self.grad_accum_steps()
+        return self

@@ -275,3 +275,20 @@ def train_tokenizer_from_files(
     tokenizer.meta["training"]["inputs"] = list(inputs)
     tokenizer.meta["training"]["read_report"] = report.to_dict()
     return tokenizer, report
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> list[int] | None:
+    """UTF-8 bytes each token id stands for (0 for special tokens); None if not byte-level.
+
+    In a byte-level BPE each character of a token's string is one byte (GPT-2's
+    ``bytes_to_unicode`` alphabet), so the length of the string is the byte count.
+    """
+    spec = json.loads(tokenizer.backend.to_str())
+    if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        return None
+    special = {t["id"] for t in spec.get("added_tokens", [])}
+    lengths = [0] * tokenizer.vocab_size
+    for token, i in tokenizer.backend.get_vocab(with_added_tokens=False).items():
+        if i not in special:
+            lengths[i] = len(token)
+    return lengths

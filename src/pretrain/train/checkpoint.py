@@ -1,0 +1,208 @@
+"""Checkpoints: atomic step directories, verified on load, with fallback to the last good one.
+
+Layout (DESIGN.md §5)::
+
+    checkpoints/step_000500/model.safetensors   weights (safetensors: no pickle)
+                            optim.pt            optimizer state and RNG states
+                                                (read with torch.load(weights_only=True))
+                            state.json          trainer state, plus sha256 and size of each file
+    checkpoints/latest, checkpoints/best         text files naming a step directory
+
+A checkpoint is written into ``step_000500.tmp/``, flushed, and renamed; ``latest`` and ``best``
+are replaced atomically afterwards. Loading checks every file's size and sha256 against
+``state.json``; a truncated or corrupted checkpoint is refused with a warning naming the file
+and the newest older good one is used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pretrain.atomic import atomic_write_text, fsync_dir
+from pretrain.data.shards import sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optim.pt"
+STATE_FILE = "state.json"
+LATEST, BEST = "latest", "best"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupted."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    path: Path
+    step: int
+    model_state: dict[str, torch.Tensor]
+    optim_state: dict[str, Any]
+    state: dict[str, Any]
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int,
+    is_best: bool = False,
+) -> Path:
+    """Write ``root/step_NNNNNN`` atomically, point ``latest`` (and ``best``) at it, prune."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / (step_dir_name(step) + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # safetensors refuses shared storage (tied weights): store each tensor once, contiguous.
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    save_file(_unshare(tensors), str(tmp / MODEL_FILE))
+    torch.save(optim_state, tmp / OPTIM_FILE)
+    files = {}
+    for name in (MODEL_FILE, OPTIM_FILE):
+        _fsync_file(tmp / name)
+        files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+    record = dict(state, step=step, files=files)
+    (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
+    _fsync_file(tmp / STATE_FILE)
+    if final.exists():  # a rerun reached the same step again: replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    if is_best:
+        atomic_write_text(root / BEST, final.name + "\n")
+    _prune(root, keep_last)
+    return final
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.setdefault(ptr, name)
+    return out
+
+
+def _read_pointer(root: Path, name: str) -> str | None:
+    path = root / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def list_steps(root: str | os.PathLike) -> list[int]:
+    """Steps of the complete-looking (renamed) checkpoint directories, ascending."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    steps = [
+        int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    ]
+    return sorted(steps)
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    keep = set(list_steps(root)[-keep_last:]) if keep_last > 0 else set(list_steps(root))
+    protected = {_read_pointer(root, BEST), _read_pointer(root, LATEST)}
+    for step in list_steps(root):
+        name = step_dir_name(step)
+        if step not in keep and name not in protected:
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Return ``state.json`` of a checkpoint directory, or raise naming the bad file."""
+    state_path = path / STATE_FILE
+    if not state_path.exists():
+        raise CheckpointError(f"{state_path}: missing")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{state_path}: not valid JSON ({e})") from e
+    for name, meta in state.get("files", {}).items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"{file}: missing")
+        if file.stat().st_size != meta["bytes"]:
+            raise CheckpointError(
+                f"{file}: truncated ({file.stat().st_size} bytes, expected {meta['bytes']})"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(f"{file}: sha256 does not match state.json (corrupted)")
+    if set(state.get("files", {})) != {MODEL_FILE, OPTIM_FILE}:
+        raise CheckpointError(f"{state_path}: does not list {MODEL_FILE} and {OPTIM_FILE}")
+    return state
+
+
+def resolve(root: str | os.PathLike, which: str = "latest") -> Path:
+    """``latest``, ``best`` or ``step_N`` to a checkpoint directory (not yet verified)."""
+    root = Path(root)
+    if which in (LATEST, BEST):
+        name = _read_pointer(root, which)
+        if name is None:
+            raise CheckpointError(f"{root / which}: no {which} checkpoint")
+        return root / name
+    m = re.fullmatch(r"step_?(\d+)", which)
+    if not m:
+        raise CheckpointError(f"checkpoint {which!r}: use latest, best or step_N")
+    return root / step_dir_name(int(m.group(1)))
+
+
+def load_checkpoint(
+    root: str | os.PathLike, which: str = "latest", map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load and verify a checkpoint; if ``latest`` is bad, fall back to older good ones."""
+    root = Path(root)
+    if which == LATEST:
+        # Newest renamed directory first: a directory only gets its final name when whole, so
+        # it is newer than the `latest` pointer if the process died between the two renames.
+        candidates = [root / step_dir_name(s) for s in reversed(list_steps(root))]
+        if not candidates:
+            raise CheckpointError(f"{root}: no checkpoint to resume from")
+    else:
+        candidates = [resolve(root, which)]
+    first = candidates[0]
+    for path in candidates:
+        try:
+            state = verify_checkpoint(path)
+            model_state = load_file(str(path / MODEL_FILE), device=str(map_location))
+            optim_state = torch.load(
+                path / OPTIM_FILE, map_location=map_location, weights_only=True
+            )
+        except (CheckpointError, OSError, RuntimeError) as e:
+            if which != LATEST:
+                raise CheckpointError(str(e)) from e
+            log.warning("refusing checkpoint %s: %s; trying the previous one", path.name, e)
+            continue
+        if path != first:
+            log.warning("resuming from %s instead of %s", path.name, first.name)
+        return Checkpoint(path, int(state["step"]), model_state, optim_state, state)
+    raise CheckpointError(f"{root}: no good checkpoint found")

@@ -1,0 +1,25 @@
+"""The trainer's own counters, saved in every checkpoint's state.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps taken (skipped non-finite steps included: their data is consumed)."""
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    consecutive_nonfinite: int = 0
+    num_skipped_steps: int = 0
+    elapsed_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

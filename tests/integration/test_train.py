@@ -1,0 +1,232 @@
+"""Training end to end on CPU: loss falls, exact resume (also after SIGKILL), checkpoint
+fallback, non-finite steps, config errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.cli import EXIT_BAD_INPUT, main
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.train import trainer as trainer_mod
+from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
+from pretrain.train.metrics import read_metrics
+from pretrain.train.trainer import Trainer, TrainingError
+
+TINY_MODEL = ["--model.size=debug", "--model.d_model=64", "--model.n_layers=2", "--model.n_heads=4"]
+
+
+def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "data.train": f"[{shards_dir}]",
+        "data.val": str(shards_dir),
+        "data.tokenizer": str(tokenizer_dir),
+        "train.seq_len": 32,
+        "train.micro_batch_size": 4,
+        "train.tokens_per_batch": 256,
+        "train.max_steps": 12,
+        "optim.lr": 3e-3,
+        "optim.warmup_steps": 2,
+        "eval.every_steps": 4,
+        "eval.max_batches": 3,
+        "checkpoint.every_steps": 4,
+        "checkpoint.keep_last": 2,
+        "log.every_steps": 1,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "run.dir": str(run_dir),
+    }
+    base.update({k.replace("__", "."): v for k, v in extra.items()})
+    return TINY_MODEL + [f"--{k}={v}" for k, v in base.items()]
+
+
+def _config(*args, **extra) -> ExperimentConfig:
+    return load_config(ExperimentConfig, None, _overrides(*args, **extra))
+
+
+def _losses(run_dir: Path, split: str = "train") -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == split]
+
+
+def test_loss_falls_and_run_directory_is_complete(shards_dir, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=40)).fit()
+    losses = [loss for _, loss in _losses(run)]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # about 6.9 -> 6.0 in 40 steps
+    val = _losses(run, "val")
+    assert [s for s, _ in val] == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert val[-1][1] < val[0][1]
+    records = read_metrics(run)
+    assert all({"step", "split", "loss", "lr", "tokens"} <= r.keys() for r in records)
+    assert all(r["bits_per_byte"] > 0 for r in records if r["split"] == "val")
+    assert summary["step"] == 40 and summary["tokens"] == 40 * 256
+    assert (run / "config.yaml").exists() and (run / "tokenizer" / "tokenizer.json").exists()
+    # keeps the last 2 checkpoints plus the best one
+    steps = list_steps(run / "checkpoints")
+    assert steps[-2:] == [36, 40] and len(steps) <= 3
+    best = (run / "checkpoints" / "best").read_text().strip()
+    assert best == f"step_{min(range(len(val)), key=lambda i: val[i][1]) * 4 + 4:06d}"
+    # the saved config reproduces the run's settings
+    saved = load_config(ExperimentConfig, run / "config.yaml")
+    assert saved.train.max_steps == 40 and saved.model.d_model == 64
+
+
+def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    straight = tmp_path / "straight"
+    Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
+
+    crashed = tmp_path / "crashed"
+    real_step = Trainer.train_step
+
+    def crash_at_step_7(self):
+        if self.state.step == 6:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(shards_dir, tokenizer_dir, crashed)).fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert list_steps(crashed / "checkpoints") == [4]
+
+    Trainer(_config(shards_dir, tokenizer_dir, crashed), resume=True).fit()
+    assert _losses(crashed) == _losses(straight)  # exact float equality, steps 1..12
+    assert _losses(crashed, "val") == _losses(straight, "val")
+    a = load_checkpoint(straight / "checkpoints").model_state
+    b = load_checkpoint(crashed / "checkpoints").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(shards_dir, tokenizer_dir, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = dict(train__max_steps=40, checkpoint__every_steps=5, checkpoint__keep_last=3)
+    cmd = [sys.executable, "-m", "pretrain.cli", "train"]
+    env = dict(os.environ, PRETRAIN_NO_TENSORBOARD="1")
+    subprocess.run(
+        [*cmd, *_overrides(shards_dir, tokenizer_dir, straight, **args)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    proc = subprocess.Popen(
+        [*cmd, *_overrides(shards_dir, tokenizer_dir, killed, **args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "checkpoints" / "step_000010").exists():
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list_steps(killed / "checkpoints")[-1] < 40
+
+    resumed = subprocess.run(
+        [*cmd, *_overrides(shards_dir, tokenizer_dir, killed, **args), "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert _losses(killed) == _losses(straight)
+    assert _losses(killed, "val") == _losses(straight, "val")
+
+
+def test_corrupt_or_truncated_latest_checkpoint_falls_back_to_the_previous(
+    shards_dir, tokenizer_dir, tmp_path, caplog
+):
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, checkpoint__keep_last=3)).fit()
+    root = run / "checkpoints"
+    assert list_steps(root) == [4, 8, 12]
+    weights = root / "step_000012" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        ckpt = load_checkpoint(root)
+    assert ckpt.step == 8
+    assert "step_000012" in caplog.text and "model.safetensors" in caplog.text
+    assert "corrupted" in caplog.text
+
+    optim = root / "step_000008" / "optim.pt"
+    optim.write_bytes(optim.read_bytes()[:100])
+    assert load_checkpoint(root).step == 4
+    assert "truncated" in caplog.text
+
+    # resuming continues from step 4 and reaches the end
+    trainer = Trainer(_config(shards_dir, tokenizer_dir, run, checkpoint__keep_last=3), resume=True)
+    assert trainer.state.step == 4
+    assert trainer.fit()["step"] == 12
+    assert (root / LATEST).read_text().strip() == "step_000012"
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    real_ce = trainer_mod.cross_entropy_sum
+    calls = {"n": 0}
+    bad_calls = {5, 6}  # micro-batches of step 3 (two per step)
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        total, count, ce = real_ce(*args, **kwargs)
+        if calls["n"] in bad_calls:
+            return total * float("nan"), count, ce * float("nan")
+        return total, count, ce
+
+    monkeypatch.setattr(trainer_mod, "cross_entropy_sum", sometimes_nan)
+    trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0))
+    trainer.train_step()
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    record = trainer.train_step()
+    assert record["skipped"] and trainer.state.num_skipped_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert not trainer.train_step()["skipped"]
+    assert trainer.state.consecutive_nonfinite == 0
+
+    bad_calls.update(range(9, 1000))
+    with pytest.raises(TrainingError, match="non-finite for 3 steps in a row"):
+        trainer.cfg.train.max_nonfinite_steps = 3
+        for _ in range(10):
+            trainer.train_step()
+
+
+def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys):
+    args = _overrides(shards_dir, tokenizer_dir, tmp_path / "r")
+    assert main(["train", *args, "--optim.lrr=1"]) == EXIT_BAD_INPUT
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+    assert main(["train", *args, "--train.tokens_per_batch=100"]) == EXIT_BAD_INPUT
+    assert "train.tokens_per_batch=100" in capsys.readouterr().err
+    assert main(["train", *args, "--objective.name=mlm"]) == EXIT_BAD_INPUT
+    assert "objective.name 'mlm'" in capsys.readouterr().err
+    too_long = ["--train.seq_len=4096", "--train.tokens_per_batch=16384"]
+    assert main(["train", *args, *too_long]) == EXIT_BAD_INPUT
+    assert "max_seq_len" in capsys.readouterr().err
+
+
+def test_fresh_run_into_a_directory_with_checkpoints_is_refused(
+    shards_dir, tokenizer_dir, tmp_path
+):
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4))
+    state = json.loads((run / "checkpoints" / "step_000004" / "state.json").read_text())
+    assert state["trainer"]["step"] == 4 and state["loader"]["num_samples_consumed"] == 32
