@@ -63,6 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply without one")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
 
+    ev = commands.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
+    ev.add_argument("--run", required=True, help="run directory")
+    ev.add_argument("--checkpoint", default="latest", help="latest, best or step_N")
+    ev.add_argument("--data", help="shard directory whose val split to use (default: the run's)")
+    ev.add_argument("--max-batches", type=int, help="evaluate at most this many batches")
+    ev.add_argument("--json", action="store_true")
+
+    gen = commands.add_parser("generate", help="sample text from a run's model")
+    gen.add_argument("--run", required=True, help="run directory")
+    gen.add_argument("--prompt", default="", help="text to continue")
+    gen.add_argument("--checkpoint", default="latest")
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--json", action="store_true")
+
+    exp = commands.add_parser("export", help="export a run to Hugging Face format")
+    exp.add_argument("--run", required=True, help="run directory")
+    exp.add_argument("--format", choices=["hf"], default="hf")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.add_argument("--checkpoint", default="latest")
+
     stats = data.add_parser("stats", help="counts of a shard directory; verifies checksums")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
@@ -105,6 +129,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("data", "tokenize"): commands.data_tokenize,
         ("data", "stats"): commands.data_stats,
         ("train", None): commands.train,
+        ("eval", None): commands.eval_run,
+        ("generate", None): commands.generate_text,
+        ("export", None): commands.export,
     }[(args.command, getattr(args, "action", None))]
     return handler(args)
 

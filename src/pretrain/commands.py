@@ -118,3 +118,62 @@ def train(args: argparse.Namespace) -> int:
         table.add_row("skipped steps (non-finite)", str(summary["skipped_steps"]))
     console.print(table)
     return 0
+
+
+def eval_run(args: argparse.Namespace) -> int:
+    from pretrain.eval.run_eval import evaluate_run
+
+    result = evaluate_run(args.run, args.checkpoint, args.data, args.max_batches)
+    if args.json:
+        _print_json(result)
+        return 0
+    table = Table(title=f"{args.run} ({result['checkpoint']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("val loss", f"{result['loss']:.4f}")
+    table.add_row("perplexity", f"{result['perplexity']:.2f}")
+    bpb = result["bits_per_byte"]
+    table.add_row("bits per byte", "n/a" if bpb is None else f"{bpb:.4f}")
+    table.add_row("tokens evaluated", f"{result['tokens']:,}")
+    console.print(table)
+    return 0
+
+
+def generate_text(args: argparse.Namespace) -> int:
+    import torch
+
+    from pretrain.generate import generate
+    from pretrain.runs import load_run
+
+    run = load_run(args.run, args.checkpoint)
+    prompt = run.tokenizer.encode(args.prompt)
+    if not prompt:
+        prompt = [run.tokenizer.special.eos]  # an empty prompt starts a new document
+    generator = torch.Generator().manual_seed(args.seed)
+    ids = generate(
+        run.model,
+        torch.tensor(prompt),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=run.tokenizer.special.eos,
+        generator=generator,
+    )
+    new = ids[len(prompt) :].tolist()
+    if run.tokenizer.special.eos in new:
+        new = new[: new.index(run.tokenizer.special.eos)]
+    text = args.prompt + run.tokenizer.decode(new)
+    if args.json:
+        _print_json({"prompt": args.prompt, "text": text, "new_token_ids": new})
+    else:
+        print(text)
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from pretrain.export import export_hf
+
+    out = export_hf(args.run, args.out, args.checkpoint)
+    console.print(f"exported {args.run} to {out} (Hugging Face format)")
+    return 0

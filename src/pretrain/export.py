@@ -1,0 +1,68 @@
+"""Export a run to a Hugging Face model directory that ``from_pretrained`` loads offline.
+
+Llama-style decoders become ``LlamaForCausalLM``, GPT-2-style ones ``GPT2LMHeadModel``
+(weights in safetensors), and the tokenizer becomes a ``PreTrainedTokenizerFast`` with this
+package's special tokens, so ``AutoTokenizer.from_pretrained(DIR)`` and
+``AutoModelForCausalLM.from_pretrained(DIR)`` both work without the network. Options with no
+exact Hugging Face equivalent are refused, naming them (see ``models/decoder/hf.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pretrain.runs import load_run
+from pretrain.tokenizer import BOS, CLS, EOS, MASK, PAD, SEP, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def hf_tokenizer(tokenizer: Tokenizer) -> Any:
+    """A ``PreTrainedTokenizerFast`` wrapping our tokenizer, with its special tokens named."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = HFTokenizer.from_str(tokenizer.backend.to_str())
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        mask_token=MASK,
+        sep_token=SEP,
+        cls_token=CLS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def export_hf(
+    run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "latest"
+) -> Path:
+    """Write ``checkpoint`` of ``run_dir`` as a Hugging Face model + tokenizer into ``out``."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "export to Hugging Face needs transformers: pip install 'pretrain[hf]'"
+        ) from e
+    from pretrain.models.decoder.hf import to_hf
+
+    run = load_run(run_dir, checkpoint)
+    hf_model = to_hf(run.model)
+    special = run.tokenizer.special
+    hf_model.config.bos_token_id = special.bos
+    hf_model.config.eos_token_id = special.eos
+    hf_model.config.pad_token_id = special.pad
+    if hf_model.generation_config is not None:
+        hf_model.generation_config.bos_token_id = special.bos
+        hf_model.generation_config.eos_token_id = special.eos
+        hf_model.generation_config.pad_token_id = special.pad
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_model.save_pretrained(out, safe_serialization=True)
+    hf_tokenizer(run.tokenizer).save_pretrained(out)
+    log.info("exported %s (step %d) to %s", run.checkpoint, run.step, out)
+    return out

@@ -1,0 +1,48 @@
+"""Open a finished (or running) run directory: its config, tokenizer and a checkpoint's model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.models.spec import build_model
+from pretrain.tokenizer import Tokenizer
+from pretrain.train.checkpoint import load_checkpoint
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: ExperimentConfig
+    tokenizer: Tokenizer
+    model: torch.nn.Module
+    step: int
+    checkpoint: Path
+
+
+def load_run(
+    run_dir: str | os.PathLike, checkpoint: str = "latest", device: str = "cpu"
+) -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from its saved config and load ``checkpoint`` into it.
+
+    Args:
+        run_dir: a directory written by ``pretrain train``.
+        checkpoint: ``latest``, ``best`` or ``step_N``.
+        device: where to put the model.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
+    cfg = load_config(ExperimentConfig, config_path)
+    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    cfg.model.init_from = None  # the checkpoint holds the weights
+    model = build_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)
+    ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
+    model.load_state_dict(ckpt.model_state)
+    model.to(device).eval()
+    return LoadedRun(run_dir, cfg, tokenizer, model, ckpt.step, ckpt.path)

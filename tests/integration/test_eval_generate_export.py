@@ -1,0 +1,129 @@
+"""eval / generate / export on a small trained run; HF export loads offline and matches."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.cli import EXIT_BAD_INPUT, main
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.data.shards import load_manifest, open_split
+from pretrain.runs import load_run
+from pretrain.tokenizer import Tokenizer, token_byte_lengths
+from pretrain.train.trainer import Trainer
+from tests.integration.test_train import _overrides
+
+
+def _train(shards_dir, tokenizer_dir, run_dir, *extra: str, **kw) -> Path:
+    args = _overrides(shards_dir, tokenizer_dir, run_dir, train__max_steps=8, **kw)
+    Trainer(load_config(ExperimentConfig, None, [*args, *extra])).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def llama_run(shards_dir, tokenizer_dir, tmp_path_factory) -> Path:
+    return _train(shards_dir, tokenizer_dir, tmp_path_factory.mktemp("llama") / "run")
+
+
+def _json(capsys, argv) -> dict:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_token_byte_lengths_add_up_to_the_text_bytes(shards_dir, tokenizer: Tokenizer):
+    lengths = np.asarray(token_byte_lengths(tokenizer))
+    _, shards = open_split(shards_dir, "val")
+    total = sum(int(lengths[np.asarray(s.tokens, dtype=np.int64)].sum()) for s in shards)
+    assert total == load_manifest(shards_dir)["splits"]["val"]["num_text_bytes"]
+    assert lengths[tokenizer.special.eos] == 0
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_byte(llama_run, shards_dir, capsys):
+    result = _json(capsys, ["eval", "--run", str(llama_run), "--json"])
+    assert result["step"] == 8 and result["checkpoint"] == "step_000008"
+    val_tokens = load_manifest(shards_dir)["splits"]["val"]["num_tokens"]
+    assert result["tokens"] == (val_tokens - 1) // 32 * 32  # every val window, once
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    nats = result["loss"] * result["tokens"]
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / result["bytes"])
+    # the number the trainer logged at the end matches a fresh evaluation of the checkpoint
+    val_lines = [json.loads(x) for x in (llama_run / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in val_lines if r["split"] == "val"][-1]
+    limited = _json(capsys, ["eval", "--run", str(llama_run), "--json", "--max-batches", "3"])
+    assert limited["loss"] == pytest.approx(last_val["loss"], rel=1e-6)
+    assert main(["eval", "--run", str(llama_run), "--checkpoint", "step_3"]) == EXIT_BAD_INPUT
+
+
+def test_generate_greedy_is_deterministic_and_sampling_is_seeded(llama_run, capsys):
+    base = ["generate", "--run", str(llama_run), "--prompt", "It was", "--json"]
+    greedy = [_json(capsys, [*base, "--temperature", "0", "--seed", str(s)]) for s in (1, 2)]
+    assert greedy[0] == greedy[1] and greedy[0]["text"].startswith("It was")
+    a = _json(capsys, [*base, "--seed", "7", "--top-k", "50"])
+    b = _json(capsys, [*base, "--seed", "7", "--top-k", "50"])
+    c = _json(capsys, [*base, "--seed", "8", "--top-k", "50"])
+    assert a == b and a["new_token_ids"] != c["new_token_ids"]
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2"])
+def test_hf_export_loads_offline_with_identical_logits_and_tokens(
+    style, llama_run, shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    transformers = pytest.importorskip("transformers")
+    run = llama_run
+    if style == "gpt2":
+        run = _train(shards_dir, tokenizer_dir, tmp_path / "gpt2", "--model.style=gpt2")
+    out = tmp_path / "hf"
+    assert main(["export", "--run", str(run), "--format", "hf", "--out", str(out)]) == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    expected_cls = "LlamaForCausalLM" if style == "llama" else "GPT2LMHeadModel"
+    assert type(hf_model).__name__ == expected_cls
+
+    ours = load_run(run)
+    text = "It is a truth universally acknowledged, that a single man"
+    ids = ours.tokenizer.encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert hf_tok.decode(ids) == text
+    assert hf_tok.eos_token_id == ours.tokenizer.special.eos
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        expected = ours.model.logits(ours.model.forward_tokens(x))
+        got = hf_model(x).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_options_without_an_hf_equivalent(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    pytest.importorskip("transformers")
+    run = _train(shards_dir, tokenizer_dir, tmp_path / "qk", "--model.qk_norm=true")
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "o")]) == EXIT_BAD_INPUT
+    assert "qk_norm" in capsys.readouterr().err
+
+
+def test_continued_pretraining_from_an_exported_hf_checkpoint(
+    llama_run, shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    assert main(["export", "--run", str(llama_run), "--out", str(out)]) == 0
+    run = tmp_path / "continued"
+    cfg = load_config(
+        ExperimentConfig,
+        None,
+        [
+            *_overrides(shards_dir, tokenizer_dir, run, train__max_steps=2),
+            f"--model.init_from={out}",
+        ],
+    )
+    trainer = Trainer(cfg)
+    original = load_run(llama_run).model.state_dict()
+    imported = trainer.model.state_dict()
+    assert all(torch.equal(original[k], imported[k]) for k in original)
+    trainer.fit()
