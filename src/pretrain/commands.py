@@ -8,6 +8,7 @@ import json
 from rich.table import Table
 
 from pretrain.console import console, read_report_table, stats_table
+from pretrain.train.metrics import read_metrics
 
 
 def _print_json(obj: object) -> None:
@@ -83,18 +84,26 @@ def quickstart(args: argparse.Namespace) -> int:
 
     summary = run_quickstart(args.out, minutes=args.minutes, workers=args.workers)
     console.print(stats_table(summary["stats"]))
+    console.rule("sample")
+    console.print(summary["sample"], markup=False, highlight=False)
+    console.rule()
+    train, result = summary["train"], summary["eval"]
+    losses = [r["loss"] for r in read_metrics(summary["run"]) if r["split"] == "train"]
     table = Table(title="quickstart")
-    table.add_column("step")
+    table.add_column("")
     table.add_column("result")
     table.add_row("tokenizer", summary["tokenizer"])
     table.add_row("shards", summary["shards"])
-    table.add_row("time", f"{summary['seconds']:.1f} s")
+    table.add_row("run", summary["run"])
+    table.add_row("steps / tokens", f"{train['step']} / {train['tokens']:,}")
+    if losses:
+        table.add_row("train loss", f"{losses[0]:.3f} -> {losses[-1]:.3f}")
+    table.add_row(
+        "val loss / bits per byte", f"{result['loss']:.3f} / {result['bits_per_byte']:.3f}"
+    )
+    table.add_row("loss curve", summary["plot"])
+    table.add_row("total time", f"{summary['seconds'] / 60:.1f} min")
     console.print(table)
-    if summary["stopped_before_training"]:
-        console.print(
-            "Stopped after writing shards: model training, evaluation and sampling are not "
-            "built yet (they arrive with the causal LM trainer)."
-        )
     return 0
 
 

@@ -79,13 +79,22 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     assert "no tokenizer.json" in capsys.readouterr().err
 
 
-def test_quickstart_writes_tokenizer_and_verified_shards_and_says_where_it_stops(
+def test_quickstart_runs_every_stage_and_writes_a_loss_curve(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--workers", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "Stopped after writing shards" in out
-    stats = _run_json(capsys, ["data", "stats", str(tmp_path / "qs" / "shards"), "--json"])
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--workers", "1", "--minutes", "0.4"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROMEO:" in printed and "bits per byte" in printed
+    stats = _run_json(capsys, ["data", "stats", str(out / "shards"), "--json"])
     assert stats["problems"] == []
     assert stats["splits"]["val"]["num_documents"] > 0
-    assert Tokenizer.load(tmp_path / "qs" / "tokenizer").hash == stats["tokenizer_hash"]
+    assert Tokenizer.load(out / "tokenizer").hash == stats["tokenizer_hash"]
+    png = out / "run" / "plots" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = [
+        json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {r["split"] for r in metrics} == {"train", "val"}
+    assert (out / "run" / "samples.txt").read_text().startswith("ROMEO:")
+    assert (out / "run" / "checkpoints" / "latest").exists()
