@@ -1,0 +1,184 @@
+"""Multi-head self-attention with grouped-query heads, RoPE, optional q/k norm and a KV cache.
+
+* Scaled dot-product attention (Vaswani et al. 2017) through
+  ``torch.nn.functional.scaled_dot_product_attention``, so CPU and CUDA pick their fused
+  kernels; plain causal attention takes the ``is_causal=True`` path and builds no mask.
+* Grouped-query attention (GQA; Ainslie et al. 2023): ``n_kv_heads`` key/value heads shared by
+  groups of ``n_heads / n_kv_heads`` query heads (``n_kv_heads == 1`` is multi-query).
+* q/k RMSNorm per head before RoPE, as OLMo-2 and Qwen3 do for training stability.
+
+:func:`attention_mask` turns an :class:`~pretrain.objectives.base.AttentionSpec` into an SDPA
+boolean mask; it is shared by every family (decoder, encoder, prefix LM, XLNet).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.models.common.positions import apply_rotary
+from pretrain.objectives.base import AttentionSpec
+
+
+def attention_mask(
+    spec: AttentionSpec, seq_len: int, device: torch.device | str | None = None
+) -> torch.Tensor | None:
+    """The boolean SDPA mask for ``spec``: ``(B, 1, T, T)``, True where query i may see key j.
+
+    Returns None when no mask is needed: plain ``causal`` (call SDPA with ``is_causal=True``)
+    and plain ``bidirectional`` (attend everywhere). ``document_ids`` restrict every kind to
+    same-document pairs, so packed documents never see each other.
+
+    Raises:
+        ValueError: on an unknown kind, or a ``prefix``/``permutation`` spec missing its tensor.
+    """
+    docs = spec.document_ids
+    if docs is not None:
+        device = docs.device
+    idx = torch.arange(seq_len, device=device)
+    causal = idx[None, :] <= idx[:, None]  # (T, T): key j <= query i
+    if spec.kind == "causal":
+        if docs is None:
+            return None
+        allowed = causal[None]  # (1, T, T)
+    elif spec.kind == "bidirectional":
+        if docs is None:
+            return None
+        allowed = None
+    elif spec.kind == "prefix":
+        if spec.prefix_lengths is None:
+            raise ValueError("attention kind 'prefix' needs prefix_lengths (B,)")
+        prefix = spec.prefix_lengths.to(idx.device)
+        # Every query sees the whole prefix; past it, causal. Inside the prefix, j < P covers it.
+        allowed = causal[None] | (idx[None, None, :] < prefix[:, None, None])  # (B, T, T)
+    elif spec.kind == "permutation":
+        if spec.permutation_mask is None:
+            raise ValueError("attention kind 'permutation' needs permutation_mask (B, T, T)")
+        allowed = ~spec.permutation_mask.to(device=idx.device, dtype=torch.bool)  # (B, T, T)
+    else:
+        raise ValueError(
+            f"unknown attention kind {spec.kind!r}; valid: causal, bidirectional, prefix, "
+            "permutation"
+        )
+    if docs is not None:
+        same_doc = docs[:, :, None] == docs[:, None, :]  # (B, T, T)
+        allowed = same_doc if allowed is None else allowed & same_doc
+    return allowed[:, None]  # (B, 1, T, T): broadcast over heads
+
+
+def cached_causal_mask(seq_len: int, offset: int, device: torch.device | str) -> torch.Tensor:
+    """``(T, offset + T)`` mask for T new queries at positions ``offset..`` over cached keys.
+
+    SDPA's ``is_causal`` aligns the triangle top-left, which is wrong once keys outnumber
+    queries; this aligns it bottom-right.
+    """
+    q_pos = torch.arange(offset, offset + seq_len, device=device)
+    k_pos = torch.arange(offset + seq_len, device=device)
+    return k_pos[None, :] <= q_pos[:, None]
+
+
+class KVCache:
+    """Keys and values of past positions for incremental decoding, preallocated per layer.
+
+    Each layer writes its new keys/values at ``length`` through :meth:`update`; the model
+    calls :meth:`advance` once all layers have run, so every layer sees the same offset.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v`` (B, KV, t, hd) at the current length; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, KV, end, hd)
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens
+
+
+class Attention(nn.Module):
+    """Self-attention: fused qkv projection, optional q/k norm and RoPE, SDPA, output projection.
+
+    The fused projection's rows are ``[q (n_heads*hd); k (n_kv_heads*hd); v (n_kv_heads*hd)]``:
+    one matmul instead of three, and a row split away from HF's separate ``q/k/v_proj``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        bias: bool = False,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+        layer_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.layer_idx = layer_idx
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
+        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Attend ``x`` (B, T, d_model) to itself (and to cached keys); return (B, T, d_model).
+
+        Args:
+            x: input hidden states.
+            rope: cos/sin tables from :class:`~pretrain.models.common.positions.RotaryEmbedding`,
+                or None for models with absolute positions.
+            mask: boolean SDPA mask (True = attend), broadcastable to (B, H, T, T_keys).
+            is_causal: use SDPA's causal fast path (only with ``mask`` None and no cache offset).
+            kv_cache: cache to append this call's keys/values to and attend over.
+        """
+        B, T, _ = x.shape
+        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2KV, hd)
+        qk, v = qkv.split([H + KV, KV], dim=2)  # (B, T, H + KV, hd), (B, T, KV, hd)
+        if self.q_norm is not None:
+            q, k = qk.split([H, KV], dim=2)  # (B, T, H|KV, hd)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        else:
+            if rope is not None:  # q and k are adjacent heads: rotate both in one pass
+                qk = apply_rotary(qk, *rope)
+            q, k = qk.split([H, KV], dim=2)  # (B, T, H|KV, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KV, T, hd)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, KV, T_keys, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H
+        )  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, d_model): heads side by side
+        return self.out(y)

@@ -1,0 +1,32 @@
+"""Normalization layers.
+
+RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization") for Llama-style
+models and per-head q/k normalization (as OLMo-2 and Qwen3); LayerNorm with bias (Ba et al.
+2016) for GPT-2-style models. Both are the ``torch.nn`` modules, so fused kernels apply.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+NormKind = Literal["rms", "layer"]
+
+
+def make_norm(kind: NormKind, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """An RMSNorm (no bias, ever) or a LayerNorm (``bias`` as asked) over the last ``dim``."""
+    if kind == "rms":
+        return nn.RMSNorm(dim, eps=eps)
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    raise ValueError(f"unknown norm kind {kind!r}; valid: 'rms', 'layer'")
+
+
+def reset_norm(module: nn.Module) -> None:
+    """Weights to one, bias (if any) to zero: the identity at initialization."""
+    if isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)

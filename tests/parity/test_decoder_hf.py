@@ -1,0 +1,165 @@
+"""DecoderLM against Hugging Face LlamaForCausalLM / GPT2LMHeadModel (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pretrain.generate import generate
+from pretrain.models.decoder import DecoderConfig, DecoderLM
+from pretrain.models.decoder.hf import from_hf, hf_config, to_hf
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 384
+CASES = {
+    "llama-gqa-tied": dict(style="llama", n_heads=4, n_kv_heads=2, tie_embeddings=True),
+    "llama-mqa-untied": dict(style="llama", n_heads=4, n_kv_heads=1, tie_embeddings=False),
+    "llama-bias-untied": dict(style="llama", n_heads=4, bias=True, tie_embeddings=False),
+    "gpt2-tied": dict(style="gpt2", n_heads=4, tie_embeddings=True),
+    "gpt2-untied": dict(style="gpt2", n_heads=4, tie_embeddings=False, d_ff=96),
+}
+
+
+def make_model(seed: int = 0, **overrides) -> DecoderLM:
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=VOCAB, d_model=64, n_layers=2, max_seq_len=64)
+    if overrides.get("style") == "llama":
+        kw["rope_theta"] = 5000.0  # not the default, so a dropped theta shows
+    model = DecoderLM(DecoderConfig(**{**kw, **overrides}))
+    # Init leaves norms at one and biases at zero, which would hide a swapped or dropped tensor.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(params=list(CASES), ids=list(CASES))
+def case(request) -> DecoderLM:
+    return make_model(**CASES[request.param])
+
+
+def test_logits_match_hf(case: DecoderLM) -> None:
+    hf = to_hf(case)
+    expected_cls = "LlamaForCausalLM" if case.cfg.style == "llama" else "GPT2LMHeadModel"
+    assert type(hf).__name__ == expected_cls
+    x = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = case.logits(case.forward_tokens(x))
+        theirs = hf(x).logits
+    assert ours.shape == theirs.shape == (3, 40, VOCAB)
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_explicit_positions_match_hf(case: DecoderLM) -> None:
+    """Positions not starting at zero go through the RoPE gather / learned-table lookup."""
+    hf = to_hf(case)
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(7, 23).expand(2, 16)
+    with torch.no_grad():
+        ours = case.logits(case.forward_tokens(x, position_ids=pos))
+        theirs = hf(x, position_ids=pos).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_greedy_generation_matches_hf(case: DecoderLM) -> None:
+    hf = to_hf(case)
+    prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    ours = generate(case, prompt, max_new_tokens=12, temperature=0)
+    # A plain greedy loop on HF: full recompute each step, independent of HF's own cache.
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = hf(seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(ours, seq)
+
+
+def test_round_trip_is_exact(case: DecoderLM) -> None:
+    back = from_hf(to_hf(case))
+    assert back.cfg == case.cfg
+    ours, theirs = case.state_dict(), back.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(case.forward_tokens(x), back.forward_tokens(x))
+
+
+def test_hf_model_has_the_same_parameter_count(case: DecoderLM) -> None:
+    hf = to_hf(case)
+    assert sum(p.numel() for p in hf.parameters()) == case.num_params()
+    assert hf.config.tie_word_embeddings == case.cfg.tie_embeddings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (dict(style="llama", qk_norm=True), "qk_norm"),
+        (dict(style="gpt2", qk_norm=True), "qk_norm"),
+        (dict(style="gpt2", n_kv_heads=2), "n_kv_heads"),
+        (dict(style="gpt2", bias=False), "bias=False"),
+    ],
+)
+def test_options_without_hf_equivalent_are_refused(overrides: dict, named: str) -> None:
+    cfg = DecoderConfig(vocab_size=VOCAB, d_model=64, n_layers=1, n_heads=4, **overrides)
+    with pytest.raises(ValueError, match=named):
+        hf_config(cfg)
+    with pytest.raises(ValueError, match=named):
+        to_hf(DecoderLM(cfg))
+
+
+def _hf_llama(**overrides) -> object:
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**kw, **overrides}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (dict(hidden_act="gelu"), "hidden_act"),
+        (dict(attention_bias=True, mlp_bias=False), "attention_bias"),
+        (
+            dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+            "rope_type",
+        ),
+    ],
+)
+def test_from_hf_refuses_what_it_cannot_express(overrides: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        from_hf(_hf_llama(**overrides))
+
+
+def test_from_hf_refuses_other_architectures() -> None:
+    fake = SimpleNamespace(config=SimpleNamespace(model_type="mistral"))
+    with pytest.raises(ValueError, match="mistral"):
+        from_hf(fake)
+
+
+def test_from_hf_reads_an_hf_initialized_model() -> None:
+    """A model HF built itself (its own init, its own tied head) converts to the same logits."""
+    hf = _hf_llama(num_key_value_heads=2, tie_word_embeddings=True).eval()
+    ours = from_hf(hf)
+    assert ours.cfg.n_kv_heads == 2 and ours.cfg.tie_embeddings
+    x = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (ours.logits(ours.forward_tokens(x)) - hf(x).logits).abs().max().item() < 1e-5
+
+
+def test_from_hf_upcasts_bf16_checkpoints_to_fp32_master_weights() -> None:
+    hf = _hf_llama().to(torch.bfloat16)
+    assert from_hf(hf).embed.weight.dtype == torch.float32
+    kept = from_hf(hf, dtype=None)
+    assert kept.embed.weight.dtype == torch.bfloat16
+    assert torch.equal(kept.embed.weight, hf.model.embed_tokens.weight)
