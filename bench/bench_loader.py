@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 TARGET_TOKENS_PER_S = 5e6
+NOISE_CORES = 0.10  # other processes busier than this during a run: warn
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -56,6 +58,21 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + (" (src/ has uncommitted changes)" if dirty else "")
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used (``/proc/stat``), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def pin_to_one_core() -> str:
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ("2-source blend 0.7/0.3, shuffle on", [shards, shards], [0.7, 0.3], True),
     ]
     rows = []
+    busy0, own0, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     for name, paths, weights, shuffle in settings:
         t0 = time.perf_counter()
         src = paths[0] if len(paths) == 1 else paths
@@ -161,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{loader.num_windows[0]:,} windows of seq_len + 1 = {args.seq_len + 1}, "
                 f"batch {args.batch} ({args.batch * (args.seq_len + 1):,} tokens)"
             )
+    wall = time.perf_counter() - start
+    busy1, own1 = busy_cpu_seconds(), own_cpu_seconds()
+    if busy0 is not None and busy1 is not None:
+        other = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+        note = "  WARNING: machine busy, numbers are noisy" if other > NOISE_CORES else ""
+        print(f"other processes kept {other:.2f} cores busy meanwhile{note}")
     print()
     width = max(len(r[0]) for r in rows)
     print(f"{'setting':<{width}}  {'open s':>6}  {'batches':>8}  {'Mtokens/s':>9}  target met")

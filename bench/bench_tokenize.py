@@ -13,7 +13,9 @@ What is compared, on the same inputs (every top-level ``CORPORA/*.jsonl.gz``) an
   writing and hashing shards.
 
 Throughput is MB/s = UTF-8 bytes of text / 1e6 / seconds; each measurement is repeated
-``--repeats`` times and the best (lowest) time is kept. Target: ours / ceiling >= 0.80.
+``--repeats`` times, ceiling and ours alternating, and the best (lowest) time is kept. The CPU
+time other processes used meanwhile is printed; above 0.1 core the run is flagged as noisy.
+Target: ours / ceiling >= 0.80.
 
 Run from the repository root (the tokenizer is trained once into OUT_DIR/tokenizer, then
 reused; the last run's shards stay in OUT_DIR/shards for ``bench/bench_loader.py``)::
@@ -29,12 +31,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 TARGET_RATIO = 0.80
+NOISE_CORES = 0.10  # other processes busier than this during a run: warn
 TRAIN_FILES = ("books.jsonl.gz", "docs.jsonl.gz", "code.jsonl.gz")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,18 +146,51 @@ def child_ours(tokenizer_dir: str, inputs: list[str], out: str, workers: int) ->
     }
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used (``/proc/stat``), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(args: list[str], env: dict[str, str]) -> dict:
-    """Run this script in ``--child`` mode; the child prints one JSON line last."""
+    """Run this script in ``--child`` mode; the child prints one JSON line last.
+
+    Adds ``other_cores``: the average number of cores that other processes of the machine kept
+    busy meanwhile (machine CPU time minus this child's and its workers'), a noise indicator.
+    """
+    busy0, own0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), *args],
         env=env,
         capture_output=True,
         text=True,
     )
+    wall = time.perf_counter() - t0
+    busy1, own1 = busy_cpu_seconds(), children_cpu_seconds()
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"child {args[:2]} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if busy0 is not None and busy1 is not None:
+        result["other_cores"] = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    return result
+
+
+def report_noise(what: str, result: dict) -> None:
+    other = result.get("other_cores")
+    if other is None:
+        return
+    note = "  WARNING: machine busy, numbers are noisy" if other > NOISE_CORES else ""
+    print(f"  other processes kept {other:.2f} cores busy during {what}{note}", flush=True)
 
 
 def ceiling_env(threads: int) -> dict[str, str]:
@@ -212,25 +249,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inputs: {', '.join(Path(i).name for i in inputs)}")
     tok_dir = ensure_tokenizer(corpora, out_dir, args.vocab_size)
 
-    ceiling_args = ["--child", "ceiling", str(tok_dir), str(args.repeats), *inputs]
-    thread_counts = sorted({1, args.workers})
-    ceilings = {}
-    for threads in thread_counts:
+    # Ceiling and ours alternate, one run of each per round, so that slow drift of the
+    # machine's speed (shared hosts) affects both alike; the 1-thread ceiling only runs when
+    # --workers > 1, to show that RAYON_NUM_THREADS took effect.
+    def ceiling_run(threads: int) -> dict:
         print(f"ceiling: encode_batch with RAYON_NUM_THREADS={threads} ...", flush=True)
-        ceilings[threads] = run_child(ceiling_args, ceiling_env(threads))
-    ceiling = ceilings[args.workers]
+        ceiling_args = ["--child", "ceiling", str(tok_dir), "1", *inputs]
+        result = run_child(ceiling_args, ceiling_env(threads))
+        report_noise("this ceiling run", result)
+        return result
 
+    def merge(into: dict | None, new: dict) -> dict:
+        if into is None:
+            return new
+        for method in ("encode_batch", "encode_batch_fast"):
+            into[method]["seconds"] += new[method]["seconds"]
+        return into
+
+    thread_counts = sorted({1, args.workers})
+    ceilings: dict[int, dict] = {}
     ours_times = []
     ours: dict = {}
     shards = out_dir / "shards"
+    env = dict(os.environ)
+    env.pop("RAYON_NUM_THREADS", None)
     for i in range(args.repeats):
-        print(f"ours: tokenize_to_shards workers={args.workers}, run {i + 1} ...", flush=True)
-        env = dict(os.environ)
-        env.pop("RAYON_NUM_THREADS", None)
+        print(f"round {i + 1} of {args.repeats}", flush=True)
+        for threads in thread_counts:
+            ceilings[threads] = merge(ceilings.get(threads), ceiling_run(threads))
+        print(f"ours: tokenize_to_shards workers={args.workers} ...", flush=True)
         ours = run_child(
             ["--child", "ours", str(tok_dir), str(shards), str(args.workers)] + inputs, env
         )
         ours_times.append(ours["seconds"])
+        report_noise("this run", ours)
+    ceiling = ceilings[args.workers]
 
     num_bytes = ceiling["num_text_bytes"]
     if ours["num_text_bytes"] != num_bytes or ours["num_documents"] != ceiling["num_documents"]:
@@ -274,12 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         one = min(ceilings[1]["encode_batch"]["seconds"])
         many = min(ceilings[threads]["encode_batch"]["seconds"])
         print(f"ceiling speedup {threads} threads vs 1: {one / many:.2f}x")
-    ratio = ceil_best / ours_best
-    ratio_fast = fast_best / ours_best
-    met = "yes" if ratio >= TARGET_RATIO else "no"
-    print(f"ratio ours/ceiling (encode_batch, {args.workers} threads): {ratio:.3f}")
-    print(f"ratio ours/ceiling (encode_batch_fast, {args.workers} threads): {ratio_fast:.3f}")
-    print(f"target ratio >= {TARGET_RATIO:.2f} (vs encode_batch): met {met}")
+    for method, best in (("encode_batch", ceil_best), ("encode_batch_fast", fast_best)):
+        ratio = best / ours_best
+        met = "yes" if ratio >= TARGET_RATIO else "no"
+        print(
+            f"ratio ours/ceiling ({method}, {args.workers} threads): {ratio:.3f}"
+            f"  target >= {TARGET_RATIO:.2f} met: {met}"
+        )
     return 0
 
 
