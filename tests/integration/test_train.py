@@ -230,3 +230,20 @@ def test_fresh_run_into_a_directory_with_checkpoints_is_refused(
         Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4))
     state = json.loads((run / "checkpoints" / "step_000004" / "state.json").read_text())
     assert state["trainer"]["step"] == 4 and state["loader"]["num_samples_consumed"] == 32
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path):
+    eager = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "eager", train__max_steps=3))
+    compiled = Trainer(
+        _config(
+            shards_dir,
+            tokenizer_dir,
+            tmp_path / "compiled",
+            train__max_steps=3,
+            train__compile=True,
+        )
+    )
+    for _ in range(3):
+        a, b = eager.train_step(), compiled.train_step()
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)

@@ -163,10 +163,12 @@ class Trainer:
                     record = self._train_record(record, tokens_per_second)
                     self.metrics.write(record)
                     progress.update(step, record)
+                paused = time.perf_counter()
                 if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                     last_val = self.evaluate_and_log()
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                     self.save(last_val)
+                window_start += time.perf_counter() - paused  # tokens/s counts training only
         final_step = self.state.step
         if self.cfg.data.val and (last_val is None or last_val["step"] != final_step):
             last_val = self.evaluate_and_log()
