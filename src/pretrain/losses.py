@@ -22,7 +22,7 @@ import torch
 
 from pretrain.objectives.base import IGNORE_INDEX
 
-DEFAULT_CHUNK_ROWS = 2048
+DEFAULT_CHUNK_ROWS = 512  # fits in cache on CPU; measured faster than 2048
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -42,23 +42,29 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         )
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]  # (n, C)
-            y = targets[start : start + chunk_rows]  # (n,)
+            y = targets[start : start + chunk_rows, None]  # (n, 1)
             logits = (h @ w.t()).to(acc_dtype)  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            target_logit = logits.gather(1, y[:, None]).squeeze(1)
-            loss += (lse - target_logit).sum()
+            logp = logits.log_softmax(dim=-1)  # (n, V)
+            target_logp = logp.gather(1, y)  # (n, 1)
+            loss -= target_logp.sum()
+            lse = None
             if z_loss_coef:
+                lse = logits.gather(1, y) - target_logp  # (n, 1): log Z
                 z_total += (lse * lse).sum()
+            del logits
             if needs_grad:
                 # d/dlogits of [lse - logit_y + z*lse^2] = softmax * (1 + 2 z lse) - onehot(y)
-                grad_logits = torch.exp(logits - lse[:, None])
-                if z_loss_coef:
-                    grad_logits *= (1.0 + 2.0 * z_loss_coef * lse)[:, None]
-                grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad_logits = logp.exp_()  # (n, V) softmax, in place
+                if lse is not None:
+                    grad_logits *= 1.0 + 2.0 * z_loss_coef * lse
+                grad_logits.scatter_add_(1, y, torch.full_like(target_logp, -1.0))
                 g = grad_logits.to(compute_dtype)
-                grad_hidden[start : start + chunk_rows] = g @ w
-                grad_weight += (g.t() @ h).to(acc_dtype)
-            del logits
+                torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
+                if g.dtype == acc_dtype:
+                    grad_weight.addmm_(g.t(), h)
+                else:
+                    grad_weight += (g.t() @ h).to(acc_dtype)
+            del logp
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -78,6 +84,7 @@ def cross_entropy_sum(
     output_weight: torch.Tensor,
     z_loss_coef: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed token cross-entropy of ``hidden @ output_weight.T`` against ``labels``.
 
@@ -87,6 +94,8 @@ def cross_entropy_sum(
         output_weight: ``(V, C)`` output projection (the tied embedding or the LM head).
         z_loss_coef: PaLM z-loss coefficient (1e-4 in PaLM, 1e-5 in OLMo 2); 0 disables it.
         chunk_rows: label positions per chunk of fp32 logits.
+        compute_dtype: dtype of the vocabulary projection (bf16 under mixed precision); the
+            softmax and the sums stay in fp32. None keeps the dtype of ``hidden``.
 
     Returns:
         ``(objective_sum, num_label_tokens, ce_sum)``: the sum to backpropagate (cross-entropy
@@ -97,5 +106,7 @@ def cross_entropy_sum(
     rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
     h = flat_hidden.index_select(0, rows)  # (N, C) labeled rows only
     y = flat_labels.index_select(0, rows)
+    if compute_dtype is not None:
+        h = h.to(compute_dtype)
     total, ce = _FusedLinearCrossEntropy.apply(h, output_weight, y, float(z_loss_coef), chunk_rows)
     return total, torch.tensor(len(rows), device=hidden.device), ce.detach()

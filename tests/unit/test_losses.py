@@ -62,3 +62,18 @@ def test_bf16_hidden_with_fp32_weight_is_close_to_fp32():
     half, _, _ = cross_entropy_sum(hidden.bfloat16(), labels, weight)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, rtol=2e-2, atol=0)
+
+
+def test_bf16_projection_keeps_fp32_gradients_for_fp32_hidden():
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 32, requires_grad=True)
+    weight = (torch.randn(100, 32) * 0.1).requires_grad_()
+    labels = torch.randint(0, 100, (40,))
+    full, _, _ = cross_entropy_sum(hidden, labels, weight)
+    mixed, _, _ = cross_entropy_sum(hidden, labels, weight, compute_dtype=torch.bfloat16)
+    torch.testing.assert_close(mixed, full, rtol=2e-2, atol=0)
+    gh, gw = torch.autograd.grad(mixed, [hidden, weight])
+    rh, rw = torch.autograd.grad(full, [hidden, weight])
+    assert gh.dtype == gw.dtype == torch.float32
+    torch.testing.assert_close(gh, rh, rtol=0.05, atol=5e-3)
+    torch.testing.assert_close(gw, rw, rtol=0.05, atol=5e-3)

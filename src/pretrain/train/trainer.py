@@ -207,7 +207,11 @@ class Trainer:
             with self._autocast():
                 hidden = self.step_model(batch)
             total, _, ce = cross_entropy_sum(
-                hidden, batch.labels, self.model.output_weight, cfg.objective.z_loss
+                hidden,
+                batch.labels,
+                self.model.output_weight,
+                cfg.objective.z_loss,
+                compute_dtype=self.autocast_dtype,
             )
             (total / max(num_label_tokens, 1)).backward()
             ce_sum += ce
