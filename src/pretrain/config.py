@@ -249,7 +249,8 @@ class TrainConfig:
 @dataclasses.dataclass
 class EvalConfig:
     every_steps: int = 200
-    max_batches: int = 50
+    max_batches: int | None = 50
+    """None evaluates the whole val split."""
     batch_size: int | None = None
 
 
@@ -314,8 +315,44 @@ class ExperimentConfig:
                 f"data.weights has {len(self.data.weights)} entries for "
                 f"{len(self.data.train)} data.train directories"
             )
-        for key in ("seq_len", "micro_batch_size", "max_steps", "tokens_per_batch"):
-            if getattr(self.train, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1")
+        positive = {
+            "train.seq_len": self.train.seq_len,
+            "train.micro_batch_size": self.train.micro_batch_size,
+            "train.max_steps": self.train.max_steps,
+            "train.tokens_per_batch": self.train.tokens_per_batch,
+            "train.max_nonfinite_steps": self.train.max_nonfinite_steps,
+            "log.every_steps": self.log.every_steps,
+            "checkpoint.keep_last": self.checkpoint.keep_last,
+        }
+        if self.eval.max_batches is not None:
+            positive["eval.max_batches"] = self.eval.max_batches
+        if self.eval.batch_size is not None:
+            positive["eval.batch_size"] = self.eval.batch_size
+        non_negative = {
+            "eval.every_steps": self.eval.every_steps,
+            "checkpoint.every_steps": self.checkpoint.every_steps,
+            "optim.warmup_steps": self.optim.warmup_steps,
+            "optim.grad_clip": self.optim.grad_clip,
+            "optim.weight_decay": self.optim.weight_decay,
+            "objective.z_loss": self.objective.z_loss,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.optim.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.distributed.strategy != "none":
+            raise ConfigError(
+                f"distributed.strategy={self.distributed.strategy!r} is not available yet; "
+                "use 'none' (single process)"
+            )
+        if self.model.init_from and self.model.overrides():
+            raise ConfigError(
+                "model.init_from takes the architecture from the checkpoint; remove "
+                + ", ".join(f"model.{k}" for k in self.model.overrides())
+            )
         self.grad_accum_steps()
         return self

@@ -108,5 +108,8 @@ def cross_entropy_sum(
     y = flat_labels.index_select(0, rows)
     if compute_dtype is not None:
         h = h.to(compute_dtype)
-    total, ce = _FusedLinearCrossEntropy.apply(h, output_weight, y, float(z_loss_coef), chunk_rows)
+    weight = output_weight
+    if not torch.is_grad_enabled():  # eval: Function.forward can't see grad mode, so detach
+        h, weight = h.detach(), weight.detach()
+    total, ce = _FusedLinearCrossEntropy.apply(h, weight, y, float(z_loss_coef), chunk_rows)
     return total, torch.tensor(len(rows), device=hidden.device), ce.detach()

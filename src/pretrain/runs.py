@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.models.spec import build_model
 from pretrain.tokenizer import Tokenizer
-from pretrain.train.checkpoint import load_checkpoint
+from pretrain.train.checkpoint import CheckpointError, load_checkpoint
 
 
 @dataclass
@@ -40,9 +41,19 @@ def load_run(
         raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
     cfg = load_config(ExperimentConfig, config_path)
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
-    cfg.model.init_from = None  # the checkpoint holds the weights
-    model = build_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)
+    model_config = run_dir / "model_config.json"
+    if model_config.exists():  # the exact architecture the run trained
+        from pretrain.models.decoder.configs import DecoderConfig
+        from pretrain.models.decoder.model import DecoderLM
+
+        model = DecoderLM(DecoderConfig(**json.loads(model_config.read_text())))
+    else:
+        cfg.model.init_from = None  # the checkpoint holds the weights
+        model = build_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)
     ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
-    model.load_state_dict(ckpt.model_state)
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the run's model: {e}") from e
     model.to(device).eval()
     return LoadedRun(run_dir, cfg, tokenizer, model, ckpt.step, ckpt.path)

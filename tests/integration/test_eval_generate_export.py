@@ -107,23 +107,31 @@ def test_export_refuses_options_without_an_hf_equivalent(
     assert "qk_norm" in capsys.readouterr().err
 
 
-def test_continued_pretraining_from_an_exported_hf_checkpoint(
-    llama_run, shards_dir, tokenizer_dir, tmp_path, capsys
+def test_continued_pretraining_from_an_hf_checkpoint_of_another_width(
+    shards_dir, tokenizer_dir, tokenizer, tmp_path, capsys
 ):
     pytest.importorskip("transformers")
-    out = tmp_path / "hf"
-    assert main(["export", "--run", str(llama_run), "--out", str(out)]) == 0
+    from pretrain.models.decoder.configs import decoder_config
+    from pretrain.models.decoder.hf import to_hf
+    from pretrain.models.decoder.model import DecoderLM
+
+    source = DecoderLM(decoder_config("debug", tokenizer.vocab_size, d_model=96, n_heads=3))
+    hf_dir = tmp_path / "hf"
+    to_hf(source).save_pretrained(hf_dir)
     run = tmp_path / "continued"
-    cfg = load_config(
-        ExperimentConfig,
-        None,
-        [
-            *_overrides(shards_dir, tokenizer_dir, run, train__max_steps=2),
-            f"--model.init_from={out}",
-        ],
-    )
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=2)
+    args = [a for a in args if not a.startswith("--model.")]  # the checkpoint decides
+    cfg = load_config(ExperimentConfig, None, [*args, f"--model.init_from={hf_dir}"])
     trainer = Trainer(cfg)
-    original = load_run(llama_run).model.state_dict()
     imported = trainer.model.state_dict()
-    assert all(torch.equal(original[k], imported[k]) for k in original)
+    assert all(torch.equal(v, imported[k]) for k, v in source.state_dict().items())
     trainer.fit()
+    # the continued run evaluates and exports with its own (imported) architecture
+    assert load_run(run).model.cfg.d_model == 96
+    result = _json(capsys, ["eval", "--run", str(run), "--json", "--max-batches", "2"])
+    assert result["step"] == 2
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "again")]) == 0
+    # architecture overrides next to init_from are refused, naming them
+    bad = [*args, f"--model.init_from={hf_dir}", "--model.d_model=64"]
+    assert main(["train", *bad]) == EXIT_BAD_INPUT
+    assert "model.d_model" in capsys.readouterr().err

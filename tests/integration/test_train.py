@@ -247,3 +247,51 @@ def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path):
     for _ in range(3):
         a, b = eager.train_step(), compiled.train_step()
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_grad_clip_zero_means_no_clipping(shards_dir, tokenizer_dir, tmp_path):
+    def one_step_update(clip: float) -> dict[str, torch.Tensor]:
+        trainer = Trainer(
+            _config(
+                shards_dir, tokenizer_dir, tmp_path / str(clip), optim__grad_clip=clip,
+                optim__weight_decay=0.0, eval__every_steps=0,
+            )
+        )  # fmt: skip
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train_step()
+        return {k: v - before[k] for k, v in trainer.model.state_dict().items()}
+
+    unclipped, huge = one_step_update(0.0), one_step_update(1e9)
+    assert all(torch.equal(unclipped[k], huge[k]) for k in huge)
+    assert any(v.abs().max() > 0 for v in unclipped.values())
+
+
+def test_bad_val_directory_fails_before_training(shards_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(Exception, match="no manifest"):
+        Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "r", data__val=str(tmp_path)))
+
+
+def test_resuming_a_finished_run_adds_no_duplicate_lines(shards_dir, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=8)).fit()
+    before = read_metrics(run)
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=8), resume=True).fit()
+    after = read_metrics(run)
+    assert after == before
+    keys = [(r["step"], r["split"]) for r in after]
+    assert len(keys) == len(set(keys))
+
+
+def test_bf16_autocast_trains_on_cpu_close_to_fp32(shards_dir, tokenizer_dir, tmp_path):
+    fp32 = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0))
+    bf16 = Trainer(
+        _config(
+            shards_dir, tokenizer_dir, tmp_path / "b", eval__every_steps=0,
+            train__precision="bf16",
+        )
+    )  # fmt: skip
+    assert bf16.autocast_dtype == torch.bfloat16
+    for _ in range(3):
+        a, b = fp32.train_step(), bf16.train_step()
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # fp32 master weights

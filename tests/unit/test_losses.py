@@ -77,3 +77,13 @@ def test_bf16_projection_keeps_fp32_gradients_for_fp32_hidden():
     assert gh.dtype == gw.dtype == torch.float32
     torch.testing.assert_close(gh, rh, rtol=0.05, atol=5e-3)
     torch.testing.assert_close(gw, rw, rtol=0.05, atol=5e-3)
+
+
+def test_evaluation_under_no_grad_does_no_gradient_work():
+    hidden = torch.randn(64, 16)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (64,))
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        cross_entropy_sum(hidden, labels, weight, chunk_rows=64)
+    matmuls = sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
+    assert matmuls == 1  # only the forward projection; no grad_hidden / grad_weight products

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.data.readers import (
+    CORRUPT_FILE,
     EMPTY_DOCUMENT,
     INVALID_UTF8,
     KEPT,
@@ -92,9 +93,10 @@ def test_text_files_one_document_each_with_bad_ones_counted(tmp_path: Path):
     (tmp_path / "notes.csv").write_text("x,y\n")
     report = ReadReport()
     docs = list(iter_documents([tmp_path], report))
+    prefix = tmp_path.name  # files under an input directory are named after it
     assert [(d["id"], d["text"]) for d in docs] == [
-        ("a.txt", "first doc\n"),
-        ("b.md", "# second\n"),
+        (f"{prefix}/a.txt", "first doc\n"),
+        (f"{prefix}/b.md", "# second\n"),
     ]
     reasons = report.errors_by_reason()
     assert reasons == {EMPTY_DOCUMENT: 1, INVALID_UTF8: 1, UNSUPPORTED_FORMAT: 1}
@@ -102,17 +104,46 @@ def test_text_files_one_document_each_with_bad_ones_counted(tmp_path: Path):
 
 
 def test_directories_recurse_sorted_and_globs_expand(tmp_path: Path):
-    (tmp_path / "sub").mkdir()
-    write_jsonl(tmp_path / "sub" / "b.jsonl", [NO_ID])
-    write_jsonl(tmp_path / "a.jsonl.gz", [GOOD])
-    (tmp_path / ".hidden.jsonl").write_text(GOOD + "\n")
-    by_dir = list(iter_documents([tmp_path]))
-    assert [d["id"] for d in by_dir] == ["a", "sub/b.jsonl:1"]
-    by_glob = list(iter_documents([str(tmp_path / "**" / "*.jsonl")]))
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    write_jsonl(corpus / "sub" / "b.jsonl", [NO_ID])
+    write_jsonl(corpus / "a.jsonl.gz", [GOOD])
+    (corpus / ".hidden.jsonl").write_text(GOOD + "\n")
+    by_dir = list(iter_documents([corpus]))
+    assert [d["id"] for d in by_dir] == ["a", "corpus/sub/b.jsonl:1"]
+    by_glob = list(iter_documents([str(corpus / "**" / "*.jsonl")]))
     assert [d["id"] for d in by_glob] == ["sub/b.jsonl:1"]
     # ids do not depend on where the corpus directory lives
-    moved = tmp_path.rename(tmp_path.parent / "moved")
-    assert [d["id"] for d in iter_documents([moved])] == ["a", "sub/b.jsonl:1"]
+    (tmp_path / "elsewhere").mkdir()
+    moved = corpus.rename(tmp_path / "elsewhere" / "corpus")
+    assert [d["id"] for d in iter_documents([moved])] == ["a", "corpus/sub/b.jsonl:1"]
+
+
+def test_same_file_names_in_two_input_directories_stay_apart(tmp_path: Path):
+    for name in ("web", "books"):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "part-0.jsonl", [NO_ID])
+    ids = [d["id"] for d in iter_documents([tmp_path / "web", tmp_path / "books"])]
+    assert ids == ["web/part-0.jsonl:1", "books/part-0.jsonl:1"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_truncated_compressed_file_keeps_what_was_read_and_counts_the_rest(
+    tmp_path: Path, suffix: str
+):
+    lines = [json.dumps({"text": f"document number {i} " * 20}) for i in range(2000)]
+    path = write_jsonl(tmp_path / f"big{suffix}", lines)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    report = ReadReport()
+    docs = list(iter_documents([path], report))
+    assert 0 < len(docs) < 2000
+    counts = report.counts[str(path)]
+    if suffix == ".jsonl.gz":  # gzip notices the missing end of stream
+        assert counts == {KEPT: len(docs), CORRUPT_FILE: 1}
+    else:  # zstd just stops: the cut last line is what gets counted
+        assert counts == {KEPT: len(docs), MALFORMED_JSON: 1}
+    with pytest.raises(DocumentError, match=f"{path}"):
+        list(iter_documents([path], ReadReport(strict=True)))
 
 
 def test_parquet_rows_read_with_problems_counted(tmp_path: Path):

@@ -234,6 +234,11 @@ class TokenLoader:
             sample_ids=torch.from_numpy(samples),
         )
 
+    def reset(self) -> None:
+        """Start again from the first sample (for evaluating the same windows each time)."""
+        self._base = 0
+        self._taken = 0
+
     @property
     def num_samples_consumed(self) -> int:
         """Global samples consumed by all ranks, assuming they advance in lockstep."""

@@ -3,13 +3,15 @@
 A document is a dict ``{"id": str, "text": str, ...metadata}`` (DESIGN.md §3). Every line or
 file that cannot become a document is counted in a :class:`ReadReport` under a named reason
 (``invalid_utf8``, ``malformed_json``, ``missing_text_field``, ``empty_document``,
-``missing_path``, ``unsupported_format``) so that ``documents in = kept + errors`` holds per
-file. With ``strict=True`` the first such problem raises :class:`DocumentError` naming the file
-and line instead.
+``missing_path``, ``unsupported_format``, and ``corrupt_file`` for a truncated gzip stream)
+so that ``documents in = kept + errors`` holds per file. With ``strict=True`` the first such
+problem raises :class:`DocumentError` naming the file and line instead.
 
 Ids: a JSON record's ``id`` field is used when present. Otherwise the id is derived from the
-file's name relative to the input it was found under and the line (or row) number,
-``"books.jsonl.gz:12"``, which stays the same when the corpus directory moves.
+file's name and the line (or row) number, ``"books.jsonl.gz:12"``; a file found under an
+input directory is named by that directory's own name and its path inside it
+(``"web/2024/part-0.jsonl:12"``), so ids do not depend on where the corpus lives. The same
+name is the document's source in per-source counts.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ MALFORMED_JSON = "malformed_json"
 MISSING_TEXT_FIELD = "missing_text_field"
 EMPTY_DOCUMENT = "empty_document"
 UNSUPPORTED_FORMAT = "unsupported_format"
+CORRUPT_FILE = "corrupt_file"
 ERROR_REASONS = (
+    CORRUPT_FILE,
     MISSING_PATH,
     INVALID_UTF8,
     MALFORMED_JSON,
@@ -166,7 +170,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], report: ReadReport) -> li
         if not path.exists():
             report.problem(spec, MISSING_PATH, detail="no such file or directory")
         elif path.is_dir():
-            files.extend(_expand_dir(path, report, prefix=""))
+            files.extend(_expand_dir(path, report, prefix=path.resolve().name))
         else:
             _add_file(files, path, path.name, report)
     return files
@@ -260,6 +264,30 @@ def _line_of_offset(data: bytes, offset: int) -> int:
 
 
 def _read_jsonl(
+    file: InputFile, report: ReadReport, text_field: str, id_field: str
+) -> Iterator[Document]:
+    try:
+        yield from _read_jsonl_lines(file, report, text_field, id_field)
+    except DocumentError:
+        raise
+    except _stream_errors() as e:
+        # A truncated or corrupted gzip/zstd stream: what was read so far is kept and counted,
+        # the rest of the file is one problem (its documents cannot be counted).
+        report.problem(str(file.path), CORRUPT_FILE, 0, f"{type(e).__name__}: {e}")
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, ValueError)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _read_jsonl_lines(
     file: InputFile, report: ReadReport, text_field: str, id_field: str
 ) -> Iterator[Document]:
     key = str(file.path)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pretrain import __version__
-from pretrain.atomic import TMP_SUFFIX, atomic_write_json
+from pretrain.atomic import TMP_SUFFIX, atomic_write_json, atomic_write_text
 from pretrain.data.readers import ReadReport, expand_inputs, read_file
 from pretrain.data.shards import (
     FORMAT_NAME,
@@ -71,6 +71,9 @@ class TokenizeSettings:
     def plan(self, tokenizer: Tokenizer) -> dict[str, Any]:
         return {
             "inputs": list(self.inputs),
+            # What the inputs resolve to now: resuming over changed files would shift the
+            # reading positions that tell which documents are already in shards.
+            "input_files": _fingerprints(self.inputs),
             "val_fraction": self.val_fraction,
             "text_field": self.text_field,
             "id_field": self.id_field,
@@ -78,6 +81,11 @@ class TokenizeSettings:
             "tokenizer_hash": tokenizer.hash,
             "format_version": FORMAT_VERSION,
         }
+
+
+def _fingerprints(inputs: Sequence[str]) -> list[list[Any]]:
+    files = expand_inputs(inputs, ReadReport())
+    return [[f.name, f.path.stat().st_size, f.path.stat().st_mtime_ns] for f in files]
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -182,12 +190,16 @@ class _Progress:
                 f"(differs in {', '.join(changed)}); rerun with the same settings to finish it, "
                 "or pass --overwrite to start over"
             )
+        kept = lines[:1]
         for line in lines[1:]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break  # the process died while writing this line; the shard is redone
             self.shards[record["split"]].append(ShardInfo.from_dict(record["shard"]))
+            kept.append(line)
+        if len(kept) < len(lines):  # drop the torn line so later appends start clean
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def resume_points(self) -> dict[str, int]:
         return {s: (v[-1].end_input if v else 0) for s, v in self.shards.items()}
@@ -295,6 +307,12 @@ def tokenize_to_shards(
             w.abort()
         raise
 
+    written = sum(i.num_documents for shards in progress.shards.values() for i in shards)
+    if written != report.num_kept:
+        raise ShardError(
+            f"{out}: {report.num_kept} documents were read but {written} are in shards; "
+            "the inputs changed during the run? Rerun with --overwrite"
+        )
     manifest = _manifest(plan, tokenizer, dtype, progress, report)
     atomic_write_json(out / MANIFEST_FILE, manifest)
     progress.path.unlink()

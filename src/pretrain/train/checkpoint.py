@@ -81,6 +81,36 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_step_dir(tmp, model_state, optim_state, state, step)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves nothing behind
+        raise
+    if final.exists():
+        # A rerun reached the same step again: the old copy is moved aside, never deleted
+        # before the new one has its name, so a crash here still leaves older steps whole.
+        aside = root / (final.name + ".old")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    if is_best:
+        atomic_write_text(root / BEST, final.name + "\n")
+    _prune(root, keep_last)
+    return final
+
+
+def _write_step_dir(
+    tmp: Path,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    state: dict[str, Any],
+    step: int,
+) -> None:
     # safetensors refuses shared storage (tied weights): store each tensor once, contiguous.
     tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
     save_file(_unshare(tensors), str(tmp / MODEL_FILE))
@@ -92,15 +122,6 @@ def save_checkpoint(
     record = dict(state, step=step, files=files)
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
     _fsync_file(tmp / STATE_FILE)
-    if final.exists():  # a rerun reached the same step again: replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    atomic_write_text(root / LATEST, final.name + "\n")
-    if is_best:
-        atomic_write_text(root / BEST, final.name + "\n")
-    _prune(root, keep_last)
-    return final
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

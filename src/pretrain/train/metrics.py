@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pretrain.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -28,7 +30,7 @@ class MetricsWriter:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and _step_of(line) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()

@@ -15,6 +15,7 @@ class TrainState:
     consecutive_nonfinite: int = 0
     num_skipped_steps: int = 0
     elapsed_seconds: float = 0.0
+    last_eval_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

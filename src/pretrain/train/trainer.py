@@ -17,8 +17,10 @@ step. On CPU the losses after ``--resume`` are bit-identical to an uninterrupted
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from pretrain.train.progress import Progress
 from pretrain.train.state import TrainState
 
 log = logging.getLogger(__name__)
+
+MODEL_CONFIG_FILE = "model_config.json"
 
 
 class TrainingError(RuntimeError):
@@ -66,6 +70,11 @@ class Trainer:
             raise TrainingError(
                 f"{self.run_dir} already holds checkpoints: pass --resume to continue it, "
                 "or choose another --run.dir"
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TrainingError(
+                "this trainer runs one process; multi-process (torchrun) training is not "
+                "available yet"
             )
         self.device = resolve_device(cfg.train.device)
         bf16 = cfg.train.precision == "bf16" or (
@@ -100,6 +109,8 @@ class Trainer:
             checksum=cfg.data.verify_checksums,
             tokenizer_hash=self.tokenizer.hash,
         )
+        # Opened now so a wrong data.val fails before training, not at the first evaluation.
+        self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps()
         lengths = token_byte_lengths(self.tokenizer)
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
@@ -115,6 +126,10 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
+        # The exact architecture (also when it came from model.init_from), for load_run.
+        (self.run_dir / MODEL_CONFIG_FILE).write_text(
+            json.dumps(self.model.cfg.to_dict(), indent=2) + "\n"
+        )
         self.tokenizer.save(self.run_dir / "tokenizer")
         self.metrics = MetricsWriter(
             self.run_dir, self.state.step if resume else None, self.cfg.log.tensorboard
@@ -170,7 +185,7 @@ class Trainer:
                     self.save(last_val)
                 window_start += time.perf_counter() - paused  # tokens/s counts training only
         final_step = self.state.step
-        if self.cfg.data.val and (last_val is None or last_val["step"] != final_step):
+        if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
         if not list_steps(self.ckpt_dir) or list_steps(self.ckpt_dir)[-1] != final_step:
             self.save(last_val)
@@ -215,7 +230,9 @@ class Trainer:
             )
             (total / max(num_label_tokens, 1)).backward()
             ce_sum += ce
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        # grad_clip <= 0 means no clipping (the norm is still measured and logged)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss = float(ce_sum) / max(num_label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches)
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
@@ -286,12 +303,13 @@ class Trainer:
         )
 
     def evaluate_and_log(self) -> dict[str, Any] | None:
-        if not self.cfg.data.val:
+        if self.val_batches is None:
             return None
+        self.val_batches.reset()
         result = evaluate(
             self.model,
             self.objective,
-            self.val_loader(),
+            self.val_batches,
             self.token_bytes,
             self.device,
             self.cfg.eval.max_batches,
@@ -306,6 +324,7 @@ class Trainer:
         record.update({k: result[k] for k in ("loss", "perplexity", "bits_per_byte")})
         record["tokens_evaluated"] = result["tokens"]
         self.metrics.write(record)
+        self.state.last_eval_step = self.state.step
         log.info(
             "step %d: val loss %.4f, bits/byte %s",
             self.state.step,
