@@ -270,6 +270,8 @@ class LogConfig:
     every_steps: int = 10
     progress: bool = True
     tensorboard: bool = True
+    sample_tokens: int = 100
+    """Tokens of the sample written to samples.txt at the end of a run (0: none)."""
 
 
 @dataclasses.dataclass

@@ -71,6 +71,8 @@ def test_loss_falls_and_run_directory_is_complete(shards_dir, tokenizer_dir, tmp
     assert all(r["bits_per_byte"] > 0 for r in records if r["split"] == "val")
     assert summary["step"] == 40 and summary["tokens"] == 40 * 256
     assert (run / "config.yaml").exists() and (run / "tokenizer" / "tokenizer.json").exists()
+    assert (run / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "samples.txt").read_text().startswith("--- step 40 ---\n")
     # keeps the last 2 checkpoints plus the best one
     steps = list_steps(run / "checkpoints")
     assert steps[-2:] == [36, 40] and len(steps) <= 3

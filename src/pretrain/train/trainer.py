@@ -190,6 +190,7 @@ class Trainer:
         if not list_steps(self.ckpt_dir) or list_steps(self.ckpt_dir)[-1] != final_step:
             self.save(last_val)
         self.metrics.close()
+        self._write_plot_and_sample()
         return {
             "step": final_step,
             "tokens": self.state.tokens_seen,
@@ -197,6 +198,28 @@ class Trainer:
             "skipped_steps": self.state.num_skipped_steps,
             "seconds": self.state.elapsed_seconds,
         }
+
+    def _write_plot_and_sample(self) -> None:
+        """``plots/loss.png`` and ``samples.txt`` in the run directory (DESIGN.md §5)."""
+        from pretrain.generate import generate
+        from pretrain.train.plots import plot_losses
+
+        plot_losses(self.run_dir)
+        if self.cfg.log.sample_tokens <= 0:
+            return
+        eos = self.tokenizer.special.eos
+        ids = generate(
+            self.model,
+            torch.tensor([eos]),  # a new document
+            self.cfg.log.sample_tokens,
+            temperature=0.8,
+            top_k=50,
+            eos_id=eos,
+            generator=torch.Generator(device=self.device).manual_seed(self.cfg.train.seed),
+        )
+        text = self.tokenizer.decode([i for i in ids[1:].tolist() if i != eos])
+        with open(self.run_dir / "samples.txt", "a") as f:
+            f.write(f"--- step {self.state.step} ---\n{text}\n")
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns what to log."""
