@@ -181,6 +181,7 @@ class ModelConfig:
     rope_theta: float | None = None
     qk_norm: bool | None = None
     tie_embeddings: bool | None = None
+    attention_backend: typing.Literal["sdpa", "flex"] | None = None
     init_from: str | None = None
     """Local Hugging Face checkpoint directory to continue pretraining from."""
 
@@ -351,10 +352,11 @@ class ExperimentConfig:
                 f"distributed.strategy={self.distributed.strategy!r} is not available yet; "
                 "use 'none' (single process)"
             )
-        if self.model.init_from and self.model.overrides():
+        shape_keys = [k for k in self.model.overrides() if k != "attention_backend"]
+        if self.model.init_from and shape_keys:
             raise ConfigError(
                 "model.init_from takes the architecture from the checkpoint; remove "
-                + ", ".join(f"model.{k}" for k in self.model.overrides())
+                + ", ".join(f"model.{k}" for k in shape_keys)
             )
         self.grad_accum_steps()
         return self

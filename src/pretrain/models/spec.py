@@ -34,6 +34,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
                 f"model.init_from={cfg.init_from!r} has {model.cfg.vocab_size} token embeddings, "
                 f"fewer than the tokenizer's {vocab_size}"
             )
+        if cfg.attention_backend is not None:
+            model.cfg.attention_backend = cfg.attention_backend
     else:
         try:
             model = DecoderLM(decoder_config(cfg.size, vocab_size, **cfg.overrides()))

@@ -157,7 +157,8 @@ class Attention(nn.Module):
             x: input hidden states.
             rope: cos/sin tables from :class:`~pretrain.models.common.positions.RotaryEmbedding`,
                 or None for models with absolute positions.
-            mask: boolean SDPA mask (True = attend), broadcastable to (B, H, T, T_keys).
+            mask: boolean SDPA mask (True = attend), broadcastable to (B, H, T, T_keys), or a
+                FlexAttention ``BlockMask`` (see :mod:`pretrain.models.common.flex`).
             is_causal: use SDPA's causal fast path (only with ``mask`` None and no cache offset).
             kv_cache: cache to append this call's keys/values to and attend over.
         """
@@ -177,8 +178,13 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KV, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, KV, T_keys, hd)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H
-        )  # (B, H, T, hd)
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
+            from pretrain.models.common.flex import compiled_flex_attention
+
+            y = compiled_flex_attention()(q, k, v, block_mask=mask, enable_gqa=KV != H)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H
+            )  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, d_model): heads side by side
         return self.out(y)

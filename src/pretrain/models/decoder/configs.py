@@ -46,6 +46,8 @@ class DecoderConfig:
         init_std: std of the normal init; residual output projections get
             ``init_std / sqrt(2 * n_layers)``.
         ffn_multiple_of: rounding of the derived SwiGLU width.
+        attention_backend: ``sdpa`` (dense boolean mask for document masking) or ``flex``
+            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``).
     """
 
     vocab_size: int
@@ -63,6 +65,7 @@ class DecoderConfig:
     bias: bool | None = None
     init_std: float = 0.02
     ffn_multiple_of: int = 256
+    attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.common import flex
 from pretrain.models.common.attention import (
     Attention,
     KVCache,
@@ -131,8 +132,11 @@ class DecoderLM(nn.Module):
         offset = 0 if kv_cache is None else kv_cache.length
         spec = attention if attention is not None else AttentionSpec()
         if kv_cache is None:
-            mask = attention_mask(spec, T, input_ids.device)
-            is_causal = mask is None and spec.kind == "causal"
+            if self.cfg.attention_backend == "flex" and flex.supports(spec):
+                mask, is_causal = flex.block_mask(spec, T), False
+            else:
+                mask = attention_mask(spec, T, input_ids.device)
+                is_causal = mask is None and spec.kind == "causal"
         else:
             if spec.kind != "causal" or spec.document_ids is not None:
                 raise ValueError("a KV cache supports only causal attention without document_ids")
