@@ -26,11 +26,11 @@ DEFAULT_CHUNK_ROWS = 512  # fits in cache on CPU; measured faster than 2048
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """loss_sum = sum_i [lse(h_i W^T) - (h_i W^T)[y_i] + z * lse(h_i W^T)^2] over rows i."""
+    """With logits l_i = h_i W^T (+ b): sum_i [lse(l_i) - l_i[y_i] + z * lse(l_i)^2] over rows i."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, z_loss_coef: float, chunk_rows: int):  # type: ignore[override]
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, hidden, weight, bias, targets, z_loss_coef: float, chunk_rows: int):  # type: ignore[override]
+        needs_grad = any(ctx.needs_input_grad[:3])
         compute_dtype = hidden.dtype
         acc_dtype = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 in tests
         w = weight.to(compute_dtype)
@@ -40,10 +40,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = (
             torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs_grad else None
         )
+        grad_bias = (
+            torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device)
+            if needs_grad and bias is not None
+            else None
+        )
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]  # (n, C)
             y = targets[start : start + chunk_rows, None]  # (n, 1)
             logits = (h @ w.t()).to(acc_dtype)  # (n, V)
+            if bias is not None:
+                logits += bias.to(acc_dtype)
             logp = logits.log_softmax(dim=-1)  # (n, V)
             target_logp = logp.gather(1, y)  # (n, 1)
             loss -= target_logp.sum()
@@ -58,6 +65,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 if lse is not None:
                     grad_logits *= 1.0 + 2.0 * z_loss_coef * lse
                 grad_logits.scatter_add_(1, y, torch.full_like(target_logp, -1.0))
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(dim=0)
                 g = grad_logits.to(compute_dtype)
                 torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
                 if g.dtype == acc_dtype:
@@ -66,16 +75,20 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight += (g.t() @ h).to(acc_dtype)
             del logp
         if needs_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return loss + z_loss_coef * z_total, loss
 
     @staticmethod
     def backward(ctx, grad_total, _grad_ce):  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         gh = (grad_hidden * grad_total.to(grad_hidden.dtype)) if ctx.needs_input_grad[0] else None
         gw = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None
+        gb = None
+        if ctx.needs_input_grad[2] and grad_bias is not None:
+            gb = (grad_bias * grad_total).to(ctx.bias_dtype)
+        return gh, gw, gb, None, None, None
 
 
 def cross_entropy_sum(
@@ -85,6 +98,7 @@ def cross_entropy_sum(
     z_loss_coef: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     compute_dtype: torch.dtype | None = None,
+    output_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed token cross-entropy of ``hidden @ output_weight.T`` against ``labels``.
 
@@ -96,6 +110,7 @@ def cross_entropy_sum(
         chunk_rows: label positions per chunk of fp32 logits.
         compute_dtype: dtype of the vocabulary projection (bf16 under mixed precision); the
             softmax and the sums stay in fp32. None keeps the dtype of ``hidden``.
+        output_bias: ``(V,)`` bias added to the logits (BERT's MLM decoder has one).
 
     Returns:
         ``(objective_sum, num_label_tokens, ce_sum)``: the sum to backpropagate (cross-entropy
@@ -108,8 +123,9 @@ def cross_entropy_sum(
     y = flat_labels.index_select(0, rows)
     if compute_dtype is not None:
         h = h.to(compute_dtype)
-    weight = output_weight
+    weight, bias = output_weight, output_bias
     if not torch.is_grad_enabled():  # eval: Function.forward can't see grad mode, so detach
         h, weight = h.detach(), weight.detach()
-    total, ce = _FusedLinearCrossEntropy.apply(h, weight, y, float(z_loss_coef), chunk_rows)
+        bias = None if bias is None else bias.detach()
+    total, ce = _FusedLinearCrossEntropy.apply(h, weight, bias, y, float(z_loss_coef), chunk_rows)
     return total, torch.tensor(len(rows), device=hidden.device), ce.detach()

@@ -87,3 +87,20 @@ def test_evaluation_under_no_grad_does_no_gradient_work():
         cross_entropy_sum(hidden, labels, weight, chunk_rows=64)
     matmuls = sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
     assert matmuls == 1  # only the forward projection; no grad_hidden / grad_weight products
+
+
+def test_output_bias_value_and_gradients_match_full_logits():
+    torch.manual_seed(3)
+    hidden = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 9))
+    labels[1, :3] = IGNORE_INDEX
+    total, count, _ = cross_entropy_sum(hidden, labels, weight, output_bias=bias, chunk_rows=4)
+    logits = hidden @ weight.t() + bias
+    ref = F.cross_entropy(logits.view(-1, 40), labels.view(-1), reduction="sum")
+    torch.testing.assert_close(total, ref)
+    got = torch.autograd.grad(total, [hidden, weight, bias])
+    want = torch.autograd.grad(ref, [hidden, weight, bias])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)

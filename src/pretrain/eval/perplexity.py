@@ -40,7 +40,12 @@ def evaluate(
         batch = objective(token_batch).to(device)
         with autocast():
             hidden = model(batch)
-        _, count, ce = cross_entropy_sum(hidden, batch.labels, model.output_weight)
+        _, count, ce = cross_entropy_sum(
+            hidden,
+            batch.labels,
+            model.output_weight,
+            output_bias=getattr(model, "output_bias", None),
+        )
         nats += float(ce)
         tokens += int(count)
         if token_bytes is not None:

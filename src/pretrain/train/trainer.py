@@ -250,6 +250,7 @@ class Trainer:
                 self.model.output_weight,
                 cfg.objective.z_loss,
                 compute_dtype=self.autocast_dtype,
+                output_bias=getattr(self.model, "output_bias", None),
             )
             (total / max(num_label_tokens, 1)).backward()
             ce_sum += ce
