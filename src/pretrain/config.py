@@ -214,6 +214,12 @@ class ObjectiveConfig:
     name: str = "clm"
     document_masking: bool = True
     z_loss: float = 0.0
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    exact_count: bool = False
+    """MLM: BERT's exact count per sequence instead of an independent draw per token."""
+    whole_word_masking: bool = False
 
 
 @dataclasses.dataclass

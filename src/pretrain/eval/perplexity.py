@@ -34,10 +34,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     nats, tokens, num_bytes = 0.0, 0, 0
+    # Objectives that corrupt their input (MLM) draw the same corruption at every evaluation,
+    # so evaluations at different steps compare like with like.
+    generator = torch.Generator().manual_seed(0)
     for i, token_batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        batch = objective(token_batch).to(device)
+        batch = objective(token_batch, generator).to(device)
         with autocast():
             hidden = model(batch)
         _, count, ce = cross_entropy_sum(

@@ -38,7 +38,7 @@ def evaluate_run(
         num_epochs=1,
         tokenizer_hash=run.tokenizer.hash,
     )
-    objective = build_objective(cfg.objective.name, document_masking=cfg.objective.document_masking)
+    objective = build_objective(cfg.objective, run.tokenizer)
     lengths = token_byte_lengths(run.tokenizer)
     token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     result = evaluate(run.model, objective, loader, token_bytes, torch.device("cpu"), max_batches)

@@ -6,11 +6,16 @@ pairing when the config is loaded, not at step 1000.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pretrain.objectives.clm import CausalLM
+from pretrain.objectives.mlm import MaskedLM, word_start_table
 
-OBJECTIVES: dict[str, type] = {"clm": CausalLM}
+if TYPE_CHECKING:
+    from pretrain.config import ObjectiveConfig
+    from pretrain.tokenizer import Tokenizer
+
+OBJECTIVES: dict[str, type] = {"clm": CausalLM, "mlm": MaskedLM}
 
 
 def check_pairing(objective: str, family: str) -> None:
@@ -20,12 +25,34 @@ def check_pairing(objective: str, family: str) -> None:
         )
     families = OBJECTIVES[objective].families
     if family not in families:
+        works = sorted(name for name, cls in OBJECTIVES.items() if family in cls.families)
         raise ValueError(
             f"objective.name {objective!r} does not train model.family {family!r}; "
-            f"it supports {list(families)}"
+            f"it supports {list(families)}; objectives for {family!r}: {works}"
         )
 
 
-def build_objective(name: str, **options: Any):
-    check_pairing(name, OBJECTIVES[name].families[0] if name in OBJECTIVES else "")
-    return OBJECTIVES[name](**options)
+def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer):
+    """The objective named by ``cfg.name``, with the tokenizer's special ids."""
+    if cfg.name == "clm":
+        return CausalLM(document_masking=cfg.document_masking)
+    if cfg.name == "mlm":
+        sp = tokenizer.special
+        special_ids = [sp.bos, sp.eos, sp.pad, sp.mask, sp.sep, sp.cls, *sp.sentinels]
+        special_ids += list(sp.modes.values())
+        word_starts = None
+        if cfg.whole_word_masking:
+            vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
+            word_starts = word_start_table(vocab, tokenizer.vocab_size)
+        return MaskedLM(
+            mask_id=sp.mask,
+            vocab_size=tokenizer.vocab_size,
+            special_ids=special_ids,
+            probability=cfg.mlm_probability,
+            mask_replace_prob=cfg.mask_replace_prob,
+            random_replace_prob=cfg.random_replace_prob,
+            exact_count=cfg.exact_count,
+            word_starts=word_starts,
+            document_masking=cfg.document_masking,
+        )
+    raise ValueError(f"unknown objective.name {cfg.name!r}; choose one of {sorted(OBJECTIVES)}")

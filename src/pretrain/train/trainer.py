@@ -96,9 +96,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
-        self.objective = build_objective(
-            cfg.objective.name, document_masking=cfg.objective.document_masking
-        )
+        self.objective = build_objective(cfg.objective, self.tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.loader = TokenLoader(
             cfg.data.train,

@@ -1,0 +1,137 @@
+"""Encoder-only model shapes: :class:`EncoderConfig` and the named sizes.
+
+One style, ``bert``: the architecture of BERT (Devlin et al. 2019, "BERT: Pre-training of Deep
+Bidirectional Transformers for Language Understanding"), which RoBERTa (Liu et al. 2019,
+"RoBERTa: A Robustly Optimized BERT Pretraining Approach") keeps unchanged while changing the
+training recipe (dynamic masking, no NSP, bigger batches). Post-norm LayerNorm blocks, learned
+absolute positions, token-type embeddings, exact (erf) GELU, biases everywhere, and an MLM head
+tied to the word embeddings.
+
+Every field can be overridden, so a named size is a starting point, not a cage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Style = Literal["bert"]
+STYLES = ("bert",)
+BACKENDS = ("sdpa", "flex")
+
+
+@dataclass
+class EncoderConfig:
+    """Shape of a BERT-style encoder with a masked-LM head.
+
+    Attributes:
+        vocab_size: rows of the word embedding (and columns of the tied MLM output).
+        d_model: width of the residual stream (BERT's ``hidden_size``).
+        n_layers: transformer blocks.
+        n_heads: attention heads; ``d_model / n_heads`` is the head dimension.
+        d_ff: MLP hidden width; None means ``4 * d_model``.
+        max_seq_len: size of the learned absolute position table.
+        norm_eps: epsilon of every LayerNorm (1e-12 in BERT).
+        init_std: std of the normal init of every weight matrix and embedding (BERT: 0.02,
+            no depth scaling).
+        type_vocab_size: rows of the token-type (segment) embedding; pretraining always uses
+            type 0, fine-tuning on sentence pairs uses type 1 for the second segment.
+        pad_id: token id of padding; its word-embedding row starts at zero and gets no
+            gradient (``nn.Embedding(padding_idx=...)``, as in HF ``BertEmbeddings``).
+        style: ``bert`` (the only one).
+        attention_backend: ``sdpa`` (dense boolean mask for document masking) or ``flex``
+            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``).
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int | None = None
+    max_seq_len: int = 512
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+    type_vocab_size: int = 2
+    pad_id: int | None = None
+    style: Style = "bert"
+    attention_backend: Literal["sdpa", "flex"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style: unknown {self.style!r}; valid: {', '.join(STYLES)}")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(
+                f"attention_backend: unknown {self.attention_backend!r}; "
+                f"valid: {', '.join(BACKENDS)}"
+            )
+        if self.d_ff is None and isinstance(self.d_model, int):
+            self.d_ff = 4 * self.d_model
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "max_seq_len",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.pad_id is not None and (
+            not isinstance(self.pad_id, int)
+            or isinstance(self.pad_id, bool)
+            or not 0 <= self.pad_id < self.vocab_size
+        ):
+            raise ValueError(
+                f"pad_id must be None or a token id in [0, vocab_size={self.vocab_size}), "
+                f"got {self.pad_id!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SIZES: dict[str, dict[str, Any]] = {
+    # 1,007,744 parameters with vocab 4096 (about half of them the tied embedding): smoke tests.
+    "debug": dict(d_model=128, n_layers=2, n_heads=4, max_seq_len=512),
+    # 4,541,184 parameters with vocab 4096; the decoder's "tiny" shape, for side-by-side runs.
+    "tiny": dict(d_model=256, n_layers=4, n_heads=4, max_seq_len=1024),
+    # BERT-base (Devlin et al. 2019): with vocab 30522 (bert-base-uncased) 109,514,298
+    # parameters, the count of HF BertForMaskedLM(BertConfig()) (no pooler, no NSP head).
+    "bert-base": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512),
+}
+
+SIZES = tuple(_SIZES)
+
+
+def encoder_config(size: str, vocab_size: int, **overrides: Any) -> EncoderConfig:
+    """The named size ``size`` for ``vocab_size`` tokens, with any field overridden.
+
+    Raises:
+        ValueError: for an unknown size (listing the valid ones), an unknown field, or an
+            invalid value (naming the field).
+    """
+    if size not in _SIZES:
+        raise ValueError(f"unknown encoder size {size!r}; valid: {', '.join(SIZES)}")
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown EncoderConfig field(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(fields))}"
+        )
+    return EncoderConfig(vocab_size=vocab_size, **{**_SIZES[size], **overrides})

@@ -1,0 +1,54 @@
+"""The MLM objective: what the encoder sees and what it must predict, per packed window."""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.config import ObjectiveConfig
+from pretrain.data.loader import TokenLoader
+from pretrain.objectives import build_objective, check_pairing
+from pretrain.objectives.base import IGNORE_INDEX
+
+
+def test_mlm_batches_mask_only_ordinary_tokens_within_documents(shards_dir, tokenizer):
+    objective = build_objective(ObjectiveConfig(name="mlm"), tokenizer)
+    loader = TokenLoader(shards_dir, 64, 8, seed=0)
+    g = torch.Generator().manual_seed(0)
+    token_batch = next(loader)
+    batch = objective(token_batch, g)
+    tokens = token_batch.tokens[:, :-1]
+    assert batch.input_ids.shape == batch.labels.shape == tokens.shape
+    selected = batch.labels != IGNORE_INDEX
+    assert torch.equal(batch.labels[selected], tokens[selected])
+    assert not selected[tokens == tokenizer.special.eos].any()
+    assert batch.attention.kind == "bidirectional"
+    assert torch.equal(batch.attention.document_ids, token_batch.document_ids[:, :-1])
+    assert 0.08 < selected.float().mean() < 0.22
+    # a new masking at each draw, the same one for the same generator state
+    again = objective(token_batch, torch.Generator().manual_seed(0))
+    other = objective(token_batch, g)
+    assert torch.equal(again.labels, batch.labels) and not torch.equal(other.labels, batch.labels)
+
+
+def test_whole_word_masking_selects_whole_words(shards_dir, tokenizer):
+    cfg = ObjectiveConfig(name="mlm", whole_word_masking=True)
+    objective = build_objective(cfg, tokenizer)
+    token_batch = next(TokenLoader(shards_dir, 128, 8, seed=1))
+    batch = objective(token_batch, torch.Generator().manual_seed(3))
+    starts = objective.word_starts[token_batch.tokens[:, :-1]]
+    selected = batch.labels != IGNORE_INDEX
+    continuing = ~starts[:, 1:] & (batch.labels[:, 1:] != IGNORE_INDEX) | ~starts[:, 1:]
+    same_word = ~starts[:, 1:]
+    assert (
+        torch.equal(selected[:, 1:][same_word], selected[:, :-1][same_word]) or not continuing.any()
+    )
+    # "Ġthe" starts a word; "ing" continues one
+    vocab = tokenizer.backend.get_vocab()
+    assert objective.word_starts[vocab["Ġthe"]] and not objective.word_starts[vocab["ing"]]
+
+
+def test_mlm_on_a_decoder_is_refused_with_what_would_work():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"does not train model.family 'decoder'.*\['clm'\]"):
+        check_pairing("mlm", "decoder")
