@@ -155,6 +155,11 @@ def generate_text(args: argparse.Namespace) -> int:
     from pretrain.runs import load_run
 
     run = load_run(args.run, args.checkpoint)
+    if run.config.model.family != "decoder":
+        raise ValueError(
+            f"{args.run}: generate needs a decoder; this run trained model.family "
+            f"{run.config.model.family!r}"
+        )
     prompt = run.tokenizer.encode(args.prompt)
     if not prompt:
         prompt = [run.tokenizer.special.eos]  # an empty prompt starts a new document

@@ -1,10 +1,11 @@
 """Export a run to a Hugging Face model directory that ``from_pretrained`` loads offline.
 
-Llama-style decoders become ``LlamaForCausalLM``, GPT-2-style ones ``GPT2LMHeadModel``
-(weights in safetensors), and the tokenizer becomes a ``PreTrainedTokenizerFast`` with this
-package's special tokens, so ``AutoTokenizer.from_pretrained(DIR)`` and
-``AutoModelForCausalLM.from_pretrained(DIR)`` both work without the network. Options with no
-exact Hugging Face equivalent are refused, naming them (see ``models/decoder/hf.py``).
+Llama-style decoders become ``LlamaForCausalLM``, GPT-2-style ones ``GPT2LMHeadModel`` and
+encoders ``BertForMaskedLM`` (weights in safetensors); the tokenizer becomes a
+``PreTrainedTokenizerFast`` with this package's special tokens, so
+``AutoTokenizer.from_pretrained(DIR)`` and ``AutoModelFor...from_pretrained(DIR)`` both work
+without the network. Options with no exact Hugging Face equivalent are refused, naming them
+(see each family's ``hf.py``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def export_hf(
         raise ImportError(
             "export to Hugging Face needs transformers: pip install 'pretrain[hf]'"
         ) from e
-    from pretrain.models.decoder.hf import to_hf
+    from pretrain.models.spec import to_hf
 
     run = load_run(run_dir, checkpoint)
-    hf_model = to_hf(run.model)
+    hf_model = to_hf(run.model, run.config.model.family)
     special = run.tokenizer.special
     hf_model.config.bos_token_id = special.bos
     hf_model.config.eos_token_id = special.eos

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config import ExperimentConfig, load_config
-from pretrain.models.spec import build_model
+from pretrain.models.spec import build_model, model_from_config_dict
 from pretrain.tokenizer import Tokenizer
 from pretrain.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -43,10 +43,7 @@ def load_run(
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
     model_config = run_dir / "model_config.json"
     if model_config.exists():  # the exact architecture the run trained
-        from pretrain.models.decoder.configs import DecoderConfig
-        from pretrain.models.decoder.model import DecoderLM
-
-        model = DecoderLM(DecoderConfig(**json.loads(model_config.read_text())))
+        model = model_from_config_dict(cfg.model.family, json.loads(model_config.read_text()))
     else:
         cfg.model.init_from = None  # the checkpoint holds the weights
         model = build_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)

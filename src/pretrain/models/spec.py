@@ -15,31 +15,43 @@ from pretrain.scaling.flops import flops_per_token
 
 log = logging.getLogger(__name__)
 
-BUILT_FAMILIES = ("decoder",)
+BUILT_FAMILIES = ("decoder", "encoder")
+CONFIG_FILE_FAMILY_KEY = "family"
+
+
+def _family_classes(family: str):
+    """(config function, config class, model class) of a family."""
+    if family == "decoder":
+        from pretrain.models.decoder.configs import DecoderConfig, decoder_config
+        from pretrain.models.decoder.model import DecoderLM
+
+        return decoder_config, DecoderConfig, DecoderLM
+    if family == "encoder":
+        from pretrain.models.encoder.configs import EncoderConfig, encoder_config
+        from pretrain.models.encoder.model import EncoderLM
+
+        return encoder_config, EncoderConfig, EncoderLM
+    raise ConfigError(
+        f"model.family {family!r} is not available yet; available: {list(BUILT_FAMILIES)}"
+    )
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
     """A freshly initialized model (or one imported from ``model.init_from``)."""
-    if cfg.family not in BUILT_FAMILIES:
-        raise ConfigError(
-            f"model.family {cfg.family!r} is not available yet; available: {list(BUILT_FAMILIES)}"
-        )
-    from pretrain.models.decoder.configs import decoder_config
-    from pretrain.models.decoder.model import DecoderLM
-
+    config_fn, _, model_cls = _family_classes(cfg.family)
     if cfg.init_from:
-        model = _import_hf(cfg.init_from)
+        model = _import_hf(cfg.init_from, cfg.family)
         if model.cfg.vocab_size < vocab_size:
             raise ConfigError(
                 f"model.init_from={cfg.init_from!r} has {model.cfg.vocab_size} token embeddings, "
                 f"fewer than the tokenizer's {vocab_size}"
             )
-        if cfg.attention_backend is not None:
+        if cfg.attention_backend is not None and hasattr(model.cfg, "attention_backend"):
             model.cfg.attention_backend = cfg.attention_backend
     else:
         try:
-            model = DecoderLM(decoder_config(cfg.size, vocab_size, **cfg.overrides()))
-        except ValueError as e:
+            model = model_cls(config_fn(cfg.size, vocab_size, **cfg.overrides()))
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
     if seq_len > model.cfg.max_seq_len:
         raise ConfigError(
@@ -49,14 +61,34 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
     return model
 
 
-def _import_hf(path: str) -> nn.Module:
+def model_from_config_dict(family: str, config: dict) -> nn.Module:
+    """Rebuild a model from the architecture a run recorded (``model_config.json``)."""
+    _, config_cls, model_cls = _family_classes(family)
+    return model_cls(config_cls(**config))
+
+
+def to_hf(model: nn.Module, family: str):
+    """The Hugging Face model of the same family with the same weights."""
+    if family == "decoder":
+        from pretrain.models.decoder.hf import to_hf as convert
+    else:
+        from pretrain.models.encoder.hf import to_hf as convert
+    return convert(model)
+
+
+def _import_hf(path: str, family: str) -> nn.Module:
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     except ImportError as e:
         raise ConfigError("model.init_from needs transformers: pip install 'pretrain[hf]'") from e
-    from pretrain.models.decoder.hf import from_hf
+    if family == "decoder":
+        from pretrain.models.decoder.hf import from_hf
 
-    hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    else:
+        from pretrain.models.encoder.hf import from_hf
+
+        hf_model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True)
     log.info("continuing pretraining from the Hugging Face checkpoint %s", path)
     return from_hf(hf_model)
 

@@ -203,7 +203,7 @@ class Trainer:
         from pretrain.train.plots import plot_losses
 
         plot_losses(self.run_dir)
-        if self.cfg.log.sample_tokens <= 0:
+        if self.cfg.log.sample_tokens <= 0 or self.cfg.model.family != "decoder":
             return
         eos = self.tokenizer.special.eos
         ids = generate(
