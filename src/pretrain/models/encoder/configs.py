@@ -38,7 +38,8 @@ class EncoderConfig:
         type_vocab_size: rows of the token-type (segment) embedding; pretraining always uses
             type 0, fine-tuning on sentence pairs uses type 1 for the second segment.
         pad_id: token id of padding; its word-embedding row starts at zero and gets no
-            gradient (``nn.Embedding(padding_idx=...)``, as in HF ``BertEmbeddings``).
+            gradient through the input (``nn.Embedding(padding_idx=...)``, as in HF
+            ``BertEmbeddings``); the tied output projection still trains it.
         style: ``bert`` (the only one).
         attention_backend: ``sdpa`` (dense boolean mask for document masking) or ``flex``
             (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``).
