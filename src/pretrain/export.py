@@ -57,7 +57,7 @@ def export_hf(
     hf_model.config.bos_token_id = special.bos
     hf_model.config.eos_token_id = special.eos
     hf_model.config.pad_token_id = special.pad
-    if hf_model.generation_config is not None:
+    if getattr(hf_model, "generation_config", None) is not None:
         hf_model.generation_config.bos_token_id = special.bos
         hf_model.generation_config.eos_token_id = special.eos
         hf_model.generation_config.pad_token_id = special.pad

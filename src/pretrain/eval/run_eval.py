@@ -39,7 +39,7 @@ def evaluate_run(
         tokenizer_hash=run.tokenizer.hash,
     )
     objective = build_objective(cfg.objective, run.tokenizer)
-    lengths = token_byte_lengths(run.tokenizer)
+    lengths = token_byte_lengths(run.tokenizer) if cfg.objective.name == "clm" else None
     token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     result = evaluate(run.model, objective, loader, token_bytes, torch.device("cpu"), max_batches)
     result["checkpoint"] = run.checkpoint.name

@@ -110,7 +110,8 @@ class Trainer:
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps()
-        lengths = token_byte_lengths(self.tokenizer)
+        # bits per byte is a language-modeling measure: reported for causal LM only
+        lengths = token_byte_lengths(self.tokenizer) if cfg.objective.name == "clm" else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
         if resume:
