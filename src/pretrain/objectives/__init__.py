@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM, word_start_table
+from pretrain.objectives.prefix_lm import PrefixLM
 
 if TYPE_CHECKING:
     from pretrain.config import ObjectiveConfig
     from pretrain.tokenizer import Tokenizer
 
-OBJECTIVES: dict[str, type] = {"clm": CausalLM, "mlm": MaskedLM}
+OBJECTIVES: dict[str, type] = {"clm": CausalLM, "mlm": MaskedLM, "prefix_lm": PrefixLM}
 
 
 def check_pairing(objective: str, family: str) -> None:
@@ -55,4 +56,6 @@ def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer):
             word_starts=word_starts,
             document_masking=cfg.document_masking,
         )
+    if cfg.name == "prefix_lm":
+        return PrefixLM(cfg.prefix_noise_density, document_masking=cfg.document_masking)
     raise ValueError(f"unknown objective.name {cfg.name!r}; choose one of {sorted(OBJECTIVES)}")

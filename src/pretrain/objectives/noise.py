@@ -127,3 +127,13 @@ def noise_span_to_unique_sentinel(
     sentinels = torch.as_tensor(list(sentinel_ids), dtype=tokens.dtype)
     out = torch.where(first_of_run, sentinels[run_index.clamp(min=0)], tokens)
     return out[~(noise_mask & previous)]  # drop the rest of each run
+
+
+def random_prefix_length(length: int, noise_density: float, generator: torch.Generator) -> int:
+    """T5's ``random_prefix_noise_mask`` as a length: the prefix is uniform on
+    ``[round((1 - 2 d)(L - 1)), L - 1]`` (``[1, L - 1]`` at the default density 0.5)."""
+    if not 0.0 < noise_density <= 0.5:
+        raise ValueError(f"prefix LM noise density must be in (0, 0.5], got {noise_density}")
+    max_in = length - 1
+    min_in = min(max(round((1 - 2 * noise_density) * (length - 1)), 1), max_in)
+    return int(torch.randint(min_in, max_in + 1, (1,), generator=generator))

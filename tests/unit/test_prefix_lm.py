@@ -1,0 +1,38 @@
+"""Prefix LM: the seqio PrefixLMFeatureConverter test vector, and the split-point law."""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.models.common.attention import attention_mask
+from pretrain.objectives.base import IGNORE_INDEX
+from pretrain.objectives.noise import random_prefix_length
+from pretrain.objectives.prefix_lm import prefix_lm_batch
+
+
+def test_seqio_prefix_lm_test_vector():
+    # seqio feature_converters_test.py::test_prefix_lm_unpacked: inputs [9,4,6,1],
+    # targets [3,9,1]; decoder inputs [0,9,4,6,1,3,9,1], targets [9,4,6,1,3,9,1],
+    # loss weights [0,0,0,0,1,1,1], bidirectional over len(inputs) + 1 = 5 positions
+    window = torch.tensor([[0, 9, 4, 6, 1, 3, 9, 1]])
+    batch = prefix_lm_batch(window, torch.tensor([5]))
+    assert batch.input_ids.tolist() == [[0, 9, 4, 6, 1, 3, 9, 1][:-1]]
+    weights = (batch.labels != IGNORE_INDEX).long().tolist()
+    assert weights == [[0, 0, 0, 0, 1, 1, 1]]
+    assert batch.labels[batch.labels != IGNORE_INDEX].tolist() == [3, 9, 1]
+    mask = attention_mask(batch.attention, 7)[0, 0]  # (T, T), True = may attend
+    expected = torch.tensor(
+        [[j < 5 or j <= i for j in range(7)] for i in range(7)], dtype=torch.bool
+    )
+    assert torch.equal(mask, expected)
+
+
+def test_prefix_length_is_uniform_on_one_to_length_minus_one():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([random_prefix_length(9, 0.5, g) for _ in range(4000)])
+    assert int(draws.min()) == 1 and int(draws.max()) == 8
+    counts = torch.bincount(draws, minlength=9)[1:].float()
+    assert (counts / counts.sum() - 1 / 8).abs().max() < 0.02
+    # a lower density keeps longer prefixes: [round(0.6 * 8), 8] = [5, 8]
+    short = {random_prefix_length(9, 0.2, g) for _ in range(500)}
+    assert short == {5, 6, 7, 8}
