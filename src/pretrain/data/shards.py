@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,11 +281,3 @@ def open_split(
             raise ShardError(f"{directory / info.idx_file}: document offsets are inconsistent")
         opened.append(OpenShard(info=info, tokens=tokens, ends=ends))
     return manifest, opened
-
-
-def count_sources(shards: list[ShardInfo]) -> Counter:
-    """Documents per source across ``shards``."""
-    total: Counter = Counter()
-    for shard in shards:
-        total.update({k: v.num_documents for k, v in shard.sources.items()})
-    return total

@@ -16,7 +16,6 @@ from pretrain.scaling.flops import flops_per_token
 log = logging.getLogger(__name__)
 
 BUILT_FAMILIES = ("decoder", "encoder")
-CONFIG_FILE_FAMILY_KEY = "family"
 
 
 def _family_classes(family: str):
