@@ -220,6 +220,9 @@ class ObjectiveConfig:
     exact_count: bool = False
     """MLM: BERT's exact count per sequence instead of an independent draw per token."""
     whole_word_masking: bool = False
+    noise_density: float = 0.15
+    """Span corruption: share of tokens in noise spans (T5: 0.15)."""
+    mean_noise_span_length: float = 3.0
     prefix_noise_density: float = 0.5
     """Prefix LM: the prefix is uniform on [round((1 - 2 d)(L - 1)), L - 1] tokens."""
 

@@ -11,7 +11,7 @@ from pretrain.objectives.base import IGNORE_INDEX
 
 
 def test_mlm_batches_mask_only_ordinary_tokens_within_documents(shards_dir, tokenizer):
-    objective = build_objective(ObjectiveConfig(name="mlm"), tokenizer)
+    objective = build_objective(ObjectiveConfig(name="mlm"), tokenizer, 64)
     loader = TokenLoader(shards_dir, 64, 8, seed=0)
     g = torch.Generator().manual_seed(0)
     token_batch = next(loader)
@@ -32,7 +32,7 @@ def test_mlm_batches_mask_only_ordinary_tokens_within_documents(shards_dir, toke
 
 def test_whole_word_masking_selects_whole_words(shards_dir, tokenizer):
     cfg = ObjectiveConfig(name="mlm", whole_word_masking=True)
-    objective = build_objective(cfg, tokenizer)
+    objective = build_objective(cfg, tokenizer, 128)
     token_batch = next(TokenLoader(shards_dir, 128, 8, seed=1))
     batch = objective(token_batch, torch.Generator().manual_seed(3))
     tokens = token_batch.tokens[:, :-1]

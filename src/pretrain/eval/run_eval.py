@@ -9,7 +9,7 @@ import torch
 
 from pretrain.data.loader import TokenLoader
 from pretrain.eval.perplexity import evaluate
-from pretrain.objectives import build_objective
+from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.runs import load_run
 from pretrain.tokenizer import token_byte_lengths
 
@@ -29,16 +29,16 @@ def evaluate_run(
     data = data or cfg.data.val
     if not data:
         raise ValueError(f"{run_dir}: the run has no data.val; pass --data DIR")
+    objective = build_objective(cfg.objective, run.tokenizer, cfg.train.seq_len)
     loader = TokenLoader(
         data,
-        cfg.train.seq_len,
+        loader_seq_len(objective, cfg.train.seq_len),
         cfg.eval.batch_size or cfg.train.micro_batch_size,
         split="val",
         shuffle=False,
         num_epochs=1,
         tokenizer_hash=run.tokenizer.hash,
     )
-    objective = build_objective(cfg.objective, run.tokenizer)
     lengths = token_byte_lengths(run.tokenizer) if cfg.objective.name == "clm" else None
     token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     result = evaluate(run.model, objective, loader, token_bytes, torch.device("cpu"), max_batches)

@@ -11,12 +11,18 @@ from typing import TYPE_CHECKING
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM, word_start_table
 from pretrain.objectives.prefix_lm import PrefixLM
+from pretrain.objectives.span import SpanCorruption
 
 if TYPE_CHECKING:
     from pretrain.config import ObjectiveConfig
     from pretrain.tokenizer import Tokenizer
 
-OBJECTIVES: dict[str, type] = {"clm": CausalLM, "mlm": MaskedLM, "prefix_lm": PrefixLM}
+OBJECTIVES: dict[str, type] = {
+    "clm": CausalLM,
+    "mlm": MaskedLM,
+    "prefix_lm": PrefixLM,
+    "span": SpanCorruption,
+}
 
 
 def check_pairing(objective: str, family: str) -> None:
@@ -33,7 +39,7 @@ def check_pairing(objective: str, family: str) -> None:
         )
 
 
-def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer):
+def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int):
     """The objective named by ``cfg.name``, with the tokenizer's special ids."""
     if cfg.name == "clm":
         return CausalLM(document_masking=cfg.document_masking)
@@ -56,6 +62,22 @@ def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer):
             word_starts=word_starts,
             document_masking=cfg.document_masking,
         )
+    if cfg.name == "span":
+        sp = tokenizer.special
+        return SpanCorruption(
+            seq_len,
+            list(sp.sentinels),
+            eos_id=sp.eos,
+            decoder_start_id=sp.pad,
+            noise_density=cfg.noise_density,
+            mean_noise_span_length=cfg.mean_noise_span_length,
+        )
     if cfg.name == "prefix_lm":
         return PrefixLM(cfg.prefix_noise_density, document_masking=cfg.document_masking)
     raise ValueError(f"unknown objective.name {cfg.name!r}; choose one of {sorted(OBJECTIVES)}")
+
+
+def loader_seq_len(objective, seq_len: int) -> int:
+    """The loader's T: windows hold T+1 raw tokens, or what the objective asks for (T5 spans)."""
+    window = getattr(objective, "window_length", None)
+    return seq_len if window is None else window(seq_len) - 1

@@ -32,7 +32,7 @@ from pretrain.data.loader import TokenLoader
 from pretrain.eval.perplexity import evaluate
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.spec import build_model, model_flops_per_token
-from pretrain.objectives import build_objective
+from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
@@ -96,11 +96,12 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
-        self.objective = build_objective(cfg.objective, self.tokenizer)
+        self.objective = build_objective(cfg.objective, self.tokenizer, cfg.train.seq_len)
+        self.window_seq_len = loader_seq_len(self.objective, cfg.train.seq_len)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.loader = TokenLoader(
             cfg.data.train,
-            cfg.train.seq_len,
+            self.window_seq_len,
             cfg.train.micro_batch_size,
             weights=cfg.data.weights,
             seed=cfg.train.seed,
@@ -316,7 +317,7 @@ class Trainer:
         cfg = self.cfg
         return TokenLoader(
             cfg.data.val,
-            cfg.train.seq_len,
+            self.window_seq_len,
             cfg.eval.batch_size or cfg.train.micro_batch_size,
             split="val",
             shuffle=False,

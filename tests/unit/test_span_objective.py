@@ -1,0 +1,57 @@
+"""The span-corruption objective: exact lengths, EOS, sentinel order, invertibility, shift."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.data.loader import TokenBatch
+from pretrain.objectives.span import SpanCorruption
+
+SENTINELS = list(range(1000, 1100))
+EOS, PAD = 1, 2
+
+
+def _batch(raw_length: int, seed: int = 0, B: int = 4) -> TokenBatch:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(5, 1000, (B, raw_length), generator=g)
+    zeros = torch.zeros_like(tokens)
+    return TokenBatch(tokens, zeros, torch.zeros(B, dtype=torch.long), torch.arange(B))
+
+
+def test_lengths_eos_sentinels_and_shift():
+    objective = SpanCorruption(512, SENTINELS, EOS, PAD)
+    assert (objective.raw_length, objective.targets_length) == (568, 114)
+    token_batch = _batch(568)
+    batch = objective(token_batch, torch.Generator().manual_seed(0))
+    assert batch.input_ids.shape == (4, 512) and batch.labels.shape == (4, 114)
+    assert (batch.input_ids[:, -1] == EOS).all() and (batch.labels[:, -1] == EOS).all()
+    assert torch.equal(batch.decoder_input_ids[:, 1:], batch.labels[:, :-1])
+    assert (batch.decoder_input_ids[:, 0] == PAD).all()
+    for row in range(4):
+        used = [t for t in batch.input_ids[row].tolist() if t in SENTINELS]
+        assert used == SENTINELS[: len(used)] and len(used) == 28  # extra_id_0, 1, 2, ...
+        assert batch.labels[row, 0] == SENTINELS[0]
+
+
+def test_original_is_the_merge_of_inputs_and_targets():
+    objective = SpanCorruption(128, SENTINELS, EOS, PAD)
+    token_batch = _batch(objective.raw_length, seed=3)
+    batch = objective(token_batch, torch.Generator().manual_seed(1))
+    for row in range(4):
+        hidden, current = {}, None
+        for t in batch.labels[row, :-1].tolist():
+            if t in SENTINELS:
+                current = t
+                hidden[t] = []
+            else:
+                hidden[current].append(t)
+        merged = []
+        for t in batch.input_ids[row, :-1].tolist():
+            merged += hidden[t] if t in SENTINELS else [t]
+        assert merged == token_batch.tokens[row].tolist()
+
+
+def test_settings_needing_more_sentinels_than_exist_are_refused():
+    with pytest.raises(ValueError, match="128 spans, but the tokenizer has only 100"):
+        SpanCorruption(512, SENTINELS, EOS, PAD, noise_density=0.5, mean_noise_span_length=3.0)
