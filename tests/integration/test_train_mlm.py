@@ -76,3 +76,26 @@ def test_mlm_run_evaluates_and_exports_to_bert(shards_dir, tokenizer_dir, tmp_pa
             hf(x).logits, ours.model.logits(ours.model.forward_tokens(x)), atol=1e-5, rtol=1e-5
         )
     assert main(["generate", "--run", str(run), "--prompt", "x"]) == 2
+
+
+def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
+    span = ["--model.family=encoder_decoder", "--objective.name=span", "--train.seq_len=48",
+            "--train.tokens_per_batch=384"]  # fmt: skip
+    args = lambda run: [*_overrides(shards_dir, tokenizer_dir, run), *span]  # noqa: E731
+    cfg = lambda run: load_config(ExperimentConfig, None, args(run))  # noqa: E731
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    Trainer(cfg(straight)).fit()
+    real_step = Trainer.train_step
+
+    def crash_at_step_6(self):
+        if self.state.step == 5:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(crashed)).fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    Trainer(cfg(crashed), resume=True).fit()
+    assert _losses(crashed) == _losses(straight)
+    assert load_run(crashed).model.cfg.pad_id == load_run(crashed).tokenizer.special.pad

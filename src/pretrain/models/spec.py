@@ -15,7 +15,7 @@ from pretrain.scaling.flops import flops_per_token
 
 log = logging.getLogger(__name__)
 
-BUILT_FAMILIES = ("decoder", "encoder")
+BUILT_FAMILIES = ("decoder", "encoder", "encoder_decoder")
 
 
 def _family_classes(family: str):
@@ -30,13 +30,27 @@ def _family_classes(family: str):
         from pretrain.models.encoder.model import EncoderLM
 
         return encoder_config, EncoderConfig, EncoderLM
+    if family == "encoder_decoder":
+        from pretrain.models.encoder_decoder.configs import (
+            EncoderDecoderConfig,
+            encoder_decoder_config,
+        )
+        from pretrain.models.encoder_decoder.model import EncoderDecoderLM
+
+        return encoder_decoder_config, EncoderDecoderConfig, EncoderDecoderLM
     raise ConfigError(
         f"model.family {family!r} is not available yet; available: {list(BUILT_FAMILIES)}"
     )
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
-    """A freshly initialized model (or one imported from ``model.init_from``)."""
+def build_model(
+    cfg: ModelConfig, vocab_size: int, seq_len: int, pad_id: int | None = None
+) -> nn.Module:
+    """A freshly initialized model (or one imported from ``model.init_from``).
+
+    ``pad_id`` (the tokenizer's) is what an encoder-decoder masks in its encoder input and
+    starts its decoder with.
+    """
     config_fn, _, model_cls = _family_classes(cfg.family)
     if cfg.init_from:
         model = _import_hf(cfg.init_from, cfg.family)
@@ -49,7 +63,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
             model.cfg.attention_backend = cfg.attention_backend
     else:
         try:
-            model = model_cls(config_fn(cfg.size, vocab_size, **cfg.overrides()))
+            overrides = cfg.overrides()
+            if cfg.family == "encoder_decoder" and pad_id is not None:
+                overrides.setdefault("pad_id", pad_id)
+            model = model_cls(config_fn(cfg.size, vocab_size, **overrides))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
     if seq_len > model.cfg.max_seq_len:
@@ -70,8 +87,10 @@ def to_hf(model: nn.Module, family: str):
     """The Hugging Face model of the same family with the same weights."""
     if family == "decoder":
         from pretrain.models.decoder.hf import to_hf as convert
-    else:
+    elif family == "encoder":
         from pretrain.models.encoder.hf import to_hf as convert
+    else:
+        from pretrain.models.encoder_decoder.hf import to_hf as convert
     return convert(model)
 
 
@@ -109,4 +128,5 @@ def matmul_params(model: nn.Module) -> int:
 
 def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
     cfg = model.cfg
-    return flops_per_token(matmul_params(model), cfg.n_layers, cfg.n_heads, cfg.head_dim, seq_len)
+    layers = getattr(cfg, "n_total_layers", cfg.n_layers)  # encoder + decoder stacks
+    return flops_per_token(matmul_params(model), layers, cfg.n_heads, cfg.head_dim, seq_len)

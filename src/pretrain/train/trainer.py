@@ -89,9 +89,9 @@ class Trainer:
                 "data.tokenizer: give the tokenizer directory the shards were made with"
             )
         self.tokenizer = Tokenizer.load(tokenizer_path)
-        self.model = build_model(cfg.model, self.tokenizer.vocab_size, cfg.train.seq_len).to(
-            self.device
-        )
+        self.model = build_model(
+            cfg.model, self.tokenizer.vocab_size, cfg.train.seq_len, self.tokenizer.special.pad
+        ).to(self.device)
         self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
