@@ -143,6 +143,8 @@ def eval_run(args: argparse.Namespace) -> int:
     table.add_row("perplexity", f"{result['perplexity']:.2f}")
     bpb = result["bits_per_byte"]
     table.add_row("bits per byte", "n/a" if bpb is None else f"{bpb:.4f}")
+    if result["accuracy"] is not None:
+        table.add_row("accuracy", f"{result['accuracy']:.4f}")
     table.add_row("tokens evaluated", f"{result['tokens']:,}")
     console.print(table)
     return 0

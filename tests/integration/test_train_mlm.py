@@ -66,6 +66,9 @@ def test_mlm_run_evaluates_and_exports_to_bert(shards_dir, tokenizer_dir, tmp_pa
     result = json.loads(capsys.readouterr().out)
     last_val = _losses(run, "val")[-1][1]
     assert result["loss"] == pytest.approx(last_val, rel=1e-6)  # same fixed masking
+    val_record = [r for r in read_metrics(run) if r["split"] == "val"][-1]
+    assert 0.0 <= result["accuracy"] <= 1.0  # counting itself: test_losses.py
+    assert result["accuracy"] == pytest.approx(val_record["accuracy"], rel=1e-9)
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", local_files_only=True)
     assert type(hf).__name__ == "BertForMaskedLM"

@@ -104,3 +104,15 @@ def test_output_bias_value_and_gradients_match_full_logits():
     want = torch.autograd.grad(ref, [hidden, weight, bias])
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+def test_eval_accuracy_counts_argmax_hits_on_label_tokens_only():
+    from pretrain.eval.perplexity import _num_correct
+
+    class Head(torch.nn.Module):
+        def logits(self, h):
+            return h  # hidden states are the logits here
+
+    hidden = torch.tensor([[[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]]])
+    labels = torch.tensor([[0, 2, 2, IGNORE_INDEX]])  # right, wrong, right, ignored
+    assert _num_correct(Head(), hidden, labels) == 2

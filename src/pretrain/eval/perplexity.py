@@ -29,11 +29,16 @@ def evaluate(
     device: torch.device,
     max_batches: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    accuracy: bool = False,
 ) -> dict[str, Any]:
-    """Average loss over every label token of (up to ``max_batches``) ``batches``."""
+    """Average loss over every label token of (up to ``max_batches``) ``batches``.
+
+    With ``accuracy`` it also reports the share of label tokens whose most likely token is the
+    label (MLM accuracy, as reported for BERT-style models).
+    """
     was_training = model.training
     model.eval()
-    nats, tokens, num_bytes = 0.0, 0, 0
+    nats, tokens, num_bytes, correct = 0.0, 0, 0, 0
     # Objectives that corrupt their input (MLM) draw the same corruption at every evaluation,
     # so evaluations at different steps compare like with like.
     generator = torch.Generator().manual_seed(0)
@@ -51,6 +56,8 @@ def evaluate(
         )
         nats += float(ce)
         tokens += int(count)
+        if accuracy:
+            correct += _num_correct(model, hidden, batch.labels)
         if token_bytes is not None:
             labels = batch.labels[batch.labels != IGNORE_INDEX]
             num_bytes += int(token_bytes.to(labels.device)[labels].sum())
@@ -64,4 +71,16 @@ def evaluate(
         "bits_per_byte": nats / math.log(2) / num_bytes if num_bytes else None,
         "tokens": tokens,
         "bytes": num_bytes,
+        "accuracy": correct / tokens if accuracy else None,
     }
+
+
+def _num_correct(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> int:
+    """Label tokens whose argmax prediction is right, projecting 1024 rows at a time."""
+    rows = labels != IGNORE_INDEX
+    h, y = hidden[rows], labels[rows]
+    correct = 0
+    for start in range(0, len(y), 1024):
+        logits = model.logits(h[start : start + 1024])  # (n, V)
+        correct += int((logits.argmax(dim=-1) == y[start : start + 1024]).sum())
+    return correct

@@ -41,7 +41,15 @@ def evaluate_run(
     )
     lengths = token_byte_lengths(run.tokenizer) if cfg.objective.name == "clm" else None
     token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
-    result = evaluate(run.model, objective, loader, token_bytes, torch.device("cpu"), max_batches)
+    result = evaluate(
+        run.model,
+        objective,
+        loader,
+        token_bytes,
+        torch.device("cpu"),
+        max_batches,
+        accuracy=cfg.objective.name == "mlm",
+    )
     result["checkpoint"] = run.checkpoint.name
     result["step"] = run.step
     result["data"] = str(data)

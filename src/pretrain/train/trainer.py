@@ -338,6 +338,7 @@ class Trainer:
             self.device,
             self.cfg.eval.max_batches,
             self._autocast,
+            accuracy=self.cfg.objective.name == "mlm",
         )
         record = {
             "step": self.state.step,
@@ -346,6 +347,8 @@ class Trainer:
             "tokens": self.state.tokens_seen,
         }
         record.update({k: result[k] for k in ("loss", "perplexity", "bits_per_byte")})
+        if result["accuracy"] is not None:
+            record["accuracy"] = result["accuracy"]
         record["tokens_evaluated"] = result["tokens"]
         self.metrics.write(record)
         self.state.last_eval_step = self.state.step
