@@ -16,6 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pretrain.models.common.hf_convert import (
+    Entry,
+    build_from_state,
+    from_hf_tensors,
+    load_into_hf,
+    refuse,
+    to_hf_tensors,
+)
 from pretrain.models.decoder.configs import DecoderConfig
 from pretrain.models.decoder.model import DecoderLM
 
@@ -23,11 +31,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 _GPT2_GELU = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh approximation
-
-
-def _refuse(options: list[str], target: str) -> None:
-    if options:
-        raise ValueError(f"no exact {target} equivalent for: {'; '.join(options)}")
 
 
 def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
@@ -50,7 +53,7 @@ def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
         attn_implementation="sdpa",
     )
     if cfg.style == "llama":
-        _refuse(["qk_norm=True (LlamaForCausalLM has no q/k norm)"] if cfg.qk_norm else [], "Llama")
+        refuse(["qk_norm=True (LlamaForCausalLM has no q/k norm)"] if cfg.qk_norm else [], "Llama")
         return transformers.LlamaConfig(
             hidden_size=cfg.d_model,
             intermediate_size=cfg.d_ff,
@@ -74,7 +77,7 @@ def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
         refused.append(f"n_kv_heads={cfg.n_kv_heads} != n_heads={cfg.n_heads} (no GQA in GPT-2)")
     if not cfg.bias:
         refused.append("bias=False (GPT-2's Conv1D and LayerNorm always have biases)")
-    _refuse(refused, "GPT2LMHeadModel")
+    refuse(refused, "GPT2LMHeadModel")
     return transformers.GPT2Config(
         n_embd=cfg.d_model,
         n_layer=cfg.n_layers,
@@ -163,24 +166,14 @@ def _table(cfg: DecoderConfig) -> Table:
     return table
 
 
+def _entries(cfg: DecoderConfig) -> list[Entry]:
+    return [(name, targets, transpose) for name, (targets, transpose) in _table(cfg).items()]
+
+
 def _to_hf_state(model: DecoderLM) -> dict[str, torch.Tensor]:
-    ours = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for name, (targets, transpose) in _table(model.cfg).items():
-        t = ours[name].t() if transpose else ours[name]
-        rows = [r for _, r in targets]
-        parts = t.split(rows) if rows[0] is not None else [t]
-        out.update({hf: part for (hf, _), part in zip(targets, parts, strict=True)})
+    out = to_hf_tensors(model.state_dict(), _entries(model.cfg))
     # HF always has an lm_head; tied, it is the embedding.
     out["lm_head.weight"] = model.output_weight.detach()
-    return out
-
-
-def _from_hf_state(hf: dict[str, torch.Tensor], cfg: DecoderConfig) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, (sources, transpose) in _table(cfg).items():
-        t = torch.cat([hf[k] for k, _ in sources]) if len(sources) > 1 else hf[sources[0][0]]
-        out[name] = (t.t() if transpose else t).contiguous()
     return out
 
 
@@ -198,15 +191,7 @@ def to_hf(model: DecoderLM) -> PreTrainedModel:
     cfg = model.cfg
     config = hf_config(cfg)
     hf_cls = transformers.LlamaForCausalLM if cfg.style == "llama" else transformers.GPT2LMHeadModel
-    hf_model, state = hf_cls(config), _to_hf_state(model)
-    param = model.output_weight
-    hf_model.to(device=param.device, dtype=param.dtype)
-    missing, unexpected = hf_model.load_state_dict(state, strict=False)
-    buffers = {name for name, _ in hf_model.named_buffers()}
-    missing = [k for k in missing if k not in buffers]
-    if missing or unexpected:  # a layout drift in transformers, not a user error
-        raise RuntimeError(f"HF state dict mismatch: missing {missing}, unexpected {unexpected}")
-    return hf_model.eval()
+    return load_into_hf(hf_cls(config), _to_hf_state(model), model.output_weight)
 
 
 def _llama_decoder_config(c: Any) -> DecoderConfig:
@@ -223,7 +208,7 @@ def _llama_decoder_config(c: Any) -> DecoderConfig:
         refused.append(f"head_dim={head_dim} != hidden_size / num_attention_heads")
     if rope_type != "default":
         refused.append(f"rope_type={rope_type!r} (only default RoPE, no scaling)")
-    _refuse(refused, "DecoderLM")
+    refuse(refused, "DecoderLM")
     return DecoderConfig(
         vocab_size=c.vocab_size,
         d_model=c.hidden_size,
@@ -251,7 +236,7 @@ def _gpt2_decoder_config(c: Any) -> DecoderConfig:
         refused.append("scale_attn_by_inverse_layer_idx=True")
     if getattr(c, "add_cross_attention", False):
         refused.append("add_cross_attention=True")
-    _refuse(refused, "DecoderLM")
+    refuse(refused, "DecoderLM")
     return DecoderConfig(
         vocab_size=c.vocab_size,
         d_model=c.n_embd,
@@ -289,12 +274,8 @@ def from_hf(hf_model: PreTrainedModel, dtype: torch.dtype | None = torch.float32
     else:
         raise ValueError(f"unsupported model_type {c.model_type!r}; valid: llama, gpt2")
     param = hf_model.get_input_embeddings().weight
-    state = _from_hf_state(hf_model.state_dict(), cfg)
-    with torch.device("meta"):  # no point drawing random weights that are overwritten
-        model = DecoderLM(cfg)
-    model.to_empty(device=param.device)
-    model.to(param.dtype if dtype is None else dtype)
-    model.load_state_dict(state, strict=True)
+    state = from_hf_tensors(hf_model.state_dict(), _entries(cfg))
+    model = build_from_state(DecoderLM, cfg, state, param, dtype)
     if model.rope is not None:  # non-persistent: rebuilt rather than loaded
         model.rope.reset_parameters()
     return model

@@ -17,6 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pretrain.models.common.hf_convert import (
+    Entry,
+    build_from_state,
+    from_hf_tensors,
+    load_into_hf,
+    refuse,
+    to_hf_tensors,
+)
 from pretrain.models.encoder.configs import EncoderConfig
 from pretrain.models.encoder.model import EncoderLM
 
@@ -28,11 +36,6 @@ if TYPE_CHECKING:
 ATTN_IMPLEMENTATION = "sdpa"
 
 
-def _refuse(options: list[str], target: str) -> None:
-    if options:
-        raise ValueError(f"no exact {target} equivalent for: {'; '.join(options)}")
-
-
 def hf_config(cfg: EncoderConfig) -> PretrainedConfig:
     """The ``BertConfig`` describing the same network as ``cfg`` (with dropout zero).
 
@@ -41,7 +44,7 @@ def hf_config(cfg: EncoderConfig) -> PretrainedConfig:
     """
     import transformers
 
-    _refuse([] if cfg.style == "bert" else [f"style={cfg.style!r}"], "BertForMaskedLM")
+    refuse([] if cfg.style == "bert" else [f"style={cfg.style!r}"], "BertForMaskedLM")
     return transformers.BertConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
@@ -98,25 +101,16 @@ def _table(cfg: EncoderConfig) -> Table:
     return table
 
 
+def _entries(cfg: EncoderConfig) -> list[Entry]:
+    return [(name, targets, False) for name, targets in _table(cfg).items()]
+
+
 def _to_hf_state(model: EncoderLM) -> dict[str, torch.Tensor]:
-    ours = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for name, targets in _table(model.cfg).items():
-        rows = [r for _, r in targets]
-        parts = ours[name].split(rows) if rows[0] is not None else [ours[name]]
-        out.update({hf: part for (hf, _), part in zip(targets, parts, strict=True)})
+    out = to_hf_tensors(model.state_dict(), _entries(model.cfg))
     # HF's head keeps the bias twice (``bias`` and the tied ``decoder.bias``) and the tied
     # decoder weight under its own name.
     out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
     out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
-    return out
-
-
-def _from_hf_state(hf: dict[str, torch.Tensor], cfg: EncoderConfig) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, sources in _table(cfg).items():
-        t = torch.cat([hf[k] for k, _ in sources]) if len(sources) > 1 else hf[sources[0][0]]
-        out[name] = t.contiguous()
     return out
 
 
@@ -132,14 +126,7 @@ def to_hf(model: EncoderLM) -> PreTrainedModel:
     import transformers
 
     hf_model = transformers.BertForMaskedLM(hf_config(model.cfg))
-    param = model.output_weight
-    hf_model.to(device=param.device, dtype=param.dtype)
-    missing, unexpected = hf_model.load_state_dict(_to_hf_state(model), strict=False)
-    buffers = {name for name, _ in hf_model.named_buffers()}
-    missing = [k for k in missing if k not in buffers]
-    if missing or unexpected:  # a layout drift in transformers, not a user error
-        raise RuntimeError(f"HF state dict mismatch: missing {missing}, unexpected {unexpected}")
-    return hf_model.eval()
+    return load_into_hf(hf_model, _to_hf_state(model), model.output_weight)
 
 
 def _encoder_config(hf_model: Any) -> EncoderConfig:
@@ -165,7 +152,7 @@ def _encoder_config(hf_model: Any) -> EncoderConfig:
         pred.decoder.weight, hf_model.bert.embeddings.word_embeddings.weight
     ):
         refused.append("tie_word_embeddings=False (an MLM decoder weight of its own)")
-    _refuse(refused, "EncoderLM")
+    refuse(refused, "EncoderLM")
     return EncoderConfig(
         vocab_size=c.vocab_size,
         d_model=c.hidden_size,
@@ -205,10 +192,5 @@ def from_hf(hf_model: PreTrainedModel, dtype: torch.dtype | None = torch.float32
         )
     cfg = _encoder_config(hf_model)
     param = hf_model.get_input_embeddings().weight
-    state = _from_hf_state(hf_model.state_dict(), cfg)
-    with torch.device("meta"):  # no point drawing random weights that are overwritten
-        model = EncoderLM(cfg)
-    model.to_empty(device=param.device)
-    model.to(param.dtype if dtype is None else dtype)
-    model.load_state_dict(state, strict=True)
-    return model
+    state = from_hf_tensors(hf_model.state_dict(), _entries(cfg))
+    return build_from_state(EncoderLM, cfg, state, param, dtype)

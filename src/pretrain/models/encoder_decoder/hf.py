@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pretrain.models.common.hf_convert import build_from_state, load_into_hf, refuse
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
 
 # Eager is HF T5's reference path: scores + position bias + mask, softmax, as our model does.
 ATTN_IMPLEMENTATION = "eager"
-
-
-def _refuse(options: list[str], target: str) -> None:
-    if options:
-        raise ValueError(f"no exact {target} equivalent for: {'; '.join(options)}")
 
 
 def hf_config(cfg: EncoderDecoderConfig) -> PretrainedConfig:
@@ -129,16 +125,10 @@ def to_hf(model: EncoderDecoderLM) -> PreTrainedModel:
 
     hf_model = transformers.T5ForConditionalGeneration(hf_config(model.cfg))
     _untie_lm_head(hf_model)
-    param = model.output_weight
-    hf_model.to(device=param.device, dtype=param.dtype)
     ours = model.state_dict()
     state = {hf: ours[mine] for mine, hf in _table(model.cfg).items()}
-    missing, unexpected = hf_model.load_state_dict(state, strict=False)
-    tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:  # a layout drift in transformers, not a user error
-        raise RuntimeError(f"HF state dict mismatch: missing {missing}, unexpected {unexpected}")
-    return hf_model.eval()
+    tied = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # aliases of shared
+    return load_into_hf(hf_model, state, model.output_weight, may_be_missing=tied)
 
 
 def _encoder_decoder_config(hf_model: Any) -> EncoderDecoderConfig:
@@ -155,7 +145,7 @@ def _encoder_decoder_config(hf_model: Any) -> EncoderDecoderConfig:
         hf_model.lm_head.weight, hf_model.shared.weight
     ):
         refused.append("an LM head tied to the input embedding (T5 v1.1 has its own)")
-    _refuse(refused, "EncoderDecoderLM")
+    refuse(refused, "EncoderDecoderLM")
     return EncoderDecoderConfig(
         vocab_size=c.vocab_size,
         d_model=c.d_model,
@@ -197,9 +187,4 @@ def from_hf(
     hf_state = hf_model.state_dict()
     state = {mine: hf_state[hf].contiguous() for mine, hf in _table(cfg).items()}
     param = hf_model.get_input_embeddings().weight
-    with torch.device("meta"):  # no point drawing random weights that are overwritten
-        model = EncoderDecoderLM(cfg)
-    model.to_empty(device=param.device)
-    model.to(param.dtype if dtype is None else dtype)
-    model.load_state_dict(state, strict=True)
-    return model
+    return build_from_state(EncoderDecoderLM, cfg, state, param, dtype)
