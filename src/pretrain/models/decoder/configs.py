@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pretrain.models.common.mlp import swiglu_hidden_dim
+from pretrain.models.common.sizes import sized_config
 
 Style = Literal["llama", "gpt2"]
 STYLES = ("llama", "gpt2")
@@ -147,13 +148,4 @@ def decoder_config(size: str, vocab_size: int, **overrides: Any) -> DecoderConfi
     Raises:
         ValueError: for an unknown size (listing the valid ones) or an unknown field.
     """
-    if size not in _SIZES:
-        raise ValueError(f"unknown decoder size {size!r}; valid: {', '.join(SIZES)}")
-    fields = {f.name for f in dataclasses.fields(DecoderConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown DecoderConfig field(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(fields))}"
-        )
-    return DecoderConfig(vocab_size=vocab_size, **{**_SIZES[size], **overrides})
+    return sized_config(DecoderConfig, _SIZES, "decoder", size, vocab_size, overrides)

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pretrain.models.common.sizes import sized_config
+
 Style = Literal["bert"]
 STYLES = ("bert",)
 BACKENDS = ("sdpa", "flex")
@@ -126,13 +128,4 @@ def encoder_config(size: str, vocab_size: int, **overrides: Any) -> EncoderConfi
         ValueError: for an unknown size (listing the valid ones), an unknown field, or an
             invalid value (naming the field).
     """
-    if size not in _SIZES:
-        raise ValueError(f"unknown encoder size {size!r}; valid: {', '.join(SIZES)}")
-    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown EncoderConfig field(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(fields))}"
-        )
-    return EncoderConfig(vocab_size=vocab_size, **{**_SIZES[size], **overrides})
+    return sized_config(EncoderConfig, _SIZES, "encoder", size, vocab_size, overrides)

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pretrain.models.common.sizes import sized_config
+
 
 @dataclass
 class EncoderDecoderConfig:
@@ -128,13 +130,6 @@ def encoder_decoder_config(size: str, vocab_size: int, **overrides: Any) -> Enco
         ValueError: for an unknown size (listing the valid ones), an unknown field, or an
             invalid value (naming the field).
     """
-    if size not in _SIZES:
-        raise ValueError(f"unknown encoder_decoder size {size!r}; valid: {', '.join(SIZES)}")
-    fields = {f.name for f in dataclasses.fields(EncoderDecoderConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown EncoderDecoderConfig field(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(fields))}"
-        )
-    return EncoderDecoderConfig(vocab_size=vocab_size, **{**_SIZES[size], **overrides})
+    return sized_config(
+        EncoderDecoderConfig, _SIZES, "encoder_decoder", size, vocab_size, overrides
+    )
