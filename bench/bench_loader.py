@@ -26,48 +26,14 @@ import argparse
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from machine import busy_cpu_seconds, cpu_model, git_commit
+
 TARGET_TOKENS_PER_S = 5e6
 NOISE_CORES = 0.10  # other processes busier than this during a run: warn
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "src")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (src/ has uncommitted changes)" if dirty else "")
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used (``/proc/stat``), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:

@@ -37,43 +37,11 @@ import sys
 import time
 from pathlib import Path
 
+from machine import busy_cpu_seconds, cpu_model, git_commit, usable_cores
+
 TARGET_RATIO = 0.80
 NOISE_CORES = 0.10  # other processes busier than this during a run: warn
 TRAIN_FILES = ("books.jsonl.gz", "docs.jsonl.gz", "code.jsonl.gz")
-REPO = Path(__file__).resolve().parent.parent
-
-
-# --- machine facts ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "src")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (src/ has uncommitted changes)" if dirty else "")
 
 
 def machine_facts() -> dict[str, str]:
@@ -144,16 +112,6 @@ def child_ours(tokenizer_dir: str, inputs: list[str], out: str, workers: int) ->
         "num_tokens": sum(s["num_tokens"] for s in splits),
         "num_text_bytes": sum(s["num_text_bytes"] for s in splits),
     }
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used (``/proc/stat``), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:

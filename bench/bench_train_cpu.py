@@ -49,16 +49,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from machine import busy_cpu_seconds, cpu_model, git_commit, usable_cores
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.decoder.hf import to_hf
 from pretrain.models.decoder.model import DecoderLM
@@ -70,50 +68,6 @@ NOISE_CORES = 0.10  # other processes busier than this during a measurement: war
 LOSS_TOL_FP32 = 1e-4
 LR, WEIGHT_DECAY, BETAS, EPS, GRAD_CLIP = 3e-4, 0.1, (0.9, 0.95), 1e-8, 1.0
 NUM_BATCHES = 4  # distinct random batches, cycled
-REPO = Path(__file__).resolve().parent.parent
-
-
-# --- machine facts (as in bench_tokenize.py; bench scripts stay standalone) -----------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "src")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (src/ has uncommitted changes)" if dirty else "")
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used (``/proc/stat``), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 class NoiseMeter:

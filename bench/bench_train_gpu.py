@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import time
 
 import torch
 
+from machine import git_commit
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.decoder.hf import to_hf
@@ -34,13 +34,6 @@ from pretrain.models.spec import model_flops_per_token
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.flops import peak_flops
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def sync(device: torch.device) -> None:
