@@ -21,6 +21,7 @@ from pretrain.train import trainer as trainer_mod
 from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer, TrainingError
+from tests.helpers import crash_then_resume
 
 TINY_MODEL = ["--model.size=debug", "--model.d_model=64", "--model.n_layers=2", "--model.n_heads=4"]
 
@@ -90,20 +91,13 @@ def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
     Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
 
     crashed = tmp_path / "crashed"
-    real_step = Trainer.train_step
 
-    def crash_at_step_7(self):
-        if self.state.step == 6:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self)
+    def only_step_4_was_saved():
+        assert list_steps(crashed / "checkpoints") == [4]
 
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_config(shards_dir, tokenizer_dir, crashed)).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    assert list_steps(crashed / "checkpoints") == [4]
-
-    Trainer(_config(shards_dir, tokenizer_dir, crashed), resume=True).fit()
+    crash_then_resume(
+        lambda: _config(shards_dir, tokenizer_dir, crashed), 7, monkeypatch, only_step_4_was_saved
+    )
     assert _losses(crashed) == _losses(straight)  # exact float equality, steps 1..12
     assert _losses(crashed, "val") == _losses(straight, "val")
     a = load_checkpoint(straight / "checkpoints").model_state

@@ -13,6 +13,7 @@ from pretrain.config import ExperimentConfig, load_config
 from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
+from tests.helpers import crash_then_resume
 from tests.integration.test_train import _overrides
 
 MLM = ["--model.family=encoder", "--objective.name=mlm", "--optim.lr=2e-3"]
@@ -41,18 +42,7 @@ def test_mlm_resume_is_exact_with_dynamic_masking(shards_dir, tokenizer_dir, tmp
     cfg = lambda run: load_config(ExperimentConfig, None, _args(shards_dir, tokenizer_dir, run))  # noqa: E731
     Trainer(cfg(straight)).fit()
     crashed = tmp_path / "crashed"
-    real_step = Trainer.train_step
-
-    def crash_at_step_6(self):
-        if self.state.step == 5:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg(crashed)).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    Trainer(cfg(crashed), resume=True).fit()
+    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert _losses(crashed, "val") == _losses(straight, "val")
 
@@ -88,17 +78,6 @@ def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, mo
     cfg = lambda run: load_config(ExperimentConfig, None, args(run))  # noqa: E731
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     Trainer(cfg(straight)).fit()
-    real_step = Trainer.train_step
-
-    def crash_at_step_6(self):
-        if self.state.step == 5:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg(crashed)).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    Trainer(cfg(crashed), resume=True).fit()
+    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert load_run(crashed).model.cfg.pad_id == load_run(crashed).tokenizer.special.pad

@@ -13,6 +13,7 @@ from pretrain.objectives.noise import (
     random_spans_noise_mask,
     span_corruption_lengths,
 )
+from tests.helpers import merge_span_corruption
 
 SENTINELS = list(range(32099, 31999, -1))  # T5's layout: extra_id_0 = 32099, counting down
 EOS = 1
@@ -87,18 +88,8 @@ def test_span_corruption_is_invertible_over_many_seeds():
         inputs = noise_span_to_unique_sentinel(tokens, mask, sentinels)
         targets = noise_span_to_unique_sentinel(tokens, ~mask, sentinels)
         assert len(inputs) + 1 == 512 and len(targets) + 1 == 114
-        # merge: each sentinel in the inputs is followed, in the targets, by what it hid
-        hidden: dict[int, list[int]] = {}
-        current = None
-        for t in targets.tolist():
-            if t in sentinels:
-                current = t
-                hidden[t] = []
-            else:
-                hidden[current].append(t)
-        merged = []
-        for t in inputs.tolist():
-            merged += hidden[t] if t in sentinels else [t]
+        # merge: each sentinel in the inputs stands for what follows it in the targets
+        merged = merge_span_corruption(inputs.tolist(), targets.tolist(), sentinels)
         assert merged == tokens.tolist()
 
 

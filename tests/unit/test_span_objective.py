@@ -7,6 +7,7 @@ import torch
 
 from pretrain.data.loader import TokenBatch
 from pretrain.objectives.span import SpanCorruption
+from tests.helpers import merge_span_corruption
 
 SENTINELS = list(range(1000, 1100))
 EOS, PAD = 1, 2
@@ -39,16 +40,9 @@ def test_original_is_the_merge_of_inputs_and_targets():
     token_batch = _batch(objective.raw_length, seed=3)
     batch = objective(token_batch, torch.Generator().manual_seed(1))
     for row in range(4):
-        hidden, current = {}, None
-        for t in batch.labels[row, :-1].tolist():
-            if t in SENTINELS:
-                current = t
-                hidden[t] = []
-            else:
-                hidden[current].append(t)
-        merged = []
-        for t in batch.input_ids[row, :-1].tolist():
-            merged += hidden[t] if t in SENTINELS else [t]
+        merged = merge_span_corruption(
+            batch.input_ids[row, :-1].tolist(), batch.labels[row, :-1].tolist(), SENTINELS
+        )
         assert merged == token_batch.tokens[row].tolist()
 
 

@@ -1,0 +1,54 @@
+"""Small helpers shared by several test files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from pretrain.config import ExperimentConfig
+from pretrain.train.trainer import Trainer
+
+
+def crash_then_resume(
+    make_config: Callable[[], ExperimentConfig],
+    crash_before_step: int,
+    monkeypatch: pytest.MonkeyPatch,
+    after_crash: Callable[[], None] | None = None,
+) -> None:
+    """Train until ``crash_before_step`` would start, die there, then ``--resume`` to the end.
+
+    ``after_crash`` runs between the two, to check what the crash left behind.
+    """
+    real_step = Trainer.train_step
+
+    def crashing_step(self):
+        if self.state.step == crash_before_step - 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_config()).fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    if after_crash is not None:
+        after_crash()
+    Trainer(make_config(), resume=True).fit()
+
+
+def merge_span_corruption(
+    inputs: Sequence[int], targets: Sequence[int], sentinels: Sequence[int]
+) -> list[int]:
+    """The original tokens back from T5 span-corruption inputs and targets (no EOS)."""
+    hidden: dict[int, list[int]] = {}
+    current = None
+    for t in targets:
+        if t in sentinels:
+            current = t
+            hidden[t] = []
+        else:
+            hidden[current].append(t)
+    merged: list[int] = []
+    for t in inputs:
+        merged += hidden[t] if t in sentinels else [t]
+    return merged
