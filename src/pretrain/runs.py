@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config import ExperimentConfig, load_config
-from pretrain.models.spec import build_model, model_from_config_dict
+from pretrain.models.spec import model_from_config_dict
 from pretrain.tokenizer import Tokenizer
 from pretrain.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -41,12 +41,10 @@ def load_run(
         raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
     cfg = load_config(ExperimentConfig, config_path)
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
-    model_config = run_dir / "model_config.json"
-    if model_config.exists():  # the exact architecture the run trained
-        model = model_from_config_dict(cfg.model.family, json.loads(model_config.read_text()))
-    else:
-        cfg.model.init_from = None  # the checkpoint holds the weights
-        model = build_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)
+    model_config = run_dir / "model_config.json"  # the exact architecture the run trained
+    if not model_config.exists():
+        raise FileNotFoundError(f"{model_config}: missing; the run directory is incomplete")
+    model = model_from_config_dict(cfg.model.family, json.loads(model_config.read_text()))
     ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
     try:
         model.load_state_dict(ckpt.model_state)

@@ -39,7 +39,7 @@ def evaluate_run(
         num_epochs=1,
         tokenizer_hash=run.tokenizer.hash,
     )
-    lengths = token_byte_lengths(run.tokenizer) if cfg.objective.name == "clm" else None
+    lengths = token_byte_lengths(run.tokenizer) if objective.reports_bits_per_byte else None
     token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     result = evaluate(
         run.model,
@@ -48,7 +48,7 @@ def evaluate_run(
         token_bytes,
         torch.device("cpu"),
         max_batches,
-        accuracy=cfg.objective.name == "mlm",
+        accuracy=objective.reports_accuracy,
     )
     result["checkpoint"] = run.checkpoint.name
     result["step"] = run.step

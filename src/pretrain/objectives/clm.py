@@ -30,6 +30,8 @@ class CausalLM:
 
     name = "clm"
     families = ("decoder",)
+    reports_bits_per_byte = True  # a language-modeling measure: next-token loss over bytes
+    reports_accuracy = False  # share of label tokens predicted right (MLM accuracy)
 
     def __init__(self, document_masking: bool = True):
         self.document_masking = document_masking

@@ -36,6 +36,8 @@ class MaskedLM:
 
     name = "mlm"
     families = ("encoder",)
+    reports_bits_per_byte = False  # a language-modeling measure: next-token loss over bytes
+    reports_accuracy = True  # share of label tokens predicted right (MLM accuracy)
 
     def __init__(
         self,

@@ -45,6 +45,8 @@ class PrefixLM:
 
     name = "prefix_lm"
     families = ("decoder",)
+    reports_bits_per_byte = False  # a language-modeling measure: next-token loss over bytes
+    reports_accuracy = False  # share of label tokens predicted right (MLM accuracy)
 
     def __init__(self, noise_density: float = 0.5, document_masking: bool = True):
         self.noise_density = noise_density

@@ -32,6 +32,8 @@ class SpanCorruption:
 
     name = "span"
     families = ("encoder_decoder",)
+    reports_bits_per_byte = False  # a language-modeling measure: next-token loss over bytes
+    reports_accuracy = False  # share of label tokens predicted right (MLM accuracy)
 
     def __init__(
         self,

@@ -111,8 +111,8 @@ class Trainer:
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps()
-        # bits per byte is a language-modeling measure: reported for causal LM only
-        lengths = token_byte_lengths(self.tokenizer) if cfg.objective.name == "clm" else None
+        reports_bpb = self.objective.reports_bits_per_byte
+        lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
         if resume:
@@ -338,7 +338,7 @@ class Trainer:
             self.device,
             self.cfg.eval.max_batches,
             self._autocast,
-            accuracy=self.cfg.objective.name == "mlm",
+            accuracy=self.objective.reports_accuracy,
         )
         record = {
             "step": self.state.step,
