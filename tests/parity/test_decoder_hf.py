@@ -25,7 +25,8 @@ CASES = {
 
 def make_model(seed: int = 0, **overrides) -> DecoderLM:
     torch.manual_seed(seed)
-    kw = dict(vocab_size=VOCAB, d_model=64, n_layers=2, max_seq_len=64)
+    # init 0.1, not 0.02: activations large enough that e.g. a tanh vs erf GELU shows > 1e-5
+    kw = dict(vocab_size=VOCAB, d_model=64, n_layers=2, max_seq_len=64, init_std=0.1)
     if overrides.get("style") == "llama":
         kw["rope_theta"] = 5000.0  # not the default, so a dropped theta shows
     model = DecoderLM(DecoderConfig(**{**kw, **overrides}))
