@@ -1,19 +1,33 @@
-"""GPU training throughput and MFU: ``DecoderLM`` against Hugging Face, same shape and batch.
+"""Training throughput against Hugging Face, same shape, weights and batches, one run.
 
-    python bench/bench_train_gpu.py                       # gpt2-small, 16 x 1024, bf16, compiled
-    python bench/bench_train_gpu.py --style llama         # the same 124M shape, Llama style
+    python bench/bench_train_gpu.py                          # gpt2-small CLM, 16 x 1024, bf16
+    python bench/bench_train_gpu.py --style llama            # the same 124M shape, Llama style
+    python bench/bench_train_gpu.py --objective mlm          # bert-base MLM, 32 x 512
+    python bench/bench_train_gpu.py --objective span         # t5-v1_1-base span corruption
+    python bench/bench_train_gpu.py --doc-len 300 --attention-backend flex --sides ours
     python bench/bench_train_gpu.py --device cpu --size debug --batch 2 --seq-len 64 \\
-        --steps 2 --warmup 1 --no-compile                 # a smoke run without a GPU
+        --steps 2 --warmup 1 --sides ours_eager,hf_eager     # a smoke run without a GPU
+
+Sides: ``ours`` and ``hf`` are compiled with ``torch.compile`` (default mode; compile time is
+reported apart), ``ours_eager`` and ``hf_eager`` are not; ``ours_eagerloss`` compiles the model
+but runs the cross-entropy chunks eagerly. ``--loss-chunks 512,0`` times ours
+once per cross-entropy chunk size (0: the device default), reusing one compiled model.
 
 Both sides start from the same weights (HF is built by ``to_hf`` from ours) and train on the
-same random batch: forward, loss, backward, clip 1.0, fused AdamW, ``zero_grad``. Ours is the
-trainer's path (``model(batch)`` under bf16 autocast, then ``cross_entropy_sum`` with the
-projection in bf16); HF computes its own loss (``labels=``/``shift_labels=``) under the same
-autocast. ``torch.compile`` wraps each model (compile time reported apart). Tokens/s counts
-B * T per step after warmup, synchronized; MFU = tokens/s * (6N + 12LHQT) / peak bf16 FLOP/s
-(PaLM App. B), with N the matmul parameters of our model, the same for both sides.
+same batches, made by our objective from random tokens and cycled: forward, loss, backward,
+clip 1.0, AdamW (fused on CUDA), ``zero_grad``. Ours is the trainer's path: ``model(batch)``
+under bf16 autocast, then ``cross_entropy_sum`` (bf16 projection, only labeled rows, the
+per-chunk softmax compiled when the side is). HF computes its own loss under the same
+autocast: ``LlamaForCausalLM``/``GPT2LMHeadModel`` with ``labels=``/``shift_labels=``,
+``BertForMaskedLM`` with ``labels`` (-100 off the selected positions),
+``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``.
 
-Prints one JSON line per side and a table; writes nothing.
+Tokens/s counts encoder-input tokens (B * T) per step after warmup, synchronized. For CLM,
+MFU = tokens/s * (6N + 12LHQT) / peak bf16 FLOP/s (PaLM App. B), N the matmul parameters of
+our model; MLM and span corruption print no MFU (that count charges the vocabulary
+projection to every token, which they don't pay).
+
+Prints one JSON line per side and a table; ``--json-out FILE`` also writes the results.
 """
 
 from __future__ import annotations
@@ -26,22 +40,81 @@ import time
 import torch
 
 from machine import git_commit
+from pretrain.data.loader import TokenBatch
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.decoder.configs import decoder_config
-from pretrain.models.decoder.hf import to_hf
-from pretrain.models.decoder.model import DecoderLM
+from pretrain.models.encoder.configs import encoder_config
+from pretrain.models.encoder_decoder.configs import encoder_decoder_config
 from pretrain.models.spec import model_flops_per_token
-from pretrain.objectives.base import AttentionSpec, ModelBatch
+from pretrain.objectives.base import ModelBatch
+from pretrain.objectives.clm import CausalLM
+from pretrain.objectives.mlm import MaskedLM
+from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.flops import peak_flops
 
+DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the issue's reference shapes
+    "clm": ("gpt2-small", 50257, 16, 1024),
+    "mlm": ("bert-base", 30522, 32, 512),
+    "span": ("t5-v1_1-base", 32128, 32, 512),
+}
+NUM_SPECIAL = 110  # ids below this are "special" (mask, pad, sentinels) in the random batches
+PAD, EOS, MASK = 0, 1, 3
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+
+def build_models(args, device):
+    """(ours, hf, objective) with HF built from our weights."""
+    if args.objective == "clm":
+        from pretrain.models.decoder.hf import to_hf
+        from pretrain.models.decoder.model import DecoderLM
+
+        overrides = {} if args.style is None else {"style": args.style}
+        if args.style == "llama":
+            overrides["bias"] = False
+        cfg = decoder_config(
+            args.size,
+            args.vocab,
+            max_seq_len=args.seq_len,
+            attention_backend=args.attention_backend,
+            **overrides,
+        )
+        ours, objective = DecoderLM(cfg), CausalLM(document_masking=args.doc_len > 0)
+    elif args.objective == "mlm":
+        from pretrain.models.encoder.hf import to_hf
+        from pretrain.models.encoder.model import EncoderLM
+
+        cfg = encoder_config(args.size, args.vocab, max_seq_len=args.seq_len, pad_id=PAD)
+        ours = EncoderLM(cfg)
+        objective = MaskedLM(MASK, args.vocab, list(range(NUM_SPECIAL)), document_masking=False)
+    else:
+        from pretrain.models.encoder_decoder.hf import to_hf
+        from pretrain.models.encoder_decoder.model import EncoderDecoderLM
+
+        cfg = encoder_decoder_config(args.size, args.vocab, pad_id=PAD)
+        ours = EncoderDecoderLM(cfg)
+        sentinels = list(range(NUM_SPECIAL - 1, NUM_SPECIAL - 101, -1))
+        objective = SpanCorruption(args.seq_len, sentinels, eos_id=EOS, decoder_start_id=PAD)
+    ours = ours.to(device).train()
+    hf = to_hf(ours).to(device).train()
+    return ours, hf, objective
 
 
-def make_steps(ours: DecoderLM, hf: torch.nn.Module, args, device: torch.device):
+def make_batches(objective, args, device, count: int = 4) -> list[ModelBatch]:
+    window = getattr(objective, "window_length", lambda t: t + 1)(args.seq_len)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        tokens = torch.randint(NUM_SPECIAL, args.vocab, (args.batch, window), generator=g)
+        docs = torch.zeros_like(tokens)
+        if args.doc_len:  # documents of random lengths, mean doc_len, packed into windows
+            starts = torch.rand(tokens.shape, generator=g) < 1.0 / args.doc_len
+            docs = torch.cumsum(starts.long(), dim=1)
+        ids = torch.arange(args.batch)
+        batches.append(objective(TokenBatch(tokens, docs, ids * 0, ids), g).to(device))
+    return batches
+
+
+def make_steps(ours, hf, args, device):
     bf16 = args.precision == "bf16"
 
     def autocast():
@@ -49,105 +122,163 @@ def make_steps(ours: DecoderLM, hf: torch.nn.Module, args, device: torch.device)
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    ours_model = torch.compile(ours) if args.compile else ours
-    hf_model = torch.compile(hf) if args.compile else hf
     fused = device.type == "cuda"
     ours_opt = build_optimizer(ours, lr=3e-4, fused=fused)
     hf_opt = torch.optim.AdamW(
         param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=fused or None
     )
+    compiled_ours, compiled_hf = torch.compile(ours), torch.compile(hf)
 
-    def ours_step(x, y):
-        batch = ModelBatch(input_ids=x, labels=y, attention=AttentionSpec("causal"))
-        with autocast():
-            hidden = ours_model(batch)
-        total, n, ce = cross_entropy_sum(
-            hidden, y, ours.output_weight, compute_dtype=torch.bfloat16 if bf16 else None
-        )
-        (total / n).backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-        ours_opt.step()
-        ours_opt.zero_grad(set_to_none=True)
-        return ce / n
+    def ours_step(model, compiled: bool, chunk_rows: int | None):
+        def step(batch: ModelBatch):
+            with autocast():
+                hidden = model(batch)
+            total, n, ce = cross_entropy_sum(
+                hidden,
+                batch.labels,
+                ours.output_weight,
+                compute_dtype=torch.bfloat16 if bf16 else None,
+                output_bias=getattr(ours, "output_bias", None),
+                chunk_rows=chunk_rows,
+                compiled=compiled,
+            )
+            (total / n).backward()
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+            ours_opt.step()
+            ours_opt.zero_grad(set_to_none=True)
+            return ce / n
 
-    def hf_step(x, y):
-        with autocast():
-            loss = hf_model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        hf_opt.step()
-        hf_opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return step
 
-    return {"ours": ours_step, "hf": hf_step}
+    def hf_step(model):
+        def step(batch: ModelBatch):
+            labels = batch.labels.contiguous()
+            kwargs = {"input_ids": batch.input_ids.contiguous(), "labels": labels}
+            if args.objective == "clm":
+                kwargs.update(shift_labels=labels, use_cache=False)
+            elif args.objective == "span":
+                kwargs.update(decoder_input_ids=batch.decoder_input_ids, use_cache=False)
+            with autocast():
+                loss = model(**kwargs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            hf_opt.step()
+            hf_opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return step
+
+    steps = {"hf": hf_step(compiled_hf), "hf_eager": hf_step(hf)}
+    for rows in args.loss_chunks:
+        suffix = "" if rows is None else f"_chunk{rows}"
+        steps["ours" + suffix] = ours_step(compiled_ours, True, rows)
+        steps["ours_eagerloss" + suffix] = ours_step(compiled_ours, False, rows)
+        steps["ours_eager" + suffix] = ours_step(ours, False, rows)
+    return steps
 
 
-def measure(step, x, y, args, device) -> tuple[float, float, float]:
-    """(compile+warmup seconds, tokens/s, first loss)."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(step, batches, args, device) -> dict:
+    """Compile + warmup seconds, tokens/s, first loss and peak memory of one side."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    first = float(step(x, y))
-    for _ in range(args.warmup - 1):
-        step(x, y)
+    first = float(step(batches[0]))
+    for i in range(1, args.warmup):
+        step(batches[i % len(batches)])
     sync(device)
     warm = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step(x, y)
+    for i in range(args.steps):
+        step(batches[i % len(batches)])
     sync(device)
     seconds = time.perf_counter() - start
-    return warm, x.numel() * args.steps / seconds, first
+    tokens = batches[0].input_ids.numel() * args.steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "tokens_per_second": tokens / seconds,
+        "warmup_seconds": warm,
+        "first_loss": first,
+        "peak_memory_gib": peak,
+    }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="gpt2-small")
+    p.add_argument("--objective", choices=sorted(DEFAULTS), default="clm")
+    p.add_argument("--size")
     p.add_argument("--style", choices=["gpt2", "llama"], default=None)
-    p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--vocab", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq-len", type=int)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--device", default="cuda")
     p.add_argument("--sides", default="ours,hf")
+    p.add_argument(
+        "--doc-len",
+        type=int,
+        default=0,
+        help="CLM: mean packed document length; document masking on (ours only: HF has none)",
+    )
+    p.add_argument("--attention-backend", choices=["sdpa", "flex"], default="sdpa")
+    p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
+    p.add_argument("--json-out")
     args = p.parse_args()
+    size, vocab, batch, seq_len = DEFAULTS[args.objective]
+    args.size = args.size or size
+    args.vocab = args.vocab or vocab
+    args.batch = args.batch or batch
+    args.seq_len = args.seq_len or seq_len
+    args.loss_chunks = [None] + [int(c) for c in args.loss_chunks.split(",") if c and int(c)]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
-
-    overrides = {} if args.style is None else {"style": args.style}
-    if args.style == "llama":
-        overrides["bias"] = False
-    cfg = decoder_config(args.size, args.vocab, max_seq_len=args.seq_len, **overrides)
-    ours = DecoderLM(cfg).to(device).train()
-    hf = to_hf(ours).to(device).train()
-    tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), device=device)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    flops = model_flops_per_token(ours, args.seq_len)
+    ours, hf, objective = build_models(args, device)
+    batches = make_batches(objective, args, device)
+    flops = model_flops_per_token(ours, args.seq_len) if args.objective == "clm" else None
     peak = peak_flops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(
-        f"commit {git_commit()}, device {name}, torch {torch.__version__}, "
-        f"{cfg.style} {args.size} ({ours.num_params():,} params), batch {args.batch} x "
-        f"{args.seq_len}, {args.precision}, compile={args.compile}"
+    header = (
+        f"commit {git_commit()}, device {name}, torch {torch.__version__}, {args.objective} "
+        f"{args.size}{'' if args.style is None else ' ' + args.style} "
+        f"({ours.num_params():,} params), batch {args.batch} x {args.seq_len}, {args.precision}"
     )
+    print(header, flush=True)
     steps = make_steps(ours, hf, args, device)
     results = {}
     for side in args.sides.split(","):
-        warm, tps, first = measure(steps[side], x, y, args, device)
-        mfu = tps * flops / peak if peak else None
-        results[side] = {"tokens_per_second": tps, "mfu": mfu, "warmup_seconds": warm}
-        print(json.dumps({"side": side, "first_loss": first, **results[side]}))
+        r = measure(steps[side], batches, args, device)
+        r["mfu"] = r["tokens_per_second"] * flops / peak if flops and peak else None
+        results[side] = r
+        print(json.dumps({"side": side, **r}), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print("\n| side | tokens/s | MFU | compile + warmup s |\n|---|---:|---:|---:|")
+    print("\n| side | tokens/s | MFU | compile + warmup s | peak GiB |\n|---|---:|---:|---:|---:|")
     for side, r in results.items():
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"| {side} | {r['tokens_per_second']:,.0f} | {mfu} | {r['warmup_seconds']:.1f} |")
-    if "ours" in results and "hf" in results:
-        ratio = results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
-        print(f"\nours / HF = {ratio:.2f}")
+        mem = "n/a" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        print(
+            f"| {side} | {r['tokens_per_second']:,.0f} | {mfu} | {r['warmup_seconds']:.1f} "
+            f"| {mem} |"
+        )
+    for a, b in (("ours", "hf"), ("ours", "hf_eager"), ("ours_eager", "hf_eager")):
+        if a in results and b in results:
+            ratio = results[a]["tokens_per_second"] / results[b]["tokens_per_second"]
+            print(f"{a} / {b} = {ratio:.2f}")
+    if args.json_out:
+        with open(args.json_out, "a") as f:
+            f.write(json.dumps({"header": header, "results": results}) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def git_commit() -> str:
     try:
         commit = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--", "src")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # e.g. a copy without .git on a GPU host
+        return os.environ.get("PRETRAIN_COMMIT", "unknown")
     return commit + (" (src/ has uncommitted changes)" if dirty else "")
 
 

@@ -22,18 +22,80 @@ import torch
 
 from pretrain.objectives.base import IGNORE_INDEX
 
-DEFAULT_CHUNK_ROWS = 512  # fits in cache on CPU; measured faster than 2048
+DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048
+CUDA_CHUNK_BYTES = 1 << 30  # CUDA: rows per chunk so one chunk's fp32 logits take about 1 GiB
+
+
+def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Label rows per chunk: small on CPU (cache), large on CUDA (fewer, fuller launches)."""
+    if device.type != "cuda":
+        return DEFAULT_CHUNK_ROWS
+    rows = CUDA_CHUNK_BYTES // (4 * vocab_size)
+    return max(DEFAULT_CHUNK_ROWS, rows // DEFAULT_CHUNK_ROWS * DEFAULT_CHUNK_ROWS)
+
+
+def chunk_loss_and_grad(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
+    z_loss_coef: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy sum, z-loss sum and d(loss)/d(logits) of one chunk.
+
+    Args:
+        logits: ``(n, V)`` in the projection's dtype; the softmax runs in fp32 (fp64 stays).
+        targets: ``(n, 1)`` target ids.
+        bias: ``(V,)`` output bias in the accumulation dtype, or None.
+
+    Returns:
+        ``(ce_sum, z_sum, grad)`` with ``grad = softmax * (1 + 2 z lse) - onehot(y)`` in the
+        dtype of ``logits`` (None when ``need_grad`` is False). Pure, so ``torch.compile`` can
+        fuse it into a few passes over the chunk on CUDA.
+    """
+    acc = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if bias is not None:
+        acc = acc + bias
+    logp = acc.log_softmax(dim=-1)  # (n, V)
+    target_logp = logp.gather(1, targets)  # (n, 1)
+    ce = -target_logp.sum()
+    z_sum = torch.zeros((), dtype=acc.dtype, device=acc.device)
+    lse = None
+    if z_loss_coef:
+        lse = acc.gather(1, targets) - target_logp  # (n, 1): log Z
+        z_sum = (lse * lse).sum()
+    if not need_grad:
+        return ce, z_sum, None
+    grad = logp.exp_()  # (n, V) softmax, in place
+    if lse is not None:
+        grad *= 1.0 + 2.0 * z_loss_coef * lse
+    grad.scatter_add_(1, targets, torch.full_like(target_logp, -1.0))
+    return ce, z_sum, grad.to(logits.dtype)
+
+
+_compiled_chunk = None
+
+
+def _compiled_chunk_loss_and_grad():
+    global _compiled_chunk
+    if _compiled_chunk is None:
+        _compiled_chunk = torch.compile(chunk_loss_and_grad)
+    return _compiled_chunk
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """With logits l_i = h_i W^T (+ b): sum_i [lse(l_i) - l_i[y_i] + z * lse(l_i)^2] over rows i."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, z_loss_coef: float, chunk_rows: int):  # type: ignore[override]
+    def forward(
+        ctx, hidden, weight, bias, targets, z_loss_coef: float, chunk_rows: int, compiled: bool
+    ):  # type: ignore[override]
         needs_grad = any(ctx.needs_input_grad[:3])
         compute_dtype = hidden.dtype
         acc_dtype = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 in tests
+        chunk_fn = _compiled_chunk_loss_and_grad() if compiled else chunk_loss_and_grad
         w = weight.to(compute_dtype)
+        b = None if bias is None else bias.to(acc_dtype)
         loss = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         z_total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
@@ -48,32 +110,19 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]  # (n, C)
             y = targets[start : start + chunk_rows, None]  # (n, 1)
-            logits = (h @ w.t()).to(acc_dtype)  # (n, V)
-            if bias is not None:
-                logits += bias.to(acc_dtype)
-            logp = logits.log_softmax(dim=-1)  # (n, V)
-            target_logp = logp.gather(1, y)  # (n, 1)
-            loss -= target_logp.sum()
-            lse = None
-            if z_loss_coef:
-                lse = logits.gather(1, y) - target_logp  # (n, 1): log Z
-                z_total += (lse * lse).sum()
-            del logits
-            if needs_grad:
-                # d/dlogits of [lse - logit_y + z*lse^2] = softmax * (1 + 2 z lse) - onehot(y)
-                grad_logits = logp.exp_()  # (n, V) softmax, in place
-                if lse is not None:
-                    grad_logits *= 1.0 + 2.0 * z_loss_coef * lse
-                grad_logits.scatter_add_(1, y, torch.full_like(target_logp, -1.0))
-                if grad_bias is not None:
-                    grad_bias += grad_logits.sum(dim=0)
-                g = grad_logits.to(compute_dtype)
-                torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
-                if g.dtype == acc_dtype:
-                    grad_weight.addmm_(g.t(), h)
-                else:
-                    grad_weight += (g.t() @ h).to(acc_dtype)
-            del logp
+            ce, z_sum, g = chunk_fn(h @ w.t(), y, b, z_loss_coef, needs_grad)  # g: (n, V)
+            loss += ce
+            z_total += z_sum
+            if g is None:
+                continue
+            if grad_bias is not None:
+                grad_bias += g.sum(dim=0, dtype=acc_dtype)
+            torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
+            if g.dtype == acc_dtype:
+                grad_weight.addmm_(g.t(), h)
+            else:
+                grad_weight += (g.t() @ h).to(acc_dtype)
+            del g
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
@@ -88,7 +137,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         gb = None
         if ctx.needs_input_grad[2] and grad_bias is not None:
             gb = (grad_bias * grad_total).to(ctx.bias_dtype)
-        return gh, gw, gb, None, None, None
+        return gh, gw, gb, None, None, None, None
 
 
 def cross_entropy_sum(
@@ -96,9 +145,10 @@ def cross_entropy_sum(
     labels: torch.Tensor,
     output_weight: torch.Tensor,
     z_loss_coef: float = 0.0,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     compute_dtype: torch.dtype | None = None,
     output_bias: torch.Tensor | None = None,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed token cross-entropy of ``hidden @ output_weight.T`` against ``labels``.
 
@@ -107,10 +157,13 @@ def cross_entropy_sum(
         labels: ``(...)`` target ids, ``IGNORE_INDEX`` where there is no loss.
         output_weight: ``(V, C)`` output projection (the tied embedding or the LM head).
         z_loss_coef: PaLM z-loss coefficient (1e-4 in PaLM, 1e-5 in OLMo 2); 0 disables it.
-        chunk_rows: label positions per chunk of fp32 logits.
+        chunk_rows: label positions per chunk of fp32 logits; None picks
+            :func:`default_chunk_rows` for the device.
         compute_dtype: dtype of the vocabulary projection (bf16 under mixed precision); the
             softmax and the sums stay in fp32. None keeps the dtype of ``hidden``.
         output_bias: ``(V,)`` bias added to the logits (BERT's MLM decoder has one).
+        compiled: run the per-chunk softmax and gradient through ``torch.compile`` (the
+            trainer sets it with ``train.compile``), fusing them into a few passes.
 
     Returns:
         ``(objective_sum, num_label_tokens, ce_sum)``: the sum to backpropagate (cross-entropy
@@ -127,5 +180,9 @@ def cross_entropy_sum(
     if not torch.is_grad_enabled():  # eval: Function.forward can't see grad mode, so detach
         h, weight = h.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
-    total, ce = _FusedLinearCrossEntropy.apply(h, weight, bias, y, float(z_loss_coef), chunk_rows)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(hidden.device, output_weight.shape[0])
+    total, ce = _FusedLinearCrossEntropy.apply(
+        h, weight, bias, y, float(z_loss_coef), chunk_rows, compiled
+    )
     return total, torch.tensor(len(rows), device=hidden.device), ce.detach()

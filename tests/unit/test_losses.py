@@ -116,3 +116,34 @@ def test_eval_accuracy_counts_argmax_hits_on_label_tokens_only():
     hidden = torch.tensor([[[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]]])
     labels = torch.tensor([[0, 2, 2, IGNORE_INDEX]])  # right, wrong, right, ignored
     assert _num_correct(Head(), hidden, labels) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_compiled_chunks_match_eager_chunks(with_bias: bool):
+    """``compiled=True`` (the path ``train.compile`` takes) computes the same loss and grads."""
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, 40, (2, 9))
+    labels[1, :3] = IGNORE_INDEX
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    results = []
+    for compiled in (False, True):
+        total, _, ce = cross_entropy_sum(
+            hidden, labels, weight, 1e-2, chunk_rows=5, output_bias=bias, compiled=compiled
+        )
+        results.append((total.detach(), ce, *torch.autograd.grad(total, params)))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_default_chunk_rows_keep_cpu_chunks_small_and_cuda_chunks_near_one_gib():
+    from pretrain.losses import DEFAULT_CHUNK_ROWS, default_chunk_rows
+
+    assert default_chunk_rows(torch.device("cpu"), 50257) == DEFAULT_CHUNK_ROWS
+    rows = default_chunk_rows(torch.device("cuda"), 50257)
+    assert rows % DEFAULT_CHUNK_ROWS == 0 and rows * 50257 * 4 <= 1 << 30
+    assert (rows + DEFAULT_CHUNK_ROWS) * 50257 * 4 > 1 << 30
+    assert default_chunk_rows(torch.device("cuda"), 10**7) == DEFAULT_CHUNK_ROWS

@@ -251,6 +251,7 @@ class Trainer:
                 cfg.objective.z_loss,
                 compute_dtype=self.autocast_dtype,
                 output_bias=getattr(self.model, "output_bias", None),
+                compiled=cfg.train.compile,
             )
             (total / max(num_label_tokens, 1)).backward()
             ce_sum += ce

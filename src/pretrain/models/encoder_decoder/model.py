@@ -41,8 +41,9 @@ from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 # Additive score for a masked pair: finite, so a row with no visible key gives a uniform
-# distribution instead of NaN (as HF's ``finfo.min`` mask does).
-_MASKED = torch.finfo(torch.float32).min
+# distribution instead of NaN (as HF's ``finfo.min`` mask does), and finite in bf16 too
+# (fp32's ``finfo.min`` rounds to -inf there).
+_MASKED = -1e30
 
 
 def relative_position_bucket(
@@ -141,11 +142,10 @@ class T5Attention(nn.Module):
         q = self.q(x).view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
         k = self.k(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
         v = self.v(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
-        scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk): no 1/sqrt(hd) in T5
-        if bias is not None:
-            scores = scores + bias
-        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-        y = probs @ v  # (B, H, Tq, hd)
+        # No 1/sqrt(hd) in T5 (folded into the query init); the bias carries positions and mask.
+        # SDPA picks a fused kernel (memory-efficient attention with a bias gradient on CUDA).
+        mask = None if bias is None else bias.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, Tq, hd)
         y = y.transpose(1, 2).reshape(B, Tq, H * hd)  # (B, Tq, H*hd): heads side by side
         return self.o(y)
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One GPU lease, one call: the CUDA-only tests, then the training benchmarks of issues 3 and 4.
+# Logs and bench.jsonl go to $OUT (the device tool brings that folder back). Each part has its
+# own time limit so a slow compile costs that part only. Usage, from the repository root:
+#   PRETRAIN_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_session.sh
+set -u
+OUT=${OUT:-/tmp/pretrain-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
+    --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', \
+transformers.__version__)" | tee -a "$OUT/gpu.txt"
+BENCH="$PY bench/bench_train_gpu.py --json-out $OUT/bench.jsonl"
+part() {  # part NAME SECONDS COMMAND...: run with a limit, keep the log, print its tail
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s) ==="
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    echo "exit $?"
+    tail -n 14 "$OUT/$name.txt"
+}
+part clm_gpt2 130 $BENCH --objective clm --sides ours,ours_eagerloss,ours_chunk512,hf \
+    --loss-chunks 512
+part mlm_bert 110 $BENCH --objective mlm --sides ours,ours_eagerloss,hf,hf_eager
+part span_t5 140 $BENCH --objective span --sides ours,ours_eagerloss,hf,hf_eager
+part pytest_gpu 110 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider
+part clm_llama 90 $BENCH --objective clm --style llama --sides ours,hf
+part clm_docs_flex 60 $BENCH --objective clm --doc-len 512 --attention-backend flex \
+    --sides ours
+ls -la "$OUT"

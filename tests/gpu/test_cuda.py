@@ -1,0 +1,151 @@
+"""What only a CUDA device can check: FlexAttention's backward, the compiled cross-entropy in
+bf16, T5's memory-efficient attention with a bias gradient, and compiled bf16 training.
+
+Skipped without a GPU (CI has none); run on one with ``pytest -m gpu tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.losses import cross_entropy_sum
+from pretrain.models.decoder.configs import decoder_config
+from pretrain.models.decoder.model import DecoderLM
+from pretrain.models.encoder_decoder.configs import encoder_decoder_config
+from pretrain.models.encoder_decoder.model import EncoderDecoderLM
+from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch
+from pretrain.train.trainer import Trainer
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+CUDA = torch.device("cuda")
+
+
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref.double()).norm() / ref.double().norm())
+
+
+@pytest.mark.parametrize("kind", ["causal-docs", "prefix", "prefix-docs"])
+def test_flex_attention_forward_and_backward_match_dense_sdpa(kind: str):
+    torch.manual_seed(0)
+    B, T, V = 2, 256, 300
+    cfg = dict(d_model=128, n_heads=4, n_kv_heads=2)
+    sdpa = DecoderLM(decoder_config("debug", V, **cfg)).to(CUDA)
+    flex = DecoderLM(decoder_config("debug", V, attention_backend="flex", **cfg)).to(CUDA)
+    flex.load_state_dict(sdpa.state_dict())
+    docs = torch.zeros(B, T, dtype=torch.long, device=CUDA)
+    docs[0, 70:], docs[0, 200:], docs[1, 9:] = 1, 2, 3
+    base = kind.split("-")[0]
+    spec = AttentionSpec(
+        base,
+        document_ids=docs if kind.endswith("docs") else None,
+        prefix_lengths=torch.tensor([40, 130], device=CUDA) if base == "prefix" else None,
+    )
+    x = torch.randint(0, V, (B, T), device=CUDA)
+    outs, grads = [], []
+    for model in (sdpa, flex):
+        out = model.forward_tokens(x, attention=spec)
+        (out.float() ** 2).mean().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert _rel_err(outs[1], outs[0]) < 1e-3
+    for g_flex, g_sdpa in zip(grads[1], grads[0], strict=True):
+        assert _rel_err(g_flex, g_sdpa) < 1e-2
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_compiled_bf16_cross_entropy_matches_fp64_reference(with_bias: bool):
+    torch.manual_seed(0)
+    N, C, V = 3000, 256, 5000
+    hidden = torch.randn(N, C, device=CUDA, requires_grad=True)
+    weight = (0.05 * torch.randn(V, C, device=CUDA)).requires_grad_()
+    bias = (0.1 * torch.randn(V, device=CUDA)).requires_grad_() if with_bias else None
+    labels = torch.randint(0, V, (N,), device=CUDA)
+    labels[::7] = IGNORE_INDEX
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    total, count, ce = cross_entropy_sum(
+        hidden, labels, weight, 1e-4, chunk_rows=1024, compute_dtype=torch.bfloat16,
+        output_bias=bias, compiled=True,
+    )  # fmt: skip
+    grads = torch.autograd.grad(total / count, params)
+
+    ref_params = [p.detach().double().requires_grad_() for p in params]
+    logits = ref_params[0] @ ref_params[1].t()
+    if with_bias:
+        logits = logits + ref_params[2]
+    valid = labels != IGNORE_INDEX
+    lse = torch.logsumexp(logits[valid], dim=-1)
+    ref_ce = torch.nn.functional.cross_entropy(logits[valid], labels[valid], reduction="sum")
+    ref_total = ref_ce + 1e-4 * (lse**2).sum()
+    ref_grads = torch.autograd.grad(ref_total / int(valid.sum()), ref_params)
+    assert int(count) == int(valid.sum())
+    assert math.isclose(float(ce), float(ref_ce), rel_tol=2e-3)
+    for got, ref in zip(grads, ref_grads, strict=True):
+        assert _rel_err(got, ref) < 2e-2
+
+
+def test_t5_attention_bias_gradient_under_bf16_matches_fp32():
+    torch.manual_seed(0)
+    model = EncoderDecoderLM(encoder_decoder_config("debug", 500, pad_id=0)).to(CUDA)
+    B, T_enc, T_dec = 4, 96, 30
+    inputs = torch.randint(5, 500, (B, T_enc), device=CUDA)
+    inputs[1, 80:] = 0  # padding, masked as keys
+    labels = torch.randint(5, 500, (B, T_dec), device=CUDA)
+    decoder_inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+    batch = ModelBatch(
+        inputs, labels, AttentionSpec("bidirectional"), decoder_input_ids=decoder_inputs
+    )
+    bias_params = [
+        model.encoder_position_bias.embed.weight,
+        model.decoder_position_bias.embed.weight,
+    ]
+    results = []
+    for dtype in (None, torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype is not None):
+            hidden = model(batch)
+        total, n, _ = cross_entropy_sum(hidden, labels, model.output_weight, compute_dtype=dtype)
+        grads = torch.autograd.grad(total / n, bias_params)
+        results.append((float(total / n), grads))
+    (loss32, g32), (loss16, g16) = results
+    assert math.isfinite(loss16) and math.isclose(loss16, loss32, rel_tol=1e-2)
+    for got, ref in zip(g16, g32, strict=True):
+        assert float(ref.norm()) > 0 and _rel_err(got, ref) < 5e-2
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_compiled_bf16_training_on_cuda_lowers_the_loss(
+    backend: str, shards_dir, tokenizer_dir, tmp_path
+):
+    overrides = {
+        "model.size": "debug",
+        "model.attention_backend": backend,
+        "data.train": f"[{shards_dir}]",
+        "data.val": str(shards_dir),
+        "data.tokenizer": str(tokenizer_dir),
+        "train.seq_len": 128,
+        "train.micro_batch_size": 8,
+        "train.tokens_per_batch": 1024,
+        "train.max_steps": 40,
+        "train.device": "cuda",
+        "train.compile": True,
+        "optim.lr": 3e-3,
+        "optim.warmup_steps": 5,
+        "eval.every_steps": 40,
+        "eval.max_batches": 2,
+        "checkpoint.every_steps": 40,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "run.dir": str(tmp_path / backend),
+    }
+    cfg = load_config(ExperimentConfig, None, [f"--{k}={v}" for k, v in overrides.items()])
+    trainer = Trainer(cfg)
+    assert trainer.autocast_dtype == torch.bfloat16
+    losses = [trainer.train_step()["loss"] for _ in range(40)]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
