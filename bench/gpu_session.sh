@@ -21,12 +21,12 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, keep the log, print 
     echo "exit $?"
     tail -n 14 "$OUT/$name.txt"
 }
-part clm_gpt2 130 $BENCH --objective clm --sides ours,ours_eagerloss,ours_chunk512,hf \
+part clm_gpt2 120 $BENCH --objective clm --sides ours,ours_eagerloss,ours_chunk512,hf \
     --loss-chunks 512
-part mlm_bert 110 $BENCH --objective mlm --sides ours,ours_eagerloss,hf,hf_eager
-part span_t5 140 $BENCH --objective span --sides ours,ours_eagerloss,hf,hf_eager
-part pytest_gpu 110 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider
-part clm_llama 90 $BENCH --objective clm --style llama --sides ours,hf
-part clm_docs_flex 60 $BENCH --objective clm --doc-len 512 --attention-backend flex \
+part mlm_bert 100 $BENCH --objective mlm --sides ours,ours_eagerloss,hf,hf_eager
+part span_t5 120 $BENCH --objective span --sides ours,ours_eagerloss,hf,hf_eager
+part pytest_gpu 90 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider
+part clm_llama 70 $BENCH --objective clm --style llama --sides ours,hf
+part clm_docs_flex 35 $BENCH --objective clm --doc-len 512 --attention-backend flex \
     --sides ours
 ls -la "$OUT"
