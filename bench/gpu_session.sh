@@ -3,6 +3,7 @@
 # Logs and bench.jsonl go to $OUT (the device tool brings that folder back). Each part has its
 # own time limit so a slow compile costs that part only. Usage, from the repository root:
 #   PRETRAIN_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_session.sh
+#   bash bench/gpu_session.sh clm_gpt2 80 ours,hf span_t5 130 ours,hf   # parts: NAME LIMIT SIDES
 set -u
 OUT=${OUT:-/tmp/pretrain-gpu}
 mkdir -p "$OUT"
@@ -21,12 +22,15 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, keep the log, print 
     echo "exit $?"
     tail -n 14 "$OUT/$name.txt"
 }
-part clm_gpt2 120 $BENCH --objective clm --sides ours,ours_eagerloss,ours_chunk512,hf \
-    --loss-chunks 512
-part mlm_bert 100 $BENCH --objective mlm --sides ours,ours_eagerloss,hf,hf_eager
-part span_t5 120 $BENCH --objective span --sides ours,ours_eagerloss,hf,hf_eager
-part pytest_gpu 90 $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider
-part clm_llama 70 $BENCH --objective clm --style llama --sides ours,hf
-part clm_docs_flex 35 $BENCH --objective clm --doc-len 512 --attention-backend flex \
-    --sides ours
+clm_gpt2() { part clm_gpt2 "${1:-120}" $BENCH --objective clm --sides "${2:-ours,ours_eagerloss,ours_chunk512,hf}" --loss-chunks 512; }
+mlm_bert() { part mlm_bert "${1:-100}" $BENCH --objective mlm --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
+span_t5() { part span_t5 "${1:-120}" $BENCH --objective span --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
+pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider; }
+clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
+clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
+if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
+    clm_gpt2; mlm_bert; span_t5; pytest_gpu; clm_llama; clm_docs_flex
+else
+    while [ $# -gt 0 ]; do "$1" "$2" "$3"; shift 3; done
+fi
 ls -la "$OUT"

@@ -23,6 +23,7 @@ import torch
 from pretrain.objectives.base import IGNORE_INDEX
 
 DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048
+CUDA_VOCAB_MULTIPLE = 64  # CUDA: vocabulary columns padded to this for aligned bf16 GEMMs
 CUDA_CHUNK_BYTES = 1 << 30  # CUDA: rows per chunk so one chunk's fp32 logits take about 1 GiB
 
 
@@ -32,6 +33,36 @@ def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
         return DEFAULT_CHUNK_ROWS
     rows = CUDA_CHUNK_BYTES // (4 * vocab_size)
     return max(DEFAULT_CHUNK_ROWS, rows // DEFAULT_CHUNK_ROWS * DEFAULT_CHUNK_ROWS)
+
+
+def vocab_multiple(device: torch.device) -> int:
+    """Vocabulary columns are padded to this multiple in the loss's GEMMs (1: no padding)."""
+    return CUDA_VOCAB_MULTIPLE if device.type == "cuda" else 1
+
+
+def padded_output(
+    weight: torch.Tensor, bias: torch.Tensor | None, multiple: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``weight`` in ``dtype`` with zero rows, and a bias of -inf there, up to a multiple.
+
+    A vocabulary of 50257 makes every GEMM against the output weight misaligned for the tensor
+    cores (rows of 50257 bf16 values are not 16-byte multiples) and several times slower;
+    nanoGPT pads the model's vocabulary to 50304 for this. Padding only inside the loss keeps
+    the model's shape: the padded logits are -inf, so they add nothing to the softmax, and
+    their gradients are exactly zero and dropped.
+    """
+    V = weight.shape[0]
+    extra = -V % multiple
+    w = weight.to(dtype)
+    if not extra:
+        return w, bias
+    w = torch.cat([w, w.new_zeros(extra, w.shape[1])])
+    acc = torch.promote_types(dtype, torch.float32)
+    b = torch.zeros(V + extra, dtype=acc, device=weight.device)
+    b[V:] = float("-inf")
+    if bias is not None:
+        b[:V] = bias
+    return w, b
 
 
 def chunk_loss_and_grad(
@@ -94,8 +125,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         compute_dtype = hidden.dtype
         acc_dtype = torch.promote_types(compute_dtype, torch.float32)  # fp32, or fp64 in tests
         chunk_fn = _compiled_chunk_loss_and_grad() if compiled else chunk_loss_and_grad
-        w = weight.to(compute_dtype)
+        V = weight.shape[0]
         b = None if bias is None else bias.to(acc_dtype)
+        w, b = padded_output(
+            weight, b, vocab_multiple(hidden.device), compute_dtype
+        )  # (V', C), (V',) or None
         loss = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         z_total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
@@ -116,12 +150,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if g is None:
                 continue
             if grad_bias is not None:
-                grad_bias += g.sum(dim=0, dtype=acc_dtype)
+                grad_bias += g[:, :V].sum(dim=0, dtype=acc_dtype)
             torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
             if g.dtype == acc_dtype:
-                grad_weight.addmm_(g.t(), h)
+                grad_weight.addmm_(g[:, :V].t(), h)
             else:
-                grad_weight += (g.t() @ h).to(acc_dtype)
+                grad_weight += (g.t() @ h)[:V].to(acc_dtype)
             del g
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)

@@ -135,7 +135,7 @@ def test_compiled_chunks_match_eager_chunks(with_bias: bool):
             hidden, labels, weight, 1e-2, chunk_rows=5, output_bias=bias, compiled=compiled
         )
         results.append((total.detach(), ce, *torch.autograd.grad(total, params)))
-    for eager, compiled in zip(*results):
+    for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
@@ -147,3 +147,29 @@ def test_default_chunk_rows_keep_cpu_chunks_small_and_cuda_chunks_near_one_gib()
     assert rows % DEFAULT_CHUNK_ROWS == 0 and rows * 50257 * 4 <= 1 << 30
     assert (rows + DEFAULT_CHUNK_ROWS) * 50257 * 4 > 1 << 30
     assert default_chunk_rows(torch.device("cuda"), 10**7) == DEFAULT_CHUNK_ROWS
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_vocabulary_padding_changes_nothing(monkeypatch, with_bias: bool):
+    """The CUDA path pads V to a multiple of 64 (-inf logits): loss and grads are unchanged."""
+    import pretrain.losses as losses
+
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(37, dtype=torch.float64, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, 37, (2, 9))
+    labels[0, 0] = IGNORE_INDEX
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    results = []
+    for multiple in (1, 64):
+        monkeypatch.setattr(losses, "vocab_multiple", lambda device, m=multiple: m)
+        total, _, ce = cross_entropy_sum(
+            hidden, labels, weight, 1e-2, chunk_rows=4, output_bias=bias
+        )
+        results.append((total.detach(), ce, *torch.autograd.grad(total, params)))
+    for unpadded, padded in zip(*results, strict=True):
+        assert padded.shape == unpadded.shape
+        torch.testing.assert_close(padded, unpadded, rtol=1e-12, atol=1e-12)
+    w, b = losses.padded_output(weight, None, 64, torch.float64)
+    assert w.shape == (64, 16) and (w[37:] == 0).all() and torch.isinf(b[37:]).all()

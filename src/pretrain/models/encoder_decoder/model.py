@@ -100,6 +100,13 @@ class RelativePositionBias(nn.Module):
         return self.embed(bucket).permute(2, 0, 1).unsqueeze(0)  # (1, H, q_len, k_len)
 
 
+def _autocast_cast(bias: torch.Tensor) -> torch.Tensor:
+    """``bias`` in autocast's dtype when autocast is on (once, not in every layer), else as is."""
+    if torch.is_autocast_enabled(bias.device.type):
+        return bias.to(torch.get_autocast_dtype(bias.device.type))
+    return bias
+
+
 def additive_bias(
     position_bias: torch.Tensor | None, allowed: torch.Tensor | None
 ) -> torch.Tensor | None:
@@ -305,6 +312,7 @@ class EncoderDecoderLM(nn.Module):
         keys = (input_ids != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, T)
         allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
         bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B, H, T, T)
+        bias = _autocast_cast(bias)
         x = self.embed(input_ids)  # (B, T, d_model)
         for block in self.encoder_blocks:
             x = block(x, bias)
@@ -329,9 +337,11 @@ class EncoderDecoderLM(nn.Module):
         idx = torch.arange(T, device=decoder_input_ids.device)
         causal = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
         self_bias = additive_bias(self.decoder_position_bias(T, T), causal)  # (1, H, T, T)
+        self_bias = _autocast_cast(self_bias)
         cross_bias = None
         if encoder_mask is not None:
             cross_bias = additive_bias(None, encoder_mask.bool()[:, None, None, :])  # (B,1,1,Tk)
+            cross_bias = _autocast_cast(cross_bias)
         x = self.embed(decoder_input_ids)  # (B, T_dec, d_model)
         for block in self.decoder_blocks:
             x = block(x, self_bias, encoder_hidden, cross_bias)
