@@ -225,6 +225,62 @@ class ObjectiveConfig:
     mean_noise_span_length: float = 3.0
     prefix_noise_density: float = 0.5
     """Prefix LM: the prefix is uniform on [round((1 - 2 d)(L - 1)), L - 1] tokens."""
+    bart_mask_ratio: float = 0.3
+    """BART text infilling: share of words hidden in Poisson-length spans (BART-large: 0.3)."""
+    bart_random_ratio: float = 0.1
+    """BART: share of the mask tokens it writes that are random tokens instead (BART-large: 0.1)."""
+    bart_poisson_lambda: float = 3.0
+    """BART: mean span length of text infilling (paper: 3; BART-large's fairseq args: 3.5)."""
+    bart_token_mask_ratio: float = 0.0
+    """BART token masking: share of tokens replaced by the mask token."""
+    bart_deletion_ratio: float = 0.0
+    """BART token deletion: share of tokens removed."""
+    bart_insert_ratio: float = 0.0
+    """BART: mask tokens inserted, as a share of the sequence length (fairseq --insert)."""
+    bart_permute_sentence_ratio: float = 1.0
+    """BART sentence permutation: share of sentences shuffled (BART-large: all of them)."""
+    bart_rotate_ratio: float = 0.0
+    """BART document rotation: probability that a sequence is rotated (BART-large: 0)."""
+    ul2_preset: typing.Literal["uniform", "upalm"] = "uniform"
+    """UL2: the 7 denoisers of Tay et al. 2022 at equal rates, or U-PaLM's UL2R mixture
+    (50% S, 25% R(3, 0.15), 12.5% X(32, 0.15), 12.5% X(3, 0.5))."""
+    ul2_rates: list[float] | None = None
+    """UL2: one rate per denoiser of the preset, in its order (uniform: R(3,0.15) R(8,0.15)
+    X(3,0.5) X(8,0.5) X(64,0.15) X(64,0.5) S; upalm: S R(3,0.15) X(32,0.15) X(3,0.5))."""
+    ul2_prefix_noise_density: float | None = None
+    """UL2: the S denoiser's prefix-LM density (None: the preset's, 0.25 uniform, 0.5 upalm)."""
+
+    def validate(self) -> ObjectiveConfig:
+        """Range checks of the denoising settings; raises :class:`ConfigError` naming the key."""
+        from pretrain.objectives.ul2_denoisers import resolve_preset
+
+        ratios = [
+            "bart_mask_ratio",
+            "bart_random_ratio",
+            "bart_token_mask_ratio",
+            "bart_deletion_ratio",
+            "bart_insert_ratio",
+            "bart_permute_sentence_ratio",
+            "bart_rotate_ratio",
+        ]
+        for name in ratios:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"objective.{name} must be in [0, 1], got {value}")
+        if self.bart_poisson_lambda <= 0:
+            raise ConfigError(
+                f"objective.bart_poisson_lambda must be > 0, got {self.bart_poisson_lambda}"
+            )
+        density = self.ul2_prefix_noise_density
+        if density is not None and not 0.0 < density <= 0.5:
+            raise ConfigError(
+                f"objective.ul2_prefix_noise_density must be in (0, 0.5], got {density}"
+            )
+        try:
+            resolve_preset(self.ul2_preset, self.ul2_rates, density)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return self
 
 
 @dataclasses.dataclass
@@ -322,6 +378,8 @@ class ExperimentConfig:
             check_pairing(self.objective.name, self.model.family)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self.objective.validate()
+        self._validate_denoiser_shapes()
         if not self.data.train:
             raise ConfigError("data.train: give at least one shard directory")
         if self.data.weights is not None and len(self.data.weights) != len(self.data.train):
@@ -371,3 +429,21 @@ class ExperimentConfig:
             )
         self.grad_accum_steps()
         return self
+
+    def _validate_denoiser_shapes(self) -> None:
+        """BART and UL2 need room for their framing; UL2 must not run out of sentinels."""
+        if self.objective.name == "bart" and self.train.seq_len < 4:
+            raise ConfigError(f"train.seq_len must be >= 4 for BART, got {self.train.seq_len}")
+        if self.objective.name != "ul2":
+            return
+        from pretrain.objectives.ul2_denoisers import plan_ul2, resolve_preset
+        from pretrain.tokenizer import NUM_SENTINELS
+
+        obj = self.objective
+        denoisers, rates = resolve_preset(
+            obj.ul2_preset, obj.ul2_rates, obj.ul2_prefix_noise_density
+        )
+        try:
+            plan_ul2(denoisers, rates, self.train.seq_len, self.model.family, NUM_SENTINELS)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -29,7 +29,9 @@ def evaluate_run(
     data = data or cfg.data.val
     if not data:
         raise ValueError(f"{run_dir}: the run has no data.val; pass --data DIR")
-    objective = build_objective(cfg.objective, run.tokenizer, cfg.train.seq_len)
+    objective = build_objective(
+        cfg.objective, run.tokenizer, cfg.train.seq_len, family=cfg.model.family
+    )
     loader = TokenLoader(
         data,
         loader_seq_len(objective, cfg.train.seq_len),

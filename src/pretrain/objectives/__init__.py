@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM, word_start_table
 from pretrain.objectives.prefix_lm import PrefixLM
 from pretrain.objectives.span import SpanCorruption
+from pretrain.objectives.ul2 import UL2
+from pretrain.objectives.ul2_denoisers import resolve_preset
 
 if TYPE_CHECKING:
     from pretrain.config import ObjectiveConfig
     from pretrain.tokenizer import Tokenizer
 
 OBJECTIVES: dict[str, type] = {
+    "bart": BARTDenoising,
     "clm": CausalLM,
     "mlm": MaskedLM,
     "prefix_lm": PrefixLM,
     "span": SpanCorruption,
+    "ul2": UL2,
 }
 
 
@@ -39,14 +44,26 @@ def check_pairing(objective: str, family: str) -> None:
         )
 
 
-def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int):
-    """The objective named by ``cfg.name``, with the tokenizer's special ids."""
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """Every reserved special id: BOS, EOS, pad, mask, SEP, CLS, sentinels, mode tokens."""
+    sp = tokenizer.special
+    return [sp.bos, sp.eos, sp.pad, sp.mask, sp.sep, sp.cls, *sp.sentinels, *sp.modes.values()]
+
+
+def build_objective(
+    cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int, family: str | None = None
+):
+    """The objective named by ``cfg.name``, with the tokenizer's special ids.
+
+    ``family`` (``model.family``) is needed by objectives that build different batches for
+    different families (UL2: encoder-decoder or decoder-only).
+    """
+    if cfg.name in ("bart", "ul2"):
+        cfg.validate()
     if cfg.name == "clm":
         return CausalLM(document_masking=cfg.document_masking)
     if cfg.name == "mlm":
         sp = tokenizer.special
-        special_ids = [sp.bos, sp.eos, sp.pad, sp.mask, sp.sep, sp.cls, *sp.sentinels]
-        special_ids += list(sp.modes.values())
         word_starts = None
         if cfg.whole_word_masking:
             vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
@@ -54,7 +71,7 @@ def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int):
         return MaskedLM(
             mask_id=sp.mask,
             vocab_size=tokenizer.vocab_size,
-            special_ids=special_ids,
+            special_ids=special_ids(tokenizer),
             probability=cfg.mlm_probability,
             mask_replace_prob=cfg.mask_replace_prob,
             random_replace_prob=cfg.random_replace_prob,
@@ -74,7 +91,57 @@ def build_objective(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int):
         )
     if cfg.name == "prefix_lm":
         return PrefixLM(cfg.prefix_noise_density, document_masking=cfg.document_masking)
+    if cfg.name == "bart":
+        return _build_bart(cfg, tokenizer, seq_len)
+    if cfg.name == "ul2":
+        if family is None:
+            raise ValueError(
+                "objective.name 'ul2' builds different batches for model.family 'decoder' and "
+                "'encoder_decoder': call build_objective(..., family=cfg.model.family)"
+            )
+        sp = tokenizer.special
+        denoisers, rates = resolve_preset(
+            cfg.ul2_preset, cfg.ul2_rates, cfg.ul2_prefix_noise_density
+        )
+        return UL2(
+            seq_len,
+            family,
+            mode_ids=sp.modes,
+            sentinel_ids=sp.sentinels,
+            eos_id=sp.eos,
+            pad_id=sp.pad,
+            decoder_start_id=sp.pad,
+            denoisers=denoisers,
+            rates=rates,
+        )
     raise ValueError(f"unknown objective.name {cfg.name!r}; choose one of {sorted(OBJECTIVES)}")
+
+
+def _build_bart(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int) -> BARTDenoising:
+    sp = tokenizer.special
+    size = tokenizer.vocab_size
+    vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
+    texts = tokenizer.backend.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+    return BARTDenoising(
+        seq_len,
+        bos_id=sp.bos,
+        eos_id=sp.eos,
+        pad_id=sp.pad,
+        mask_id=sp.mask,
+        decoder_start_id=sp.pad,
+        special_ids=special_ids(tokenizer),
+        vocab_size=size,
+        word_starts=word_start_table(vocab, size),
+        sentence_ends=sentence_end_table(texts),
+        mask_ratio=cfg.bart_mask_ratio,
+        random_ratio=cfg.bart_random_ratio,
+        poisson_lambda=cfg.bart_poisson_lambda,
+        token_mask_ratio=cfg.bart_token_mask_ratio,
+        deletion_ratio=cfg.bart_deletion_ratio,
+        insert_ratio=cfg.bart_insert_ratio,
+        permute_sentence_ratio=cfg.bart_permute_sentence_ratio,
+        rotate_ratio=cfg.bart_rotate_ratio,
+    )
 
 
 def loader_seq_len(objective, seq_len: int) -> int:

@@ -62,6 +62,10 @@ class ModelBatch:
     decoder_input_ids: torch.Tensor | None = None  # encoder-decoder families
     target_mapping: torch.Tensor | None = None  # XLNet
     objective: str = "clm"
+    task_ids: torch.Tensor | None = None
+    """``(B,)`` index into ``task_names`` of what made each example (a UL2 denoiser, a mixture
+    component), so the loss can be reported per task; None: the whole batch is ``objective``."""
+    task_names: tuple[str, ...] = ()
 
     def to(self, device: torch.device | str) -> ModelBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -75,6 +79,8 @@ class ModelBatch:
             decoder_input_ids=move(self.decoder_input_ids),
             target_mapping=move(self.target_mapping),
             objective=self.objective,
+            task_ids=move(self.task_ids),
+            task_names=self.task_names,
         )
 
     @property

@@ -129,11 +129,18 @@ def noise_span_to_unique_sentinel(
     return out[~(noise_mask & previous)]  # drop the rest of each run
 
 
-def random_prefix_length(length: int, noise_density: float, generator: torch.Generator) -> int:
-    """T5's ``random_prefix_noise_mask`` as a length: the prefix is uniform on
-    ``[round((1 - 2 d)(L - 1)), L - 1]`` (``[1, L - 1]`` at the default density 0.5)."""
+def prefix_length_bounds(length: int, noise_density: float) -> tuple[int, int]:
+    """The range ``[round((1 - 2 d)(L - 1)), L - 1]`` (clamped to at least 1) of T5's
+    ``random_prefix_noise_mask`` prefix lengths; ``[1, L - 1]`` at density 0.5."""
     if not 0.0 < noise_density <= 0.5:
         raise ValueError(f"prefix LM noise density must be in (0, 0.5], got {noise_density}")
     max_in = length - 1
     min_in = min(max(round((1 - 2 * noise_density) * (length - 1)), 1), max_in)
+    return min_in, max_in
+
+
+def random_prefix_length(length: int, noise_density: float, generator: torch.Generator) -> int:
+    """T5's ``random_prefix_noise_mask`` as a length: the prefix is uniform on
+    ``[round((1 - 2 d)(L - 1)), L - 1]`` (``[1, L - 1]`` at the default density 0.5)."""
+    min_in, max_in = prefix_length_bounds(length, noise_density)
     return int(torch.randint(min_in, max_in + 1, (1,), generator=generator))

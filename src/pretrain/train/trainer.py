@@ -96,7 +96,9 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
-        self.objective = build_objective(cfg.objective, self.tokenizer, cfg.train.seq_len)
+        self.objective = build_objective(
+            cfg.objective, self.tokenizer, cfg.train.seq_len, family=cfg.model.family
+        )
         self.window_seq_len = loader_seq_len(self.objective, cfg.train.seq_len)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.loader = TokenLoader(
