@@ -146,6 +146,9 @@ def eval_run(args: argparse.Namespace) -> int:
     if result["accuracy"] is not None:
         table.add_row("accuracy", f"{result['accuracy']:.4f}")
     table.add_row("tokens evaluated", f"{result['tokens']:,}")
+    for task, stats in result.get("tasks", {}).items():  # mixtures and UL2: per task
+        loss = "n/a" if stats["loss"] is None else f"{stats['loss']:.4f}"
+        table.add_row(f"loss {task}", f"{loss} ({stats['tokens']:,} tokens)")
     console.print(table)
     return 0
 

@@ -247,11 +247,45 @@ class ObjectiveConfig:
     ul2_rates: list[float] | None = None
     """UL2: one rate per denoiser of the preset, in its order (uniform: R(3,0.15) R(8,0.15)
     X(3,0.5) X(8,0.5) X(64,0.15) X(64,0.5) S; upalm: S R(3,0.15) X(32,0.15) X(3,0.5))."""
+    mixture: list[dict[str, typing.Any]] | None = None
+    """name 'mixture': the components, each ``{name: ..., weight: ..., <objective key>: ...}``;
+    keys a component does not set come from this section (e.g. ``noise_density``)."""
+    mixture_granularity: typing.Literal["example", "batch"] = "example"
+    """Mixture: draw a component for every example, or one for every batch."""
     ul2_prefix_noise_density: float | None = None
     """UL2: the S denoiser's prefix-LM density (None: the preset's, 0.25 uniform, 0.5 upalm)."""
 
+    def components(self) -> list[tuple[ObjectiveConfig, float]]:
+        """The mixture's components as full configs with their weights.
+
+        Raises:
+            ConfigError: naming ``objective.mixture[i]`` and the bad key.
+        """
+        if self.name != "mixture":
+            return [(self, 1.0)]
+        if not self.mixture:
+            raise ConfigError("objective.mixture: give a list of {name, weight} components")
+        base = {k: v for k, v in to_dict(self).items() if k not in ("mixture", "name")}
+        out = []
+        for i, item in enumerate(self.mixture):
+            where = f"objective.mixture[{i}]"
+            if not isinstance(item, dict) or "name" not in item:
+                raise ConfigError(f"{where}: give a mapping with a 'name' and a 'weight'")
+            if item["name"] == "mixture" or "mixture" in item:
+                raise ConfigError(f"{where}: a mixture cannot contain a mixture")
+            weight = item.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise ConfigError(f"{where}.weight must be a number > 0, got {weight!r}")
+            fields = {**base, **{k: v for k, v in item.items() if k != "weight"}}
+            out.append((from_dict(ObjectiveConfig, fields, where), float(weight)))
+        return out
+
     def validate(self) -> ObjectiveConfig:
         """Range checks of the denoising settings; raises :class:`ConfigError` naming the key."""
+        if self.name == "mixture":
+            for component, _ in self.components():
+                component.validate()
+            return self
         from pretrain.objectives.ul2_denoisers import resolve_preset
 
         ratios = [
@@ -374,12 +408,14 @@ class ExperimentConfig:
         """Checks that need several keys; raises :class:`ConfigError` naming them."""
         from pretrain.objectives import check_pairing
 
-        try:
-            check_pairing(self.objective.name, self.model.family)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        self.objective.validate()
-        self._validate_denoiser_shapes()
+        for i, (objective, _) in enumerate(self.objective.components()):
+            where = "" if self.objective.name != "mixture" else f"objective.mixture[{i}]: "
+            try:
+                check_pairing(objective.name, self.model.family)
+            except ValueError as e:
+                raise ConfigError(where + str(e)) from None
+            objective.validate()
+            self._validate_denoiser_shapes(objective)
         if not self.data.train:
             raise ConfigError("data.train: give at least one shard directory")
         if self.data.weights is not None and len(self.data.weights) != len(self.data.train):
@@ -430,16 +466,15 @@ class ExperimentConfig:
         self.grad_accum_steps()
         return self
 
-    def _validate_denoiser_shapes(self) -> None:
+    def _validate_denoiser_shapes(self, obj: ObjectiveConfig) -> None:
         """BART and UL2 need room for their framing; UL2 must not run out of sentinels."""
-        if self.objective.name == "bart" and self.train.seq_len < 4:
+        if obj.name == "bart" and self.train.seq_len < 4:
             raise ConfigError(f"train.seq_len must be >= 4 for BART, got {self.train.seq_len}")
-        if self.objective.name != "ul2":
+        if obj.name != "ul2":
             return
         from pretrain.objectives.ul2_denoisers import plan_ul2, resolve_preset
         from pretrain.tokenizer import NUM_SENTINELS
 
-        obj = self.objective
         denoisers, rates = resolve_preset(
             obj.ul2_preset, obj.ul2_rates, obj.ul2_prefix_noise_density
         )

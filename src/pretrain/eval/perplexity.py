@@ -39,23 +39,32 @@ def evaluate(
     was_training = model.training
     model.eval()
     nats, tokens, num_bytes, correct = 0.0, 0, 0, 0
+    per_task: dict[str, list] = {}  # task -> [nats, label tokens], when examples record one
     # Objectives that corrupt their input (MLM) draw the same corruption at every evaluation,
     # so evaluations at different steps compare like with like.
     generator = torch.Generator().manual_seed(0)
     for i, token_batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        batch = objective(token_batch, generator).to(device)
+        cpu_batch = objective(token_batch, generator)
+        groups = cpu_batch.task_rows()
+        batch = cpu_batch.to(device)
         with autocast():
             hidden = model(batch)
-        _, count, ce = cross_entropy_sum(
-            hidden,
-            batch.labels,
-            model.output_weight,
-            output_bias=getattr(model, "output_bias", None),
-        )
-        nats += float(ce)
-        tokens += int(count)
+        for name, rows in groups:  # one group unless examples record their task
+            h, y = hidden, batch.labels
+            if rows is not None:
+                rows = rows.to(device)
+                h, y = hidden[rows], batch.labels[rows]
+            _, count, ce = cross_entropy_sum(
+                h, y, model.output_weight, output_bias=getattr(model, "output_bias", None)
+            )
+            nats += float(ce)
+            tokens += int(count)
+            if rows is not None:
+                sums = per_task.setdefault(name, [0.0, 0])
+                sums[0] += float(ce)
+                sums[1] += int(count)
         if accuracy:
             correct += _num_correct(model, hidden, batch.labels)
         if token_bytes is not None:
@@ -72,7 +81,17 @@ def evaluate(
         "tokens": tokens,
         "bytes": num_bytes,
         "accuracy": correct / tokens if accuracy else None,
+        **({"tasks": task_losses(per_task)} if per_task else {}),
     }
+
+
+def task_losses(per_task: dict[str, list]) -> dict[str, dict[str, Any]]:
+    """``{task: {"loss": mean cross-entropy, "tokens": label tokens}}`` from summed values."""
+    out = {}
+    for name, (ce, count) in sorted(per_task.items()):
+        tokens = int(count)
+        out[name] = {"loss": float(ce) / tokens if tokens else None, "tokens": tokens}
+    return out
 
 
 def _num_correct(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
+from pretrain.objectives.mixture import ObjectiveMixture
 from pretrain.objectives.mlm import MaskedLM, word_start_table
 from pretrain.objectives.prefix_lm import PrefixLM
 from pretrain.objectives.span import SpanCorruption
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 OBJECTIVES: dict[str, type] = {
     "bart": BARTDenoising,
     "clm": CausalLM,
+    "mixture": ObjectiveMixture,
     "mlm": MaskedLM,
     "prefix_lm": PrefixLM,
     "span": SpanCorruption,
@@ -37,7 +39,11 @@ def check_pairing(objective: str, family: str) -> None:
         )
     families = OBJECTIVES[objective].families
     if family not in families:
-        works = sorted(name for name, cls in OBJECTIVES.items() if family in cls.families)
+        works = sorted(
+            name
+            for name, cls in OBJECTIVES.items()
+            if family in cls.families and name != "mixture"  # a mixture is of these
+        )
         raise ValueError(
             f"objective.name {objective!r} does not train model.family {family!r}; "
             f"it supports {list(families)}; objectives for {family!r}: {works}"
@@ -93,6 +99,12 @@ def build_objective(
         return PrefixLM(cfg.prefix_noise_density, document_masking=cfg.document_masking)
     if cfg.name == "bart":
         return _build_bart(cfg, tokenizer, seq_len)
+    if cfg.name == "mixture":
+        components = [
+            (c.name, build_objective(c, tokenizer, seq_len, family), weight)
+            for c, weight in cfg.components()
+        ]
+        return ObjectiveMixture(components, seq_len, tokenizer.special.pad, cfg.mixture_granularity)
     if cfg.name == "ul2":
         if family is None:
             raise ValueError(

@@ -83,6 +83,16 @@ class ModelBatch:
             task_names=self.task_names,
         )
 
+    def task_rows(self) -> list[tuple[str, torch.Tensor | None]]:
+        """``(task name, row indices)`` per task present; one ``(objective, None)`` if untracked."""
+        if self.task_ids is None:
+            return [(self.objective, None)]
+        ids = self.task_ids
+        return [
+            (self.task_names[t], torch.nonzero(ids == t).squeeze(1))
+            for t in sorted(set(ids.tolist()))
+        ]
+
     @property
     def num_label_tokens(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())

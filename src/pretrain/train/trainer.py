@@ -29,7 +29,7 @@ import torch
 
 from pretrain.config import ExperimentConfig, save_config
 from pretrain.data.loader import TokenLoader
-from pretrain.eval.perplexity import evaluate
+from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.spec import build_model, model_flops_per_token
 from pretrain.objectives import build_objective, loader_seq_len
@@ -242,21 +242,34 @@ class Trainer:
         ]
         num_label_tokens = sum(b.num_label_tokens for b in batches)
         ce_sum = torch.zeros((), device=self.device)
-        for batch in batches:
-            batch = batch.to(self.device)
+        per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
+        for cpu_batch in batches:
+            groups = cpu_batch.task_rows()
+            batch = cpu_batch.to(self.device)
             with self._autocast():
                 hidden = self.step_model(batch)
-            total, _, ce = cross_entropy_sum(
-                hidden,
-                batch.labels,
-                self.model.output_weight,
-                cfg.objective.z_loss,
-                compute_dtype=self.autocast_dtype,
-                output_bias=getattr(self.model, "output_bias", None),
-                compiled=cfg.train.compile,
-            )
+            total = torch.zeros((), device=self.device)
+            for name, rows in groups:  # one group unless examples record their task
+                h, y = hidden, batch.labels
+                if rows is not None:
+                    rows = rows.to(self.device)
+                    h, y = hidden[rows], batch.labels[rows]
+                task_total, count, ce = cross_entropy_sum(
+                    h,
+                    y,
+                    self.model.output_weight,
+                    cfg.objective.z_loss,
+                    compute_dtype=self.autocast_dtype,
+                    output_bias=getattr(self.model, "output_bias", None),
+                    compiled=cfg.train.compile,
+                )
+                total = total + task_total
+                ce_sum += ce
+                if rows is not None:
+                    sums = per_task.setdefault(name, [torch.zeros_like(ce), 0])
+                    sums[0] += ce
+                    sums[1] += count
             (total / max(num_label_tokens, 1)).backward()
-            ce_sum += ce
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -277,6 +290,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "step_tokens": step_tokens,
             "skipped": not finite,
+            "tasks": task_losses(per_task),
         }
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
@@ -312,6 +326,7 @@ class Trainer:
             "tokens_per_second": tokens_per_second,
             "mfu": mfu,
             "skipped_steps": self.state.num_skipped_steps,
+            **({"tasks": record["tasks"]} if record.get("tasks") else {}),
         }
 
     # --- eval and checkpoints ----------------------------------------------------------
@@ -353,6 +368,8 @@ class Trainer:
         if result["accuracy"] is not None:
             record["accuracy"] = result["accuracy"]
         record["tokens_evaluated"] = result["tokens"]
+        if "tasks" in result:
+            record["tasks"] = result["tasks"]
         self.metrics.write(record)
         self.state.last_eval_step = self.state.step
         log.info(
