@@ -81,3 +81,14 @@ def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, mo
     crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert load_run(crashed).model.cfg.pad_id == load_run(crashed).tokenizer.special.pad
+
+
+def test_encoder_decoder_prefix_lm_trains_from_the_cli(shards_dir, tokenizer_dir, tmp_path):
+    args = ["--model.family=encoder_decoder", "--objective.name=prefix_lm",
+            "--train.seq_len=48", "--train.tokens_per_batch=384", "--optim.lr=2e-3"]  # fmt: skip
+    run = tmp_path / "run"
+    overrides = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=30)
+    assert main(["train", *overrides, *args]) == 0
+    losses = [loss for _, loss in _losses(run)]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pretrain.data.loader import TokenBatch
 from pretrain.models.common.attention import attention_mask
 from pretrain.objectives.base import IGNORE_INDEX
-from pretrain.objectives.noise import random_prefix_length
-from pretrain.objectives.prefix_lm import prefix_lm_batch
+from pretrain.objectives.noise import prefix_length_bounds, random_prefix_length
+from pretrain.objectives.prefix_lm import EncoderDecoderPrefixLM, prefix_lm_batch
 
 
 def test_seqio_prefix_lm_test_vector():
@@ -36,3 +39,25 @@ def test_prefix_length_is_uniform_on_one_to_length_minus_one():
     # a lower density keeps longer prefixes: [round(0.6 * 8), 8] = [5, 8]
     short = {random_prefix_length(9, 0.2, g) for _ in range(500)}
     assert short == {5, 6, 7, 8}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), density=st.sampled_from([0.5, 0.25]))
+def test_encoder_decoder_prefix_lm_sends_the_prefix_to_the_encoder(seed: int, density: float):
+    EOS, PAD, T = 1, 2, 24
+    objective = EncoderDecoderPrefixLM(T, EOS, PAD, PAD, noise_density=density)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(10, 500, (6, objective.window_length(T)), generator=g)
+    zeros = torch.zeros_like(tokens)
+    batch = objective(TokenBatch(tokens, zeros, zeros[:, 0], zeros[:, 0]), g)
+    assert batch.input_ids.shape == batch.labels.shape == batch.decoder_input_ids.shape == (6, T)
+    low, high = prefix_length_bounds(T - 1, density)
+    for b in range(6):
+        inputs = batch.input_ids[b][batch.input_ids[b] != PAD].tolist()
+        targets = batch.labels[b][batch.labels[b] != IGNORE_INDEX].tolist()
+        assert inputs[-1] == EOS and targets[-1] == EOS
+        assert low <= len(inputs) - 1 <= high
+        assert inputs[:-1] + targets[:-1] == tokens[b].tolist()  # prefix + suffix = window
+        shifted = [PAD] + batch.labels[b, :-1].tolist()
+        expected = [PAD if t == IGNORE_INDEX else t for t in shifted]
+        assert batch.decoder_input_ids[b].tolist() == expected

@@ -12,7 +12,7 @@ from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mixture import ObjectiveMixture
 from pretrain.objectives.mlm import MaskedLM, word_start_table
-from pretrain.objectives.prefix_lm import PrefixLM
+from pretrain.objectives.prefix_lm import EncoderDecoderPrefixLM, PrefixLM
 from pretrain.objectives.span import SpanCorruption
 from pretrain.objectives.ul2 import UL2
 from pretrain.objectives.ul2_denoisers import resolve_preset
@@ -96,6 +96,11 @@ def build_objective(
             mean_noise_span_length=cfg.mean_noise_span_length,
         )
     if cfg.name == "prefix_lm":
+        if family == "encoder_decoder":
+            sp = tokenizer.special
+            return EncoderDecoderPrefixLM(
+                seq_len, sp.eos, sp.pad, sp.pad, noise_density=cfg.prefix_noise_density
+            )
         return PrefixLM(cfg.prefix_noise_density, document_masking=cfg.document_masking)
     if cfg.name == "bart":
         return _build_bart(cfg, tokenizer, seq_len)

@@ -44,7 +44,7 @@ class PrefixLM:
     """Prefix LM over packed windows, a new split point for every window."""
 
     name = "prefix_lm"
-    families = ("decoder",)
+    families = ("decoder", "encoder_decoder")  # the latter built as EncoderDecoderPrefixLM
     reports_bits_per_byte = False  # a language-modeling measure: next-token loss over bytes
     reports_accuracy = False  # share of label tokens predicted right (MLM accuracy)
 
@@ -63,3 +63,63 @@ class PrefixLM:
         )
         docs = batch.document_ids if self.document_masking else None
         return prefix_lm_batch(tokens, prefix, docs, self.name)
+
+
+class EncoderDecoderPrefixLM:
+    """Prefix LM for encoder-decoder models (Raffel et al. 2020, §3.2.1 and Table 4's "prefix
+    LM" for the encoder-decoder; ``t5.data.preprocessors.prefix_lm``): the prefix goes to the
+    encoder, the decoder predicts the rest.
+
+    Each example is a window of ``seq_len - 1`` raw tokens split at P (T5's
+    ``random_prefix_noise_mask`` as for the decoder form): the encoder reads ``prefix + EOS``,
+    the labels are ``suffix + EOS``, both padded to ``seq_len`` (pad id, ``IGNORE_INDEX``), and
+    the decoder input is the labels shifted right behind the start id. Documents packed into
+    a window stay together, as in T5.
+    """
+
+    name = "prefix_lm"
+    families = ("encoder_decoder",)
+    reports_bits_per_byte = False
+    reports_accuracy = False
+
+    def __init__(
+        self,
+        seq_len: int,
+        eos_id: int,
+        pad_id: int,
+        decoder_start_id: int,
+        noise_density: float = 0.5,
+    ):
+        if seq_len < 3:
+            raise ValueError(f"train.seq_len must be >= 3 for the prefix LM, got {seq_len}")
+        self.seq_len, self.noise_density = seq_len, noise_density
+        self.eos_id, self.pad_id, self.decoder_start_id = eos_id, pad_id, decoder_start_id
+
+    def window_length(self, seq_len: int) -> int:
+        """Raw tokens per example: one less than ``seq_len``, for the EOS of each side."""
+        return seq_len - 1
+
+    def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
+        if generator is None:
+            raise ValueError("prefix LM draws a split point per window: pass a torch.Generator")
+        tokens = batch.tokens
+        B, L = tokens.shape
+        if L != self.seq_len - 1:
+            raise ValueError(f"prefix LM needs windows of {self.seq_len - 1} tokens, got {L}")
+        input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=tokens.dtype)
+        labels = torch.full((B, self.seq_len), IGNORE_INDEX, dtype=tokens.dtype)
+        for b in range(B):
+            split = random_prefix_length(L, self.noise_density, generator)
+            input_ids[b, :split] = tokens[b, :split]
+            input_ids[b, split] = self.eos_id
+            labels[b, : L - split] = tokens[b, split:]
+            labels[b, L - split] = self.eos_id
+        start = torch.full((B, 1), self.decoder_start_id, dtype=tokens.dtype)
+        shifted = torch.cat([start, labels[:, :-1]], dim=1)
+        return ModelBatch(
+            input_ids=input_ids,
+            labels=labels,
+            attention=AttentionSpec("bidirectional"),
+            decoder_input_ids=shifted.masked_fill(shifted == IGNORE_INDEX, self.pad_id),
+            objective=self.name,
+        )
