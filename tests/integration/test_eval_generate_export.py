@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from pretrain.cli import EXIT_BAD_INPUT, main
-from pretrain.config import ExperimentConfig, load_config
+from pretrain.config import ExperimentConfig, ModelConfig, load_config
 from pretrain.data.shards import load_manifest, open_split
+from pretrain.models.spec import build_model
+from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.runs import load_run
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.trainer import Trainer
@@ -96,6 +98,76 @@ def test_hf_export_loads_offline_with_identical_logits_and_tokens(
         expected = ours.model.logits(ours.model.forward_tokens(x))
         got = hf_model(x).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])
+def test_hf_export_of_encoder_families_loads_offline_with_identical_logits_and_tokens(
+    family, shards_dir, tokenizer_dir, tmp_path
+):
+    transformers = pytest.importorskip("transformers")
+    objective = {"encoder": "mlm", "encoder_decoder": "span"}[family]
+    run = _train(
+        shards_dir,
+        tokenizer_dir,
+        tmp_path / family,
+        f"--model.family={family}",
+        f"--objective.name={objective}",
+    )
+    out = tmp_path / "hf"
+    assert main(["export", "--run", str(run), "--format", "hf", "--out", str(out)]) == 0
+    ours = load_run(run)
+    special = ours.tokenizer.special
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert (hf_tok.pad_token_id, hf_tok.eos_token_id) == (special.pad, special.eos)
+    texts = ["It is a truth universally acknowledged, that a single man", "Call me Ishmael."]
+    ids = [ours.tokenizer.encode(t) for t in texts]
+    assert [hf_tok(t, add_special_tokens=False)["input_ids"] for t in texts] == ids
+    assert hf_tok.decode(ids[0]) == texts[0]
+    # In HF the mask token or a sentinel written in the text is that special id (fill-mask,
+    # span infilling); our tokenizer reads such strings as text, objectives insert ids.
+    marker = "<|mask|>" if family == "encoder" else "<|extra_id_0|>"
+    marker_id = special.mask if family == "encoder" else special.sentinels[0]
+    left, right = "It is a truth universally ", ", that a single man"
+    assert hf_tok(left + marker + right, add_special_tokens=False)["input_ids"] == [
+        *ours.tokenizer.encode(left),
+        marker_id,
+        *ours.tokenizer.encode(right),
+    ]
+
+    if family == "encoder":
+        assert hf_tok.mask_token_id == special.mask
+        hf_model = transformers.BertForMaskedLM.from_pretrained(out, local_files_only=True)
+        x = torch.tensor(ids[:1])  # our encoder masks no pads: compare one unpadded text
+        with torch.no_grad():
+            expected = ours.model.logits(ours.model.forward_tokens(x))
+            got = hf_model(x).logits
+    else:
+        # T5 v1.1 has its own LM head: the file must say so (transformers 4 reads true as the
+        # original T5, tying the head and rescaling the outputs), and 5.x must not re-tie it.
+        assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+        hf_model = transformers.T5ForConditionalGeneration.from_pretrained(
+            out, local_files_only=True
+        )
+        assert hf_model.lm_head.weight is not hf_model.shared.weight
+        # a padded batch: HF masks the pads by attention_mask, we by the pad id
+        enc = hf_tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        assert enc["attention_mask"][1].sum() < enc["attention_mask"][0].sum()
+        labels = torch.tensor([ids[0][:6], ids[1][:6]])
+        start = torch.full((2, 1), ours.model.cfg.decoder_start_id)
+        dec = torch.cat([start, labels[:, :-1]], 1)
+        batch = ModelBatch(
+            enc["input_ids"], labels, AttentionSpec("bidirectional"), decoder_input_ids=dec
+        )
+        with torch.no_grad():
+            expected = ours.model.logits(ours.model(batch))
+            # HF shifts the labels right behind its own decoder_start_token_id
+            got = hf_model(**enc, labels=labels).logits
+    assert got.abs().max() > 1.0  # not a vacuous comparison
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # and back: continued pretraining from the exported checkpoint imports the same weights
+    imported = build_model(ModelConfig(family=family, init_from=str(out)), 0, 64, special.pad)
+    for name, tensor in ours.model.state_dict().items():
+        torch.testing.assert_close(imported.state_dict()[name], tensor, atol=0, rtol=0)
 
 
 def test_export_refuses_options_without_an_hf_equivalent(

@@ -96,13 +96,21 @@ def to_hf(model: nn.Module, family: str):
 
 def _import_hf(path: str, family: str) -> nn.Module:
     try:
-        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForMaskedLM,
+            AutoModelForSeq2SeqLM,
+        )
     except ImportError as e:
         raise ConfigError("model.init_from needs transformers: pip install 'pretrain[hf]'") from e
     if family == "decoder":
         from pretrain.models.decoder.hf import from_hf
 
         hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    elif family == "encoder_decoder":
+        from pretrain.models.encoder_decoder.hf import from_hf
+
+        hf_model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
     else:
         from pretrain.models.encoder.hf import from_hf
 

@@ -10,9 +10,14 @@ zero.
 transformers 5 caveat: ``T5Config`` reads ``tie_word_embeddings=False`` only to switch off the
 ``d_model**-0.5`` output rescaling (T5 v1.1) and then forces ``tie_word_embeddings=True``, so a
 freshly built ``T5ForConditionalGeneration`` shares its LM head with the input embedding. T5
-v1.1 has them untied; :func:`to_hf` gives the HF model an LM head of its own and drops it from
-the model's tying map. A model saved from it and reloaded with ``from_pretrained`` under such a
-transformers version may re-tie the head; :func:`from_hf` checks the head it is given.
+v1.1 has them untied; :func:`to_hf` gives the HF model an LM head of its own, drops it from the
+model's tying map, and sets the config back to ``tie_word_embeddings=False`` so that
+``config.json`` says what Google's T5 v1.1 configs say: transformers 4 reads ``true`` as the
+original T5 (tied head, rescaled outputs). transformers 5.24 ``from_pretrained`` forces ``true``
+again whatever the file says, and keeps the head only because the checkpoint holds both
+matrices with different values (it logs a warning saying so); a later ``tie_weights()`` or
+``resize_token_embeddings`` there re-ties it, as for any T5 v1.1 checkpoint. :func:`from_hf`
+checks the head it is given.
 
 ``transformers`` is an optional extra (``pretrain[hf]``) and is imported inside the functions.
 Nothing here reads from the network: HF models are built from configs.
@@ -125,6 +130,9 @@ def to_hf(model: EncoderDecoderLM) -> PreTrainedModel:
 
     hf_model = transformers.T5ForConditionalGeneration(hf_config(model.cfg))
     _untie_lm_head(hf_model)
+    # After construction: built with it, the encoder and decoder embeddings would not be tied
+    # to ``shared``; saved with T5Config's forced True, transformers 4 would tie the head.
+    hf_model.config.tie_word_embeddings = False
     ours = model.state_dict()
     state = {hf: ours[mine] for mine, hf in _table(model.cfg).items()}
     tied = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # aliases of shared
