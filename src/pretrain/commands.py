@@ -72,7 +72,7 @@ def data_stats(args: argparse.Namespace) -> int:
     else:
         console.print(stats_table(stats))
         for problem in stats["problems"]:
-            console.print(f"[red]FAILED[/red] {problem}")
+            console.print(f"[red]FAILED[/red] {problem}", soft_wrap=True)  # paths stay whole
         if not stats["problems"]:
             what = "sha256 and size" if stats["checksums_verified"] else "size"
             console.print(f"every shard matches its manifest ({what})")
