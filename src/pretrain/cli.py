@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--checkpoint", default="latest")
 
+    from pretrain.data_commands import add_parsers
+
+    add_parsers(data)
     stats = data.add_parser("stats", help="counts of a shard directory; verifies checksums")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
@@ -121,9 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pretrain import commands
+    from pretrain import commands, data_commands
 
     handler = {
+        ("data", "prepare"): data_commands.data_prepare,
+        ("data", "filter"): data_commands.data_filter,
+        ("data", "dedup"): data_commands.data_dedup,
+        ("data", "mix"): data_commands.data_mix,
+        ("data", "score"): data_commands.data_score,
         ("quickstart", None): commands.quickstart,
         ("tokenizer", "train"): commands.tokenizer_train,
         ("data", "tokenize"): commands.data_tokenize,

@@ -1,0 +1,173 @@
+"""``pretrain data prepare``: filter -> dedup -> mix -> tokenize, resumable and shardable.
+
+Layout under ``cfg.out``::
+
+    filter/kept/<domain>/part-T.jsonl.gz     kept documents, normalized (and PII-redacted)
+    filter/removed/filter/part-T.jsonl.gz    {"id", "domain", "reason", "text"}
+    dedup/kept/<domain>/part-T.jsonl.gz      the survivors of exact and near dedup
+    dedup/removed/dedup/part-T.jsonl.gz      {"id", "domain", "reason", "dup_of", "text"}
+    mix/<domain>/part-T.jsonl.gz             documents repeated or sampled to the shares
+    shards/                                  train/val token shards (with a tokenizer)
+    report.json                              every count, per stage, rule and domain
+
+Each stage's tasks mark themselves done (:mod:`.tasks`): a rerun continues where it stopped.
+With ``--num-tasks N`` (or a Slurm job array) every machine runs its share of each stage's
+tasks and stops at the first stage whose other tasks are unfinished. Running the same array
+job again (or one process, which takes over whatever is left) advances every stage as far as
+the finished tasks allow; the barriers are filter -> dedup signatures -> dedup clustering ->
+mix -> tokenize, so at most four array runs finish a corpus, and reruns never redo a task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pretrain.atomic import atomic_write_text
+from pretrain.data.filter_stage import filter_task
+from pretrain.data.jsonl_parts import part_name
+from pretrain.data.mix_stage import mix_task, plan_mixture
+from pretrain.data.prepare_config import PrepareConfig
+from pretrain.data.readers import ReadReport, expand_inputs
+from pretrain.data.tasks import TaskSlice, is_done, read_reports, run_tasks
+
+log = logging.getLogger(__name__)
+
+
+def filter_tasks(cfg: PrepareConfig) -> list[tuple]:
+    """One task per input file: ``filter_task`` arguments, in domain then file order."""
+    out = str(Path(cfg.out) / "filter")
+    settings = dict(cfg.filters.settings) if cfg.filters.enabled else None
+    tasks = []
+    for domain in cfg.domains:
+        report = ReadReport()
+        files = expand_inputs(domain.paths, report)
+        if report.num_errors:
+            raise FileNotFoundError(
+                f"domains[{domain.name}].paths: {dict(report.errors_by_reason())} "
+                f"({', '.join(report.counts)})"
+            )
+        for f in files:
+            tasks.append((len(tasks), str(f.path), f.name, domain.name, out, cfg.normalize,
+                          settings, cfg.pii.enabled))  # fmt: skip
+    return tasks
+
+
+def run_filter_stage(cfg: PrepareConfig, task_slice: TaskSlice) -> list[dict] | None:
+    """This machine's filter tasks; every task's report, or None while others still run."""
+    tasks = filter_tasks(cfg)
+    stage_dir = Path(cfg.out) / "filter"
+    mine = task_slice.mine(len(tasks))
+    ran = run_tasks(filter_task, tasks, stage_dir, mine, cfg.workers)
+    log.info("filter: %d tasks ran, %d were already done", ran, len(mine) - ran)
+    if not all(is_done(stage_dir, t) for t in range(len(tasks))):
+        log.info("filter tasks of other --task-index values are still to run; stopping here")
+        return None
+    return read_reports(stage_dir, len(tasks))
+
+
+def run_mix_stage(
+    cfg: PrepareConfig, parts: list[dict[str, Any]], task_slice: TaskSlice | None = None
+) -> tuple[dict[str, dict], list[dict] | None]:
+    """Mix the kept parts (``{"kept_part", "domain", "words_out"}``): the plan and the
+    reports (None while other machines' tasks are unfinished)."""
+    words = {d.name: 0 for d in cfg.domains}
+    for r in parts:
+        words[r["domain"]] += r["words_out"]
+    plan = plan_mixture(cfg.domains, words, cfg.mix)
+    mix_dir = Path(cfg.out) / "mix"
+    mix_args = [
+        (t, r["kept_part"], r["domain"], str(mix_dir / r["domain"] / part_name(t)),
+         plan[r["domain"]]["epochs"], cfg.mix.seed)
+        for t, r in enumerate(parts)
+    ]  # fmt: skip
+    mine = (task_slice or TaskSlice()).mine(len(mix_args))
+    run_tasks(mix_task, mix_args, mix_dir, mine, cfg.workers)
+    if not all(is_done(mix_dir, t) for t in range(len(mix_args))):
+        return plan, None
+    return plan, read_reports(mix_dir, len(mix_args))
+
+
+def prepare(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> dict[str, Any] | None:
+    """Run the pipeline; the report, or None when other tasks must finish first."""
+    from pretrain.data.dedup_stage import run_dedup_stage
+
+    cfg.validate()
+    task_slice = task_slice or TaskSlice()
+    out = Path(cfg.out)
+    filter_reports = run_filter_stage(cfg, task_slice)
+    if filter_reports is None:
+        return None
+    dedup_report = run_dedup_stage(cfg, filter_reports, task_slice)
+    if dedup_report is None:
+        log.info("dedup tasks of other --task-index values are still to run; stopping here")
+        return None
+    plan, mix_reports = run_mix_stage(cfg, dedup_report["tasks"], task_slice)
+    if mix_reports is None:
+        log.info("mix tasks of other --task-index values are still to run; stopping here")
+        return None
+    shards = None
+    if cfg.tokenize.tokenizer:
+        from pretrain.data.tokenize import tokenize_to_shards
+
+        shards = tokenize_to_shards(
+            cfg.tokenize.tokenizer,
+            [str(out / "mix")],
+            out / "shards",
+            val_fraction=cfg.tokenize.val_fraction,
+            workers=cfg.workers,
+        )
+    report = build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards) -> dict:
+    """Counts per stage, rule and domain; ``documents in = kept + removed + errors`` holds."""
+    domains = {d.name: _zero_domain() for d in cfg.domains}
+    removed_filter: dict[str, int] = {}
+    read_errors: dict[str, int] = {}
+    for r in filter_reports:
+        d = domains[r["domain"]]
+        d["documents_read"] += r["documents"]
+        d["read_errors"] += sum(r["read_errors"].values())
+        d["filter_kept"] += r["kept"]
+        d["filter_removed"] += sum(r["removed"].values())
+        d["bytes_in"] += r["bytes_in"]
+        for reason, n in r["removed"].items():
+            removed_filter[reason] = removed_filter.get(reason, 0) + n
+        for reason, n in r["read_errors"].items():
+            read_errors[reason] = read_errors.get(reason, 0) + n
+    for r in dedup_report["tasks"]:
+        d = domains[r["domain"]]
+        d["dedup_kept"] += r["kept"]
+        d["dedup_removed"] += r["removed"]
+    for r in mix_reports:
+        d = domains[r["domain"]]
+        d["mixed_documents"] += r["written"]
+        d["mixed_words"] += r["words_out"]
+    for name, d in domains.items():
+        d.update(plan[name])
+        d["accounted"] = (
+            d["documents_read"] == d["filter_kept"] + d["filter_removed"]
+            and d["filter_kept"] == d["dedup_kept"] + d["dedup_removed"]
+        )
+    totals = {k: sum(d[k] for d in domains.values()) for k in _zero_domain()}
+    return {
+        "domains": domains,
+        "totals": totals,
+        "removed_by_rule": dict(sorted(removed_filter.items(), key=lambda kv: -kv[1])),
+        "removed_by_dedup": dedup_report["removed_by_reason"],
+        "duplicate_clusters": dedup_report["clusters"],
+        "read_errors_by_reason": read_errors,
+        "shards": None if shards is None else {"out": str(Path(cfg.out) / "shards")},
+        "all_documents_accounted_for": all(d["accounted"] for d in domains.values()),
+    }
+
+
+def _zero_domain() -> dict[str, int]:
+    keys = ["documents_read", "read_errors", "filter_kept", "filter_removed", "dedup_kept",
+            "dedup_removed", "mixed_documents", "mixed_words", "bytes_in"]  # fmt: skip
+    return dict.fromkeys(keys, 0)

@@ -1,0 +1,108 @@
+"""Tasks of a data stage: which ones this process runs, in how many workers, and which are done.
+
+A stage splits its work into numbered tasks (one per input file, or one per shard of the
+documents). Every task writes its outputs atomically and then a small JSON *report* file;
+the report is the completion marker, so a rerun skips finished tasks and redoes the rest
+(datatrove's ``completions`` folder works the same way).
+
+Across machines, ``--num-tasks N --task-index I`` runs the tasks ``t`` with ``t % N == I``;
+under a Slurm job array the two default to ``SLURM_ARRAY_TASK_COUNT`` and
+``SLURM_ARRAY_TASK_ID`` (minus ``SLURM_ARRAY_TASK_MIN``), so ``sbatch --array=0-7`` runs a
+stage on 8 nodes with no extra flags. Inside one process, ``workers`` processes run the tasks
+(spawned, so no fork-inherited state).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pretrain.atomic import atomic_write_text
+
+
+class StageNotFinished(ValueError):
+    """A later step needs tasks that have not finished (they may run on another machine)."""
+
+
+@dataclass(frozen=True)
+class TaskSlice:
+    """This process's share of a stage's tasks."""
+
+    task_index: int = 0
+    num_tasks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_tasks < 1 or not 0 <= self.task_index < self.num_tasks:
+            raise ValueError(
+                f"--task-index must be in [0, --num-tasks), got {self.task_index} of "
+                f"{self.num_tasks}"
+            )
+
+    def mine(self, num_stage_tasks: int) -> list[int]:
+        return [t for t in range(num_stage_tasks) if t % self.num_tasks == self.task_index]
+
+    @classmethod
+    def from_args(cls, task_index: int | None, num_tasks: int | None) -> TaskSlice:
+        """Explicit values, else a Slurm job array's variables, else the whole stage."""
+        env = os.environ
+        if num_tasks is None and "SLURM_ARRAY_TASK_COUNT" in env:
+            num_tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
+        if task_index is None and "SLURM_ARRAY_TASK_ID" in env:
+            task_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return cls(task_index or 0, num_tasks or 1)
+
+
+def report_path(stage_dir: Path, task: int) -> Path:
+    return stage_dir / "_tasks" / f"{task:05d}.json"
+
+
+def is_done(stage_dir: Path, task: int) -> bool:
+    return report_path(stage_dir, task).exists()
+
+
+def mark_done(stage_dir: Path, task: int, report: dict[str, Any]) -> None:
+    path = report_path(stage_dir, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, sort_keys=True))
+
+
+def read_reports(stage_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
+    """Every task's report.
+
+    Raises:
+        StageNotFinished: naming the tasks not finished yet.
+    """
+    missing = [t for t in range(num_tasks) if not is_done(stage_dir, t)]
+    if missing:
+        raise StageNotFinished(
+            f"{stage_dir}: tasks {missing[:10]}{'...' if len(missing) > 10 else ''} of "
+            f"{num_tasks} have not finished; run them (e.g. the other --task-index values) first"
+        )
+    return [json.loads(report_path(stage_dir, t).read_text()) for t in range(num_tasks)]
+
+
+def run_tasks(
+    fn: Callable[..., dict[str, Any]],
+    args_per_task: Sequence[tuple],
+    stage_dir: Path,
+    tasks: Sequence[int],
+    workers: int = 1,
+) -> int:
+    """Run ``fn(*args_per_task[t])`` for each unfinished task ``t``; mark each done with its
+    report. Returns how many ran (the rest were already done)."""
+    todo = [t for t in tasks if not is_done(stage_dir, t)]
+    if workers <= 1 or len(todo) <= 1:
+        for t in todo:
+            mark_done(stage_dir, t, fn(*args_per_task[t]))
+        return len(todo)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(todo))) as pool:
+        results = [pool.apply_async(fn, args_per_task[t]) for t in todo]
+        for t, result in zip(todo, results, strict=True):
+            mark_done(stage_dir, t, result.get())
+    return len(todo)

@@ -1,0 +1,203 @@
+"""`pretrain data prepare` and the stage commands: accounting, resume, several tasks, mixing."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pretrain.cli import main
+from pretrain.data.jsonl_parts import list_parts, read_part
+from pretrain.data.mix_stage import copies_of, plan_mixture
+from pretrain.data.pipeline import prepare
+from pretrain.data.prepare_config import DomainConfig, MixConfig, PrepareConfig
+from pretrain.data.tasks import StageNotFinished, TaskSlice
+from tests.conftest import write_jsonl as write_lines
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lines(path, [json.dumps(r) for r in records])
+
+
+WORDS = ("the of and to in that is was he for it with as his on be at by had not are but from "
+         "river mountain letter garden window morning silence journey promise thunder lantern "
+         "harbor meadow candle whisper orchard").split()  # fmt: skip
+
+
+def _prose(rng: random.Random, sentences: int = 30) -> str:
+    out = []
+    for _ in range(sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
+        out.append(" ".join(words).capitalize() + ".")
+    paragraphs = [" ".join(out[i : i + 5]) for i in range(0, len(out), 5)]
+    return "\n\n".join(paragraphs)
+
+
+def _corpus(tmp_path: Path) -> tuple[dict[str, list[dict]], set[str], set[str]]:
+    """Two domains with prose, exact copies across domains, junk, and one unreadable line."""
+    rng = random.Random(0)
+    books = [{"id": f"b{i}", "text": _prose(rng)} for i in range(12)]
+    web = [{"id": f"w{i}", "text": _prose(rng)} for i in range(8)]
+    web += [{"id": "w-copy", "text": books[3]["text"]}, {"id": "w-copy2", "text": web[0]["text"]}]
+    web += [{"id": "junk1", "text": "buy now"}, {"id": "junk2", "text": "click here " * 3}]
+    write_jsonl(tmp_path / "in" / "books" / "a.jsonl", books[:6])
+    write_jsonl(tmp_path / "in" / "books" / "b.jsonl", books[6:])
+    write_jsonl(tmp_path / "in" / "web.jsonl", web)
+    with open(tmp_path / "in" / "web.jsonl", "a") as f:
+        f.write("{not json\n")
+    return {"books": books, "web": web}, {"w-copy", "w-copy2"}, {"junk1", "junk2"}
+
+
+def _config(tmp_path: Path, **extra) -> PrepareConfig:
+    cfg = PrepareConfig(
+        out=str(tmp_path / "out"),
+        domains=[
+            DomainConfig("books", [str(tmp_path / "in" / "books")], weight=1.0, max_epochs=3),
+            DomainConfig("web", [str(tmp_path / "in" / "web.jsonl")], weight=1.0),
+        ],
+    )
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _ids(directory: Path) -> list[str]:
+    return [doc["id"] for part in list_parts(directory) for doc in read_part(part)]
+
+
+def test_prepare_accounts_for_every_document_and_mixes_to_the_shares(tmp_path):
+    docs, copies, junk = _corpus(tmp_path)
+    report = prepare(_config(tmp_path))
+    out = tmp_path / "out"
+    assert report["all_documents_accounted_for"]
+    totals = report["totals"]
+    assert totals["documents_read"] == 24 and totals["read_errors"] == 1
+    assert set(_ids(out / "filter" / "removed")) == junk
+    assert set(_ids(out / "dedup" / "removed")) == copies
+    removed = {d["id"]: d for d in (read_part(p) for p in list_parts(out / "dedup" / "removed"))
+               for d in d}  # fmt: skip
+    assert removed["w-copy"]["dup_of"] == "b3" and removed["w-copy"]["reason"] == "dedup:exact"
+    assert report["removed_by_dedup"] == {"dedup:exact": 2}
+    kept = set(_ids(out / "dedup" / "kept"))
+    assert kept == {d["id"] for ds in docs.values() for d in ds} - copies - junk
+    # equal weights: web (8 documents) would need more than books; books repeat up to 3 times
+    books, web = report["domains"]["books"], report["domains"]["web"]
+    assert books["share"] == pytest.approx(0.5) and web["share"] == pytest.approx(0.5)
+    total = books["available_words"] + web["available_words"]
+    assert books["epochs"] == pytest.approx(total / 2 / books["available_words"])
+    assert books["epochs"] < 1.0 and web["epochs"] == 1.0 and web["capped"]  # max_epochs 1
+    mixed_web = _ids(out / "mix" / "web")
+    assert len(mixed_web) == web["mixed_documents"] == len(set(mixed_web))  # copies renamed
+    assert (out / "report.json").exists()
+
+
+def test_a_rerun_skips_finished_tasks_and_gives_the_same_output(tmp_path, monkeypatch):
+    _corpus(tmp_path)
+    cfg = _config(tmp_path)
+    first = prepare(cfg)
+    import pretrain.data.filter_stage as stage
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished task ran again")
+
+    monkeypatch.setattr(stage, "filter_task", boom)
+    monkeypatch.setattr("pretrain.data.pipeline.filter_task", boom)
+    assert prepare(cfg) == first
+
+
+def test_several_tasks_match_one(tmp_path, monkeypatch):
+    _corpus(tmp_path)
+    single = prepare(_config(tmp_path))
+    cfg = _config(tmp_path, out=str(tmp_path / "sharded"))
+    assert prepare(cfg, TaskSlice(0, 2)) is None  # the other machine's tasks are missing
+    with pytest.raises(StageNotFinished, match="have not finished"):
+        from pretrain.data.tasks import read_reports
+
+        read_reports(Path(cfg.out) / "filter", 3)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    # an array job run again until done: each run advances every stage as far as it can
+    slices = [TaskSlice.from_args(None, None), TaskSlice(0, 2)]
+    assert slices[0] == TaskSlice(1, 2)
+    results = [prepare(cfg, slices[i % 2]) for i in range(6)]
+    sharded = next(r for r in results if r is not None)
+    assert sharded == single
+    assert _ids(tmp_path / "sharded" / "mix") == _ids(tmp_path / "out" / "mix")
+
+
+def test_two_workers_give_the_same_result_as_one(tmp_path):
+    _corpus(tmp_path)
+    one = prepare(_config(tmp_path))
+    two = prepare(_config(tmp_path, out=str(tmp_path / "two"), workers=2))
+    assert one == two
+
+
+def test_mixture_plan_applies_temperature_and_the_epoch_cap():
+    domains = [DomainConfig("big", ["x"]), DomainConfig("small", ["y"], max_epochs=2.0)]
+    words = {"big": 900, "small": 100}
+    natural = plan_mixture(domains, words, MixConfig())
+    assert natural["big"]["share"] == pytest.approx(0.9)
+    assert natural["small"]["epochs"] == pytest.approx(1.0)
+    flat = plan_mixture(domains, words, MixConfig(temperature=1e6))  # about uniform
+    assert flat["small"]["share"] == pytest.approx(0.5, abs=1e-3)
+    assert flat["small"]["epochs"] == 2.0 and flat["small"]["capped"]  # 500 words wanted
+    assert flat["big"]["epochs"] == pytest.approx(0.5 / 0.9, rel=1e-3)
+    sharp = plan_mixture(domains, words, MixConfig(temperature=0.5))
+    assert sharp["big"]["share"] == pytest.approx(81 / 82)
+
+
+def test_copies_realize_fractional_epochs_deterministically():
+    ids = [f"doc{i}" for i in range(4000)]
+    counts = [copies_of(i, 1.25, seed=0) for i in ids]
+    assert set(counts) == {1, 2} and abs(sum(counts) / len(ids) - 1.25) < 0.03
+    assert counts == [copies_of(i, 1.25, seed=0) for i in ids]
+    assert counts != [copies_of(i, 1.25, seed=1) for i in ids]
+
+
+def test_stage_commands_and_prepare_from_the_cli(tmp_path, capsys):
+    _corpus(tmp_path)
+    assert main(["data", "filter", "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "f"), "--json"]) == 0  # fmt: skip
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["read"] == 24 and counts["kept"] == 22
+    assert counts["unreadable malformed_json"] == 1
+    assert main(["data", "dedup", "--input", str(tmp_path / "f" / "filter" / "kept"), "--out",
+                 str(tmp_path / "d"), "--json"]) == 0  # fmt: skip
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["kept"] == 20 and counts["dedup:exact"] == 2
+    mix_args = [
+        "data",
+        "mix",
+        "--domain",
+        f"a={tmp_path / 'in' / 'books'}:1:4",
+        f"b={tmp_path / 'in' / 'web.jsonl'}:3",
+        "--out",
+        str(tmp_path / "m"),
+        "--json",
+    ]
+    assert main(mix_args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["a"]["share"] == pytest.approx(0.25) and plan["a"]["realized_words"] > 0
+    config = {"out": str(tmp_path / "p"), "domains": [
+        {"name": "books", "paths": [str(tmp_path / "in" / "books")]}],
+        "filters": {"settings": {"no_such_threshold": 1}}}  # fmt: skip
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    assert main(["data", "prepare", str(tmp_path / "bad.yaml")]) == 2
+    assert "no_such_threshold" in capsys.readouterr().err
+    config["filters"] = {"enabled": True}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    assert main(["data", "prepare", str(tmp_path / "p.yaml"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["documents_read"] == 12 and report["all_documents_accounted_for"]
+
+
+def test_the_example_config_validates():
+    from pretrain.config import load_config
+
+    path = Path(__file__).parents[2] / "configs" / "data" / "prepare.yaml"
+    cfg = load_config(PrepareConfig, path).validate()
+    assert [d.name for d in cfg.domains] == ["books", "wiki", "docs", "speeches"]
