@@ -92,7 +92,7 @@ def report_table(report: dict[str, Any]) -> Table:
     """Documents per stage and domain, then removals per rule."""
     table = Table(title="data prepare")
     columns = ["domain", "read", "errors", "filtered out", "duplicates", "kept", "epochs",
-               "share", "mixed words"]  # fmt: skip
+               "share", "mixed words", "tokens"]  # fmt: skip
     for c in columns:
         table.add_column(c, justify="left" if c == "domain" else "right")
     for name, d in {**report["domains"], "total": report["totals"]}.items():
@@ -106,6 +106,7 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{d['epochs']:.2f}" if "epochs" in d else "",
             f"{d['share']:.1%}" if "share" in d else "",
             f"{d['mixed_words']:,}",
+            f"{d['tokens']:,}" if report["shards"] else "",
         )
     rules = Table(title="removed by rule")
     rules.add_column("rule")

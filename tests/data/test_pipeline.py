@@ -201,3 +201,22 @@ def test_the_example_config_validates():
     path = Path(__file__).parents[2] / "configs" / "data" / "prepare.yaml"
     cfg = load_config(PrepareConfig, path).validate()
     assert [d.name for d in cfg.domains] == ["books", "wiki", "docs", "speeches"]
+
+
+def test_prepare_tokenizes_the_mix_and_reports_tokens_per_domain(tmp_path, tokenizer_dir):
+    from pretrain.config import from_dict
+    from pretrain.data.loader import TokenLoader
+    from pretrain.data.stats import shard_stats
+
+    _corpus(tmp_path)
+    cfg = _config(tmp_path)
+    cfg.tokenize = from_dict(type(cfg.tokenize), {"tokenizer": str(tokenizer_dir),
+                                                  "val_fraction": 0.2})  # fmt: skip
+    report = prepare(cfg)
+    stats = shard_stats(tmp_path / "out" / "shards")
+    assert not stats["problems"]
+    total = sum(s["num_tokens"] for s in stats["splits"].values())
+    assert report["totals"]["tokens"] == total > 0
+    assert all(report["domains"][d]["tokens"] > 0 for d in ("books", "web"))
+    batch = next(TokenLoader(tmp_path / "out" / "shards", 16, 2, seed=0))
+    assert batch.tokens.shape == (2, 17)

@@ -110,15 +110,17 @@ def prepare(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> dict[str
         return None
     shards = None
     if cfg.tokenize.tokenizer:
+        from pretrain.data.stats import shard_stats
         from pretrain.data.tokenize import tokenize_to_shards
 
-        shards = tokenize_to_shards(
+        tokenize_to_shards(
             cfg.tokenize.tokenizer,
             [str(out / "mix")],
             out / "shards",
             val_fraction=cfg.tokenize.val_fraction,
             workers=cfg.workers,
         )
+        shards = shard_stats(out / "shards", checksum=False)
     report = build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True))
     return report
@@ -148,6 +150,10 @@ def build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards) -
         d = domains[r["domain"]]
         d["mixed_documents"] += r["written"]
         d["mixed_words"] += r["words_out"]
+    if shards is not None:  # sources are named mix/<domain>/part-T.jsonl.gz
+        for split in shards["splits"].values():
+            for source, counts in split["sources"].items():
+                domains[source.split("/")[1]]["tokens"] += counts["num_tokens"]
     for name, d in domains.items():
         d.update(plan[name])
         d["accounted"] = (
@@ -162,12 +168,14 @@ def build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards) -
         "removed_by_dedup": dedup_report["removed_by_reason"],
         "duplicate_clusters": dedup_report["clusters"],
         "read_errors_by_reason": read_errors,
-        "shards": None if shards is None else {"out": str(Path(cfg.out) / "shards")},
+        "shards": None
+        if shards is None
+        else {"out": str(Path(cfg.out) / "shards"), **{k: shards[k] for k in ("splits", "dtype")}},
         "all_documents_accounted_for": all(d["accounted"] for d in domains.values()),
     }
 
 
 def _zero_domain() -> dict[str, int]:
     keys = ["documents_read", "read_errors", "filter_kept", "filter_removed", "dedup_kept",
-            "dedup_removed", "mixed_documents", "mixed_words", "bytes_in"]  # fmt: skip
+            "dedup_removed", "mixed_documents", "mixed_words", "bytes_in", "tokens"]  # fmt: skip
     return dict.fromkeys(keys, 0)
