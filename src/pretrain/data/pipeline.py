@@ -55,11 +55,13 @@ def filter_tasks(cfg: PrepareConfig) -> list[tuple]:
     return tasks
 
 
-def run_filter_stage(cfg: PrepareConfig, task_slice: TaskSlice) -> list[dict] | None:
+def run_filter_stage(
+    cfg: PrepareConfig, task_slice: TaskSlice | None = None
+) -> list[dict] | None:
     """This machine's filter tasks; every task's report, or None while others still run."""
     tasks = filter_tasks(cfg)
     stage_dir = Path(cfg.out) / "filter"
-    mine = task_slice.mine(len(tasks))
+    mine = (task_slice or TaskSlice()).mine(len(tasks))
     ran = run_tasks(filter_task, tasks, stage_dir, mine, cfg.workers)
     log.info("filter: %d tasks ran, %d were already done", ran, len(mine) - ran)
     if not all(is_done(stage_dir, t) for t in range(len(tasks))):
