@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--checkpoint", default="latest")
 
     from pretrain.data_commands import add_parsers
+    from pretrain.scaling_commands import add_parsers as add_scaling_parsers
 
     add_parsers(data)
+    add_scaling_parsers(commands)
     stats = data.add_parser("stats", help="counts of a shard directory; verifies checksums")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pretrain import commands, data_commands
+    from pretrain import commands, data_commands, scaling_commands
 
     handler = {
         ("data", "prepare"): data_commands.data_prepare,
@@ -140,6 +142,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("eval", None): commands.eval_run,
         ("generate", None): commands.generate_text,
         ("export", None): commands.export,
+        ("scaling", "flops"): scaling_commands.scaling_flops,
+        ("scaling", "plan"): scaling_commands.scaling_plan,
+        ("scaling", "fit"): scaling_commands.scaling_fit,
+        ("scaling", "ladder"): scaling_commands.scaling_ladder,
     }[(args.command, getattr(args, "action", None))]
     return handler(args)
 

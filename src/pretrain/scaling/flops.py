@@ -1,16 +1,23 @@
-"""Training FLOPs per token and model FLOPs utilization (MFU).
+"""Training FLOPs per token, per step and per run, and model FLOPs utilization (MFU).
 
 PaLM (Chowdhery et al. 2022, App. B): ``flops_per_token = 6 N + 12 L H Q T`` with N the
 parameters used in matmuls, L layers, H heads, Q head dimension, T sequence length; the second
-term is attention's score and value matmuls (forward + backward). MFU is achieved tokens/s
-times that, over the device's peak dense bf16 FLOP/s (nanoGPT ``estimate_mfu``, torchtitan).
+term is attention's score and value matmuls (forward + backward) over the full T x T square.
+Kaplan et al. (2020, Table 1) count ``2 L T d_attn`` per forward token for attention, i.e.
+``6 L H Q T`` for training: the causal half of PaLM's term. GPT-3 (Brown et al. 2020, App. D)
+and Chinchilla's ``C = 6 N D`` drop the attention term. MFU is achieved tokens/s times the
+FLOPs per token, over the device's peak dense bf16 FLOP/s (nanoGPT ``estimate_mfu``,
+torchtitan ``get_peak_flops``).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-# Dense bf16 peak FLOP/s (torchtitan get_peak_flops; NVIDIA whitepapers).
+# Dense bf16 peak FLOP/s (torchtitan get_peak_flops; NVIDIA whitepapers). Dense, not the 2:4
+# sparse figure some pages print (H100/H200 "1,979").
 PEAK_BF16_FLOPS = {
     "A100": 312e12,
     "H100 PCIe": 756e12,
@@ -19,12 +26,77 @@ PEAK_BF16_FLOPS = {
     "H200": 989e12,
 }
 
+# One petaflop/s-day (Kaplan et al. 2020, §1.3): 1e15 * 24 * 3600.
+PF_DAY = 8.64e19
+
+Attention = Literal["palm", "kaplan", "none"]
+ATTENTION_CONVENTIONS = ("palm", "kaplan", "none")
+_ATTENTION_FACTOR = {"palm": 12.0, "kaplan": 6.0, "none": 0.0}
+
 
 def flops_per_token(
-    num_matmul_params: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int
+    num_matmul_params: int,
+    n_layers: int,
+    n_heads: int,
+    head_dim: int,
+    seq_len: int,
+    attention: Attention = "palm",
 ) -> float:
-    """``6 N + 12 L H Q T`` training FLOPs per token."""
-    return 6.0 * num_matmul_params + 12.0 * n_layers * n_heads * head_dim * seq_len
+    """Training FLOPs per token: ``6 N + k L H Q T``.
+
+    ``attention`` picks k: ``palm`` 12 (full T x T square, as PaLM, Chinchilla App. F,
+    nanoGPT and torchtitan count), ``kaplan`` 6 (the causal half, Kaplan Table 1), ``none`` 0
+    (GPT-3 App. D's and Chinchilla's 6N).
+    """
+    if attention not in _ATTENTION_FACTOR:
+        raise ValueError(f"attention: unknown {attention!r}; valid: {ATTENTION_CONVENTIONS}")
+    factor = _ATTENTION_FACTOR[attention]
+    return 6.0 * num_matmul_params + factor * n_layers * n_heads * head_dim * seq_len
+
+
+def training_flops(num_params: float, num_tokens: float) -> float:
+    """``C = 6 N D`` (Kaplan §2.1; GPT-3 App. D; Chinchilla eq. 4's constraint)."""
+    return 6.0 * num_params * num_tokens
+
+
+def gpu_peak_flops(gpu: str | float) -> float:
+    """Peak dense bf16 FLOP/s of a named GPU (``A100``, ``H100``, ``H200``, ...) or a number.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if isinstance(gpu, (int, float)):
+        return float(gpu)
+    try:
+        return float(gpu)
+    except ValueError:
+        pass
+    by_lower = {k.lower(): v for k, v in PEAK_BF16_FLOPS.items()}
+    key = gpu.strip().lower().replace("-", " ").replace("_", " ")
+    if key not in by_lower:
+        raise ValueError(
+            f"unknown GPU {gpu!r}; known: {', '.join(PEAK_BF16_FLOPS)}"
+            " (or give FLOP/s, e.g. 989e12)"
+        )
+    return by_lower[key]
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops_per_second: float) -> float:
+    """Model FLOPs utilization: achieved model FLOP/s over peak (PaLM App. B).
+
+    ``tokens_per_second`` and ``peak_flops_per_second`` must cover the same devices (per device,
+    as torchtitan, or both summed over all of them).
+    """
+    return tokens_per_second * flops_per_token / peak_flops_per_second
+
+
+def wall_seconds(
+    total_flops: float, peak_flops_per_second: float, mfu: float, num_devices: int = 1
+) -> float:
+    """Seconds to spend ``total_flops`` on ``num_devices`` running at ``mfu`` of their peak."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    return total_flops / (peak_flops_per_second * mfu * num_devices)
 
 
 def peak_flops(device: torch.device) -> float | None:

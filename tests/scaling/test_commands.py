@@ -1,0 +1,124 @@
+"""``pretrain scaling ...`` JSON contract and a 2 x 2 ladder trained end to end on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pretrain.cli import main
+from pretrain.scaling.chinchilla import EPOCH
+
+
+def _json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flops_json(capsys):
+    out = _json(capsys, ["scaling", "flops", "--params", "174.6e9", "--tokens", "300e9", "--json"])
+    assert out["flops"] == pytest.approx(3.14e23, rel=1e-3)  # GPT-3 175B, Table D.1
+
+
+def test_plan_json(capsys):
+    out = _json(capsys, ["scaling", "plan", "--compute", "5.76e23", "--no-shape", "--json"])
+    for method in ("chinchilla", "epoch", "tokens_per_param_20"):
+        assert 6 * out[method]["params"] * out[method]["tokens"] == pytest.approx(5.76e23)
+    assert out["chinchilla"]["params"] == pytest.approx(40.4e9, rel=0.01)  # Fig. 4: 40B
+
+
+def test_fit_json(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "points.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Model Size", "Training FLOP", "loss"])  # Epoch's column names
+        for n in np.logspace(7, 9.5, 6):
+            for d in np.logspace(9, 11.5, 6):
+                w.writerow([n, 6 * n * d, EPOCH.loss(n, d) * np.exp(1e-3 * rng.normal())])
+    out = _json(
+        capsys,
+        [
+            "scaling",
+            "fit",
+            str(path),
+            "--bootstrap",
+            "2",
+            "--json",
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert name in out and len(out["intervals"][name]) == 2
+    assert out["alpha"] == pytest.approx(EPOCH.alpha, rel=0.05)
+    assert out["E"] == pytest.approx(EPOCH.E, rel=0.02)
+    assert (tmp_path / "plots" / "loss_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fit_names_missing_columns(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("size,loss\n1,2\n")
+    assert main(["scaling", "fit", str(path), "--json"]) == 2
+    assert "params" in capsys.readouterr().err
+
+
+def _sets(shards_dir, tokenizer_dir, run_dir) -> list[str]:
+    values = {
+        "model.size": "debug",
+        "model.n_heads": 2,
+        "data.train": f"[{shards_dir}]",
+        "data.val": str(shards_dir),
+        "data.tokenizer": str(tokenizer_dir),
+        "train.seq_len": 32,
+        "train.micro_batch_size": 4,
+        "train.tokens_per_batch": 128,
+        "optim.lr": 3e-3,
+        "optim.warmup_steps": 2,
+        "eval.every_steps": 0,
+        "eval.max_batches": 2,
+        "checkpoint.every_steps": 0,
+        "log.every_steps": 1,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "log.sample_tokens": 0,
+        "run.dir": str(run_dir),
+    }
+    return [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+
+
+def test_ladder_two_by_two(capsys, shards_dir, tokenizer_dir, tmp_path):
+    argv = [
+        "scaling",
+        "ladder",
+        *_sets(shards_dir, tokenizer_dir, tmp_path / "ladder"),
+        "--sizes",
+        "1x16",
+        "2x32",
+        "--tokens-per-param",
+        "0.01,0.02",
+    ]
+    plan = _json(capsys, [*argv, "--dry-run", "--json"])["runs"]
+    assert len(plan) == 4 and all(r["loss"] is None for r in plan)
+    assert not (tmp_path / "ladder").exists()  # a dry run trains nothing
+    steps = {r["name"]: r["steps"] for r in plan}
+    assert steps["2x32-r0.02"] > steps["2x32-r0.01"] >= 1
+    assert all(r["tokens"] == r["steps"] * 128 for r in plan)
+
+    runs = _json(capsys, [*argv, "--json"])["runs"]
+    assert [r["name"] for r in runs] == [r["name"] for r in plan]
+    with (tmp_path / "ladder" / "ladder.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for row in rows:
+        assert 0 < float(row["loss"]) < math.log(1024) + 1  # below uniform over the vocabulary
+        assert float(row["flops"]) == pytest.approx(6 * int(row["params"]) * int(row["tokens"]))
+    # bigger model trained longer: lower loss than the smallest rung
+    by_name = {r["name"]: float(r["loss"]) for r in rows}
+    assert by_name["2x32-r0.02"] < by_name["1x16-r0.01"]
+    # a rerun finds every rung done and trains nothing
+    again = _json(capsys, [*argv, "--json"])["runs"]
+    assert [r["loss"] for r in again] == [r["loss"] for r in runs]
