@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from rich.table import Table
 
@@ -113,6 +114,8 @@ def train(args: argparse.Namespace) -> int:
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     summary = Trainer(cfg, resume=args.resume).fit()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     table = Table(title=f"trained {cfg.model.family} ({cfg.model.size}) -> {cfg.run.dir}")
     table.add_column("")
     table.add_column("value", justify="right")

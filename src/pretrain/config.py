@@ -365,6 +365,17 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class DistributedConfig:
     strategy: typing.Literal["none", "ddp", "fsdp"] = "none"
+    """none: one process; ddp: replicated weights, all-reduced gradients; fsdp: FSDP2
+    (``fully_shard``) shards weights, gradients and optimizer states. Launch with torchrun."""
+    backend: typing.Literal["auto", "gloo", "nccl"] = "auto"
+    """auto: nccl on CUDA, gloo on CPU."""
+    timeout_seconds: float = 600.0
+    """A collective that waits longer than this (a rank died or hangs) fails the run."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (less memory, ~1/3 more compute)."""
+    reshard_after_forward: bool = True
+    """fsdp: free gathered weights after each block's forward (ZeRO-3); False keeps them until
+    backward (ZeRO-2-like: more memory, one all-gather less per block)."""
 
 
 @dataclasses.dataclass
@@ -452,10 +463,9 @@ class ExperimentConfig:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
-        if self.distributed.strategy != "none":
+        if self.distributed.timeout_seconds <= 0:
             raise ConfigError(
-                f"distributed.strategy={self.distributed.strategy!r} is not available yet; "
-                "use 'none' (single process)"
+                f"distributed.timeout_seconds must be > 0, got {self.distributed.timeout_seconds}"
             )
         shape_keys = [k for k in self.model.overrides() if k != "attention_backend"]
         if self.model.init_from and shape_keys:

@@ -6,12 +6,22 @@ Layout (DESIGN.md §5)::
                             optim.pt            optimizer state and RNG states
                                                 (read with torch.load(weights_only=True))
                             state.json          trainer state, plus sha256 and size of each file
+                            dcp/                FSDP runs only: the sharded model and
+                                                optimizer (torch.distributed.checkpoint)
     checkpoints/latest, checkpoints/best         text files naming a step directory
 
 A checkpoint is written into ``step_000500.tmp/``, flushed, and renamed; ``latest`` and ``best``
 are replaced atomically afterwards. Loading checks every file's size and sha256 against
 ``state.json``; a truncated or corrupted checkpoint is refused with a warning naming the file
 and the newest older good one is used instead.
+
+A data-parallel run writes the same layout from rank 0: DDP holds the whole model on every
+rank, so ``model.safetensors`` and ``optim.pt`` are those of one rank. An FSDP run's optimizer
+state exists only as shards: every rank writes its shard of the model and optimizer into
+``dcp/`` (:func:`save_sharded`), rank 0 adds the consolidated ``model.safetensors`` (what
+``load_run``, eval and export read), ``optim.pt`` (RNG states only) and ``state.json`` listing
+every file, and renames the whole directory. DCP reshards on load, so such a checkpoint
+resumes on any number of ranks, or in one plain process (:func:`load_sharded`).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.pt"
 STATE_FILE = "state.json"
+SHARDED_DIR = "dcp"
 LATEST, BEST = "latest", "best"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -57,6 +68,8 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optim_state: dict[str, Any]
     state: dict[str, Any]
+    sharded: Path | None = None
+    """The ``dcp/`` directory of an FSDP checkpoint (model and optimizer shards), if any."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -74,13 +87,37 @@ def save_checkpoint(
     is_best: bool = False,
 ) -> Path:
     """Write ``root/step_NNNNNN`` atomically, point ``latest`` (and ``best``) at it, prune."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
-    tmp = root / (step_dir_name(step) + ".tmp")
+    tmp = begin_checkpoint(root, step)
+    return finish_checkpoint(root, step, tmp, model_state, optim_state, state, keep_last, is_best)
+
+
+def temp_dir(root: str | os.PathLike, step: int) -> Path:
+    return Path(root) / (step_dir_name(step) + ".tmp")
+
+
+def begin_checkpoint(root: str | os.PathLike, step: int) -> Path:
+    """Create the empty temporary directory of step ``step`` (rank 0, before any rank writes)."""
+    tmp = temp_dir(root, step)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def finish_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    tmp: Path,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int,
+    is_best: bool = False,
+) -> Path:
+    """Add the model, optimizer and state files to ``tmp``, hash everything in it, rename."""
+    root = Path(root)
+    final = root / step_dir_name(step)
     try:
         _write_step_dir(tmp, model_state, optim_state, state, step)
     except BaseException:
@@ -116,9 +153,11 @@ def _write_step_dir(
     save_file(_unshare(tensors), str(tmp / MODEL_FILE))
     torch.save(optim_state, tmp / OPTIM_FILE)
     files = {}
-    for name in (MODEL_FILE, OPTIM_FILE):
-        _fsync_file(tmp / name)
-        files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+    # Everything in the directory: also the shards other ranks wrote into dcp/.
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != STATE_FILE):
+        name = file.relative_to(tmp).as_posix()
+        _fsync_file(file)
+        files[name] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
     record = dict(state, step=step, files=files)
     (tmp / STATE_FILE).write_text(json.dumps(record, indent=2))
     _fsync_file(tmp / STATE_FILE)
@@ -178,7 +217,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             )
         if sha256_file(file) != meta["sha256"]:
             raise CheckpointError(f"{file}: sha256 does not match state.json (corrupted)")
-    if set(state.get("files", {})) != {MODEL_FILE, OPTIM_FILE}:
+    if not {MODEL_FILE, OPTIM_FILE} <= set(state.get("files", {})):
         raise CheckpointError(f"{state_path}: does not list {MODEL_FILE} and {OPTIM_FILE}")
     return state
 
@@ -225,5 +264,53 @@ def load_checkpoint(
             continue
         if path != first:
             log.warning("resuming from %s instead of %s", path.name, first.name)
-        return Checkpoint(path, int(state["step"]), model_state, optim_state, state)
+        sharded = path / SHARDED_DIR
+        has_shards = any(name.startswith(SHARDED_DIR + "/") for name in state["files"])
+        return Checkpoint(
+            path,
+            int(state["step"]),
+            model_state,
+            optim_state,
+            state,
+            sharded if has_shards else None,
+        )
     raise CheckpointError(f"{root}: no good checkpoint found")
+
+
+def save_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank writes its shard of ``module`` and ``optimizer`` into ``path`` (collective).
+
+    Keys are parameter names (FQNs), not positions, so :func:`load_sharded` can read them
+    into the same module sharded over another number of ranks, or not sharded at all.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(module, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
+
+
+def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load a :func:`save_sharded` checkpoint into ``module`` and ``optimizer``, resharding."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(module, optimizer)
+    target = {"model": model_state, "optim": optim_state}
+    no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dcp.load(target, checkpoint_id=path, no_dist=no_dist)  # no_dist: one plain process
+    set_state_dict(
+        module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"]
+    )
+
+
+def full_model_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The whole (unsharded) weights of an FSDP ``module`` on CPU, on rank 0 (collective).
+
+    Other ranks get an empty dict. ``prefix`` is stripped from the names.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(module, options=options)
+    return {k.removeprefix(prefix): v for k, v in state.items()}

@@ -12,6 +12,14 @@ spread over micro-batches (torchtitan's ``global_valid_tokens``).
 Exact resume: a checkpoint holds the weights, the optimizer, the loader position, the
 objective's random generator and the trainer's counters; the schedule is a pure function of the
 step. On CPU the losses after ``--resume`` are bit-identical to an uninterrupted run's.
+
+Data parallel (``torchrun --nproc_per_node=N -m pretrain train ... --distributed.strategy=ddp``
+or ``fsdp``; see docs/scaling-out.md): each rank reads its own stride of the samples, runs
+``grad_accum / N`` micro-batches without synchronizing gradients but on the last, and divides
+its loss sum by the label count summed over micro-batches *and ranks* (all-reduced before
+backward), times N because the gradient reduction averages over ranks. So N ranks compute the
+update one process computes with N times the accumulation. Rank 0 logs and writes files; FSDP
+checkpoints are written by all ranks together (``dcp/``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,15 @@ import torch
 
 from pretrain.config import ExperimentConfig, save_config
 from pretrain.data.loader import TokenLoader
+from pretrain.distributed import comm
+from pretrain.distributed.env import DistEnv, env_world, init_distributed, shutdown
+from pretrain.distributed.parallelize import (
+    apply_activation_checkpointing,
+    gathered,
+    gradient_sync,
+    is_fsdp,
+    parallelize,
+)
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.spec import build_model, model_flops_per_token
@@ -36,7 +52,20 @@ from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
-from pretrain.train.checkpoint import list_steps, load_checkpoint, save_checkpoint
+from pretrain.train.checkpoint import (
+    SHARDED_DIR,
+    begin_checkpoint,
+    finish_checkpoint,
+    full_model_state,
+    list_steps,
+    load_checkpoint,
+    load_sharded,
+    save_checkpoint,
+    save_sharded,
+    step_dir_name,
+    temp_dir,
+)
+from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter
 from pretrain.train.progress import Progress
 from pretrain.train.state import TrainState
@@ -56,7 +85,19 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device={name!r} but no CUDA device is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", env_world()[1])  # one GPU per process: LOCAL_RANK
     return device
+
+
+class _NoMetrics:
+    """What ranks other than 0 write metrics to."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Trainer:
@@ -71,17 +112,16 @@ class Trainer:
                 f"{self.run_dir} already holds checkpoints: pass --resume to continue it, "
                 "or choose another --run.dir"
             )
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise TrainingError(
-                "this trainer runs one process; multi-process (torchrun) training is not "
-                "available yet"
-            )
         self.device = resolve_device(cfg.train.device)
+        try:
+            self.dist: DistEnv = init_distributed(cfg.distributed, self.device)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda"
         )
         self.autocast_dtype = torch.bfloat16 if bf16 else None
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
         tokenizer_path = cfg.data.tokenizer
         if tokenizer_path is None:
@@ -92,7 +132,26 @@ class Trainer:
         self.model = build_model(
             cfg.model, self.tokenizer.vocab_size, cfg.train.seq_len, self.tokenizer.special.pad
         ).to(self.device)
+        if cfg.distributed.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
         self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.loss_module = ModelWithLoss(
+            self.model,
+            cfg.objective.z_loss,
+            self.autocast_dtype,
+            compiled=cfg.train.compile,
+            forward=self.step_model if cfg.train.compile else None,
+            autocast=self._autocast,
+            # Looked up at each call, so the loss can be swapped on this module (tests do).
+            loss_fn=lambda *args, **kwargs: cross_entropy_sum(*args, **kwargs),
+        )
+        # FSDP replaces the parameters by shards: the optimizer is built from them afterwards.
+        self.train_module = parallelize(
+            self.loss_module,
+            cfg.distributed,
+            self.device,
+            torch.bfloat16 if cfg.train.precision == "bf16" or bf16 else None,
+        )
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
@@ -100,23 +159,27 @@ class Trainer:
             cfg.objective, self.tokenizer, cfg.train.seq_len, family=cfg.model.family
         )
         self.window_seq_len = loader_seq_len(self.objective, cfg.train.seq_len)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
+        self.generator = torch.Generator().manual_seed(self._objective_seed(0))
         self.loader = TokenLoader(
             cfg.data.train,
             self.window_seq_len,
             cfg.train.micro_batch_size,
             weights=cfg.data.weights,
             seed=cfg.train.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
             checksum=cfg.data.verify_checksums,
             tokenizer_hash=self.tokenizer.hash,
         )
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
-        self.grad_accum = cfg.grad_accum_steps()
+        self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         reports_bpb = self.objective.reports_bits_per_byte
         lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
+        self._last_saved_step: int | None = None
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
@@ -125,7 +188,15 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------
 
+    def _objective_seed(self, step: int) -> int:
+        if self.dist.rank == 0 and step == 0:
+            return self.cfg.train.seed
+        return hash((self.cfg.train.seed, self.dist.rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
+
     def _prepare_run_dir(self, resume: bool) -> None:
+        if not self.dist.is_main:
+            self.metrics = _NoMetrics()
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         # The exact architecture (also when it came from model.init_from), for load_run.
@@ -139,15 +210,36 @@ class Trainer:
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_dir, "latest", map_location="cpu")
-        self.model.load_state_dict(ckpt.model_state)
-        self.optimizer.load_state_dict(ckpt.optim_state["optimizer"])
-        self.generator.set_state(ckpt.optim_state["rng"]["objective"])
-        torch.set_rng_state(ckpt.optim_state["rng"]["torch"])
+        if ckpt.sharded is not None:
+            # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
+            load_sharded(ckpt.sharded, self.loss_module, self.optimizer)
+        elif is_fsdp(self.train_module):
+            raise TrainingError(
+                f"{ckpt.path} was written without FSDP (no {SHARDED_DIR}/); resume it with "
+                "distributed.strategy=ddp or none"
+            )
+        else:
+            self.model.load_state_dict(ckpt.model_state)
+            self.optimizer.load_state_dict(ckpt.optim_state["optimizer"])
+        rng = ckpt.optim_state["rng"]
+        per_rank = rng.get("objective_ranks")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            self.generator.set_state(per_rank[self.dist.rank])
+        elif self.dist.world_size == 1:
+            self.generator.set_state(rng["objective"])
+        else:  # another number of ranks: data continues exactly, objective noise is redrawn
+            self.generator.manual_seed(self._objective_seed(int(ckpt.step)))
+        torch.set_rng_state(rng["torch"])
+        self._last_saved_step = int(ckpt.step)
         if self.device.type == "cuda" and "cuda" in ckpt.optim_state["rng"]:
             torch.cuda.set_rng_state(ckpt.optim_state["rng"]["cuda"], self.device)
         self.loader.load_state_dict(ckpt.state["loader"])
         self.state = TrainState.from_dict(ckpt.state["trainer"])
         log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
+
+    def close(self) -> None:
+        """Leave the process group (the trainer created it)."""
+        shutdown()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -157,16 +249,34 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``train.max_steps`` (or ``train.max_minutes``); returns a summary."""
+        try:
+            summary = self._fit()
+        except RuntimeError as e:
+            if self.dist.world_size > 1 and comm.is_collective_failure(e):
+                # Do not leave the process group: its peers are gone; exiting is the cleanup.
+                raise TrainingError(
+                    f"rank {self.dist.rank}: a collective operation failed; another rank died "
+                    f"or stopped responding (distributed.timeout_seconds="
+                    f"{self.cfg.distributed.timeout_seconds:g}). Resume from the last "
+                    f"checkpoint with --resume. Cause: {str(e).splitlines()[0][:300]}"
+                ) from e
+            raise
+        self.close()
+        return summary
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.perf_counter() - self.state.elapsed_seconds
         deadline = None if cfg.train.max_minutes is None else started + 60 * cfg.train.max_minutes
-        progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress)
+        progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
         window_tokens, window_start = 0, time.perf_counter()
         with progress:
             progress.start(self.state.step)
             while self.state.step < cfg.train.max_steps:
-                if deadline is not None and time.perf_counter() >= deadline:
+                # Rank 0's clock decides, so all ranks stop at the same step.
+                if deadline is not None and comm.broadcast_object(time.perf_counter() >= deadline):
                     log.info("train.max_minutes reached at step %d", self.state.step)
                     break
                 record = self.train_step()
@@ -189,10 +299,11 @@ class Trainer:
         final_step = self.state.step
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
-        if not list_steps(self.ckpt_dir) or list_steps(self.ckpt_dir)[-1] != final_step:
+        if self._last_saved_step != final_step:
             self.save(last_val)
         self.metrics.close()
         self._write_plot_and_sample()
+        comm.barrier()
         return {
             "step": final_step,
             "tokens": self.state.tokens_seen,
@@ -206,19 +317,26 @@ class Trainer:
         from pretrain.generate import generate
         from pretrain.train.plots import plot_losses
 
-        plot_losses(self.run_dir)
+        if self.dist.is_main:
+            plot_losses(self.run_dir)
         if self.cfg.log.sample_tokens <= 0 or self.cfg.model.family != "decoder":
             return
+        # FSDP gathers weights collectively, so every rank samples (the same tokens).
+        if not (self.dist.is_main or is_fsdp(self.train_module)):
+            return
         eos = self.tokenizer.special.eos
-        ids = generate(
-            self.model,
-            torch.tensor([eos]),  # a new document
-            self.cfg.log.sample_tokens,
-            temperature=0.8,
-            top_k=50,
-            eos_id=eos,
-            generator=torch.Generator(device=self.device).manual_seed(self.cfg.train.seed),
-        )
+        with gathered(self.train_module):
+            ids = generate(
+                self.model,
+                torch.tensor([eos]),  # a new document
+                self.cfg.log.sample_tokens,
+                temperature=0.8,
+                top_k=50,
+                eos_id=eos,
+                generator=torch.Generator(device=self.device).manual_seed(self.cfg.train.seed),
+            )
+        if not self.dist.is_main:
+            return
         text = self.tokenizer.decode([i for i in ids[1:].tolist() if i != eos])
         with open(self.run_dir / "samples.txt", "a") as f:
             f.write(f"--- step {self.state.step} ---\n{text}\n")
@@ -240,41 +358,33 @@ class Trainer:
         batches = [
             self.objective(next(self.loader), self.generator) for _ in range(self.grad_accum)
         ]
+        world = self.dist.world_size
         num_label_tokens = sum(b.num_label_tokens for b in batches)
+        if world > 1:  # the step's label tokens on all ranks, known before any backward
+            num_label_tokens = int(comm.all_reduce_sum(num_label_tokens, self.device).item())
         ce_sum = torch.zeros((), device=self.device)
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
-        for cpu_batch in batches:
+        for i, cpu_batch in enumerate(batches):
             groups = cpu_batch.task_rows()
             batch = cpu_batch.to(self.device)
-            with self._autocast():
-                hidden = self.step_model(batch)
-            total = torch.zeros((), device=self.device)
-            for name, rows in groups:  # one group unless examples record their task
-                h, y = hidden, batch.labels
-                if rows is not None:
-                    rows = rows.to(self.device)
-                    h, y = hidden[rows], batch.labels[rows]
-                task_total, count, ce = cross_entropy_sum(
-                    h,
-                    y,
-                    self.model.output_weight,
-                    cfg.objective.z_loss,
-                    compute_dtype=self.autocast_dtype,
-                    output_bias=getattr(self.model, "output_bias", None),
-                    compiled=cfg.train.compile,
-                )
-                total = total + task_total
-                ce_sum += ce
-                if rows is not None:
-                    sums = per_task.setdefault(name, [torch.zeros_like(ce), 0])
-                    sums[0] += ce
-                    sums[1] += count
-            (total / max(num_label_tokens, 1)).backward()
+            with gradient_sync(self.train_module, i == len(batches) - 1):
+                total, ce, tasks = self.train_module(batch, groups)
+                # DDP and FSDP average gradients over ranks; `* world` turns that into the sum.
+                (total / max(num_label_tokens, 1) * world).backward()
+            ce_sum += ce
+            for name, (task_ce, count) in tasks.items():
+                sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
+                sums[0] += task_ce
+                sums[1] += count
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        if world > 1:
+            ce_sum = comm.all_reduce_sum(ce_sum, self.device)
         loss = float(ce_sum) / max(num_label_tokens, 1)
-        step_tokens = sum(b.input_ids.numel() for b in batches)
+        step_tokens = sum(b.input_ids.numel() for b in batches) * world
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -348,16 +458,18 @@ class Trainer:
         if self.val_batches is None:
             return None
         self.val_batches.reset()
-        result = evaluate(
-            self.model,
-            self.objective,
-            self.val_batches,
-            self.token_bytes,
-            self.device,
-            self.cfg.eval.max_batches,
-            self._autocast,
-            accuracy=self.objective.reports_accuracy,
-        )
+        # Every rank evaluates the same batches: FSDP needs all ranks to gather weights.
+        with gathered(self.train_module):
+            result = evaluate(
+                self.model,
+                self.objective,
+                self.val_batches,
+                self.token_bytes,
+                self.device,
+                self.cfg.eval.max_batches,
+                self._autocast,
+                accuracy=self.objective.reports_accuracy,
+            )
         record = {
             "step": self.state.step,
             "split": "val",
@@ -372,34 +484,61 @@ class Trainer:
             record["tasks"] = result["tasks"]
         self.metrics.write(record)
         self.state.last_eval_step = self.state.step
-        log.info(
-            "step %d: val loss %.4f, bits/byte %s",
-            self.state.step,
-            result["loss"],
-            "n/a" if result["bits_per_byte"] is None else f"{result['bits_per_byte']:.4f}",
-        )
+        if self.dist.is_main:
+            log.info(
+                "step %d: val loss %.4f, bits/byte %s",
+                self.state.step,
+                result["loss"],
+                "n/a" if result["bits_per_byte"] is None else f"{result['bits_per_byte']:.4f}",
+            )
         return record
 
     def save(self, last_val: dict[str, Any] | None) -> Path:
+        """Write a checkpoint (every rank calls this; rank 0 writes the files)."""
         val_loss = last_val["loss"] if last_val and last_val["step"] == self.state.step else None
         is_best = val_loss is not None and (
             self.state.best_val_loss is None or val_loss < self.state.best_val_loss
         )
         if is_best:
             self.state.best_val_loss = val_loss
-        rng = {"objective": self.generator.get_state(), "torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {
+            "objective": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if self.dist.world_size > 1:
+            rng["objective_ranks"] = comm.gather_objects(self.generator.get_state())
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return save_checkpoint(
-            self.ckpt_dir,
-            self.state.step,
-            self.model.state_dict(),
-            {"optimizer": self.optimizer.state_dict(), "rng": rng},
-            {
-                "trainer": self.state.to_dict(),
-                "loader": self.loader.state_dict(),
-                "val_loss": val_loss,
-            },
-            keep_last=self.cfg.checkpoint.keep_last,
-            is_best=is_best,
-        )
+        state = {
+            "trainer": self.state.to_dict(),
+            "loader": self.loader.state_dict(),
+            "val_loss": val_loss,
+            "world_size": self.dist.world_size,
+            "strategy": self.cfg.distributed.strategy,
+        }
+        step, keep = self.state.step, self.cfg.checkpoint.keep_last
+        path = self.ckpt_dir / step_dir_name(step)
+        if is_fsdp(self.train_module):
+            tmp = temp_dir(self.ckpt_dir, step)
+            if self.dist.is_main:
+                begin_checkpoint(self.ckpt_dir, step)
+            comm.barrier()
+            save_sharded(tmp / SHARDED_DIR, self.loss_module, self.optimizer)
+            model_state = full_model_state(self.loss_module, prefix="model.")
+            if self.dist.is_main:
+                finish_checkpoint(
+                    self.ckpt_dir, step, tmp, model_state, {"rng": rng}, state, keep, is_best
+                )
+        elif self.dist.is_main:
+            save_checkpoint(
+                self.ckpt_dir,
+                step,
+                self.model.state_dict(),
+                {"optimizer": self.optimizer.state_dict(), "rng": rng},
+                state,
+                keep_last=keep,
+                is_best=is_best,
+            )
+        comm.barrier()  # nobody goes on (or resumes) before the checkpoint has its name
+        self._last_saved_step = step
+        return path

@@ -1,0 +1,117 @@
+"""The process group of a ``torchrun`` launch, read from the environment torchrun sets.
+
+torchrun (and ``python -m torch.distributed.run``) exports ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` to every worker; a plain ``python -m
+pretrain train`` sets none of them and runs as rank 0 of 1 without a process group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pretrain.config import DistributedConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    strategy: str = "none"
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1 or self.strategy != "none"
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` without)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as e:
+        raise ValueError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers: {e}") from None
+    return rank, local_rank, world_size
+
+
+def select_device(device_name: str, local_rank: int) -> torch.device:
+    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
+    """Join the process group torchrun describes (no-op for a single plain process).
+
+    Raises ValueError when the environment and ``distributed.strategy`` disagree: several
+    processes with ``strategy=none`` would each train the whole model on the same data.
+    """
+    rank, local_rank, world_size = env_world()
+    if world_size > 1 and cfg.strategy == "none":
+        raise ValueError(
+            f"WORLD_SIZE={world_size} (launched by torchrun) but distributed.strategy=none; "
+            "set --distributed.strategy=ddp or --distributed.strategy=fsdp"
+        )
+    if cfg.strategy == "none":
+        return DistEnv()
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("distributed.backend=nccl needs train.device=cuda")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            if world_size > 1:
+                raise ValueError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
+            # strategy ddp/fsdp on one plain process: a group of one, so the same code runs.
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=cfg.timeout_seconds),
+            device_id=device if backend == "nccl" else None,
+        )
+    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend)
+    if not env.is_main:
+        # Only rank 0 reports progress (DESIGN.md §8); other ranks still report problems.
+        logging.getLogger("pretrain").setLevel(logging.WARNING)
+    log.info("rank %d of %d (%s, %s)", rank, world_size, backend, cfg.strategy)
+    return env
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

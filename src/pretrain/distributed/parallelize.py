@@ -1,0 +1,133 @@
+"""Wrap a single-device module for data parallelism: DDP or FSDP2, plus activation checkpointing.
+
+- **DDP** (``DistributedDataParallel``): every rank holds the whole model and optimizer; the
+  gradients are all-reduced (averaged) in buckets during backward.
+- **FSDP2** (``torch.distributed.fsdp.fully_shard``): each block, then the root, is sharded
+  over the ranks (parameters are ``DTensor`` shards); a block's weights are all-gathered just
+  before its forward and backward and freed after, gradients are reduce-scattered. With
+  ``train.precision=bf16`` the gathered weights are bf16 and gradients are reduced in fp32
+  (torchtitan's ``mixed_precision_param``/``mixed_precision_reduce``).
+
+The wrapped module is the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, whose
+``model`` holds ``blocks`` (every family in ``pretrain.models`` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.config import DistributedConfig
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute each of ``model.blocks`` in backward instead of storing its activations.
+
+    The block's ``forward`` is replaced on the instance (not wrapped in a new module), so the
+    state dict keys, and hence checkpoints, stay the same. Returns the number of blocks.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(model).__name__} has no .blocks to checkpoint")
+    for block in blocks:
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():  # eval and generation keep nothing anyway
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
+    return len(blocks)
+
+
+def parallelize(
+    module: nn.Module,
+    cfg: DistributedConfig,
+    device: torch.device,
+    param_dtype: torch.dtype | None,
+) -> nn.Module:
+    """Return ``module`` wrapped for ``cfg.strategy`` (``none`` returns it unchanged).
+
+    For ``fsdp`` the parameters of ``module`` are replaced by sharded ones in place: build
+    the optimizer from ``module`` *after* this call.
+    """
+    if cfg.strategy == "none":
+        return module
+    if cfg.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    if cfg.strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        world = torch.distributed.get_world_size()
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+        mp = MixedPrecisionPolicy()
+        if param_dtype is not None:
+            mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        blocks = module.model.blocks
+        for i, block in enumerate(blocks):
+            # The last block's weights are gathered again right away for backward.
+            reshard = cfg.reshard_after_forward and i < len(blocks) - 1
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        return module
+    raise ValueError(f"distributed.strategy={cfg.strategy!r}: use none, ddp or fsdp")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module a DDP wrapper holds (FSDP2 shards in place, so it is its own inner)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def is_fsdp(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Synchronize gradients in this backward only if ``enabled`` (the last micro-batch).
+
+    DDP's ``no_sync`` and FSDP2's ``set_requires_gradient_sync(False)`` let the micro-batches
+    before the last accumulate locally, so a step communicates its gradients once.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+    elif is_fsdp(module):
+        module.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """Full (unsharded) root weights outside the training forward: evaluation and sampling.
+
+    FSDP2 gathers a wrapped module's weights only inside its forward; the trainer evaluates
+    through the bare model, so the root's own weights (embeddings, output head, final norm)
+    are gathered here for the duration; the blocks gather their own in their forward. Every
+    rank must enter it (it is a collective).
+    """
+    if not is_fsdp(module):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()

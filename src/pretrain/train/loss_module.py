@@ -1,0 +1,82 @@
+"""The model and its loss as one module, so data-parallel wrappers see the whole step.
+
+The loss reads the output projection (``model.output_weight``) outside the model's forward.
+FSDP2 only gathers sharded weights inside a wrapped module's forward, so the trainer wraps
+this module, not the bare model: its forward runs the model and the chunked cross-entropy,
+and DDP/FSDP2 treat the pair as one unit. In a single process it computes exactly what the
+loop computed inline before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pretrain.losses import cross_entropy_sum
+from pretrain.objectives.base import ModelBatch
+
+
+class ModelWithLoss(nn.Module):
+    """``forward(batch) -> (loss_sum with z-loss, ce_sum, {task: (ce_sum, count)})``.
+
+    Args:
+        model: the single-device model (its state dict keys get the ``model.`` prefix here).
+        z_loss: weight of the z-loss term.
+        compute_dtype: dtype of the logits chunks (bf16 under mixed precision), or None.
+        compiled: use the compiled cross-entropy.
+        forward: what runs the model (``torch.compile(model)``), default ``model`` itself.
+        autocast: context manager factory the model's forward (not the loss) runs under.
+        loss_fn: the loss, :func:`~pretrain.losses.cross_entropy_sum` by default.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        z_loss: float,
+        compute_dtype: torch.dtype | None,
+        compiled: bool = False,
+        forward: Callable[[ModelBatch], torch.Tensor] | None = None,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        loss_fn: Callable[..., tuple[torch.Tensor, int, torch.Tensor]] = cross_entropy_sum,
+    ):
+        super().__init__()
+        self.model = model
+        self.z_loss = z_loss
+        self.compute_dtype = compute_dtype
+        self.compiled = compiled
+        # Not a submodule: a compiled wrapper would register the weights a second time.
+        self.__dict__["_forward"] = forward
+        self.__dict__["_autocast"] = autocast
+        self.__dict__["_loss_fn"] = loss_fn
+
+    def forward(
+        self, batch: ModelBatch, groups: list[tuple[str, torch.Tensor | None]]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+        run = self.model if self._forward is None else self._forward
+        with self._autocast():
+            hidden = run(batch)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        per_task: dict[str, tuple[torch.Tensor, int]] = {}
+        for name, rows in groups:  # one group unless examples record their task
+            h, y = hidden, batch.labels
+            if rows is not None:
+                rows = rows.to(hidden.device)
+                h, y = hidden[rows], batch.labels[rows]
+            task_total, count, ce = self._loss_fn(
+                h,
+                y,
+                self.model.output_weight,
+                self.z_loss,
+                compute_dtype=self.compute_dtype,
+                output_bias=getattr(self.model, "output_bias", None),
+                compiled=self.compiled,
+            )
+            total = total + task_total
+            ce_sum = ce_sum + ce.detach()
+            if rows is not None:
+                per_task[name] = (ce.detach(), count)
+        return total, ce_sum, per_task

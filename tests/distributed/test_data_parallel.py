@@ -1,0 +1,258 @@
+"""Data parallelism on CPU with gloo, 2 processes: DDP and FSDP2 compute what one process
+computes with twice the gradient accumulation; ranks read disjoint data; an FSDP checkpoint
+saved on 2 ranks resumes on 1; a dead rank stops the others with a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.runs import load_run
+from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, step_dir_name
+from pretrain.train.metrics import read_metrics
+from pretrain.train.trainer import Trainer
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 10
+LOSS_RTOL = 1e-6
+PARAM_ATOL = 1e-5
+
+
+def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "model.size": "debug",
+        "model.d_model": 64,
+        "model.n_layers": 2,
+        "model.n_heads": 4,
+        "data.train": f"[{shards_dir}]",
+        "data.val": str(shards_dir),
+        "data.tokenizer": str(tokenizer_dir),
+        "train.seq_len": 32,
+        "train.micro_batch_size": 2,
+        # 8 windows a step: 4 micro-batches in one process, 2 on each of 2 ranks
+        "train.tokens_per_batch": 256,
+        "train.max_steps": STEPS,
+        "train.device": "cpu",
+        "optim.lr": 1e-3,
+        "optim.warmup_steps": 2,
+        "eval.every_steps": 5,
+        "eval.max_batches": 2,
+        "checkpoint.every_steps": 5,
+        "checkpoint.keep_last": 3,
+        "log.every_steps": 1,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "log.sample_tokens": 4,
+        "run.dir": str(run_dir),
+    }
+    base.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"--{k}={v}" for k, v in base.items()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("CI", None)  # optional-dependency checks are pytest's, not the workers'
+    return env
+
+
+def _torchrun(target: list[str], args: list[str], timeout: float = 120) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        *target,
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def _losses(run_dir: Path, split: str = "train") -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == split]
+
+
+def _weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / step_dir_name(step) / MODEL_FILE))
+
+
+def _assert_same_run(run: Path, reference: Path, first_step: int = 1) -> dict[str, float]:
+    """Same losses (relative 1e-6) and final weights (absolute 1e-5) as ``reference``."""
+    got, want = _losses(run), _losses(reference)[first_step - 1 :]
+    assert len(got) == len(want) == STEPS - first_step + 1
+    loss_rel = max(abs(a - b) / abs(b) for a, b in zip(got, want, strict=True))
+    assert loss_rel <= LOSS_RTOL, (got, want)
+    # The gradient norm sees the loss normalization (the global label count, the rank
+    # averaging), which Adam's scale invariance would hide from the weights.
+    norms = [r["grad_norm"] for r in read_metrics(run) if r["split"] == "train"]
+    ref_norms = [r["grad_norm"] for r in read_metrics(reference) if r["split"] == "train"]
+    assert norms == pytest.approx(ref_norms[first_step - 1 :], rel=1e-5)
+    a, b = _weights(run), _weights(reference)
+    assert a.keys() == b.keys()
+    param_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert param_abs <= PARAM_ATOL
+    # training moved the weights far more than the tolerance: the comparison means something
+    start = _weights(reference, 5)
+    assert max(float((b[k] - start[k]).abs().max()) for k in b) > 100 * PARAM_ATOL
+    return {"loss_rel": loss_rel, "param_abs": param_abs}
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
+    """The reference: one process, 4 micro-batches a step."""
+    run = tmp_path_factory.mktemp("single") / "run"
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, run))
+        Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return run
+
+
+def test_ddp_equals_one_process_with_twice_the_accumulation(
+    single_run, shards_dir, tokenizer_dir, tmp_path
+):
+    run = tmp_path / "ddp"
+    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="ddp")
+    _torchrun(["-m", "pretrain", "train"], args)
+    diffs = _assert_same_run(run, single_run)
+    print("ddp vs single:", diffs)
+    val, ref_val = _losses(run, "val"), _losses(single_run, "val")
+    assert val == pytest.approx(ref_val, rel=1e-6)
+    state = json.loads((run / "checkpoints" / step_dir_name(STEPS) / "state.json").read_text())
+    assert state["world_size"] == 2 and state["loader"]["num_samples_consumed"] == STEPS * 8
+    assert not (run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR).exists()
+    records = read_metrics(run)
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, STEPS + 1))
+    assert records[-1]["tokens"] == STEPS * 256  # tokens of both ranks
+
+
+def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
+    single_run, shards_dir, tokenizer_dir, tmp_path
+):
+    run = tmp_path / "fsdp"
+    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="fsdp")
+    _torchrun([str(REPO / "tests" / "distributed" / "record_samples.py"), str(tmp_path)], args)
+    diffs = _assert_same_run(run, single_run)
+    print("fsdp vs single:", diffs)
+
+    # Each rank read its own stride; together exactly the samples one process reads.
+    seen = [json.loads((tmp_path / f"samples_rank{r}.json").read_text()) for r in (0, 1)]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(STEPS * 8))
+    assert all(s % 2 == 0 for s in seen[0]) and all(s % 2 == 1 for s in seen[1])
+
+    # The sharded checkpoint: DCP shards of both ranks plus consolidated weights.
+    step_dir = run / "checkpoints" / step_dir_name(STEPS)
+    assert {p.name for p in (step_dir / SHARDED_DIR).iterdir()} >= {
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    }
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    loaded = load_run(run)  # export, eval and generate read the consolidated weights
+    assert loaded.step == STEPS
+    ref = _weights(single_run)
+    for name, value in loaded.model.state_dict().items():
+        if name in ref:
+            torch.testing.assert_close(value, ref[name], atol=PARAM_ATOL, rtol=0)
+
+    # Saved on 2 ranks at step 5, resumed in one plain process: the rest of the run is the
+    # single-process one (same samples, same optimizer moments), up to summation order.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / step_dir_name(STEPS))
+    cfg = load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, resumed))
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, resume=True).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    records = [r for r in read_metrics(resumed) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    got = [r["loss"] for r in records[5:]]
+    want = _losses(single_run)[5:]
+    assert got == pytest.approx(want, rel=LOSS_RTOL)
+    a, b = _weights(resumed), _weights(single_run)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= PARAM_ATOL
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_error(shards_dir, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    timeout_s = 20
+    args = _overrides(
+        shards_dir,
+        tokenizer_dir,
+        run,
+        distributed__strategy="ddp",
+        distributed__timeout_seconds=timeout_s,
+        train__max_steps=100_000,
+        eval__every_steps=0,
+        checkpoint__every_steps=0,
+    )
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env() | {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pretrain", "train", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 90
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline, "training did not start"
+            assert all(p.poll() is None for p in procs), procs[0].communicate()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = procs[0].communicate(timeout=timeout_s + 30)
+        waited = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()  # reap it and close its pipes
+    assert procs[0].returncode not in (0, None)
+    assert "another rank died" in stderr, stderr[-3000:]
+    assert waited < timeout_s + 10
+    print(f"rank 0 exited {waited:.1f} s after rank 1 was killed")
