@@ -108,12 +108,20 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{d['mixed_words']:,}",
             f"{d['tokens']:,}" if report["shards"] else "",
         )
+    stages = Table(title="stages")
+    for c in ("stage", "documents in", "documents out", "words in", "words out", "tokens out"):
+        stages.add_column(c, justify="left" if c == "stage" else "right")
+    for name, st in report["stages"].items():
+        cells = [st.get(k) for k in ("documents_in", "documents_out", "words_in", "words_out",
+                                     "tokens_out")]  # fmt: skip
+        stages.add_row(name, *("" if v is None else f"{v:,}" for v in cells))
     rules = Table(title="removed by rule")
     rules.add_column("rule")
     rules.add_column("documents", justify="right")
     for rule, n in {**report["removed_by_rule"], **report["removed_by_dedup"]}.items():
         rules.add_row(rule, f"{n:,}")
     outer = Table.grid()
+    outer.add_row(stages)
     outer.add_row(table)
     outer.add_row(rules)
     return outer

@@ -74,6 +74,10 @@ def test_prepare_accounts_for_every_document_and_mixes_to_the_shares(tmp_path):
     report = prepare(_config(tmp_path))
     out = tmp_path / "out"
     assert report["all_documents_accounted_for"]
+    stages = report["stages"]
+    assert stages["filter"]["documents_out"] == stages["dedup"]["documents_in"] == 22
+    assert stages["dedup"]["documents_out"] == stages["mix"]["documents_in"] == 20
+    assert stages["dedup"]["words_in"] > stages["dedup"]["words_out"] > 0
     totals = report["totals"]
     assert totals["documents_read"] == 24 and totals["read_errors"] == 1
     assert set(_ids(out / "filter" / "removed")) == junk

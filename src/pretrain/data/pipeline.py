@@ -55,9 +55,7 @@ def filter_tasks(cfg: PrepareConfig) -> list[tuple]:
     return tasks
 
 
-def run_filter_stage(
-    cfg: PrepareConfig, task_slice: TaskSlice | None = None
-) -> list[dict] | None:
+def run_filter_stage(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> list[dict] | None:
     """This machine's filter tasks; every task's report, or None while others still run."""
     tasks = filter_tasks(cfg)
     stage_dir = Path(cfg.out) / "filter"
@@ -163,7 +161,23 @@ def build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards) -
             and d["filter_kept"] == d["dedup_kept"] + d["dedup_removed"]
         )
     totals = {k: sum(d[k] for d in domains.values()) for k in _zero_domain()}
+    filter_words = sum(r["words_out"] for r in filter_reports)
+    dedup_words = sum(r["words_out"] for r in dedup_report["tasks"])
+    stages = {  # documents and words in and out of each stage; tokens once tokenized
+        "filter": {"documents_in": totals["documents_read"], "documents_out":
+                   totals["filter_kept"], "bytes_in": totals["bytes_in"],
+                   "words_out": filter_words},
+        "dedup": {"documents_in": totals["filter_kept"], "documents_out": totals["dedup_kept"],
+                  "words_in": filter_words, "words_out": dedup_words},
+        "mix": {"documents_in": totals["dedup_kept"], "documents_out":
+                totals["mixed_documents"], "words_in": dedup_words,
+                "words_out": totals["mixed_words"]},
+    }  # fmt: skip
+    if shards is not None:
+        stages["tokenize"] = {"documents_in": totals["mixed_documents"],
+                              "tokens_out": totals["tokens"]}  # fmt: skip
     return {
+        "stages": stages,
         "domains": domains,
         "totals": totals,
         "removed_by_rule": dict(sorted(removed_filter.items(), key=lambda kv: -kv[1])),
