@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pretrain.cli import main
+from pretrain.config import ConfigError
 from pretrain.data.jsonl_parts import list_parts, read_part
 from pretrain.data.mix_stage import copies_of, plan_mixture
 from pretrain.data.pipeline import prepare
@@ -205,6 +206,20 @@ def test_the_example_config_validates():
     path = Path(__file__).parents[2] / "configs" / "data" / "prepare.yaml"
     cfg = load_config(PrepareConfig, path).validate()
     assert [d.name for d in cfg.domains] == ["books", "wiki", "docs", "speeches"]
+    books = cfg.domains[0].filter_settings(cfg.filters.settings)
+    assert books == {"gopher_quality": {"max_words": 2_000_000}}
+
+
+def test_a_domain_overrides_filter_settings_and_bad_keys_name_the_domain(tmp_path):
+    _corpus(tmp_path)
+    assert "gopher_quality:min_words" in prepare(_config(tmp_path))["removed_by_rule"]
+    cfg = _config(tmp_path, out=str(tmp_path / "override"))
+    cfg.domains[1].filters = {"gopher_quality": {"min_words": 1}}  # web only
+    report = prepare(cfg)
+    assert "gopher_quality:min_words" not in report["removed_by_rule"]
+    cfg.domains[1].filters = {"gopher_quality": {"no_such_rule": 1}}
+    with pytest.raises(ConfigError, match=r"domains\[1\].filters.*no_such_rule"):
+        cfg.validate()
 
 
 def test_prepare_tokenizes_the_mix_and_reports_tokens_per_domain(tmp_path, tokenizer_dir):

@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 def filter_tasks(cfg: PrepareConfig) -> list[tuple]:
     """One task per input file: ``filter_task`` arguments, in domain then file order."""
     out = str(Path(cfg.out) / "filter")
-    settings = dict(cfg.filters.settings) if cfg.filters.enabled else None
     tasks = []
     for domain in cfg.domains:
+        settings = domain.filter_settings(cfg.filters.settings) if cfg.filters.enabled else None
         report = ReadReport()
         files = expand_inputs(domain.paths, report)
         if report.num_errors:

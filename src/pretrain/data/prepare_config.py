@@ -33,6 +33,19 @@ class DomainConfig:
     """Share before temperature; None: the domain's natural share of the kept words."""
     max_epochs: float = 1.0
     """Most times a domain's documents may be repeated to reach its share."""
+    filters: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    """This domain's overrides of ``filters.settings``, per filter family, e.g. whole books:
+    ``{gopher_quality: {max_words: 2000000}}``."""
+
+    def filter_settings(self, base: dict[str, typing.Any]) -> dict[str, typing.Any]:
+        """``base`` with this domain's overrides merged in, family by family."""
+        merged = dict(base)
+        for family, values in self.filters.items():
+            if isinstance(values, dict) and isinstance(merged.get(family), dict):
+                merged[family] = {**merged[family], **values}
+            else:
+                merged[family] = values
+        return merged
 
 
 @dataclasses.dataclass
@@ -104,6 +117,13 @@ class PrepareConfig:
             raise ConfigError(f"mix.total_tokens must be > 0, got {self.mix.total_tokens}")
         self._check_settings("filters.settings", "pretrain.data.filters", "FilterConfig",
                              self.filters.settings)  # fmt: skip
+        from pretrain.data.filters import FilterConfig
+
+        for i, d in enumerate(self.domains):
+            try:
+                FilterConfig(**d.filter_settings(self.filters.settings))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"domains[{i}].filters: {e}") from None
         self._check_settings("dedup.settings", "pretrain.data.dedup", "DedupConfig",
                              self.dedup.settings)  # fmt: skip
         if not 0.0 <= self.tokenize.val_fraction < 1.0:
