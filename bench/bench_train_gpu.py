@@ -4,6 +4,7 @@
     python bench/bench_train_gpu.py --style llama            # the same 124M shape, Llama style
     python bench/bench_train_gpu.py --objective mlm          # bert-base MLM, 32 x 512
     python bench/bench_train_gpu.py --objective span         # t5-v1_1-base span corruption
+    python bench/bench_train_gpu.py --objective plm          # xlnet-base permutation LM
     python bench/bench_train_gpu.py --doc-len 300 --attention-backend flex --sides ours
     python bench/bench_train_gpu.py --device cpu --size debug --batch 2 --seq-len 64 \\
         --steps 2 --warmup 1 --sides ours_eager,hf_eager     # a smoke run without a GPU
@@ -20,11 +21,12 @@ under bf16 autocast, then ``cross_entropy_sum`` (bf16 projection, only labeled r
 per-chunk softmax compiled when the side is). HF computes its own loss under the same
 autocast: ``LlamaForCausalLM``/``GPT2LMHeadModel`` with ``labels=``/``shift_labels=``,
 ``BertForMaskedLM`` with ``labels`` (-100 off the selected positions),
-``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``.
+``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``, ``XLNetLMHeadModel``
+with the same ``perm_mask`` and ``target_mapping`` and one label per target row.
 
 Tokens/s counts encoder-input tokens (B * T) per step after warmup, synchronized. For CLM,
 MFU = tokens/s * (6N + 12LHQT) / peak bf16 FLOP/s (PaLM App. B), N the matmul parameters of
-our model; MLM and span corruption print no MFU (that count charges the vocabulary
+our model; MLM, span corruption and PLM print no MFU (that count charges the vocabulary
 projection to every token, which they don't pay).
 
 Prints one JSON line per side and a table; ``--json-out FILE`` also writes the results.
@@ -49,6 +51,7 @@ from pretrain.models.spec import model_flops_per_token
 from pretrain.objectives.base import ModelBatch
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM
+from pretrain.objectives.plm import PermutationLM
 from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.flops import peak_flops
@@ -57,6 +60,7 @@ DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the issue's reference 
     "clm": ("gpt2-small", 50257, 16, 1024),
     "mlm": ("bert-base", 30522, 32, 512),
     "span": ("t5-v1_1-base", 32128, 32, 512),
+    "plm": ("base", 32000, 32, 512),
 }
 NUM_SPECIAL = 110  # ids below this are "special" (mask, pad, sentinels) in the random batches
 PAD, EOS, MASK = 0, 1, 3
@@ -86,6 +90,13 @@ def build_models(args, device):
         cfg = encoder_config(args.size, args.vocab, max_seq_len=args.seq_len, pad_id=PAD)
         ours = EncoderLM(cfg)
         objective = MaskedLM(MASK, args.vocab, list(range(NUM_SPECIAL)), document_masking=False)
+    elif args.objective == "plm":
+        from pretrain.models.xlnet.configs import xlnet_config
+        from pretrain.models.xlnet.hf import to_hf
+        from pretrain.models.xlnet.model import XLNetLM
+
+        ours = XLNetLM(xlnet_config(args.size, args.vocab, max_seq_len=args.seq_len))
+        objective = PermutationLM(list(range(NUM_SPECIAL)), mask_id=MASK)
     else:
         from pretrain.models.encoder_decoder.hf import to_hf
         from pretrain.models.encoder_decoder.model import EncoderDecoderLM
@@ -158,6 +169,12 @@ def make_steps(ours, hf, args, device):
                 kwargs.update(shift_labels=labels, use_cache=False)
             elif args.objective == "span":
                 kwargs.update(decoder_input_ids=batch.decoder_input_ids, use_cache=False)
+            elif args.objective == "plm":  # one label per target_mapping row, as HF wants
+                tm = batch.target_mapping
+                rows = torch.einsum("bmt,bt->bm", tm, labels.to(tm.dtype)).long()
+                rows[tm.sum(-1) == 0] = -100
+                perm = batch.attention.permutation_mask.to(tm.dtype)
+                kwargs.update(labels=rows, perm_mask=perm, target_mapping=tm, use_mems=False)
             with autocast():
                 loss = model(**kwargs).loss
             loss.backward()

@@ -247,6 +247,12 @@ class ObjectiveConfig:
     ul2_rates: list[float] | None = None
     """UL2: one rate per denoiser of the preset, in its order (uniform: R(3,0.15) R(8,0.15)
     X(3,0.5) X(8,0.5) X(64,0.15) X(64,0.5) S; upalm: S R(3,0.15) X(32,0.15) X(3,0.5))."""
+    plm_rule: typing.Literal["xlnet", "hf"] = "xlnet"
+    """Permutation LM: the original XLNet code's target and perm-mask rule, or HF's collator's."""
+    plm_partial_k: float = 6.0
+    """Permutation LM: predict about 1/K of the tokens, the last of the factorization order."""
+    plm_max_span: int = 5
+    """Permutation LM: longest target span (XLNet's ``max_span_length``)."""
     mixture: list[dict[str, typing.Any]] | None = None
     """name 'mixture': the components, each ``{name: ..., weight: ..., <objective key>: ...}``;
     keys a component does not set come from this section (e.g. ``noise_density``)."""
@@ -286,6 +292,10 @@ class ObjectiveConfig:
             for component, _ in self.components():
                 component.validate()
             return self
+        if not self.plm_partial_k > 1:
+            raise ConfigError(f"objective.plm_partial_k must be > 1, got {self.plm_partial_k}")
+        if self.plm_max_span < 1:
+            raise ConfigError(f"objective.plm_max_span must be >= 1, got {self.plm_max_span}")
         from pretrain.objectives.ul2_denoisers import resolve_preset
 
         ratios = [

@@ -15,7 +15,7 @@ from pretrain.scaling.flops import flops_per_token
 
 log = logging.getLogger(__name__)
 
-BUILT_FAMILIES = ("decoder", "encoder", "encoder_decoder")
+BUILT_FAMILIES = ("decoder", "encoder", "encoder_decoder", "xlnet")
 
 
 def _family_classes(family: str):
@@ -38,6 +38,11 @@ def _family_classes(family: str):
         from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 
         return encoder_decoder_config, EncoderDecoderConfig, EncoderDecoderLM
+    if family == "xlnet":
+        from pretrain.models.xlnet.configs import XLNetConfig, xlnet_config
+        from pretrain.models.xlnet.model import XLNetLM
+
+        return xlnet_config, XLNetConfig, XLNetLM
     raise ConfigError(
         f"model.family {family!r} is not available yet; available: {list(BUILT_FAMILIES)}"
     )
@@ -89,6 +94,8 @@ def to_hf(model: nn.Module, family: str):
         from pretrain.models.decoder.hf import to_hf as convert
     elif family == "encoder":
         from pretrain.models.encoder.hf import to_hf as convert
+    elif family == "xlnet":
+        from pretrain.models.xlnet.hf import to_hf as convert
     else:
         from pretrain.models.encoder_decoder.hf import to_hf as convert
     return convert(model)
@@ -111,6 +118,12 @@ def _import_hf(path: str, family: str) -> nn.Module:
         from pretrain.models.encoder_decoder.hf import from_hf
 
         hf_model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
+    elif family == "xlnet":
+        from transformers import XLNetLMHeadModel
+
+        from pretrain.models.xlnet.hf import from_hf
+
+        hf_model = XLNetLMHeadModel.from_pretrained(path, local_files_only=True)
     else:
         from pretrain.models.encoder.hf import from_hf
 

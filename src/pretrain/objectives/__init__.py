@@ -12,6 +12,7 @@ from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mixture import ObjectiveMixture
 from pretrain.objectives.mlm import MaskedLM, word_start_table
+from pretrain.objectives.plm import PermutationLM
 from pretrain.objectives.prefix_lm import EncoderDecoderPrefixLM, PrefixLM
 from pretrain.objectives.span import SpanCorruption
 from pretrain.objectives.ul2 import UL2
@@ -26,6 +27,7 @@ OBJECTIVES: dict[str, type] = {
     "clm": CausalLM,
     "mixture": ObjectiveMixture,
     "mlm": MaskedLM,
+    "plm": PermutationLM,
     "prefix_lm": PrefixLM,
     "span": SpanCorruption,
     "ul2": UL2,
@@ -84,6 +86,14 @@ def build_objective(
             exact_count=cfg.exact_count,
             word_starts=word_starts,
             document_masking=cfg.document_masking,
+        )
+    if cfg.name == "plm":
+        return PermutationLM(
+            special_ids=special_ids(tokenizer),
+            mask_id=tokenizer.special.mask,
+            rule=cfg.plm_rule,
+            partial_k=cfg.plm_partial_k,
+            max_span=cfg.plm_max_span,
         )
     if cfg.name == "span":
         sp = tokenizer.special

@@ -1,0 +1,98 @@
+"""XLNet model shapes: :class:`XLNetConfig` and the named sizes.
+
+The architecture of XLNet (Yang et al. 2019, "XLNet: Generalized Autoregressive Pretraining for
+Language Understanding"), as HF ``XLNetLMHeadModel`` implements it: Transformer-XL relative
+positions (sinusoids of ``i - j`` projected per layer, with the content and position biases
+``r_w_bias`` / ``r_r_bias``), post-norm blocks, exact (erf) GELU, no biases in attention, an
+output layer tied to the word embedding with a bias of its own. No memory (``mem_len``), no
+bidirectional data pipeline (``bi_data``): one window at a time.
+
+Every field can be overridden, so a named size is a starting point, not a cage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pretrain.models.common.sizes import sized_config
+
+
+@dataclass
+class XLNetConfig:
+    """Shape of an XLNet with its LM head.
+
+    Attributes:
+        vocab_size: rows of the word embedding (and of the tied output).
+        d_model: width of the residual stream.
+        n_layers: two-stream blocks.
+        n_heads: attention heads; ``d_model / n_heads`` is the head dimension.
+        d_ff: MLP hidden width (HF ``d_inner``); None means ``4 * d_model``.
+        max_seq_len: the longest window trained on. Relative positions have no table, so this
+            is only the limit the trainer checks ``train.seq_len`` against.
+        norm_eps: epsilon of every LayerNorm (1e-12 in XLNet).
+        init_std: std of the normal init of every weight (XLNet: 0.02).
+        clamp_len: relative distances are clamped to ``[-clamp_len, clamp_len]``; -1: never.
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int | None = None
+    max_seq_len: int = 512
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+    clamp_len: int = -1
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None and isinstance(self.d_model, int):
+            self.d_ff = 4 * self.d_model
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even (sin/cos pairs), got {self.d_model}")
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if not isinstance(self.clamp_len, int) or isinstance(self.clamp_len, bool):
+            raise ValueError(
+                f"clamp_len must be an integer (-1: no clamping), got {self.clamp_len!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SIZES: dict[str, dict[str, Any]] = {
+    # Smoke tests on CPU.
+    "debug": dict(d_model=128, n_layers=2, n_heads=4, max_seq_len=512),
+    # The decoder's and encoder's "tiny" shape, for side-by-side runs.
+    "tiny": dict(d_model=256, n_layers=4, n_heads=4, max_seq_len=1024),
+    # XLNet-base (Yang et al. 2019; HF xlnet-base-cased): 12 layers, 768 wide, 12 heads.
+    "base": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512),
+}
+
+SIZES = tuple(_SIZES)
+
+
+def xlnet_config(size: str, vocab_size: int, **overrides: Any) -> XLNetConfig:
+    """The named size ``size`` for ``vocab_size`` tokens, with any field overridden.
+
+    Raises:
+        ValueError: for an unknown size (listing the valid ones), an unknown field, or an
+            invalid value (naming the field).
+    """
+    return sized_config(XLNetConfig, _SIZES, "xlnet", size, vocab_size, overrides)

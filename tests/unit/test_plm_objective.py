@@ -1,0 +1,170 @@
+"""Permutation LM (XLNet): targets, factorization order and the perm-mask rule
+(reference/objectives.md §6 and §9.6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.data.loader import TokenBatch
+from pretrain.objectives import OBJECTIVES, check_pairing
+from pretrain.objectives.base import IGNORE_INDEX
+from pretrain.objectives.plm import (
+    PermutationLM,
+    hf_order,
+    permutation_mask,
+    span_targets_xlnet,
+    xlnet_order,
+)
+
+SPECIAL = [0, 1, 2]  # e.g. EOS, SEP, CLS
+MASK_ID = 3
+
+
+def token_batch(B: int, T: int, seed: int = 0, specials_every: int = 0) -> TokenBatch:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(10, 500, (B, T + 1), generator=g)
+    if specials_every:
+        tokens[:, ::specials_every] = 0
+    zeros = torch.zeros_like(tokens)
+    return TokenBatch(tokens, zeros, torch.zeros(B, dtype=torch.long), torch.arange(B))
+
+
+def draw(rule="xlnet", B=4, T=64, seed=0, specials_every=0):
+    obj = PermutationLM(SPECIAL, mask_id=MASK_ID, rule=rule)
+    tb = token_batch(B, T, seed, specials_every)
+    return obj, tb, obj(tb, torch.Generator().manual_seed(seed))
+
+
+def order_from_mask(perm: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rank of each target among the targets, read back from who sees whom."""
+    sees = ~perm[target][:, target]  # (n, n): target i sees target j
+    return sees.sum(1)  # a target sees exactly the targets before it
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_xlnet_perm_mask_rule_holds_for_random_orders(seed):
+    T = 48
+    g = torch.Generator().manual_seed(seed)
+    special = torch.rand(T, generator=g) < 0.1
+    target = span_targets_xlnet(T, T // 6, ~special, g)
+    order = xlnet_order(T, g)
+    perm = permutation_mask(order, target, special)  # True: i may NOT see j
+    context = ~target & ~special
+    diag = perm.diagonal()
+    assert diag[target].all() and not diag[~target].any()  # §9.6: targets never see themselves
+    assert perm[context][:, target].all()  # context rows never see a target column
+    assert perm[context][:, special].all()  # ... nor a special token (they have an order)
+    assert not perm[:, context].any()  # everyone sees every context token
+    # targets and specials: i sees j (j != i) iff order[j] < order[i]
+    ordered = torch.nonzero(~context).squeeze(1)
+    for i in ordered.tolist():
+        for j in ordered.tolist():
+            if i == j:
+                continue
+            assert bool(~perm[i, j]) == bool(order[j] < order[i]), (i, j)
+    # specials see themselves, are never targets
+    assert not (target & special).any()
+    assert not perm.diagonal()[special].any()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_hf_perm_mask_rule_and_order_keep_the_halves_apart(seed):
+    T = 32
+    g = torch.Generator().manual_seed(seed)
+    order = hf_order(T, g)
+    assert sorted(order.tolist()) == list(range(T))
+    assert order[: T // 2].max() < order[T // 2 :].min()  # first half first
+    assert torch.equal(order[T // 2 :] - T // 2, order[: T // 2])  # same permutation of pairs
+    special = torch.zeros(T, dtype=torch.bool)
+    special[0] = True
+    target = torch.rand(T, generator=g) < 0.3
+    target &= ~special
+    perm = permutation_mask(order, target, special, rule="hf")
+    context = ~target & ~special
+    rev = torch.where(context, -1, order)
+    expected = (rev[:, None] <= rev[None, :]) & target[None, :]
+    assert torch.equal(perm, expected)
+    assert not perm[:, special].any()  # HF: special tokens are visible to all
+
+
+def test_partial_prediction_predicts_the_last_sixth_of_the_order_in_spans():
+    obj, tb, mb = draw(B=16, T=120, seed=3)
+    targets = mb.labels != IGNORE_INDEX
+    assert (targets.sum(1) == 120 // 6).all()  # exactly num_predict = T // K
+    tokens = tb.tokens[:, :-1]
+    assert torch.equal(mb.labels[targets], tokens[targets])  # predicts the token itself
+    assert torch.equal(mb.input_ids, tokens)  # the content stream keeps real tokens
+    # the targets are the last of the order: each sees every context token, no context token
+    # sees a target
+    perm = mb.attention.permutation_mask
+    for b in range(16):
+        t = targets[b]
+        assert perm[b][~t][:, t].all()
+        assert not perm[b][:, ~t].any()
+    # span-based: runs of consecutive targets, longer than single tokens on average
+    runs = (targets[:, 1:] & ~targets[:, :-1]).sum() + targets[:, 0].sum()
+    assert targets.sum() / runs > 1.5
+    # target_mapping: one one-hot row per target, in position order
+    tm = mb.target_mapping
+    assert tm.shape == (16, 20, 120)
+    assert torch.equal(tm.sum(1).bool(), targets)
+    assert (tm.sum(2) == 1).all()
+
+
+def test_special_tokens_are_never_targets_and_keep_their_rank():
+    _, tb, mb = draw(B=8, T=64, seed=1, specials_every=7)
+    special = tb.tokens[:, :-1] == 0
+    assert special.any()
+    assert not (mb.labels[special] != IGNORE_INDEX).any()
+    assert ((mb.labels != IGNORE_INDEX).sum(1) == 64 // 6).all()
+
+
+def test_draws_are_seeded_new_per_sample_and_pure():
+    obj = PermutationLM(SPECIAL)
+    tb = token_batch(2, 64)
+    same = token_batch(2, 64)
+    same.tokens[1] = same.tokens[0]
+    a = obj(same, torch.Generator().manual_seed(5))
+    assert not torch.equal(a.labels[0] != -100, a.labels[1] != -100)  # new draw per sample
+    assert not torch.equal(a.attention.permutation_mask[0], a.attention.permutation_mask[1])
+    x = obj(tb, torch.Generator().manual_seed(7))
+    y = obj(tb, torch.Generator().manual_seed(7))
+    z = obj(tb, torch.Generator().manual_seed(8))
+    assert torch.equal(x.attention.permutation_mask, y.attention.permutation_mask)
+    assert torch.equal(x.labels, y.labels) and torch.equal(x.target_mapping, y.target_mapping)
+    assert not torch.equal(x.attention.permutation_mask, z.attention.permutation_mask)
+    with pytest.raises(ValueError, match="Generator"):
+        obj(tb)
+
+
+def test_hf_rule_masks_inputs_uses_identity_mapping_and_about_a_sixth():
+    _, tb, mb = draw(rule="hf", B=64, T=60, seed=2)
+    targets = mb.labels != IGNORE_INDEX
+    assert torch.equal(mb.input_ids[targets], torch.full((int(targets.sum()),), MASK_ID))
+    assert torch.equal(mb.input_ids[~targets], tb.tokens[:, :-1][~targets])
+    assert torch.equal(mb.target_mapping[0], torch.eye(60))
+    share = targets.float().mean().item()
+    assert 0.10 < share < 0.22, share
+    with pytest.raises(ValueError, match="even"):
+        PermutationLM(SPECIAL, MASK_ID, rule="hf")(token_batch(1, 61), torch.Generator())
+
+
+def test_plm_pairs_with_xlnet_only():
+    assert OBJECTIVES["plm"].families == ("xlnet",)
+    check_pairing("plm", "xlnet")
+    with pytest.raises(ValueError, match="xlnet"):
+        check_pairing("plm", "decoder")
+    with pytest.raises(ValueError, match="plm"):
+        check_pairing("mlm", "xlnet")
+
+
+def test_plm_settings_come_from_the_config_and_bad_values_name_the_key(tokenizer):
+    from pretrain.config import ConfigError, ObjectiveConfig
+    from pretrain.objectives import build_objective
+
+    cfg = ObjectiveConfig(name="plm", plm_rule="hf", plm_partial_k=4.0, plm_max_span=3)
+    objective = build_objective(cfg, tokenizer, 64, family="xlnet")
+    assert (objective.rule, objective.partial_k, objective.max_span) == ("hf", 4.0, 3)
+    with pytest.raises(ConfigError, match="objective.plm_partial_k"):
+        ObjectiveConfig(name="plm", plm_partial_k=1.0).validate()

@@ -1,0 +1,113 @@
+"""XLNetLM's two streams: what each may depend on, and the batch contract with the loss."""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.data.loader import TokenBatch
+from pretrain.losses import cross_entropy_sum
+from pretrain.models.xlnet import XLNetConfig, XLNetLM, xlnet_config
+from pretrain.objectives.base import IGNORE_INDEX
+from pretrain.objectives.plm import PermutationLM
+
+VOCAB, T = 200, 36
+
+
+def make_model() -> XLNetLM:
+    torch.manual_seed(0)
+    return XLNetLM(XLNetConfig(VOCAB, d_model=32, n_layers=2, n_heads=4, init_std=0.1)).eval()
+
+
+def plm_batch(seed: int = 0, B: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(10, VOCAB, (B, T + 1), generator=g)
+    zeros = torch.zeros_like(tokens)
+    tb = TokenBatch(tokens, zeros, torch.zeros(B, dtype=torch.long), torch.arange(B))
+    return PermutationLM([0, 1], mask_id=2)(tb, g)
+
+
+def perturbed(batch, b: int, i: int):
+    ids = batch.input_ids.clone()
+    ids[b, i] = (ids[b, i] + 1 + torch.randint(1, VOCAB - 12, ())) % (VOCAB - 10) + 10
+    assert ids[b, i] != batch.input_ids[b, i]
+    return ids
+
+
+def test_query_stream_at_a_target_never_depends_on_its_own_token():
+    model, batch = make_model(), plm_batch()
+    perm = batch.attention.permutation_mask
+    with torch.no_grad():
+        hidden = model(batch)
+        for b in range(2):
+            targets = torch.nonzero(batch.labels[b] != IGNORE_INDEX).squeeze(1).tolist()
+            for i in targets:
+                ids = perturbed(batch, b, i)
+                h2 = model(type(batch)(**{**batch.__dict__, "input_ids": ids}))
+                assert torch.equal(hidden[b, i], h2[b, i]), (b, i)
+                # ... while a later target whose order comes after i does change
+                later = [j for j in targets if not perm[b, j, i]]
+                for j in later:
+                    assert not torch.allclose(hidden[b, j], h2[b, j]), (b, i, j)
+
+
+def first_layer_attention(model: XLNetLM, batch, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention outputs (before the residual) of the first block: content, query stream."""
+    seen: list[torch.Tensor] = []
+    hook = model.blocks[0].attn.out.register_forward_pre_hook(lambda _, a: seen.append(a[0]))
+    try:
+        model.streams(ids, batch.attention, batch.target_mapping)
+    finally:
+        hook.remove()
+    return seen[0], seen[1]  # the content stream runs first
+
+
+def test_content_stream_attends_to_its_own_token_the_query_stream_does_not():
+    """Through the attention itself, not the residual. (That the content stream also reads its
+    own key and value, not only its query, is pinned by the HF parity tests.)"""
+    model, batch = make_model(), plm_batch(1)
+    with torch.no_grad():
+        h, g = first_layer_attention(model, batch, batch.input_ids)
+        targets = torch.nonzero(batch.labels[0] != IGNORE_INDEX).squeeze(1).tolist()
+        for row, i in enumerate(targets):
+            h2, g2 = first_layer_attention(model, batch, perturbed(batch, 0, i))
+            assert not torch.allclose(h[0, i], h2[0, i], atol=1e-5), i
+            assert torch.equal(g[0, row], g2[0, row]), i
+
+
+def test_output_lines_up_with_labels_with_or_without_target_mapping():
+    model, batch = make_model(), plm_batch(2)
+    with torch.no_grad():
+        mapped = model(batch)  # (B, T, d), zero where nothing is predicted
+        dense = model(type(batch)(**{**batch.__dict__, "target_mapping": None}))
+    assert mapped.shape == dense.shape == (2, T, 32)
+    targets = batch.labels != IGNORE_INDEX
+    torch.testing.assert_close(mapped[targets], dense[targets], atol=1e-6, rtol=1e-6)
+    assert (mapped[~targets] == 0).all()
+    total, count, _ = cross_entropy_sum(
+        mapped, batch.labels, model.output_weight, output_bias=model.output_bias
+    )
+    assert count == int(targets.sum())
+    assert torch.isfinite(total)
+
+
+def test_gradients_reach_every_trained_parameter():
+    model, batch = make_model().train(), plm_batch(3)
+    total, _, _ = cross_entropy_sum(
+        model(batch), batch.labels, model.output_weight, output_bias=model.output_bias
+    )
+    total.backward()
+    unused = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()}
+    # the segment term is only used with token types (fine-tuning on sentence pairs)
+    assert unused == {
+        f"blocks.{i}.attn.{n}" for i in range(2) for n in ("segment_bias", "segment_embed")
+    }
+
+
+def test_named_sizes_and_bad_values():
+    assert xlnet_config("base", 32000).d_ff == 3072
+    for bad in (dict(d_model=30, n_heads=4), dict(n_layers=0), dict(init_std=0)):
+        try:
+            XLNetConfig(100, **bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
