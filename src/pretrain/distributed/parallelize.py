@@ -62,7 +62,12 @@ def parallelize(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # A model whose forward leaves some parameters out (XLNet's segment terms when no
+        # token types are given) says so; DDP then looks for them after each forward.
+        unused = any(getattr(m, "has_unused_parameters", False) for m in module.modules())
+        return DistributedDataParallel(
+            module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused
+        )
     if cfg.strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -175,6 +175,10 @@ class XLNetBlock(nn.Module):
 class XLNetLM(nn.Module):
     """Word embedding, mask embedding, a stack of :class:`XLNetBlock`, tied output + bias."""
 
+    # Pretraining passes no token types, so the segment terms get no gradient (as in HF);
+    # data-parallel wrappers read this to look for unused parameters.
+    has_unused_parameters = True
+
     def __init__(self, cfg: XLNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
