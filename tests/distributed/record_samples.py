@@ -1,6 +1,6 @@
 """Worker for tests: train like ``pretrain train`` and record the global sample ids each rank read.
 
-Usage: ``torchrun ... tests/distributed/record_samples.py OUT_DIR --key=value ...``
+Usage: ``torchrun ... tests/distributed/record_samples.py OUT_DIR [--resume] --key=value ...``
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from pretrain.train.trainer import Trainer
 
 def main() -> None:
     out = Path(sys.argv[1])
-    trainer = Trainer(load_config(ExperimentConfig, None, sys.argv[2:]))
+    args = sys.argv[2:]
+    resume = "--resume" in args
+    overrides = [a for a in args if a != "--resume"]
+    trainer = Trainer(load_config(ExperimentConfig, None, overrides), resume=resume)
     seen: list[int] = []
     read = trainer.loader.batch_for
 

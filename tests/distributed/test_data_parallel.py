@@ -75,12 +75,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(target: list[str], args: list[str], timeout: float = 120) -> None:
+def _torchrun(target: list[str], args: list[str], timeout: float = 120, nproc: int = 2) -> None:
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={nproc}",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         *target,
