@@ -291,3 +291,27 @@ def test_bf16_autocast_trains_on_cpu_close_to_fp32(shards_dir, tokenizer_dir, tm
         a, b = fp32.train_step(), bf16.train_step()
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # fp32 master weights
+
+
+def test_activation_checkpointing_recomputes_blocks_with_the_same_losses(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    import torch.utils.checkpoint as ckpt_mod
+
+    from pretrain.distributed import parallelize
+
+    calls = []
+    real = ckpt_mod.checkpoint
+    monkeypatch.setattr(parallelize, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "plain", train__max_steps=3))
+    checkpointed = Trainer(
+        _config(
+            shards_dir, tokenizer_dir, tmp_path / "ac", train__max_steps=3,
+            distributed__activation_checkpointing=True,
+        )
+    )  # fmt: skip
+    for _ in range(3):
+        assert checkpointed.train_step()["loss"] == plain.train_step()["loss"]
+    assert len(calls) == 3 * checkpointed.grad_accum * len(checkpointed.model.blocks)
+    for a, b in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
