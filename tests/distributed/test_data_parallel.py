@@ -202,19 +202,9 @@ def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= PARAM_ATOL
 
 
-def test_a_dead_rank_stops_the_other_with_a_clear_error(shards_dir, tokenizer_dir, tmp_path):
-    run = tmp_path / "run"
-    timeout_s = 20
-    args = _overrides(
-        shards_dir,
-        tokenizer_dir,
-        run,
-        distributed__strategy="ddp",
-        distributed__timeout_seconds=timeout_s,
-        train__max_steps=100_000,
-        eval__every_steps=0,
-        checkpoint__every_steps=0,
-    )
+def _launch_two_ranks(args: list[str]) -> list[subprocess.Popen]:
+    """``pretrain train`` as ranks 0 and 1 of one group, started by hand (not torchrun), so a
+    test can stop or kill one of them."""
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
@@ -236,6 +226,23 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(shards_dir, tokenizer_di
                 text=True,
             )
         )
+    return procs
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_error(shards_dir, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    timeout_s = 20
+    args = _overrides(
+        shards_dir,
+        tokenizer_dir,
+        run,
+        distributed__strategy="ddp",
+        distributed__timeout_seconds=timeout_s,
+        train__max_steps=100_000,
+        eval__every_steps=0,
+        checkpoint__every_steps=0,
+    )
+    procs = _launch_two_ranks(args)
     try:
         deadline = time.monotonic() + 90
         metrics = run / "metrics.jsonl"

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -28,8 +26,7 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
     PARAM_ATOL,
     REPO,
     STEPS,
-    _env,
-    _free_port,
+    _launch_two_ranks,
     _losses,
     _overrides,
     _torchrun,
@@ -111,27 +108,7 @@ def test_a_hung_rank_stops_the_other_within_the_timeout(shards_dir, tokenizer_di
         checkpoint__every_steps=2,
         checkpoint__keep_last=2,
     )
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = _env() | {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "pretrain", "train", *args],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    procs = _launch_two_ranks(args)
     stopped_in_save = False
     try:
         # Wait for a checkpoint to exist, then stop rank 1 as soon as rank 0 starts the next
