@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from typing import Any
 
 from rich.table import Table
@@ -103,6 +104,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     ld.add_argument("--out", help="ladder directory (default: the config's run.dir)")
     ld.add_argument("--vocab-size", type=int, default=32768, help="when there is no tokenizer")
     ld.add_argument("--dry-run", action="store_true", help="print the plan only")
+    ld.add_argument(
+        "--only", help="train just this rung (one cluster job); the others are left as they are"
+    )
+    ld.add_argument(
+        "--commands",
+        action="store_true",
+        help="print one command per rung (this command with --only NAME) for a job scheduler; "
+        "rerun without --only afterwards to collect the CSV",
+    )
     ld.add_argument("--json", action="store_true")
 
 
@@ -267,9 +277,29 @@ def scaling_ladder(args: argparse.Namespace) -> int:
         out_dir=args.out,
         vocab_size=args.vocab_size,
     )
+    if args.only is not None and args.only not in {r.name for r in runs}:
+        raise ValueError(f"--only {args.only!r}: no such rung; rungs: {[r.name for r in runs]}")
+    if args.commands:
+        base = ["pretrain", "scaling", "ladder", "--sizes", *args.sizes]
+        if args.config:
+            base += ["--config", args.config]
+        for key, values in (("--tokens-per-param", args.tokens_per_param),
+                            ("--isoflop", args.isoflop)):  # fmt: skip
+            if values:
+                base += [key, ",".join(f"{v:g}" for v in values)]
+        for setting in args.set:
+            base += ["--set", setting]
+        if args.out:
+            base += ["--out", args.out]
+        base += ["--vocab-size", str(args.vocab_size)]
+        for run in runs:
+            print(shlex.join([*base, "--only", run.name]))
+        return 0
     if not args.dry_run:
         root = Path(runs[0].run_dir).parent
-        run_ladder(args.config, runs, overrides, root / "ladder.csv")
+        todo = [r for r in runs if args.only is None or r.name == args.only]
+        run_ladder(args.config, todo, overrides)
+        run_ladder(args.config, [r for r in runs if r not in todo], overrides, collect_only=True)
         write_csv(runs, root / "ladder.csv")
     rows = [r.row() for r in runs]
     if args.json:

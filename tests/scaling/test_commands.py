@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
@@ -107,6 +108,17 @@ def test_ladder_two_by_two(capsys, shards_dir, tokenizer_dir, tmp_path):
     steps = {r["name"]: r["steps"] for r in plan}
     assert steps["2x32-r0.02"] > steps["2x32-r0.01"] >= 1
     assert all(r["tokens"] == r["steps"] * 128 for r in plan)
+
+    # on a cluster: one job per rung (--only NAME), then a plain rerun collects the CSV
+    capsys.readouterr()
+    assert main([*argv, "--commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert [shlex.split(c)[-2:] for c in commands] == [["--only", r["name"]] for r in plan]
+    assert main(shlex.split(commands[0])[1:]) == 0
+    capsys.readouterr()
+    with (tmp_path / "ladder" / "ladder.csv").open() as f:
+        trained = [row["name"] for row in csv.DictReader(f) if row["loss"]]
+    assert trained == [plan[0]["name"]]
 
     runs = _json(capsys, [*argv, "--json"])["runs"]
     assert [r["name"] for r in runs] == [r["name"] for r in plan]
