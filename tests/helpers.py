@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
+import torch
 
 from pretrain.config import ExperimentConfig
 from pretrain.train.trainer import Trainer
@@ -34,6 +35,16 @@ def crash_then_resume(
     if after_crash is not None:
         after_crash()
     Trainer(make_config(), resume=True).fit()
+
+
+def perturb_norms_and_biases(model: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:
+    """Move norm weights off one and biases off zero (in place), so a parity test catches a
+    swapped or dropped tensor that the initial values would hide. Returns ``model``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(scale * torch.randn_like(p))
+    return model
 
 
 def merge_span_corruption(

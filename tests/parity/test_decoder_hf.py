@@ -10,6 +10,7 @@ import torch
 from pretrain.generate import generate
 from pretrain.models.decoder import DecoderConfig, DecoderLM
 from pretrain.models.decoder.hf import from_hf, hf_config, to_hf
+from tests.helpers import perturb_norms_and_biases
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,12 +31,7 @@ def make_model(seed: int = 0, **overrides) -> DecoderLM:
     if overrides.get("style") == "llama":
         kw["rope_theta"] = 5000.0  # not the default, so a dropped theta shows
     model = DecoderLM(DecoderConfig(**{**kw, **overrides}))
-    # Init leaves norms at one and biases at zero, which would hide a swapped or dropped tensor.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return perturb_norms_and_biases(model).eval()
 
 
 @pytest.fixture(params=list(CASES), ids=list(CASES))

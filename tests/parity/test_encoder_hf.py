@@ -11,6 +11,7 @@ from pretrain.models.common.attention import attention_mask
 from pretrain.models.encoder import EncoderConfig, EncoderLM, encoder_config
 from pretrain.models.encoder.hf import from_hf, hf_config, to_hf
 from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec
+from tests.helpers import perturb_norms_and_biases
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,12 +25,7 @@ def make_model(seed: int = 0, **overrides) -> EncoderLM:
     # ~6e-4 in the logits (at 0.02 they differ by ~2e-6, under the 1e-5 bar).
     kw = dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, max_seq_len=128, init_std=0.1)
     model = EncoderLM(EncoderConfig(**{**kw, **overrides}))
-    # Init leaves norms at one and biases at zero, which would hide a swapped or dropped tensor.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return perturb_norms_and_biases(model).eval()
 
 
 @pytest.fixture(scope="module")

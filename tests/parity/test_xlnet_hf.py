@@ -12,6 +12,7 @@ from pretrain.models.xlnet import XLNetConfig, XLNetLM
 from pretrain.models.xlnet.hf import from_hf, hf_config, to_hf
 from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec
 from pretrain.objectives.plm import PermutationLM
+from tests.helpers import perturb_norms_and_biases
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,12 +23,7 @@ def make_model(seed: int = 0, **overrides) -> XLNetLM:
     torch.manual_seed(seed)
     kw = dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, init_std=0.1)
     model = XLNetLM(XLNetConfig(**{**kw, **overrides}))
-    # Init leaves norms at one and biases at zero, which would hide a swapped or dropped tensor.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    return perturb_norms_and_biases(model).eval()
 
 
 @pytest.fixture(scope="module")

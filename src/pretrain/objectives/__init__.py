@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
-from pretrain.objectives.mixture import ObjectiveMixture
+from pretrain.objectives.mixture import ObjectiveMixture, window_length
 from pretrain.objectives.mlm import MaskedLM, word_start_table
 from pretrain.objectives.plm import PermutationLM
 from pretrain.objectives.prefix_lm import EncoderDecoderPrefixLM, PrefixLM
@@ -173,5 +173,4 @@ def _build_bart(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int) -> BAR
 
 def loader_seq_len(objective, seq_len: int) -> int:
     """The loader's T: windows hold T+1 raw tokens, or what the objective asks for (T5 spans)."""
-    window = getattr(objective, "window_length", None)
-    return seq_len if window is None else window(seq_len) - 1
+    return window_length(objective, seq_len) - 1
