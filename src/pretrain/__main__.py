@@ -1,7 +1,5 @@
 """``python -m pretrain ...`` and ``torchrun -m pretrain ...``: the ``pretrain`` command."""
 
-import sys
+from pretrain.cli import run
 
-from pretrain.cli import main
-
-sys.exit(main())
+run()

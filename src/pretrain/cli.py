@@ -150,5 +150,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     return handler(args)
 
 
+def run() -> None:
+    """The ``pretrain`` console script: :func:`main`, then the exit a torchrun worker needs."""
+    from pretrain.distributed.env import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pretrain.config import ExperimentConfig, load_config
+from pretrain.distributed.env import exit_process
 from pretrain.train.trainer import Trainer
 
 
@@ -34,3 +35,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +107,30 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank got here: no rank closes its connections
+    while a peer may still be finishing the last collective."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> typing.NoReturn:
+    """End the process with ``code``; a worker of a multi-process launch skips interpreter
+    finalization.
+
+    PyTorch can abort a process (SIGABRT, "terminate called without an active exception")
+    while the interpreter is being torn down, when a gloo or autograd worker thread still holds
+    tensors owned by Python (pytorch/pytorch#190489; the atexit fix of #179291 was abandoned).
+    torchrun then reports a finished run as failed. By the time this is called the run's files
+    are written and closed, so a worker flushes its logs and streams and leaves with
+    ``os._exit``; a single process exits normally.
+    """
+    if env_world()[2] > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _free_port() -> int:
