@@ -173,7 +173,7 @@ def make_steps(ours, hf, args, device):
                 tm = batch.target_mapping
                 rows = torch.einsum("bmt,bt->bm", tm, labels.to(tm.dtype)).long()
                 rows[tm.sum(-1) == 0] = -100
-                perm = batch.attention.permutation_mask.to(tm.dtype)
+                perm = (~batch.attention.permutation_allowed()).to(tm.dtype)
                 kwargs.update(labels=rows, perm_mask=perm, target_mapping=tm, use_mems=False)
             with autocast():
                 loss = model(**kwargs).loss

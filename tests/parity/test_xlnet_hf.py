@@ -49,7 +49,7 @@ def hf_out(hf, batch, labels=None):
     with torch.no_grad():
         return hf(
             batch.input_ids,
-            perm_mask=batch.attention.permutation_mask.float(),
+            perm_mask=(~batch.attention.permutation_allowed()).float(),
             target_mapping=batch.target_mapping,
             labels=labels,
         )
@@ -92,7 +92,7 @@ def test_identity_mapping_and_padding_rows_match_hf(model, hf):
     for tm in (eye, padded):
         with torch.no_grad():
             _, g = model.streams(batch.input_ids, batch.attention, None if tm is eye else tm)
-            out = hf(batch.input_ids, perm_mask=batch.attention.permutation_mask.float(),
+            out = hf(batch.input_ids, perm_mask=(~batch.attention.permutation_allowed()).float(),
                      target_mapping=tm)  # fmt: skip
         assert (model.logits(g) - out.logits).abs().max().item() < 1e-5
 
@@ -108,7 +108,10 @@ def test_content_stream_and_segments_match_hf(model, hf):
         _, g = model.streams(x, perm, None, token_type_ids=types)
         eye = torch.eye(T).expand(2, T, T)
         out = hf(
-            x, perm_mask=perm.permutation_mask.float(), target_mapping=eye, token_type_ids=types
+            x,
+            perm_mask=(~perm.permutation_allowed()).float(),
+            target_mapping=eye,
+            token_type_ids=types,
         )
     assert (model.logits(g) - out.logits).abs().max().item() < 1e-5
 

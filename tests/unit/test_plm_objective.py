@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pretrain.data.loader import TokenBatch
+from pretrain.models.common.attention import attention_mask
 from pretrain.objectives import OBJECTIVES, check_pairing
-from pretrain.objectives.base import IGNORE_INDEX
+from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec
 from pretrain.objectives.plm import (
     PermutationLM,
     hf_order,
@@ -97,7 +98,7 @@ def test_partial_prediction_predicts_the_last_sixth_of_the_order_in_spans():
     assert torch.equal(mb.input_ids, tokens)  # the content stream keeps real tokens
     # the targets are the last of the order: each sees every context token, no context token
     # sees a target
-    perm = mb.attention.permutation_mask
+    perm = ~mb.attention.permutation_allowed()
     for b in range(16):
         t = targets[b]
         assert perm[b][~t][:, t].all()
@@ -110,6 +111,15 @@ def test_partial_prediction_predicts_the_last_sixth_of_the_order_in_spans():
     assert tm.shape == (16, 20, 120)
     assert torch.equal(tm.sum(1).bool(), targets)
     assert (tm.sum(2) == 1).all()
+
+
+def test_the_batch_carries_ranks_not_a_t_by_t_mask():
+    _, _, mb = draw(B=3, T=64, seed=2, specials_every=9)
+    spec = mb.attention
+    assert spec.permutation_mask is None
+    assert spec.query_rank.shape == spec.key_rank.shape == (3, 64)
+    dense = AttentionSpec("permutation", permutation_mask=~spec.permutation_allowed())
+    assert torch.equal(attention_mask(dense, 64), attention_mask(spec, 64))
 
 
 def test_special_tokens_are_never_targets_and_keep_their_rank():
@@ -127,13 +137,14 @@ def test_draws_are_seeded_new_per_sample_and_pure():
     same.tokens[1] = same.tokens[0]
     a = obj(same, torch.Generator().manual_seed(5))
     assert not torch.equal(a.labels[0] != -100, a.labels[1] != -100)  # new draw per sample
-    assert not torch.equal(a.attention.permutation_mask[0], a.attention.permutation_mask[1])
+    a_allowed = a.attention.permutation_allowed()
+    assert not torch.equal(a_allowed[0], a_allowed[1])
     x = obj(tb, torch.Generator().manual_seed(7))
     y = obj(tb, torch.Generator().manual_seed(7))
     z = obj(tb, torch.Generator().manual_seed(8))
-    assert torch.equal(x.attention.permutation_mask, y.attention.permutation_mask)
+    assert torch.equal(x.attention.permutation_allowed(), y.attention.permutation_allowed())
     assert torch.equal(x.labels, y.labels) and torch.equal(x.target_mapping, y.target_mapping)
-    assert not torch.equal(x.attention.permutation_mask, z.attention.permutation_mask)
+    assert not torch.equal(x.attention.permutation_allowed(), z.attention.permutation_allowed())
     with pytest.raises(ValueError, match="Generator"):
         obj(tb)
 

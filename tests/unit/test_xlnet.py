@@ -35,7 +35,7 @@ def perturbed(batch, b: int, i: int):
 
 def test_query_stream_at_a_target_never_depends_on_its_own_token():
     model, batch = make_model(), plm_batch()
-    perm = batch.attention.permutation_mask
+    perm = ~batch.attention.permutation_allowed()
     with torch.no_grad():
         hidden = model(batch)
         for b in range(2):

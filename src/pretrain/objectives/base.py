@@ -26,18 +26,25 @@ class AttentionSpec:
     Attributes:
         kind: ``causal`` (position i sees j <= i), ``bidirectional`` (all), ``prefix``
             (bidirectional inside the first ``prefix_lengths[b]`` positions, causal after),
-            ``permutation`` (``permutation_mask[b, i, j]`` True where i may NOT see j, as
-            XLNet's ``perm_mask``).
+            ``permutation`` (XLNet's ``perm_mask``: i may NOT see j, given densely as
+            ``permutation_mask`` or compactly as ``query_rank``/``key_rank``).
         document_ids: ``(B, T)``; when given, a position only sees positions of the same
             document (packed sequences never attend across documents).
         prefix_lengths: ``(B,)`` for ``kind == "prefix"``.
-        permutation_mask: ``(B, T, T)`` bool for ``kind == "permutation"``.
+        permutation_mask: ``(B, T, T)`` bool for ``kind == "permutation"``: True where i may
+            NOT see j.
+        query_rank, key_rank: ``(B, T)`` int64, the same rule without a ``T x T`` tensor: i may
+            NOT see j exactly when ``query_rank[b, i] <= key_rank[b, j]`` (see
+            :func:`pretrain.objectives.plm.permutation_ranks`). A kernel that takes a mask rule
+            (FlexAttention) reads these; :func:`permutation_allowed` expands them.
     """
 
     kind: AttentionKind = "causal"
     document_ids: torch.Tensor | None = None
     prefix_lengths: torch.Tensor | None = None
     permutation_mask: torch.Tensor | None = None
+    query_rank: torch.Tensor | None = None
+    key_rank: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> AttentionSpec:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -48,7 +55,24 @@ class AttentionSpec:
             move(self.document_ids),
             move(self.prefix_lengths),
             move(self.permutation_mask),
+            move(self.query_rank),
+            move(self.key_rank),
         )
+
+    def permutation_allowed(self) -> torch.Tensor:
+        """``(B, T, T)`` bool, True where i may see j, for ``kind == "permutation"``.
+
+        Raises:
+            ValueError: when neither ``permutation_mask`` nor both ranks are given.
+        """
+        if self.permutation_mask is not None:
+            return ~self.permutation_mask.bool()
+        if self.query_rank is None or self.key_rank is None:
+            raise ValueError(
+                "attention kind 'permutation' needs permutation_mask (B, T, T) or "
+                "query_rank and key_rank (B, T)"
+            )
+        return self.query_rank[:, :, None] > self.key_rank[:, None, :]
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ token is predicted from the tokens before it *in that order*. With partial predi
 token is context and gets order -1, so it is visible to all positions and sees no target.
 Targets are chosen in spans, as the original ``data_utils.py::_sample_mask`` does.
 
-The objective only describes who may see whom (DESIGN.md §3): ``permutation_mask[b, i, j]``
-True where i may NOT see j (XLNet's ``perm_mask``, the query-stream mask; the content stream
-clears the diagonal), and ``target_mapping`` ``(B, M, T)``, one one-hot row per predicted
-position. Labels are the tokens themselves at the targets, -100 elsewhere.
+The objective only describes who may see whom (DESIGN.md §3): XLNet's ``perm_mask`` (i may
+NOT see j; the query-stream mask, the content stream clearing the diagonal) as two ``(B, T)``
+ranks, ``query_rank`` and ``key_rank`` (:func:`permutation_ranks`), and ``target_mapping``
+``(B, M, T)``, one one-hot row per predicted position. Labels are the tokens themselves at
+the targets, -100 elsewhere.
 
 Two rules, from ``reference/objectives.md`` §6:
 
@@ -128,25 +129,43 @@ def hf_order(length: int, generator: torch.Generator) -> torch.Tensor:
     return index[torch.randperm(half, generator=generator)].T.reshape(-1)
 
 
-def permutation_mask(
+# Key rank of a position nobody is hidden from (context under the XLNet rule): below every
+# query rank (which are >= -1), so ``query_rank <= key_rank`` never holds for it.
+VISIBLE_TO_ALL = -(2**62)
+
+
+def permutation_ranks(
     order: torch.Tensor, target: torch.Tensor, special: torch.Tensor, rule: Rule = "xlnet"
-) -> torch.Tensor:
-    """``(T, T)`` bool, True where i may NOT see j (query stream; XLNet's ``perm_mask``).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """XLNet's ``perm_mask`` as two ``(..., T)`` ranks: i may NOT see j iff
+    ``query_rank[i] <= key_rank[j]``.
+
+    ``query_rank`` is ``self_rev`` and ``key_rank`` is ``rev`` where j is hidden (a target or,
+    under the XLNet rule, a special token) and :data:`VISIBLE_TO_ALL` elsewhere. Two vectors
+    instead of a ``T x T`` matrix: the batch stays O(T), and FlexAttention evaluates the rule
+    per block (``models/common/flex.py``).
 
     Args:
-        order: ``(T,)`` rank of each position in the factorization order.
-        target: ``(T,)`` predicted positions.
-        special: ``(T,)`` special tokens (never targets; they keep their rank).
+        order: ``(..., T)`` rank of each position in the factorization order.
+        target: ``(..., T)`` predicted positions.
+        special: ``(..., T)`` special tokens (never targets; they keep their rank).
         rule: ``xlnet`` (a special token sees itself) or ``hf``.
     """
     context = ~target & ~special
     rev = torch.where(context, torch.full_like(order, -1), order)
-    if rule == "xlnet":
-        self_rev = torch.where(target, rev, rev + 1)
-    else:
-        self_rev = rev
+    self_rev = torch.where(target, rev, rev + 1) if rule == "xlnet" else rev
     hidden = ~context if rule == "xlnet" else target
-    return (self_rev[:, None] <= rev[None, :]) & hidden[None, :]
+    key_rank = torch.where(hidden, rev, torch.full_like(rev, VISIBLE_TO_ALL))
+    return self_rev, key_rank
+
+
+def permutation_mask(
+    order: torch.Tensor, target: torch.Tensor, special: torch.Tensor, rule: Rule = "xlnet"
+) -> torch.Tensor:
+    """``(T, T)`` bool, True where i may NOT see j (query stream; XLNet's ``perm_mask``):
+    ``(self_rev[i] <= rev[j]) & hidden[j]``, from :func:`permutation_ranks`."""
+    query_rank, key_rank = permutation_ranks(order, target, special, rule)
+    return query_rank[..., :, None] <= key_rank[..., None, :]
 
 
 class PermutationLM:
@@ -191,7 +210,7 @@ class PermutationLM:
         if self.rule == "hf" and T % 2:
             raise ValueError(f"rule 'hf' needs an even sequence length, got {T}")
         special = torch.isin(tokens, self.special_ids)  # (B, T)
-        perm = torch.empty(B, T, T, dtype=torch.bool)
+        orders = torch.empty(B, T, dtype=torch.long)
         targets = torch.empty(B, T, dtype=torch.bool)
         for b in range(B):
             eligible = ~special[b]
@@ -204,7 +223,8 @@ class PermutationLM:
                 t = span_targets_hf(T, eligible, generator, 1 / self.partial_k, self.max_span)
                 order = hf_order(T, generator)
             targets[b] = t
-            perm[b] = permutation_mask(order, t, special[b], self.rule)
+            orders[b] = order
+        query_rank, key_rank = permutation_ranks(orders, targets, special, self.rule)
         labels = torch.where(targets, tokens, IGNORE_INDEX)
         if self.rule == "hf":
             inputs = torch.where(targets, self.mask_id, tokens)
@@ -215,7 +235,7 @@ class PermutationLM:
         return ModelBatch(
             input_ids=inputs,
             labels=labels,
-            attention=AttentionSpec("permutation", permutation_mask=perm),
+            attention=AttentionSpec("permutation", query_rank=query_rank, key_rank=key_rank),
             target_mapping=mapping,
             objective=self.name,
         )

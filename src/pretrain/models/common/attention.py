@@ -53,9 +53,7 @@ def attention_mask(
         # Every query sees the whole prefix; past it, causal. Inside the prefix, j < P covers it.
         allowed = causal[None] | (idx[None, None, :] < prefix[:, None, None])  # (B, T, T)
     elif spec.kind == "permutation":
-        if spec.permutation_mask is None:
-            raise ValueError("attention kind 'permutation' needs permutation_mask (B, T, T)")
-        allowed = ~spec.permutation_mask.to(device=idx.device, dtype=torch.bool)  # (B, T, T)
+        allowed = spec.permutation_allowed().to(idx.device)  # (B, T, T)
     else:
         raise ValueError(
             f"unknown attention kind {spec.kind!r}; valid: causal, bidirectional, prefix, "
