@@ -5,6 +5,7 @@
     python bench/bench_train_gpu.py --objective mlm          # bert-base MLM, 32 x 512
     python bench/bench_train_gpu.py --objective span         # t5-v1_1-base span corruption
     python bench/bench_train_gpu.py --objective plm          # xlnet-base permutation LM
+    python bench/bench_train_gpu.py --objective plm --attention-backend flex --sides ours
     python bench/bench_train_gpu.py --doc-len 300 --attention-backend flex --sides ours
     python bench/bench_train_gpu.py --device cpu --size debug --batch 2 --seq-len 64 \\
         --steps 2 --warmup 1 --sides ours_eager,hf_eager     # a smoke run without a GPU
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -95,8 +97,19 @@ def build_models(args, device):
         from pretrain.models.xlnet.hf import to_hf
         from pretrain.models.xlnet.model import XLNetLM
 
-        ours = XLNetLM(xlnet_config(args.size, args.vocab, max_seq_len=args.seq_len))
+        cfg = xlnet_config(
+            args.size,
+            args.vocab,
+            max_seq_len=args.seq_len,
+            attention_backend=args.attention_backend,
+            position_encoding=args.position_encoding,
+        )
+        ours = XLNetLM(cfg)
         objective = PermutationLM(list(range(NUM_SPECIAL)), mask_id=MASK)
+        if args.position_encoding == "rope":  # HF has Transformer-XL positions only: its
+            # twin is a txl model of the same shape (other weights, so another first loss)
+            twin = XLNetLM(dataclasses.replace(cfg, position_encoding="txl"))
+            return ours.to(device).train(), to_hf(twin).to(device).train(), objective
     else:
         from pretrain.models.encoder_decoder.hf import to_hf
         from pretrain.models.encoder_decoder.model import EncoderDecoderLM
@@ -201,8 +214,10 @@ def sync(device: torch.device) -> None:
 
 def measure(step, batches, args, device) -> dict:
     """Compile + warmup seconds, tokens/s, first loss and peak memory of one side."""
+    resident = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device) / 2**30
     start = time.perf_counter()
     first = float(step(batches[0]))
     for i in range(1, args.warmup):
@@ -221,6 +236,9 @@ def measure(step, batches, args, device) -> dict:
         "warmup_seconds": warm,
         "first_loss": first,
         "peak_memory_gib": peak,
+        # what the side added on top of what was resident when it started (both models'
+        # weights, and the optimizer states of sides measured before it)
+        "peak_above_start_gib": None if peak is None else peak - resident,
     }
 
 
@@ -244,6 +262,12 @@ def parse_args() -> argparse.Namespace:
         help="CLM: mean packed document length; document masking on (ours only: HF has none)",
     )
     p.add_argument("--attention-backend", choices=["sdpa", "flex"], default="sdpa")
+    p.add_argument(
+        "--position-encoding",
+        choices=["txl", "rope"],
+        default="txl",
+        help="PLM: XLNet's positions (rope: HF's side is a txl twin of the same shape)",
+    )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument("--json-out")
     args = p.parse_args()
@@ -282,13 +306,18 @@ def main() -> None:
         print(json.dumps({"side": side, **r}), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print("\n| side | tokens/s | MFU | compile + warmup s | peak GiB |\n|---|---:|---:|---:|---:|")
+    print(
+        "\n| side | tokens/s | MFU | compile + warmup s | peak GiB | above start GiB |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for side, r in results.items():
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         mem = "n/a" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        above = r["peak_above_start_gib"]
+        above = "n/a" if above is None else f"{above:.1f}"
         print(
             f"| {side} | {r['tokens_per_second']:,.0f} | {mfu} | {r['warmup_seconds']:.1f} "
-            f"| {mem} |"
+            f"| {mem} | {above} |"
         )
     for a, b in (("ours", "hf"), ("ours", "hf_eager"), ("ours_eager", "hf_eager")):
         if a in results and b in results:

@@ -182,6 +182,8 @@ class ModelConfig:
     qk_norm: bool | None = None
     tie_embeddings: bool | None = None
     attention_backend: typing.Literal["sdpa", "flex"] | None = None
+    position_encoding: typing.Literal["txl", "rope"] | None = None
+    """XLNet only: Transformer-XL relative positions (default) or RoPE."""
     init_from: str | None = None
     """Local Hugging Face checkpoint directory to continue pretraining from."""
 

@@ -63,3 +63,36 @@ def test_plm_run_evaluates_and_exports_to_xlnet(shards_dir, tokenizer_dir, tmp_p
         _, g = ours.streams(x, AttentionSpec("permutation", permutation_mask=perm), tm)
         theirs = hf(x, perm_mask=perm.float(), target_mapping=tm).logits
     torch.testing.assert_close(theirs, ours.logits(g), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_xlnet_trains_resumes_and_refuses_hf_export(
+    shards_dir, tokenizer_dir, tmp_path, capsys, monkeypatch
+):
+    rope = ["--model.position_encoding=rope"]
+    cfg = lambda run: load_config(  # noqa: E731
+        ExperimentConfig, None, [*_args(shards_dir, tokenizer_dir, run), *rope]
+    )
+    straight = tmp_path / "straight"
+    Trainer(cfg(straight)).fit()
+    losses = [loss for _, loss in _losses(straight)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # learning
+    crashed = tmp_path / "crashed"
+    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
+    assert _losses(crashed) == _losses(straight)
+    capsys.readouterr()
+    assert main(["export", "--run", str(straight), "--out", str(tmp_path / "hf")]) != 0
+    assert "position_encoding='rope'" in capsys.readouterr().err
+
+
+def test_flex_on_cpu_and_position_encoding_off_xlnet_are_refused(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    flex = [*_args(shards_dir, tokenizer_dir, tmp_path / "a"), "--model.attention_backend=flex"]
+    assert main(["train", *flex, "--train.device=cpu"]) != 0
+    assert "attention_backend=flex trains on CUDA only" in capsys.readouterr().err
+    decoder = [
+        *_overrides(shards_dir, tokenizer_dir, tmp_path / "b"),
+        "--model.position_encoding=rope",
+    ]
+    assert main(["train", *decoder]) != 0
+    assert "position_encoding" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pretrain.data.loader import TokenBatch
@@ -13,9 +14,15 @@ from pretrain.objectives.plm import PermutationLM
 VOCAB, T = 200, 36
 
 
-def make_model() -> XLNetLM:
+POSITIONS = pytest.mark.parametrize("position_encoding", ["txl", "rope"])
+
+
+def make_model(position_encoding: str = "txl") -> XLNetLM:
     torch.manual_seed(0)
-    return XLNetLM(XLNetConfig(VOCAB, d_model=32, n_layers=2, n_heads=4, init_std=0.1)).eval()
+    cfg = XLNetConfig(
+        VOCAB, d_model=32, n_layers=2, n_heads=4, init_std=0.1, position_encoding=position_encoding
+    )
+    return XLNetLM(cfg).eval()
 
 
 def plm_batch(seed: int = 0, B: int = 2):
@@ -33,8 +40,9 @@ def perturbed(batch, b: int, i: int):
     return ids
 
 
-def test_query_stream_at_a_target_never_depends_on_its_own_token():
-    model, batch = make_model(), plm_batch()
+@POSITIONS
+def test_query_stream_at_a_target_never_depends_on_its_own_token(position_encoding):
+    model, batch = make_model(position_encoding), plm_batch()
     perm = ~batch.attention.permutation_allowed()
     with torch.no_grad():
         hidden = model(batch)
@@ -61,10 +69,11 @@ def first_layer_attention(model: XLNetLM, batch, ids) -> tuple[torch.Tensor, tor
     return seen[0], seen[1]  # the content stream runs first
 
 
-def test_content_stream_attends_to_its_own_token_the_query_stream_does_not():
+@POSITIONS
+def test_content_stream_attends_to_its_own_token_the_query_stream_does_not(position_encoding):
     """Through the attention itself, not the residual. (That the content stream also reads its
     own key and value, not only its query, is pinned by the HF parity tests.)"""
-    model, batch = make_model(), plm_batch(1)
+    model, batch = make_model(position_encoding), plm_batch(1)
     with torch.no_grad():
         h, g = first_layer_attention(model, batch, batch.input_ids)
         targets = torch.nonzero(batch.labels[0] != IGNORE_INDEX).squeeze(1).tolist()
@@ -74,8 +83,9 @@ def test_content_stream_attends_to_its_own_token_the_query_stream_does_not():
             assert torch.equal(g[0, row], g2[0, row]), i
 
 
-def test_output_lines_up_with_labels_with_or_without_target_mapping():
-    model, batch = make_model(), plm_batch(2)
+@POSITIONS
+def test_output_lines_up_with_labels_with_or_without_target_mapping(position_encoding):
+    model, batch = make_model(position_encoding), plm_batch(2)
     with torch.no_grad():
         mapped = model(batch)  # (B, T, d), zero where nothing is predicted
         dense = model(type(batch)(**{**batch.__dict__, "target_mapping": None}))
@@ -90,8 +100,9 @@ def test_output_lines_up_with_labels_with_or_without_target_mapping():
     assert torch.isfinite(total)
 
 
-def test_gradients_reach_every_trained_parameter():
-    model, batch = make_model().train(), plm_batch(3)
+@POSITIONS
+def test_gradients_reach_every_trained_parameter(position_encoding):
+    model, batch = make_model(position_encoding).train(), plm_batch(3)
     total, _, _ = cross_entropy_sum(
         model(batch), batch.labels, model.output_weight, output_bias=model.output_bias
     )
@@ -103,11 +114,35 @@ def test_gradients_reach_every_trained_parameter():
     }
 
 
+def test_rope_has_no_transformer_xl_position_weights():
+    names = {n for n, _ in make_model("rope").named_parameters()}
+    assert not any(n.endswith(("attn.pos.weight", "attn.position_bias")) for n in names)
+    assert "blocks.0.attn.pos.weight" in {n for n, _ in make_model("txl").named_parameters()}
+
+
+def test_rope_scores_depend_on_distance_only():
+    """Shifting the whole window's positions by a constant leaves RoPE attention unchanged,
+    so with a translation-invariant mask the streams see relative positions only."""
+    model = make_model("rope")
+    ids = torch.randint(10, VOCAB, (1, T))
+    with torch.no_grad():
+        base = model.streams(ids)[0]
+        shifted = model.positions(T + 5, torch.float32, "cpu")
+        moved = type(shifted)(cos=shifted.cos[5:], sin=shifted.sin[5:])
+        model.positions = lambda *_: moved  # every layer reads positions 5 .. T + 4
+        torch.testing.assert_close(model.streams(ids)[0], base, atol=1e-5, rtol=1e-5)
+
+
 def test_named_sizes_and_bad_values():
     assert xlnet_config("base", 32000).d_ff == 3072
-    for bad in (dict(d_model=30, n_heads=4), dict(n_layers=0), dict(init_std=0)):
-        try:
+    bad_values = (
+        (dict(d_model=30, n_heads=4), "divisible"),
+        (dict(n_layers=0), "n_layers"),
+        (dict(init_std=0), "init_std"),
+        (dict(position_encoding="alibi"), "position_encoding.*valid: txl, rope"),
+        (dict(attention_backend="xformers"), "attention_backend.*valid: sdpa, flex"),
+        (dict(rope_theta=0), "rope_theta"),
+    )
+    for bad, match in bad_values:
+        with pytest.raises(ValueError, match=match):
             XLNetConfig(100, **bad)
-        except ValueError:
-            continue
-        raise AssertionError(f"accepted {bad}")

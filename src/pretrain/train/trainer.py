@@ -113,6 +113,12 @@ class Trainer:
                 "or choose another --run.dir"
             )
         self.device = resolve_device(cfg.train.device)
+        if cfg.model.attention_backend == "flex" and self.device.type != "cuda":
+            raise TrainingError(
+                f"model.attention_backend=flex trains on CUDA only (PyTorch has no "
+                f"FlexAttention backward on {self.device.type}); use "
+                "--model.attention_backend=sdpa"
+            )
         try:
             self.dist: DistEnv = init_distributed(cfg.distributed, self.device)
         except ValueError as e:

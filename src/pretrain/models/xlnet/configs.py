@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pretrain.models.common.sizes import sized_config
+
+POSITION_ENCODINGS = ("txl", "rope")
+BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -34,6 +37,16 @@ class XLNetConfig:
         norm_eps: epsilon of every LayerNorm (1e-12 in XLNet).
         init_std: std of the normal init of every weight (XLNet: 0.02).
         clamp_len: relative distances are clamped to ``[-clamp_len, clamp_len]``; -1: never.
+        position_encoding: ``txl`` (default): Transformer-XL relative positions, as the paper
+            and HF ``XLNetLMHeadModel``, so checkpoints export and match HF exactly. ``rope``:
+            rotary embeddings of the absolute positions (Su et al. 2021), whose q·k depends on
+            ``i - j`` only; no ``(B, H, T, 2T)`` position table per layer, so attention is
+            plain (flash or FlexAttention) attention under the permutation mask. Not
+            exportable to HF.
+        rope_theta: RoPE base (``position_encoding="rope"`` only).
+        attention_backend: ``sdpa`` (a dense ``(B, H, M, T)`` float bias per stream) or
+            ``flex`` (FlexAttention: the permutation mask as a block mask over ranks, the
+            position term as a ``score_mod``; training needs CUDA, see ``xlnet/flex.py``).
     """
 
     vocab_size: int
@@ -45,6 +58,9 @@ class XLNetConfig:
     norm_eps: float = 1e-12
     init_std: float = 0.02
     clamp_len: int = -1
+    position_encoding: Literal["txl", "rope"] = "txl"
+    rope_theta: float = 10000.0
+    attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
         if self.d_ff is None and isinstance(self.d_model, int):
@@ -63,6 +79,20 @@ class XLNetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
+        for name, valid in (
+            ("position_encoding", POSITION_ENCODINGS),
+            ("attention_backend", BACKENDS),
+        ):
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"{name}: unknown {getattr(self, name)!r}; valid: {', '.join(valid)}"
+                )
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)):
+            raise ValueError(f"rope_theta must be a number, got {self.rope_theta!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta!r}")
+        if self.position_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"position_encoding=rope needs an even head_dim, got {self.head_dim}")
         if not isinstance(self.clamp_len, int) or isinstance(self.clamp_len, bool):
             raise ValueError(
                 f"clamp_len must be an integer (-1: no clamping), got {self.clamp_len!r}"

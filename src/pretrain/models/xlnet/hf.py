@@ -25,8 +25,19 @@ if TYPE_CHECKING:
 
 
 def hf_config(cfg: XLNetConfig) -> PretrainedConfig:
-    """The ``XLNetConfig`` (transformers) of the same network, dropout zero, no memory."""
+    """The ``XLNetConfig`` (transformers) of the same network, dropout zero, no memory.
+
+    Raises:
+        ValueError: for ``position_encoding="rope"``: HF XLNet has Transformer-XL positions
+            only.
+    """
     import transformers
+
+    if cfg.position_encoding != "txl":
+        refuse(
+            [f"position_encoding={cfg.position_encoding!r} (only 'txl', Transformer-XL)"],
+            "XLNetLMHeadModel",
+        )
 
     return transformers.XLNetConfig(
         vocab_size=cfg.vocab_size,

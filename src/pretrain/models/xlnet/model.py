@@ -22,14 +22,18 @@ the loss projects them onto the tied word embedding plus ``output_bias`` (HF ``l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.common.attention import attention_mask
 from pretrain.models.common.init import init_normal
+from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
 from pretrain.models.encoder.model import ErfGeluMLP
 from pretrain.models.xlnet.configs import XLNetConfig
+from pretrain.models.xlnet.flex import StreamRule, flex_two_stream_attention, stream_rules
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 # What HF XLNet adds to masked scores; a finite number, so a row with nothing visible stays
@@ -49,107 +53,190 @@ def relative_sinusoids(seq_len: int, d_model: int, clamp_len: int, device) -> to
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Position information shared by every layer of one forward.
+
+    Attributes:
+        sinusoids: ``(2T, d_model)`` Transformer-XL sinusoids of the distances ``T .. -T+1``
+            (``position_encoding="txl"``), else None.
+        cos, sin: ``(T, head_dim)`` rotary tables (``position_encoding="rope"``), else None.
+    """
+
+    sinusoids: torch.Tensor | None = None
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class DenseRule:
+    """One stream's visibility for the SDPA path: ``(B, M, T)`` tensors (None: not needed)."""
+
+    masked: torch.Tensor | None  # True where the query may NOT see the key
+    other_segment: torch.Tensor | None  # True where query and key are in different segments
+    query_pos: torch.Tensor  # (B, M) or (M,) position of each query row
+
+
+def dense_rules(
+    spec: AttentionSpec,
+    batch_size: int,
+    seq_len: int,
+    device,
+    query_pos: torch.Tensor | None,
+    token_types: torch.Tensor | None,
+) -> tuple[DenseRule, DenseRule]:
+    """The content-stream and query-stream rules of the SDPA path, built once per forward.
+
+    ``spec`` gives the query-stream mask (XLNet's ``perm_mask``); the content stream also sees
+    its own position. ``query_pos`` ``(B, M)`` selects the query stream's rows (None: one per
+    position).
+    """
+    B, T = batch_size, seq_len
+    allowed = attention_mask(spec, T, device)  # (B, 1, T, T) or None
+    masked = None if allowed is None else ~allowed[:, 0].expand(B, T, T)
+    other = None if token_types is None else token_types[:, :, None] != token_types[:, None, :]
+    positions = torch.arange(T, device=device)
+    content_masked = None
+    if masked is not None:
+        content_masked = masked & ~torch.eye(T, dtype=torch.bool, device=masked.device)
+    content = DenseRule(content_masked, other, positions)
+    if query_pos is None:
+        return content, DenseRule(masked, other, positions)
+    rows = query_pos[..., None].expand(B, query_pos.shape[1], T)
+    query = DenseRule(
+        None if masked is None else masked.gather(1, rows),
+        None if other is None else other.gather(1, rows),
+        query_pos,
+    )
+    return content, query
+
+
 class TwoStreamAttention(nn.Module):
     """Relative multi-head attention run once per stream with the same weights.
 
     ``qkv`` rows are ``[q; k; v]`` (HF's ``q``, ``k``, ``v`` of shape (d_model, H, hd),
     flattened); ``pos`` is HF's ``r``, ``out`` its ``o``; no biases but the three per-head
-    vectors of Transformer-XL/XLNet.
+    vectors of Transformer-XL/XLNet. With ``position_encoding="rope"`` there is no ``pos`` and
+    no ``position_bias``: queries and keys are rotated by their positions instead.
     """
 
     def __init__(self, cfg: XLNetConfig) -> None:
         super().__init__()
         d, H, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.n_heads, self.head_dim = H, hd
+        self.rope = cfg.position_encoding == "rope"
         self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.pos = nn.Linear(d, d, bias=False)
+        if not self.rope:
+            self.pos = nn.Linear(d, d, bias=False)
+            self.position_bias = nn.Parameter(torch.zeros(H, hd))  # r_r_bias
         self.out = nn.Linear(d, d, bias=False)
         self.content_bias = nn.Parameter(torch.zeros(H, hd))  # r_w_bias
-        self.position_bias = nn.Parameter(torch.zeros(H, hd))  # r_r_bias
         self.segment_bias = nn.Parameter(torch.zeros(H, hd))  # r_s_bias
         self.segment_embed = nn.Parameter(torch.zeros(2, H, hd))  # same / other segment
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
 
+    def score_tables(
+        self, q: torch.Tensor, k_pos: torch.Tensor | None, segments: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Scaled position scores ``(B, H, M, 2T)`` of every distance (None under RoPE) and
+        segment scores ``(B, H, M, 2)`` (same, other; None without segments) for ``q``."""
+        scale = self.head_dim**-0.5  # the kernels scale q·k by the same 1/sqrt(hd)
+        position = segment = None
+        if k_pos is not None:
+            position = torch.einsum("bmhd,phd->bhmp", q + self.position_bias, k_pos) * scale
+        if segments:
+            segment = torch.einsum("bmhd,shd->bhms", q + self.segment_bias, self.segment_embed)
+            segment = segment * scale
+        return position, segment
+
     def attend(
         self,
         q: torch.Tensor,
+        q_content: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        k_pos: torch.Tensor,
-        query_pos: torch.Tensor,
-        masked: torch.Tensor | None,
-        other_segment: torch.Tensor | None,
+        k_pos: torch.Tensor | None,
+        rule: DenseRule | StreamRule,
     ) -> torch.Tensor:
-        """Attention of M queries over T keys; returns ``(B, M, d_model)`` before ``out``.
+        """Attention of M queries over T keys ``(B, T, H, hd)``; returns ``(B, M, d_model)``
+        before ``out``.
 
         Args:
-            q: ``(B, M, H, hd)`` queries; k, v: ``(B, T, H, hd)``.
-            k_pos: ``(2T, H, hd)`` projected sinusoids of the distances ``T .. -T+1``.
-            query_pos: ``(B, M)`` or ``(M,)`` position of each query.
-            masked: ``(B, M, T)`` True where the query may not see the key, or None.
-            other_segment: ``(B, M, T)`` True where query and key are in different segments.
+            q: ``(B, M, H, hd)`` queries, for the position and segment terms.
+            q_content: the queries that meet the keys: ``q + r_w_bias`` (rotated under RoPE,
+                as the keys are).
+            k_pos: ``(2T, H, hd)`` projected sinusoids; None under RoPE.
+            rule: what each query may see (SDPA or FlexAttention form).
         """
         B, M, H, hd = q.shape
         T = k.shape[1]
-        # Position term for every distance, then for query at i and key j pick distance i - j,
-        # which sits at column j + T - i of the sinusoid table (Transformer-XL's rel-shift).
-        bd = torch.einsum("bmhd,phd->bhmp", q + self.position_bias, k_pos)  # (B, H, M, 2T)
-        keys = torch.arange(T, device=q.device)
-        column = keys + T - query_pos[..., None]  # (B|1, M, T)
-        column = column.expand(B, M, T)[:, None].expand(B, H, M, T)
-        bias = bd.gather(3, column)  # (B, H, M, T)
-        if other_segment is not None:
-            ef = torch.einsum("bmhd,shd->bhms", q + self.segment_bias, self.segment_embed)
-            bias = bias + torch.where(other_segment[:, None], ef[..., 1:], ef[..., :1])
-        bias = bias * hd**-0.5  # SDPA scales q·k by the same 1/sqrt(hd)
-        if masked is not None:
-            bias = bias.masked_fill(masked[:, None], MASKED_SCORE)
-        y = F.scaled_dot_product_attention(
-            (q + self.content_bias).transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=bias.to(q.dtype),
-        )  # (B, H, M, hd)
+        segments = (
+            rule.other_segment is not None
+            if isinstance(rule, DenseRule)
+            else rule.query_types is not None
+        )
+        position, segment = self.score_tables(q, k_pos, segments)
+        q_c, k, v = q_content.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if isinstance(rule, StreamRule):
+            y = flex_two_stream_attention(q_c, k, v, rule, position, segment)
+        else:
+            bias = None
+            if position is not None:
+                # Query at i and key j: distance i - j sits at column j + T - i of the table
+                # (Transformer-XL's rel-shift).
+                keys = torch.arange(T, device=q.device)
+                column = keys + T - rule.query_pos[..., None]  # (B|1, M, T)
+                column = column.expand(B, M, T)[:, None].expand(B, H, M, T)
+                bias = position.gather(3, column)  # (B, H, M, T)
+            if segment is not None:
+                other = rule.other_segment[:, None]
+                seg = torch.where(other, segment[..., 1:], segment[..., :1])
+                bias = seg if bias is None else bias + seg
+            if rule.masked is not None:
+                if bias is None:
+                    bias = torch.zeros(B, 1, M, T, dtype=q.dtype, device=q.device)
+                bias = bias.masked_fill(rule.masked[:, None], MASKED_SCORE)
+            mask = None if bias is None else bias.to(q.dtype)
+            y = F.scaled_dot_product_attention(q_c, k, v, attn_mask=mask)  # (B, H, M, hd)
         return y.transpose(1, 2).reshape(B, M, H * hd)
 
     def forward(
         self,
         h: torch.Tensor,
         g: torch.Tensor | None,
-        sinusoids: torch.Tensor,
-        masked: torch.Tensor | None,
-        query_pos: torch.Tensor | None,
+        positions: Positions,
+        content_rule: DenseRule | StreamRule,
+        query_rule: DenseRule | StreamRule | None,
         query_valid: torch.Tensor | None,
-        other_segment: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New ``(h, g)``: content ``(B, T, d)`` and query ``(B, M, d)`` streams.
 
-        ``masked`` is the query-stream mask (B, T, T); the content stream sees its own position.
-        ``query_pos`` (B, M) places the query rows (None: one per position); rows whose
-        ``query_valid`` is False (target-mapping padding) get no attention output, as in HF.
+        ``content_rule`` and ``query_rule`` say what each stream sees (the content stream also
+        sees its own position); query rows whose ``query_valid`` is False (target-mapping
+        padding) get no attention output, as in HF.
         """
         B, T, d = h.shape
         H, hd = self.n_heads, self.head_dim
         q, k, v = self.qkv(h).view(B, T, 3, H, hd).unbind(2)  # (B, T, H, hd) each
-        k_pos = self.pos(sinusoids).view(-1, H, hd)  # (2T, H, hd)
-        positions = torch.arange(T, device=h.device)
-        content_masked = None
-        if masked is not None:
-            content_masked = masked & ~torch.eye(T, dtype=torch.bool, device=h.device)
-        y = self.attend(q, k, v, k_pos, positions, content_masked, other_segment)
+        k_pos = None
+        q_content = q + self.content_bias
+        if self.rope:  # (q + u) rotated too, so every q·k term depends on i - j only
+            cos, sin = positions.cos[:, None], positions.sin[:, None]  # (T, 1, hd)
+            q_content, k = apply_rotary(q_content, cos, sin), apply_rotary(k, cos, sin)
+        else:
+            k_pos = self.pos(positions.sinusoids).view(-1, H, hd)  # (2T, H, hd)
+        y = self.attend(q, q_content, k, v, k_pos, content_rule)
         h_out = self.norm(h + self.out(y))
         if g is None:
             return h_out, None
         M = g.shape[1]
         q_g = F.linear(g, self.qkv.weight[:d]).view(B, M, H, hd)
-        if query_pos is None:
-            g_masked, g_segment, g_pos = masked, other_segment, positions
-        else:
-            rows = query_pos[..., None].expand(B, M, T)
-            g_pos = query_pos
-            g_masked = None if masked is None else masked.gather(1, rows)
-            g_segment = None if other_segment is None else other_segment.gather(1, rows)
-        y_g = self.attend(q_g, k, v, k_pos, g_pos, g_masked, g_segment)
+        q_g_content = q_g + self.content_bias
+        if self.rope:
+            rows = query_rule.query_pos.expand(B, M)
+            cos, sin = positions.cos[rows][:, :, None], positions.sin[rows][:, :, None]
+            q_g_content = apply_rotary(q_g_content, cos, sin)  # (B, M, 1, hd) tables
+        y_g = self.attend(q_g, q_g_content, k, v, k_pos, query_rule)
         if query_valid is not None:
             y_g = y_g * query_valid[..., None].to(y_g.dtype)
         return h_out, self.norm(g + self.out(y_g))
@@ -164,8 +251,8 @@ class XLNetBlock(nn.Module):
         self.mlp = ErfGeluMLP(cfg.d_model, cfg.d_ff, bias=True)
         self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
-    def forward(self, h, g, sinusoids, masked, query_pos, query_valid, other_segment):
-        h, g = self.attn(h, g, sinusoids, masked, query_pos, query_valid, other_segment)
+    def forward(self, h, g, positions, content_rule, query_rule, query_valid):
+        h, g = self.attn(h, g, positions, content_rule, query_rule, query_valid)
         h = self.mlp_norm(h + self.mlp(h))
         if g is not None:
             g = self.mlp_norm(g + self.mlp(g))
@@ -197,7 +284,10 @@ class XLNetLM(nn.Module):
         init_normal(self, std)
         for block in self.blocks:
             a = block.attn
-            for p in (a.content_bias, a.position_bias, a.segment_bias, a.segment_embed):
+            biases = [a.content_bias, a.segment_bias, a.segment_embed]
+            if not a.rope:
+                biases.append(a.position_bias)
+            for p in biases:
                 nn.init.normal_(p, mean=0.0, std=std)
         nn.init.normal_(self.mask_embed, mean=0.0, std=std)
         nn.init.zeros_(self.output_bias)
@@ -237,26 +327,46 @@ class XLNetLM(nn.Module):
         """
         B, T = input_ids.shape
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
-        allowed = attention_mask(spec, T, input_ids.device)  # (B, 1, T, T) or None
-        masked = None if allowed is None else ~allowed[:, 0].expand(B, T, T)
-        other_segment = None
-        if token_type_ids is not None:
-            other_segment = token_type_ids[:, :, None] != token_type_ids[:, None, :]
         h = self.embed(input_ids)  # (B, T, d)
         g = query_pos = query_valid = None
         if query_stream:
+            M = T
             if target_mapping is not None:
                 M = target_mapping.shape[1]
                 query_pos = target_mapping.argmax(-1)  # (B, M)
                 query_valid = target_mapping.sum(-1) > 0  # (B, M)
-            else:
-                M = T
             g = self.mask_embed.to(h.dtype).expand(B, M, -1)
-        sinusoids = relative_sinusoids(T, self.cfg.d_model, self.cfg.clamp_len, h.device)
-        sinusoids = sinusoids.to(h.dtype)
+        if self.uses_flex(spec):
+            rules = stream_rules(
+                B, T, h.device, spec.query_rank, spec.key_rank, query_pos, query_valid,
+                token_type_ids,
+            )  # fmt: skip
+        else:
+            rules = dense_rules(spec, B, T, h.device, query_pos, token_type_ids)
+        content_rule, query_rule = rules
+        positions = self.positions(T, h.dtype, h.device)
         for block in self.blocks:
-            h, g = block(h, g, sinusoids, masked, query_pos, query_valid, other_segment)
+            h, g = block(h, g, positions, content_rule, query_rule, query_valid)
         return h, g
+
+    def uses_flex(self, spec: AttentionSpec) -> bool:
+        """Whether ``spec`` runs through FlexAttention: ``attention_backend="flex"``, and a
+        rule it expresses without a dense mask (permutation ranks, or plain bidirectional)."""
+        if self.cfg.attention_backend != "flex" or spec.document_ids is not None:
+            return False
+        if spec.kind == "permutation":
+            return spec.permutation_mask is None and spec.query_rank is not None
+        return spec.kind == "bidirectional"
+
+    def positions(self, seq_len: int, dtype: torch.dtype, device) -> Positions:
+        """The position tables every layer shares for a window of ``seq_len``."""
+        cfg = self.cfg
+        if cfg.position_encoding == "rope":
+            inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)
+            cos, sin = rope_cos_sin(torch.arange(seq_len, device=device), inv_freq)
+            return Positions(cos=cos, sin=sin)
+        sinusoids = relative_sinusoids(seq_len, cfg.d_model, cfg.clamp_len, device)
+        return Positions(sinusoids=sinusoids.to(dtype))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project states (..., d_model) to float32 logits ``hidden @ W.T + b`` (HF ``lm_loss``)."""

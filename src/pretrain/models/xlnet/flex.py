@@ -1,0 +1,146 @@
+"""Two-stream attention through FlexAttention: no ``(B, T, T)`` tensor in the batch or the mask.
+
+Dong et al. 2024, "Flex Attention: A Programming Model for Generating Optimized Attention
+Kernels". The dense path (:class:`~pretrain.models.xlnet.model.TwoStreamAttention` with SDPA)
+adds a float ``(B, H, M, T)`` bias holding the mask, the Transformer-XL position term and the
+segment term. Here each of them is a rule evaluated inside the kernel:
+
+* **who sees whom** is a ``mask_mod`` over XLNet's permutation ranks (i may NOT see j iff
+  ``query_rank[i] <= key_rank[j]``, :func:`pretrain.objectives.plm.permutation_ranks`), built
+  once per forward into a ``BlockMask`` shared by every layer; the content stream also sees
+  its own position;
+* the **position term** ``(q + r_r_bias)·W_r R(i - j)`` is a ``score_mod`` reading the
+  ``(B, H, M, 2T)`` table of every distance at column ``j + T - i`` (Transformer-XL's rel-shift
+  as an index), so the ``(B, H, M, T)`` gather is never written; its gradient flows back into
+  the table;
+* the **segment term** is a ``score_mod`` reading a ``(B, H, M, 2)`` table.
+
+With ``position_encoding="rope"`` there is no position table: the mask is the whole rule.
+
+PyTorch runs FlexAttention's backward on CUDA only, so training through this path needs a GPU;
+on CPU the forward runs (unfused) and is checked against the dense path in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StreamRule:
+    """What one stream's queries may see, in the form the kernel reads.
+
+    Attributes:
+        block_mask: the ``BlockMask`` for ``(M, T)`` (None: every query sees every key).
+        query_pos: ``(B, M)`` position of each query row.
+        query_types: ``(B, M)`` segment of each query row (None: no segment term).
+        key_types: ``(B, T)`` segment of each key.
+    """
+
+    block_mask: object | None
+    query_pos: torch.Tensor
+    query_types: torch.Tensor | None = None
+    key_types: torch.Tensor | None = None
+
+
+def stream_rules(
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    query_rank: torch.Tensor | None,
+    key_rank: torch.Tensor | None,
+    query_pos: torch.Tensor | None,
+    query_valid: torch.Tensor | None,
+    token_types: torch.Tensor | None,
+) -> tuple[StreamRule, StreamRule]:
+    """The content-stream and query-stream rules for one forward.
+
+    Args:
+        batch_size, seq_len, device: B, T and where the tensors live.
+        query_rank, key_rank: ``(B, T)`` permutation ranks, or None (bidirectional).
+        query_pos: ``(B, M)`` positions of the query-stream rows (None: one row per position).
+        query_valid: ``(B, M)`` False for padding rows of ``target_mapping``; they see every
+            key (their output is zeroed afterwards), so no row is fully masked.
+        token_types: ``(B, T)`` segment ids, or None.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B = batch_size
+    positions = torch.arange(seq_len, device=device)
+    if query_pos is None:
+        query_pos = positions.expand(B, seq_len)
+    M = query_pos.shape[1]
+    content_pos = positions.expand(B, seq_len)
+    content_mask = query_mask = None
+    if query_rank is not None:
+
+        def content_mod(b, h, q_idx, kv_idx):
+            return (q_idx == kv_idx) | (query_rank[b, q_idx] > key_rank[b, kv_idx])
+
+        row_rank = query_rank.gather(1, query_pos)  # (B, M)
+        valid = query_valid if query_valid is not None else torch.ones_like(row_rank).bool()
+
+        def query_mod(b, h, q_idx, kv_idx):
+            return ~valid[b, q_idx] | (row_rank[b, q_idx] > key_rank[b, kv_idx])
+
+        content_mask = create_block_mask(content_mod, B, None, seq_len, seq_len, device=device)
+        query_mask = create_block_mask(query_mod, B, None, M, seq_len, device=device)
+    row_types = None if token_types is None else token_types.gather(1, query_pos)
+    content = StreamRule(content_mask, content_pos, token_types, token_types)
+    query = StreamRule(query_mask, query_pos, row_types, token_types)
+    return content, query
+
+
+def flex_two_stream_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rule: StreamRule,
+    position_table: torch.Tensor | None,
+    segment_table: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attention of ``q`` ``(B, H, M, hd)`` over ``k, v`` ``(B, H, T, hd)`` under ``rule``.
+
+    Args:
+        position_table: ``(B, H, M, 2T)`` scaled position scores of every distance ``T ..
+            -T+1`` per query row, or None (RoPE).
+        segment_table: ``(B, H, M, 2)`` scaled segment scores (same, other), or None.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    T = k.shape[2]
+    query_pos = rule.query_pos
+    query_types, key_types = rule.query_types, rule.key_types
+
+    def position_term(b, h, q_idx, kv_idx):
+        return position_table[b, h, q_idx, kv_idx + T - query_pos[b, q_idx]]
+
+    def segment_term(b, h, q_idx, kv_idx):
+        other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
+        return segment_table[b, h, q_idx, other]
+
+    # One closure per case: a score_mod with no branch on which tables exist.
+    def both_terms(score, b, h, q_idx, kv_idx):
+        return score + position_term(b, h, q_idx, kv_idx) + segment_term(b, h, q_idx, kv_idx)
+
+    def position_only(score, b, h, q_idx, kv_idx):
+        return score + position_term(b, h, q_idx, kv_idx)
+
+    def segment_only(score, b, h, q_idx, kv_idx):
+        return score + segment_term(b, h, q_idx, kv_idx)
+
+    score_mod = {
+        (True, True): both_terms,
+        (True, False): position_only,
+        (False, True): segment_only,
+        (False, False): None,
+    }[(position_table is not None, segment_table is not None)]
+    if q.is_cuda:
+        from pretrain.models.common.flex import compiled_flex_attention
+
+        attend = compiled_flex_attention()
+    else:
+        attend = flex_attention  # CPU: forward only, unfused (tests)
+    return attend(q, k, v, score_mod=score_mod, block_mask=rule.block_mask)
