@@ -242,6 +242,23 @@ def measure(step, batches, args, device) -> dict:
     }
 
 
+def profile(step, batches, steps: int, device, rows: int = 25) -> str:
+    """The kernels of ``steps`` more steps of a side, by self time on the device."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        sort = "self_cuda_time_total"
+    with torch_profile(activities=activities) as prof:
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        sync(device)
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", choices=sorted(DEFAULTS), default="clm")
@@ -270,6 +287,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument("--json-out")
+    p.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after timing a side, profile this many more steps and print its top kernels",
+    )
     args = p.parse_args()
     size, vocab, batch, seq_len = DEFAULTS[args.objective]
     args.size = args.size or size
@@ -304,6 +327,9 @@ def main() -> None:
         if side not in results or r["tokens_per_second"] > results[side]["tokens_per_second"]:
             results[side] = r  # a side named twice (e.g. alternating on a CPU) keeps its best
         print(json.dumps({"side": side, **r}), flush=True)
+        if args.profile_steps:
+            print(f"--- profile: {side}, {args.profile_steps} steps ---", flush=True)
+            print(profile(steps[side], batches, args.profile_steps, device), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(

@@ -27,6 +27,11 @@ mlm_bert() { part mlm_bert "${1:-100}" $BENCH --objective mlm --sides "${2:-ours
 span_t5() { part span_t5 "${1:-120}" $BENCH --objective span --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
 pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider; }
 clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
+plm_xlnet() { part plm_xlnet "${1:-150}" $BENCH --objective plm --sides "${2:-ours,hf_eager}"; }
+plm_xlnet_flex() { part plm_xlnet_flex "${1:-120}" $BENCH --objective plm --attention-backend flex --sides "${2:-ours}"; }
+plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
+span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
+clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
     clm_gpt2; mlm_bert; span_t5; pytest_gpu; clm_llama; clm_docs_flex
