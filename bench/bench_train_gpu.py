@@ -151,7 +151,8 @@ def make_steps(ours, hf, args, device):
     hf_opt = torch.optim.AdamW(
         param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=fused or None
     )
-    compiled_ours, compiled_hf = torch.compile(ours), torch.compile(hf)
+    mode = None if args.compile_mode == "default" else args.compile_mode
+    compiled_ours, compiled_hf = torch.compile(ours, mode=mode), torch.compile(hf, mode=mode)
 
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
@@ -205,6 +206,21 @@ def make_steps(ours, hf, args, device):
         steps["ours_eagerloss" + suffix] = ours_step(compiled_ours, False, rows)
         steps["ours_eager" + suffix] = ours_step(ours, False, rows)
     return steps
+
+
+def sdpa_backend(name: str) -> contextlib.AbstractContextManager:
+    """``sdpa_kernel`` limited to one backend (``auto``: PyTorch's own choice)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+    return sdpa_kernel(backend)
 
 
 def sync(device: torch.device) -> None:
@@ -286,6 +302,18 @@ def parse_args() -> argparse.Namespace:
         help="PLM: XLNet's positions (rope: HF's side is a txl twin of the same shape)",
     )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"],
+        help="torch.compile mode of both compiled sides",
+    )
+    p.add_argument(
+        "--sdpa-backend",
+        default="auto",
+        choices=["auto", "flash", "cudnn", "efficient", "math"],
+        help="restrict scaled_dot_product_attention to one kernel (both sides)",
+    )
     p.add_argument("--json-out")
     p.add_argument(
         "--profile-steps",
@@ -316,13 +344,15 @@ def main() -> None:
     header = (
         f"commit {git_commit()}, device {name}, torch {torch.__version__}, {args.objective} "
         f"{args.size}{'' if args.style is None else ' ' + args.style} "
-        f"({ours.num_params():,} params), batch {args.batch} x {args.seq_len}, {args.precision}"
+        f"({ours.num_params():,} params), batch {args.batch} x {args.seq_len}, {args.precision}, "
+        f"compile mode {args.compile_mode}, sdpa {args.sdpa_backend}"
     )
     print(header, flush=True)
     steps = make_steps(ours, hf, args, device)
     results = {}
     for side in args.sides.split(","):
-        r = measure(steps[side], batches, args, device)
+        with sdpa_backend(args.sdpa_backend):
+            r = measure(steps[side], batches, args, device)
         r["mfu"] = r["tokens_per_second"] * flops / peak if flops and peak else None
         if side not in results or r["tokens_per_second"] > results[side]["tokens_per_second"]:
             results[side] = r  # a side named twice (e.g. alternating on a CPU) keeps its best

@@ -32,6 +32,8 @@ plm_xlnet_flex() { part plm_xlnet_flex "${1:-120}" $BENCH --objective plm --atte
 plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
+clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
+clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-backend cudnn --sides "${2:-ours}"; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
     clm_gpt2; mlm_bert; span_t5; pytest_gpu; clm_llama; clm_docs_flex
