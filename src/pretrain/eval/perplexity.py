@@ -10,14 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
 from pretrain.data.loader import TokenBatch
+from pretrain.distributed import comm
 from pretrain.losses import cross_entropy_sum
 from pretrain.objectives.base import IGNORE_INDEX, ModelBatch
+
+
+def rounds(
+    batches: Iterable[TokenBatch], world_size: int, max_batches: int | None = None
+) -> Iterator[list[tuple[int, TokenBatch]]]:
+    """``(index, batch)`` pairs, ``world_size`` at a time (the last round may be short)."""
+    group: list[tuple[int, TokenBatch]] = []
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        group.append((i, batch))
+        if len(group) == world_size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 @torch.no_grad()
@@ -30,27 +47,38 @@ def evaluate(
     max_batches: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     accuracy: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Average loss over every label token of (up to ``max_batches``) ``batches``.
 
     With ``accuracy`` it also reports the share of label tokens whose most likely token is the
     label (MLM accuracy, as reported for BERT-style models).
+
+    Under ``torchrun`` every rank passes the same ``batches`` and evaluates every
+    ``world_size``-th of them (batch ``i`` on rank ``i % world_size``); the sums are then added
+    over ranks, so each rank returns the result of one process reading all batches, in
+    ``1 / world_size`` of the time. Ranks run forwards in lockstep rounds (FSDP gathers weights
+    inside the forward, a collective): in a short last round, a rank without a batch of its
+    own runs the round's first batch and counts nothing.
     """
     was_training = model.training
     model.eval()
     nats, tokens, num_bytes, correct = 0.0, 0, 0, 0
     per_task: dict[str, list] = {}  # task -> [nats, label tokens], when examples record one
-    # Objectives that corrupt their input (MLM) draw the same corruption at every evaluation,
-    # so evaluations at different steps compare like with like.
-    generator = torch.Generator().manual_seed(0)
-    for i, token_batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
+    for group in rounds(batches, world_size, max_batches):
+        own = rank < len(group)
+        i, token_batch = group[rank] if own else group[0]
+        # Objectives that corrupt their input (MLM) draw the same corruption for batch i at
+        # every evaluation and on any number of ranks, so evaluations compare like with like.
+        generator = torch.Generator().manual_seed(i)
         cpu_batch = objective(token_batch, generator)
         groups = cpu_batch.task_rows()
         batch = cpu_batch.to(device)
         with autocast():
             hidden = model(batch)
+        if not own:
+            continue
         for name, rows in groups:  # one group unless examples record their task
             h, y = hidden, batch.labels
             if rows is not None:
@@ -71,6 +99,11 @@ def evaluate(
             labels = batch.labels[batch.labels != IGNORE_INDEX]
             num_bytes += int(token_bytes.to(labels.device)[labels].sum())
     model.train(was_training)
+    if world_size > 1:
+        nats, tokens, num_bytes, correct = _sum_over_ranks(
+            [nats, tokens, num_bytes, correct], device
+        )
+        per_task = _merge_tasks(comm.gather_objects(per_task))
     if tokens == 0:
         raise ValueError("evaluation saw no label tokens (is the val split empty?)")
     loss = nats / tokens
@@ -83,6 +116,22 @@ def evaluate(
         "accuracy": correct / tokens if accuracy else None,
         **({"tasks": task_losses(per_task)} if per_task else {}),
     }
+
+
+def _sum_over_ranks(values: list[float], device: torch.device) -> list[float | int]:
+    """Each value summed over ranks (float64: exact for counts); counts come back as ints."""
+    total = comm.all_reduce_sum(torch.tensor(values, dtype=torch.float64), device).tolist()
+    return [total[0], *(int(round(v)) for v in total[1:])]
+
+
+def _merge_tasks(per_rank: list[dict[str, list]]) -> dict[str, list]:
+    merged: dict[str, list] = {}
+    for per_task in per_rank:
+        for name, (ce, count) in per_task.items():
+            sums = merged.setdefault(name, [0.0, 0])
+            sums[0] += ce
+            sums[1] += count
+    return merged
 
 
 def task_losses(per_task: dict[str, list]) -> dict[str, dict[str, Any]]:

@@ -464,7 +464,7 @@ class Trainer:
         if self.val_batches is None:
             return None
         self.val_batches.reset()
-        # Every rank evaluates the same batches: FSDP needs all ranks to gather weights.
+        # Each rank evaluates every world_size-th batch, in lockstep (FSDP gathers weights).
         with gathered(self.train_module):
             result = evaluate(
                 self.model,
@@ -475,6 +475,8 @@ class Trainer:
                 self.cfg.eval.max_batches,
                 self._autocast,
                 accuracy=self.objective.reports_accuracy,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
         record = {
             "step": self.state.step,
