@@ -1,5 +1,5 @@
 """Resharding and hangs, on CPU with gloo: a run saved on 2 ranks resumes on 4 at exactly the
-next sample and finishes like one process; a rank that stops responding (SIGSTOP, not death)
+next sample and finishes like one process (also when a DDP run resumes under FSDP); a rank that stops responding (SIGSTOP, not death)
 makes the other exit with the clear error within ``distributed.timeout_seconds``, leaving no
 checkpoint that looks complete but is not."""
 
@@ -41,24 +41,29 @@ SAVED_AT = 5  # checkpoint.every_steps of _overrides: the resume point
 GLOBAL_BATCH = 8  # windows a step (train.tokens_per_batch / train.seq_len)
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize(
+    ("saved_with", "strategy"), [("fsdp", "fsdp"), ("ddp", "ddp"), ("ddp", "fsdp")]
+)
 def test_saved_on_two_ranks_resumes_on_four(
+    saved_with,
     strategy,
     single_run,  # noqa: F811 (the fixture imported above)
     shards_dir,
     tokenizer_dir,
     tmp_path,
 ):
-    # Saved on 2 ranks at step 5 (the step-10 checkpoint is dropped: the run restarts there).
+    # Saved on 2 ranks at step 5 (the step-10 checkpoint is dropped: the run restarts there);
+    # ddp -> fsdp: whole weights and optimizer state are sharded on resume.
     run = tmp_path / "run"
+    saved_args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=saved_with)
+    _torchrun(["-m", "pretrain", "train"], saved_args)
     args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=strategy)
-    _torchrun(["-m", "pretrain", "train"], args)
     shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
     saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
     assert saved["world_size"] == 2
     assert saved["loader"]["num_samples_consumed"] == SAVED_AT * GLOBAL_BATCH
     assert (run / "checkpoints" / step_dir_name(SAVED_AT) / SHARDED_DIR).exists() == (
-        strategy == "fsdp"
+        saved_with == "fsdp"
     )
 
     # Resumed on 4 ranks (one micro-batch each a step instead of two).

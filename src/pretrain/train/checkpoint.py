@@ -304,6 +304,52 @@ def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Opt
     )
 
 
+def load_whole_into_sharded(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict,
+    prefix: str = "",
+) -> None:
+    """Load a checkpoint written without FSDP (whole weights, ``optimizer.state_dict()``) into
+    an FSDP-sharded ``module`` and its ``optimizer``: each rank keeps its shard.
+
+    ``optimizer.state_dict()`` numbers parameters in the order of its param groups; the
+    optimizer here is built by the same code over the same module, so number ``i`` is the
+    ``i``-th parameter of ``optimizer.param_groups``, and it is renamed to its FQN for
+    ``set_state_dict``. ``prefix`` is prepended to the model's names (``module`` may hold the
+    model as a submodule).
+
+    Raises:
+        CheckpointError: when the parameter groups do not line up (another model or optimizer).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = {id(p): name for name, p in module.named_parameters()}
+    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    saved_sizes = [len(g["params"]) for g in optim_state["param_groups"]]
+    if sizes != saved_sizes:
+        raise CheckpointError(
+            f"optimizer parameter groups of sizes {saved_sizes} in the checkpoint, {sizes} in "
+            "this run: not the same model or optimizer"
+        )
+    fqn_state = {
+        "state": {ordered[int(i)]: value for i, value in optim_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [ordered[int(i)] for i in group["params"]]}
+            for group in optim_state["param_groups"]
+        ],
+    }
+    set_state_dict(
+        module,
+        optimizer,
+        model_state_dict={prefix + k: v for k, v in model_state.items()},
+        optim_state_dict=fqn_state,
+        options=StateDictOptions(full_state_dict=True),
+    )
+
+
 def full_model_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """The whole (unsharded) weights of an FSDP ``module`` on CPU, on rank 0 (collective).
 

@@ -60,6 +60,7 @@ from pretrain.train.checkpoint import (
     list_steps,
     load_checkpoint,
     load_sharded,
+    load_whole_into_sharded,
     save_checkpoint,
     save_sharded,
     step_dir_name,
@@ -220,9 +221,13 @@ class Trainer:
             # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
             load_sharded(ckpt.sharded, self.loss_module, self.optimizer)
         elif is_fsdp(self.train_module):
-            raise TrainingError(
-                f"{ckpt.path} was written without FSDP (no {SHARDED_DIR}/); resume it with "
-                "distributed.strategy=ddp or none"
+            # Written by one process or DDP: every rank reads the whole state, keeps its shard.
+            load_whole_into_sharded(
+                self.loss_module,
+                self.optimizer,
+                ckpt.model_state,
+                ckpt.optim_state["optimizer"],
+                prefix="model.",
             )
         else:
             self.model.load_state_dict(ckpt.model_state)
