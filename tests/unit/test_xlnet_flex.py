@@ -1,7 +1,7 @@
 """XLNet's FlexAttention path computes what the dense SDPA path computes.
 
 The forward runs on CPU (unfused); the backward needs CUDA and is checked in
-``tests/gpu/test_xlnet_flex_gpu.py``.
+``tests/gpu/test_cuda.py``.
 """
 
 from __future__ import annotations
