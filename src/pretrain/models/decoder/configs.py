@@ -12,19 +12,26 @@ Every field can be overridden, so a named size is a starting point, not a cage.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pretrain.models.common.config_checks import (
+    ShapeMixin,
+    check_choices,
+    check_heads,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from pretrain.models.common.mlp import swiglu_hidden_dim
 from pretrain.models.common.sizes import sized_config
 
 Style = Literal["llama", "gpt2"]
 STYLES = ("llama", "gpt2")
+BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ShapeMixin):
     """Shape of a decoder-only language model.
 
     Attributes:
@@ -69,20 +76,15 @@ class DecoderConfig:
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise ValueError(f"style: unknown {self.style!r}; valid: {', '.join(STYLES)}")
+        check_choices(self, {"style": STYLES, "attention_backend": BACKENDS})
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.bias is None:
             self.bias = self.style == "gpt2"
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
+        check_positive_ints(
+            self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"
+        )
+        check_heads(self.d_model, self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
@@ -97,18 +99,8 @@ class DecoderConfig:
                 if self.style == "llama"
                 else 4 * self.d_model
             )
-        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
-            raise ValueError(f"d_ff must be a positive integer, got {self.d_ff!r}")
-        for name in ("rope_theta", "norm_eps", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        check_positive_ints(self, "d_ff")
+        check_positive_numbers(self, "rope_theta", "norm_eps", "init_std")
 
 
 _SIZES: dict[str, dict[str, Any]] = {

@@ -12,10 +12,16 @@ Every field can be overridden, so a named size is a starting point, not a cage.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pretrain.models.common.config_checks import (
+    ShapeMixin,
+    check_choices,
+    check_heads,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from pretrain.models.common.sizes import sized_config
 
 Style = Literal["bert"]
@@ -24,7 +30,7 @@ BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(ShapeMixin):
     """Shape of a BERT-style encoder with a masked-LM head.
 
     Attributes:
@@ -61,35 +67,15 @@ class EncoderConfig:
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise ValueError(f"style: unknown {self.style!r}; valid: {', '.join(STYLES)}")
-        if self.attention_backend not in BACKENDS:
-            raise ValueError(
-                f"attention_backend: unknown {self.attention_backend!r}; "
-                f"valid: {', '.join(BACKENDS)}"
-            )
+        check_choices(self, {"style": STYLES, "attention_backend": BACKENDS})
         if self.d_ff is None and isinstance(self.d_model, int):
             self.d_ff = 4 * self.d_model
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "d_ff",
-            "max_seq_len",
+        check_positive_ints(
+            self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
             "type_vocab_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        for name in ("norm_eps", "init_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        )  # fmt: skip
+        check_heads(self.d_model, self.n_heads)
+        check_positive_numbers(self, "norm_eps", "init_std")
         if self.pad_id is not None and (
             not isinstance(self.pad_id, int)
             or isinstance(self.pad_id, bool)
@@ -99,13 +85,6 @@ class EncoderConfig:
                 f"pad_id must be None or a token id in [0, vocab_size={self.vocab_size}), "
                 f"got {self.pad_id!r}"
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 _SIZES: dict[str, dict[str, Any]] = {

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pretrain.models.common.config_checks import check_positive_ints, check_positive_numbers
 from pretrain.models.common.sizes import sized_config
 
 
@@ -59,30 +60,17 @@ class EncoderDecoderConfig:
     def __post_init__(self) -> None:
         if self.n_decoder_layers is None and isinstance(self.n_layers, int):
             self.n_decoder_layers = self.n_layers
-        for name in (
-            "vocab_size",
-            "d_model",
-            "d_kv",
-            "n_heads",
-            "d_ff",
-            "n_layers",
-            "n_decoder_layers",
-            "relative_attention_num_buckets",
-            "relative_attention_max_distance",
-            "max_seq_len",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            self, "vocab_size", "d_model", "d_kv", "n_heads", "d_ff", "n_layers",
+            "n_decoder_layers", "relative_attention_num_buckets",
+            "relative_attention_max_distance", "max_seq_len",
+        )  # fmt: skip
         if self.relative_attention_num_buckets < 4:
             raise ValueError(
                 "relative_attention_num_buckets must be at least 4 (half exact, half "
                 f"logarithmic, per direction), got {self.relative_attention_num_buckets}"
             )
-        for name in ("norm_eps", "init_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        check_positive_numbers(self, "norm_eps", "init_factor")
         if self.decoder_start_id is None and isinstance(self.pad_id, int):
             self.decoder_start_id = self.pad_id
         for name in ("pad_id", "decoder_start_id"):

@@ -12,10 +12,16 @@ Every field can be overridden, so a named size is a starting point, not a cage.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pretrain.models.common.config_checks import (
+    ShapeMixin,
+    check_choices,
+    check_heads,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from pretrain.models.common.sizes import sized_config
 
 POSITION_ENCODINGS = ("txl", "rope")
@@ -23,7 +29,7 @@ BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
-class XLNetConfig:
+class XLNetConfig(ShapeMixin):
     """Shape of an XLNet with its LM head.
 
     Attributes:
@@ -65,45 +71,22 @@ class XLNetConfig:
     def __post_init__(self) -> None:
         if self.d_ff is None and isinstance(self.d_model, int):
             self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
+        check_positive_ints(
+            self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"
+        )
+        check_heads(self.d_model, self.n_heads)
         if self.d_model % 2:
             raise ValueError(f"d_model must be even (sin/cos pairs), got {self.d_model}")
-        for name in ("norm_eps", "init_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        for name, valid in (
-            ("position_encoding", POSITION_ENCODINGS),
-            ("attention_backend", BACKENDS),
-        ):
-            if getattr(self, name) not in valid:
-                raise ValueError(
-                    f"{name}: unknown {getattr(self, name)!r}; valid: {', '.join(valid)}"
-                )
-        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)):
-            raise ValueError(f"rope_theta must be a number, got {self.rope_theta!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta!r}")
+        check_positive_numbers(self, "norm_eps", "init_std", "rope_theta")
+        check_choices(
+            self, {"position_encoding": POSITION_ENCODINGS, "attention_backend": BACKENDS}
+        )
         if self.position_encoding == "rope" and self.head_dim % 2:
             raise ValueError(f"position_encoding=rope needs an even head_dim, got {self.head_dim}")
         if not isinstance(self.clamp_len, int) or isinstance(self.clamp_len, bool):
             raise ValueError(
                 f"clamp_len must be an integer (-1: no clamping), got {self.clamp_len!r}"
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 _SIZES: dict[str, dict[str, Any]] = {
