@@ -49,3 +49,11 @@ def test_original_is_the_merge_of_inputs_and_targets():
 def test_settings_needing_more_sentinels_than_exist_are_refused():
     with pytest.raises(ValueError, match="128 spans, but the tokenizer has only 100"):
         SpanCorruption(512, SENTINELS, EOS, PAD, noise_density=0.5, mean_noise_span_length=3.0)
+
+
+def test_wrong_window_length_and_missing_generator_are_refused():
+    objective = SpanCorruption(512, SENTINELS, EOS, PAD)
+    with pytest.raises(ValueError, match=r"span corruption \(seq_len 512\) needs windows of 568"):
+        objective(_batch(513), torch.Generator())
+    with pytest.raises(ValueError, match="pass a torch.Generator"):
+        objective(_batch(568))

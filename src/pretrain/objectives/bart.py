@@ -43,7 +43,7 @@ from pretrain.objectives.bart_noise import (
     token_deletion,
     token_masking,
 )
-from pretrain.objectives.base import AttentionSpec, ModelBatch
+from pretrain.objectives.base import AttentionSpec, ModelBatch, noised_windows
 
 _SENTENCE_PUNCTUATION = (".", "!", "?", "…")
 _CLOSERS = "\"'”’»)]"
@@ -149,15 +149,9 @@ class BARTDenoising:
         return x
 
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
-        if generator is None:
-            raise ValueError("BART draws new noise per example: pass a torch.Generator")
-        tokens = batch.tokens
-        B, length = tokens.shape
-        if length != self.raw_length:
-            raise ValueError(
-                f"BART needs windows of {self.raw_length} tokens for seq_len {self.seq_len}, "
-                f"got {length}"
-            )
+        what = f"BART (seq_len {self.seq_len})"
+        tokens = noised_windows(batch.tokens, generator, self.raw_length, what)
+        B = tokens.shape[0]
         input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=tokens.dtype)
         input_ids[:, 0] = self.bos_id
         for b, row in enumerate(tokens):

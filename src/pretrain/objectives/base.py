@@ -120,3 +120,20 @@ class ModelBatch:
     @property
     def num_label_tokens(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+
+def noised_windows(
+    batch_tokens: torch.Tensor, generator: torch.Generator | None, length: int, what: str
+) -> torch.Tensor:
+    """``batch_tokens`` ``(B, length)`` for an objective that draws noise per example.
+
+    Raises:
+        ValueError: without a generator (the draw must be seeded and new per example), or when
+            the loader's windows are not ``length`` tokens (``what`` names the objective and
+            the setting the length comes from).
+    """
+    if generator is None:
+        raise ValueError(f"{what} draws new noise per example: pass a torch.Generator")
+    if batch_tokens.shape[1] != length:
+        raise ValueError(f"{what} needs windows of {length} tokens, got {batch_tokens.shape[1]}")
+    return batch_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch
+from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch, noised_windows
 from pretrain.objectives.clm import positions_within_documents
 from pretrain.objectives.noise import random_prefix_length
 
@@ -100,12 +100,9 @@ class EncoderDecoderPrefixLM:
         return seq_len - 1
 
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
-        if generator is None:
-            raise ValueError("prefix LM draws a split point per window: pass a torch.Generator")
-        tokens = batch.tokens
+        what = f"prefix LM (seq_len {self.seq_len})"
+        tokens = noised_windows(batch.tokens, generator, self.seq_len - 1, what)
         B, L = tokens.shape
-        if L != self.seq_len - 1:
-            raise ValueError(f"prefix LM needs windows of {self.seq_len - 1} tokens, got {L}")
         input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=tokens.dtype)
         labels = torch.full((B, self.seq_len), IGNORE_INDEX, dtype=tokens.dtype)
         for b in range(B):

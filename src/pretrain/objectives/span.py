@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import AttentionSpec, ModelBatch
+from pretrain.objectives.base import AttentionSpec, ModelBatch, noised_windows
 from pretrain.objectives.noise import (
     check_sentinels,
     noise_span_to_unique_sentinel,
@@ -60,14 +60,8 @@ class SpanCorruption:
         return self.raw_length
 
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
-        if generator is None:
-            raise ValueError("span corruption draws new spans per example: pass a torch.Generator")
-        tokens = batch.tokens
-        if tokens.shape[1] != self.raw_length:
-            raise ValueError(
-                f"span corruption needs windows of {self.raw_length} tokens for seq_len "
-                f"{self.seq_len}, got {tokens.shape[1]}"
-            )
+        what = f"span corruption (seq_len {self.seq_len})"
+        tokens = noised_windows(batch.tokens, generator, self.raw_length, what)
         eos = torch.tensor([self.eos_id], dtype=tokens.dtype)
         inputs, targets = [], []
         for row in tokens:

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch
+from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch, noised_windows
 from pretrain.objectives.noise import (
     noise_span_to_unique_sentinel,
     random_prefix_length,
@@ -102,14 +102,8 @@ class UL2:
         return torch.cat([mode, inputs, eos]), torch.cat([targets, eos])
 
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
-        if generator is None:
-            raise ValueError("UL2 draws a denoiser and its noise per example: pass a Generator")
-        tokens = batch.tokens
-        if tokens.shape[1] != self.raw_length:
-            raise ValueError(
-                f"UL2 needs windows of {self.raw_length} tokens for seq_len {self.seq_len} "
-                f"({self.family}), got {tokens.shape[1]}"
-            )
+        what = f"UL2 (seq_len {self.seq_len}, {self.family})"
+        tokens = noised_windows(batch.tokens, generator, self.raw_length, what)
         ids = torch.multinomial(self.rates, len(tokens), replacement=True, generator=generator)
         denoisers = [self.denoisers[i] for i in ids.tolist()]
         pairs = [self.corrupt(row, d, generator) for row, d in zip(tokens, denoisers, strict=True)]
