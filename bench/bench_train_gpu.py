@@ -114,7 +114,9 @@ def build_models(args, device):
         from pretrain.models.encoder_decoder.hf import to_hf
         from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 
-        cfg = encoder_decoder_config(args.size, args.vocab, pad_id=PAD)
+        cfg = encoder_decoder_config(
+            args.size, args.vocab, pad_id=PAD, attention_backend=args.attention_backend
+        )
         ours = EncoderDecoderLM(cfg)
         sentinels = list(range(NUM_SPECIAL - 1, NUM_SPECIAL - 101, -1))
         objective = SpanCorruption(args.seq_len, sentinels, eos_id=EOS, decoder_start_id=PAD)

@@ -30,6 +30,7 @@ clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --s
 plm_xlnet() { part plm_xlnet "${1:-150}" $BENCH --objective plm --sides "${2:-ours,hf_eager}"; }
 plm_xlnet_flex() { part plm_xlnet_flex "${1:-120}" $BENCH --objective plm --attention-backend flex --sides "${2:-ours}"; }
 plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
+span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attention-backend flex --sides "${2:-ours}"; }
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }

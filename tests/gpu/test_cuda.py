@@ -184,3 +184,27 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
             assert p_flex.grad is None, name
             continue
         assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name
+
+
+def test_t5_flex_forward_and_backward_match_dense():
+    torch.manual_seed(0)
+    cfg = encoder_decoder_config("debug", 500, pad_id=0)
+    dense = EncoderDecoderLM(cfg).to(CUDA)
+    flex = EncoderDecoderLM(dataclasses.replace(cfg, attention_backend="flex")).to(CUDA)
+    flex.load_state_dict(dense.state_dict())
+    B, T_enc, T_dec = 4, 256, 60
+    inputs = torch.randint(5, 500, (B, T_enc), device=CUDA)
+    inputs[1, 200:] = 0  # padding, masked as keys
+    labels = torch.randint(5, 500, (B, T_dec), device=CUDA)
+    decoder_inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+    batch = ModelBatch(
+        inputs, labels, AttentionSpec("bidirectional"), decoder_input_ids=decoder_inputs
+    )
+    losses = []
+    for model in (dense, flex):
+        total, n, _ = cross_entropy_sum(model(batch), labels, model.output_weight)
+        (total / n).backward()
+        losses.append(float(total / n))
+    assert abs(losses[0] - losses[1]) < 1e-4, losses
+    for (name, p_dense), p_flex in zip(dense.named_parameters(), flex.parameters(), strict=True):
+        assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name

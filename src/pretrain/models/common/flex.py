@@ -25,8 +25,17 @@ def supports(spec: AttentionSpec) -> bool:
     return spec.kind == "prefix"
 
 
-def block_mask(spec: AttentionSpec, seq_len: int):
-    """A ``BlockMask`` for causal/bidirectional attention within documents, or a prefix LM."""
+def block_mask(
+    spec: AttentionSpec,
+    seq_len: int,
+    keys: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+):
+    """A ``BlockMask`` for causal/bidirectional attention within documents, or a prefix LM.
+
+    ``keys`` ``(B, T)`` bool, when given, also hides the keys where it is False (padding).
+    ``device``: where the mask lives when no tensor of ``spec`` or ``keys`` says it.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
     docs = spec.document_ids
@@ -42,10 +51,25 @@ def block_mask(spec: AttentionSpec, seq_len: int):
             allowed = kv_idx <= q_idx
         if docs is not None:
             allowed = allowed & (docs[b, q_idx] == docs[b, kv_idx])
+        if keys is not None:
+            allowed = allowed & keys[b, kv_idx]
         return allowed
 
-    ref = docs if docs is not None else prefix
-    return create_block_mask(mask_mod, ref.shape[0], None, seq_len, seq_len, device=ref.device)
+    refs = [t for t in (docs, prefix, keys) if t is not None]
+    B = refs[0].shape[0] if refs else None
+    device = refs[0].device if refs else device
+    return create_block_mask(mask_mod, B, None, seq_len, seq_len, device=device)
+
+
+def key_mask(keys: torch.Tensor, q_len: int):
+    """A ``BlockMask`` of ``q_len`` queries over the keys where ``keys`` ``(B, Tk)`` is True."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return keys[b, kv_idx]
+
+    B, Tk = keys.shape
+    return create_block_mask(mask_mod, B, None, q_len, Tk, device=keys.device)
 
 
 @functools.cache

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pretrain.models.common.config_checks import check_positive_ints, check_positive_numbers
+from pretrain.models.common.config_checks import (
+    check_choices,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from pretrain.models.common.sizes import sized_config
+
+BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -40,6 +46,9 @@ class EncoderDecoderConfig:
             limit; this is only the ``train.seq_len`` check.
         pad_id: padding token id; pad tokens in the encoder input are masked out as keys.
         decoder_start_id: first decoder input token; None means ``pad_id`` (as HF T5).
+        attention_backend: ``sdpa`` (the position bias and the pad/document mask as one dense
+            float bias per stack) or ``flex`` (FlexAttention: the mask as a block mask, the
+            position bias added by a ``score_mod``; training needs CUDA).
     """
 
     vocab_size: int
@@ -56,8 +65,10 @@ class EncoderDecoderConfig:
     max_seq_len: int = 2048
     pad_id: int = 0
     decoder_start_id: int | None = None
+    attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
+        check_choices(self, {"attention_backend": BACKENDS})
         if self.n_decoder_layers is None and isinstance(self.n_layers, int):
             self.n_decoder_layers = self.n_layers
         check_positive_ints(

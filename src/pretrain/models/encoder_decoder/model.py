@@ -31,11 +31,13 @@ none in v1.1 pretraining). The module is single-device; distributed wrappers ite
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.common import flex
 from pretrain.models.common.attention import attention_mask
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
@@ -118,6 +120,37 @@ def additive_bias(
     return position_bias.masked_fill(~allowed, _MASKED)  # (B, H, Tq, Tk)
 
 
+@dataclass(frozen=True)
+class FlexScores:
+    """What the FlexAttention path adds to and hides from the scores of one attention kind.
+
+    Attributes:
+        block_mask: the ``BlockMask`` (pad keys, causality, documents); None: nothing hidden.
+        bias: ``(H, Tq, Tk)`` relative position bias added by a ``score_mod`` (its gradient
+            flows back through the kernel), or None (cross-attention).
+    """
+
+    block_mask: object | None
+    bias: torch.Tensor | None = None
+
+
+def flex_attention_scores(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scores: FlexScores
+) -> torch.Tensor:
+    """T5 attention (no score scaling) of ``q`` ``(B, H, Tq, hd)`` through FlexAttention."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    bias = scores.bias
+    score_mod = None
+    if bias is not None:
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[h, q_idx, kv_idx]
+
+    attend = flex.compiled_flex_attention() if q.is_cuda else flex_attention  # CPU: tests
+    return attend(q, k, v, score_mod=score_mod, block_mask=scores.block_mask, scale=1.0)
+
+
 class T5Attention(nn.Module):
     """Multi-head attention without biases or score scaling; self- or cross-attention.
 
@@ -135,12 +168,16 @@ class T5Attention(nn.Module):
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor | None, memory: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | FlexScores | None,
+        memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend ``x`` (B, Tq, d_model) to itself, or to ``memory`` (B, Tk, d_model).
 
         Args:
-            bias: additive float scores broadcastable to (B, H, Tq, Tk): position bias and mask.
+            bias: additive float scores broadcastable to (B, H, Tq, Tk): position bias and
+                mask (SDPA); or :class:`FlexScores` (``attention_backend="flex"``).
         """
         B, Tq, _ = x.shape
         kv_in = x if memory is None else memory
@@ -151,8 +188,11 @@ class T5Attention(nn.Module):
         v = self.v(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
         # No 1/sqrt(hd) in T5 (folded into the query init); the bias carries positions and mask.
         # SDPA picks a fused kernel (memory-efficient attention with a bias gradient on CUDA).
-        mask = None if bias is None else bias.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, Tq, hd)
+        if isinstance(bias, FlexScores):
+            y = flex_attention_scores(q, k, v, bias)  # (B, H, Tq, hd)
+        else:
+            mask = None if bias is None else bias.to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         y = y.transpose(1, 2).reshape(B, Tq, H * hd)  # (B, Tq, H*hd): heads side by side
         return self.o(y)
 
@@ -305,11 +345,19 @@ class EncoderDecoderLM(nn.Module):
         """
         B, T = input_ids.shape
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
+        keys = input_ids != self.cfg.pad_id  # (B, T): visible keys
+        if self.uses_flex(spec):
+            position = _autocast_cast(self.encoder_position_bias(T, T))[0]  # (H, T, T)
+            scores = FlexScores(flex.block_mask(spec, T, keys=keys), position)
+            x = self.embed(input_ids)
+            for block in self.encoder_blocks:
+                x = block(x, scores)
+            return self.encoder_norm(x)
         allowed = attention_mask(spec, T, input_ids.device)  # (B, 1, T, T) or None
         if allowed is None and spec.kind == "causal":
             idx = torch.arange(T, device=input_ids.device)
             allowed = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
-        keys = (input_ids != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, T)
+        keys = keys[:, None, None, :]  # (B, 1, 1, T)
         allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
         bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B, H, T, T)
         bias = _autocast_cast(bias)
@@ -334,6 +382,8 @@ class EncoderDecoderLM(nn.Module):
                 (the non-pad ones); None means all.
         """
         T = decoder_input_ids.shape[1]
+        if self.cfg.attention_backend == "flex":
+            return self._decode_flex(decoder_input_ids, encoder_hidden, encoder_mask)
         idx = torch.arange(T, device=decoder_input_ids.device)
         causal = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
         self_bias = additive_bias(self.decoder_position_bias(T, T), causal)  # (1, H, T, T)
@@ -346,6 +396,32 @@ class EncoderDecoderLM(nn.Module):
         for block in self.decoder_blocks:
             x = block(x, self_bias, encoder_hidden, cross_bias)
         return self.decoder_norm(x)
+
+    def _decode_flex(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden: torch.Tensor,
+        encoder_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`decode` through FlexAttention: a causal block mask with the decoder's
+        position bias as a ``score_mod``; cross-attention hides pad keys by block mask."""
+        T = decoder_input_ids.shape[1]
+        device = decoder_input_ids.device
+        position = _autocast_cast(self.decoder_position_bias(T, T))[0]  # (H, T, T)
+        causal = flex.block_mask(AttentionSpec(kind="causal"), T, device=device)
+        self_scores = FlexScores(causal, position)
+        cross_scores = None
+        if encoder_mask is not None:
+            cross_scores = FlexScores(flex.key_mask(encoder_mask.bool(), T))
+        x = self.embed(decoder_input_ids)
+        for block in self.decoder_blocks:
+            x = block(x, self_scores, encoder_hidden, cross_scores)
+        return self.decoder_norm(x)
+
+    def uses_flex(self, spec: AttentionSpec) -> bool:
+        """Whether the encoder runs ``spec`` through FlexAttention (``attention_backend="flex"``
+        and a kind a block mask expresses: not ``permutation``)."""
+        return self.cfg.attention_backend == "flex" and spec.kind != "permutation"
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project decoder hidden states (..., d_model) to float32 logits (no output rescale)."""
