@@ -15,6 +15,11 @@ with ``R`` the sinusoids of the relative distance. Blocks are post-norm, as in H
 ``XLNetLayer``: ``x = LN(x + attn(x))``, ``x = LN(x + mlp(x))``, the MLP being shared by both
 streams. There is no dropout and no memory.
 
+``position_encoding="rope"`` replaces the position term by rotary embeddings of q and k (Su et
+al. 2021), ``q + r_w_bias`` rotated too, so every score depends on ``i - j`` only.
+``attention_backend="flex"`` runs both streams through FlexAttention (``xlnet/flex.py``);
+the default runs SDPA with one dense float bias per stream.
+
 The model returns the last query-stream states, scattered back to their positions
 ``(B, T, d_model)`` so they line up with ``batch.labels`` (zero where nothing is predicted);
 the loss projects them onto the tied word embedding plus ``output_bias`` (HF ``lm_loss``).
