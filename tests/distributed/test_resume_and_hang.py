@@ -1,7 +1,7 @@
 """Resharding and hangs, on CPU with gloo: a run saved on 2 ranks resumes on 4 at exactly the
-next sample and finishes like one process (also when a DDP run resumes under FSDP); a rank that stops responding (SIGSTOP, not death)
-makes the other exit with the clear error within ``distributed.timeout_seconds``, leaving no
-checkpoint that looks complete but is not."""
+next sample and finishes like one process (also when a DDP run resumes under FSDP); a rank
+that stops responding (SIGSTOP, not death) makes the other exit with the clear error within
+``distributed.timeout_seconds``, leaving no checkpoint that looks complete but is not."""
 
 from __future__ import annotations
 
