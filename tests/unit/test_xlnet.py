@@ -146,3 +146,16 @@ def test_named_sizes_and_bad_values():
     for bad, match in bad_values:
         with pytest.raises(ValueError, match=match):
             XLNetConfig(100, **bad)
+
+
+@POSITIONS
+def test_skipping_the_last_content_output_leaves_the_query_stream_unchanged(position_encoding):
+    model, batch = make_model(position_encoding), plm_batch(4)
+    args = (batch.input_ids, batch.attention, batch.target_mapping)
+    with torch.no_grad():
+        h, g = model.streams(*args)
+        h_skip, g_skip = model.streams(*args, content_output=False)
+    assert h is not None and h_skip is None
+    torch.testing.assert_close(g_skip, g, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="query stream"):
+        model.streams(*args, query_stream=False, content_output=False)

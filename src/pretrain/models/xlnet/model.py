@@ -213,25 +213,34 @@ class TwoStreamAttention(nn.Module):
         content_rule: DenseRule | StreamRule,
         query_rule: DenseRule | StreamRule | None,
         query_valid: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        content_output: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """New ``(h, g)``: content ``(B, T, d)`` and query ``(B, M, d)`` streams.
 
         ``content_rule`` and ``query_rule`` say what each stream sees (the content stream also
         sees its own position); query rows whose ``query_valid`` is False (target-mapping
-        padding) get no attention output, as in HF.
+        padding) get no attention output, as in HF. ``content_output=False`` (the last layer,
+        when only the query stream is read) computes the keys and values of ``h`` for the
+        query stream and nothing else; ``h`` comes back None.
         """
         B, T, d = h.shape
         H, hd = self.n_heads, self.head_dim
-        q, k, v = self.qkv(h).view(B, T, 3, H, hd).unbind(2)  # (B, T, H, hd) each
-        k_pos = None
-        q_content = q + self.content_bias
+        k_pos = None if self.rope else self.pos(positions.sinusoids).view(-1, H, hd)  # (2T,H,hd)
+        if content_output:
+            q, k, v = self.qkv(h).view(B, T, 3, H, hd).unbind(2)  # (B, T, H, hd) each
+        else:
+            q = None
+            k, v = F.linear(h, self.qkv.weight[d:]).view(B, T, 2, H, hd).unbind(2)
         if self.rope:  # (q + u) rotated too, so every q·k term depends on i - j only
             cos, sin = positions.cos[:, None], positions.sin[:, None]  # (T, 1, hd)
-            q_content, k = apply_rotary(q_content, cos, sin), apply_rotary(k, cos, sin)
-        else:
-            k_pos = self.pos(positions.sinusoids).view(-1, H, hd)  # (2T, H, hd)
-        y = self.attend(q, q_content, k, v, k_pos, content_rule)
-        h_out = self.norm(h + self.out(y))
+            k = apply_rotary(k, cos, sin)
+        h_out = None
+        if content_output:
+            q_content = q + self.content_bias
+            if self.rope:
+                q_content = apply_rotary(q_content, cos, sin)
+            y = self.attend(q, q_content, k, v, k_pos, content_rule)
+            h_out = self.norm(h + self.out(y))
         if g is None:
             return h_out, None
         M = g.shape[1]
@@ -256,9 +265,10 @@ class XLNetBlock(nn.Module):
         self.mlp = ErfGeluMLP(cfg.d_model, cfg.d_ff, bias=True)
         self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
-    def forward(self, h, g, positions, content_rule, query_rule, query_valid):
-        h, g = self.attn(h, g, positions, content_rule, query_rule, query_valid)
-        h = self.mlp_norm(h + self.mlp(h))
+    def forward(self, h, g, positions, content_rule, query_rule, query_valid, content_output=True):
+        h, g = self.attn(h, g, positions, content_rule, query_rule, query_valid, content_output)
+        if h is not None:
+            h = self.mlp_norm(h + self.mlp(h))
         if g is not None:
             g = self.mlp_norm(g + self.mlp(g))
         return h, g
@@ -304,7 +314,9 @@ class XLNetLM(nn.Module):
 
     def forward(self, batch: ModelBatch) -> torch.Tensor:
         """Query-stream outputs ``(B, T, d_model)`` at the positions of ``batch.labels``."""
-        g = self.streams(batch.input_ids, batch.attention, batch.target_mapping)[1]
+        g = self.streams(
+            batch.input_ids, batch.attention, batch.target_mapping, content_output=False
+        )[1]
         if batch.target_mapping is None:
             return g
         # One-hot rows back to their positions; positions nobody predicts get zeros.
@@ -317,7 +329,8 @@ class XLNetLM(nn.Module):
         target_mapping: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         query_stream: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        content_output: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Last content stream ``(B, T, d)`` and query stream ``(B, M, d)`` (HF ``output_g``).
 
         Args:
@@ -329,6 +342,9 @@ class XLNetLM(nn.Module):
                 stream has one row per target. None: one query row per position (M = T).
             token_type_ids: (B, T) segment ids for XLNet's relative segment term; None: off.
             query_stream: False runs the content stream only (fine-tuning, features), g None.
+            content_output: False skips what only the last content stream needs (its
+                attention output and MLP; the query stream reads the last layer's keys and
+                values, not its output), and returns h None. Training reads g only.
         """
         B, T = input_ids.shape
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
@@ -350,8 +366,12 @@ class XLNetLM(nn.Module):
             rules = dense_rules(spec, B, T, h.device, query_pos, token_type_ids)
         content_rule, query_rule = rules
         positions = self.positions(T, h.dtype, h.device)
-        for block in self.blocks:
-            h, g = block(h, g, positions, content_rule, query_rule, query_valid)
+        if not (content_output or query_stream):
+            raise ValueError("content_output=False needs the query stream")
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            keep = content_output or i < last
+            h, g = block(h, g, positions, content_rule, query_rule, query_valid, keep)
         return h, g
 
     def uses_flex(self, spec: AttentionSpec) -> bool:
