@@ -25,10 +25,11 @@ autocast: ``LlamaForCausalLM``/``GPT2LMHeadModel`` with ``labels=``/``shift_labe
 ``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``, ``XLNetLMHeadModel``
 with the same ``perm_mask`` and ``target_mapping`` and one label per target row.
 
-Tokens/s counts encoder-input tokens (B * T) per step after warmup, synchronized. For CLM,
-MFU = tokens/s * (6N + 12LHQT) / peak bf16 FLOP/s (PaLM App. B), N the matmul parameters of
-our model; MLM, span corruption and PLM print no MFU (that count charges the vocabulary
-projection to every token, which they don't pay).
+Tokens/s counts encoder-input tokens (B * T) per step after warmup, synchronized. MFU =
+tokens/s * FLOPs per token / peak bf16 FLOP/s, the FLOPs being what our model computes on these
+batches (``pretrain.scaling.batch_flops``: 6N + 12LHQT per token for CLM, PaLM App. B; the
+vocabulary projection on MLM's selected rows only, T5's decoder over the targets, XLNet's two
+streams), the same count for both sides.
 
 Prints one JSON line per side and a table; ``--json-out FILE`` also writes the results.
 """
@@ -49,13 +50,13 @@ from pretrain.losses import cross_entropy_sum
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.encoder.configs import encoder_config
 from pretrain.models.encoder_decoder.configs import encoder_decoder_config
-from pretrain.models.spec import model_flops_per_token
 from pretrain.objectives.base import ModelBatch
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM
 from pretrain.objectives.plm import PermutationLM
 from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
+from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the issue's reference shapes
@@ -340,7 +341,8 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     ours, hf, objective = build_models(args, device)
     batches = make_batches(objective, args, device)
-    flops = model_flops_per_token(ours, args.seq_len) if args.objective == "clm" else None
+    # training FLOPs per input token of these batches (pretrain.scaling.batch_flops)
+    flops = sum(batch_flops(ours, b) for b in batches) / sum(b.input_ids.numel() for b in batches)
     peak = peak_flops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     header = (

@@ -315,3 +315,23 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_losses(
     assert len(calls) == 3 * checkpointed.grad_accum * len(checkpointed.model.blocks)
     for a, b in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_mfu_counts_the_batches_flops_over_the_peak(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    from pretrain.models.spec import matmul_params
+    from pretrain.scaling.flops import flops_per_token
+
+    peak = 1e12
+    monkeypatch.setattr(trainer_mod, "peak_flops", lambda device: peak)
+    trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "run", train__max_steps=3))
+    trainer.fit()
+    cfg, T = trainer.model.cfg, 32
+    per_token = flops_per_token(
+        matmul_params(trainer.model), cfg.n_layers, cfg.n_heads, cfg.head_dim, T
+    )  # CLM labels every input token: PaLM's count
+    records = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert len(records) == 3
+    for r in records:  # mfu / (tokens/s) = FLOPs per token / peak, whatever the timing
+        assert r["mfu"] / r["tokens_per_second"] == pytest.approx(per_token / peak, rel=1e-9)

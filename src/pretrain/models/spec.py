@@ -11,7 +11,6 @@ import logging
 from torch import nn
 
 from pretrain.config import ConfigError, ModelConfig
-from pretrain.scaling.flops import flops_per_token
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +144,3 @@ def matmul_params(model: nn.Module) -> int:
     if id(out) in embeddings:  # tied: the embedding table doubles as the output matmul
         total += out.numel()
     return total
-
-
-def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
-    cfg = model.cfg
-    layers = getattr(cfg, "n_total_layers", cfg.n_layers)  # encoder + decoder stacks
-    return flops_per_token(matmul_params(model), layers, cfg.n_heads, cfg.head_dim, seq_len)

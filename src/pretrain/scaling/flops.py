@@ -34,6 +34,18 @@ ATTENTION_CONVENTIONS = ("palm", "kaplan", "none")
 _ATTENTION_FACTOR = {"palm": 12.0, "kaplan": 6.0, "none": 0.0}
 
 
+def attention_factor(attention: Attention) -> float:
+    """FLOPs per query, key and head dimension of attention's two products, forward and
+    backward: 12 (``palm``), 6 (``kaplan``) or 0 (``none``).
+
+    Raises:
+        ValueError: for an unknown convention.
+    """
+    if attention not in _ATTENTION_FACTOR:
+        raise ValueError(f"attention: unknown {attention!r}; valid: {ATTENTION_CONVENTIONS}")
+    return _ATTENTION_FACTOR[attention]
+
+
 def flops_per_token(
     num_matmul_params: int,
     n_layers: int,
@@ -48,9 +60,7 @@ def flops_per_token(
     nanoGPT and torchtitan count), ``kaplan`` 6 (the causal half, Kaplan Table 1), ``none`` 0
     (GPT-3 App. D's and Chinchilla's 6N).
     """
-    if attention not in _ATTENTION_FACTOR:
-        raise ValueError(f"attention: unknown {attention!r}; valid: {ATTENTION_CONVENTIONS}")
-    factor = _ATTENTION_FACTOR[attention]
+    factor = attention_factor(attention)
     return 6.0 * num_matmul_params + factor * n_layers * n_heads * head_dim * seq_len
 
 

@@ -47,9 +47,10 @@ from pretrain.distributed.parallelize import (
 )
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.losses import cross_entropy_sum
-from pretrain.models.spec import build_model, model_flops_per_token
+from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
+from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.checkpoint import (
@@ -190,7 +191,6 @@ class Trainer:
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
-        self.flops_per_token = model_flops_per_token(self.model, cfg.train.seq_len)
         self.peak_flops = peak_flops(self.device)
 
     # --- setup -------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class Trainer:
         deadline = None if cfg.train.max_minutes is None else started + 60 * cfg.train.max_minutes
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         with progress:
             progress.start(self.state.step)
             while self.state.step < cfg.train.max_steps:
@@ -292,13 +292,15 @@ class Trainer:
                     break
                 record = self.train_step()
                 window_tokens += record["step_tokens"]
+                window_flops += record["step_flops"]
                 step = self.state.step
                 self.state.elapsed_seconds = time.perf_counter() - started
                 if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps:
                     now = time.perf_counter()
-                    tokens_per_second = window_tokens / max(now - window_start, 1e-9)
-                    window_tokens, window_start = 0, now
-                    record = self._train_record(record, tokens_per_second)
+                    seconds = max(now - window_start, 1e-9)
+                    rates = window_tokens / seconds, window_flops / seconds
+                    window_tokens, window_flops, window_start = 0, 0.0, now
+                    record = self._train_record(record, *rates)
                     self.metrics.write(record)
                     progress.update(step, record)
                 paused = time.perf_counter()
@@ -396,6 +398,7 @@ class Trainer:
             ce_sum = comm.all_reduce_sum(ce_sum, self.device)
         loss = float(ce_sum) / max(num_label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
+        flops = step_flops(self.model, batches, world)
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -410,6 +413,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "step_tokens": step_tokens,
+            "step_flops": flops,
             "skipped": not finite,
             "tasks": task_losses(per_task),
         }
@@ -433,10 +437,12 @@ class Trainer:
                 "checkpoint"
             )
 
-    def _train_record(self, record: dict[str, Any], tokens_per_second: float) -> dict[str, Any]:
+    def _train_record(
+        self, record: dict[str, Any], tokens_per_second: float, flops_per_second: float
+    ) -> dict[str, Any]:
         mfu = None
-        if self.peak_flops:
-            mfu = tokens_per_second * self.flops_per_token / self.peak_flops
+        if self.peak_flops:  # the FLOPs of all ranks over the peak of all their devices
+            mfu = flops_per_second / (self.peak_flops * self.dist.world_size)
         return {
             "step": self.state.step,
             "split": "train",
