@@ -355,8 +355,14 @@ def main() -> None:
     steps = make_steps(ours, hf, args, device)
     results = {}
     for side in args.sides.split(","):
-        with sdpa_backend(args.sdpa_backend):
-            r = measure(steps[side], batches, args, device)
+        try:
+            with sdpa_backend(args.sdpa_backend):
+                r = measure(steps[side], batches, args, device)
+        except torch.OutOfMemoryError:  # report it and go on with the other sides
+            peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+            print(json.dumps({"side": side, "error": "out of memory", "peak_gib": peak_gib}))
+            torch.cuda.empty_cache()
+            continue
         r["mfu"] = r["tokens_per_second"] * flops / peak if flops and peak else None
         if side not in results or r["tokens_per_second"] > results[side]["tokens_per_second"]:
             results[side] = r  # a side named twice (e.g. alternating on a CPU) keeps its best
