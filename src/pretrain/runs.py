@@ -44,7 +44,11 @@ def load_run(
     model_config = run_dir / "model_config.json"  # the exact architecture the run trained
     if not model_config.exists():
         raise FileNotFoundError(f"{model_config}: missing; the run directory is incomplete")
-    model = model_from_config_dict(cfg.model.family, json.loads(model_config.read_text()))
+    arch = json.loads(model_config.read_text())
+    if arch.get("attention_backend") == "flex" and torch.device(device).type != "cuda":
+        # The same attention, computed densely: FlexAttention is only fast compiled on CUDA.
+        arch["attention_backend"] = "sdpa"
+    model = model_from_config_dict(cfg.model.family, arch)
     ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
     try:
         model.load_state_dict(ckpt.model_state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,18 @@ def test_continued_pretraining_from_an_hf_checkpoint_of_another_width(
     bad = [*args, f"--model.init_from={hf_dir}", "--model.d_model=64"]
     assert main(["train", *bad]) == EXIT_BAD_INPUT
     assert "model.d_model" in capsys.readouterr().err
+
+
+def test_a_flex_run_loads_on_cpu_with_dense_attention(llama_run, tmp_path):
+    run = tmp_path / "flex_run"
+    shutil.copytree(llama_run, run)
+    arch_file = run / "model_config.json"
+    arch = json.loads(arch_file.read_text())
+    arch_file.write_text(json.dumps({**arch, "attention_backend": "flex"}))  # trained on GPU
+    loaded, reference = load_run(run), load_run(llama_run)
+    assert loaded.model.cfg.attention_backend == "sdpa"
+    x = torch.randint(0, 500, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.forward_tokens(x), reference.model.forward_tokens(x), atol=0, rtol=0
+        )
