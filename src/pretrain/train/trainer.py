@@ -117,7 +117,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if cfg.model.attention_backend == "flex" and self.device.type != "cuda":
             raise TrainingError(
-                f"model.attention_backend=flex trains on CUDA only (PyTorch has no "
+                "model.attention_backend=flex trains on CUDA only (PyTorch has no "
                 f"FlexAttention backward on {self.device.type}); use "
                 "--model.attention_backend=sdpa"
             )
