@@ -36,6 +36,7 @@ span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attenti
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
+mlm_bert_autotune() { part mlm_bert_autotune "${1:-240}" $BENCH --objective mlm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-backend cudnn --sides "${2:-ours}"; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
