@@ -96,17 +96,42 @@ def test_compiled_bf16_cross_entropy_matches_fp64_reference(with_bias: bool):
         assert _rel_err(got, ref) < 2e-2
 
 
+def _t5_batch(B: int, T_enc: int, T_dec: int, pad_from: int) -> ModelBatch:
+    """Random span-corruption-shaped batch; row 1 padded from ``pad_from`` (masked keys)."""
+    inputs = torch.randint(5, 500, (B, T_enc), device=CUDA)
+    inputs[1, pad_from:] = 0
+    labels = torch.randint(5, 500, (B, T_dec), device=CUDA)
+    decoder_inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+    return ModelBatch(
+        inputs, labels, AttentionSpec("bidirectional"), decoder_input_ids=decoder_inputs
+    )
+
+
+def _assert_flex_matches_dense(dense, flex, batch: ModelBatch) -> None:
+    """Same loss (1e-4) and every gradient within 1e-3 relative, through both backends."""
+    losses = []
+    for model in (dense, flex):
+        total, n, _ = cross_entropy_sum(
+            model(batch),
+            batch.labels,
+            model.output_weight,
+            output_bias=getattr(model, "output_bias", None),
+        )
+        (total / n).backward()
+        losses.append(float(total.detach() / n))
+    assert abs(losses[0] - losses[1]) < 1e-4, losses
+    for (name, p_dense), p_flex in zip(dense.named_parameters(), flex.parameters(), strict=True):
+        if p_dense.grad is None:  # XLNet's segment terms: no token types in pretraining
+            assert p_flex.grad is None, name
+            continue
+        assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name
+
+
 def test_t5_attention_bias_gradient_under_bf16_matches_fp32():
     torch.manual_seed(0)
     model = EncoderDecoderLM(encoder_decoder_config("debug", 500, pad_id=0)).to(CUDA)
-    B, T_enc, T_dec = 4, 96, 30
-    inputs = torch.randint(5, 500, (B, T_enc), device=CUDA)
-    inputs[1, 80:] = 0  # padding, masked as keys
-    labels = torch.randint(5, 500, (B, T_dec), device=CUDA)
-    decoder_inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
-    batch = ModelBatch(
-        inputs, labels, AttentionSpec("bidirectional"), decoder_input_ids=decoder_inputs
-    )
+    batch = _t5_batch(4, 96, 30, pad_from=80)
+    labels = batch.labels
     bias_params = [
         model.encoder_position_bias.embed.weight,
         model.decoder_position_bias.embed.weight,
@@ -171,19 +196,7 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
     tb = TokenBatch(tokens, zeros, torch.zeros(B, dtype=torch.long), torch.arange(B))
     batch = PermutationLM([0, 1], mask_id=2)(tb, g).to(CUDA)
     assert flex.uses_flex(batch.attention)
-    losses = []
-    for model in (dense, flex):
-        total, count, _ = cross_entropy_sum(
-            model(batch), batch.labels, model.output_weight, output_bias=model.output_bias
-        )
-        (total / count).backward()
-        losses.append(float(total / count))
-    assert abs(losses[0] - losses[1]) < 1e-4, losses
-    for (name, p_dense), p_flex in zip(dense.named_parameters(), flex.parameters(), strict=True):
-        if p_dense.grad is None:  # the segment terms: no token types in pretraining
-            assert p_flex.grad is None, name
-            continue
-        assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name
+    _assert_flex_matches_dense(dense, flex, batch)
 
 
 def test_t5_flex_forward_and_backward_match_dense():
@@ -192,19 +205,4 @@ def test_t5_flex_forward_and_backward_match_dense():
     dense = EncoderDecoderLM(cfg).to(CUDA)
     flex = EncoderDecoderLM(dataclasses.replace(cfg, attention_backend="flex")).to(CUDA)
     flex.load_state_dict(dense.state_dict())
-    B, T_enc, T_dec = 4, 256, 60
-    inputs = torch.randint(5, 500, (B, T_enc), device=CUDA)
-    inputs[1, 200:] = 0  # padding, masked as keys
-    labels = torch.randint(5, 500, (B, T_dec), device=CUDA)
-    decoder_inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
-    batch = ModelBatch(
-        inputs, labels, AttentionSpec("bidirectional"), decoder_input_ids=decoder_inputs
-    )
-    losses = []
-    for model in (dense, flex):
-        total, n, _ = cross_entropy_sum(model(batch), labels, model.output_weight)
-        (total / n).backward()
-        losses.append(float(total / n))
-    assert abs(losses[0] - losses[1]) < 1e-4, losses
-    for (name, p_dense), p_flex in zip(dense.named_parameters(), flex.parameters(), strict=True):
-        assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name
+    _assert_flex_matches_dense(dense, flex, _t5_batch(4, 256, 60, pad_from=200))
