@@ -68,11 +68,11 @@ def stream_rules(
     from torch.nn.attention.flex_attention import create_block_mask
 
     B = batch_size
-    positions = torch.arange(seq_len, device=device)
+    # (B, T) tables the kernels index, materialized (not stride-0 views)
+    content_pos = torch.arange(seq_len, device=device).repeat(B, 1)
     if query_pos is None:
-        query_pos = positions.expand(B, seq_len)
+        query_pos = content_pos
     M = query_pos.shape[1]
-    content_pos = positions.expand(B, seq_len)
     content_mask = query_mask = None
     if query_rank is not None:
 
