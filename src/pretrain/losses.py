@@ -18,6 +18,9 @@ label token to keep the softmax normalizer near 1.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import torch
 
 from pretrain.objectives.base import IGNORE_INDEX
@@ -104,14 +107,10 @@ def chunk_loss_and_grad(
     return ce, z_sum, grad.to(logits.dtype)
 
 
-_compiled_chunk = None
-
-
+@functools.cache
 def _compiled_chunk_loss_and_grad():
-    global _compiled_chunk
-    if _compiled_chunk is None:
-        _compiled_chunk = torch.compile(chunk_loss_and_grad)
-    return _compiled_chunk
+    """:func:`chunk_loss_and_grad` compiled once per process."""
+    return torch.compile(chunk_loss_and_grad)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -220,3 +219,23 @@ def cross_entropy_sum(
         h, weight, bias, y, float(z_loss_coef), chunk_rows, compiled
     )
     return total, torch.tensor(len(rows), device=hidden.device), ce.detach()
+
+
+def cross_entropy_by_task(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    groups: list[tuple[str, torch.Tensor | None]],
+    output_weight: torch.Tensor,
+    **kwargs,
+) -> Iterator[tuple[str, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`cross_entropy_sum` of each task's rows: ``(name, rows, total, count, ce)``.
+
+    ``groups`` is :meth:`ModelBatch.task_rows`: ``(name, row indices)`` per task, or one
+    ``(objective, None)`` for the whole batch. ``kwargs`` go to :func:`cross_entropy_sum`.
+    """
+    for name, rows in groups:
+        h, y = hidden, labels
+        if rows is not None:
+            rows = rows.to(hidden.device)
+            h, y = hidden[rows], labels[rows]
+        yield (name, rows, *cross_entropy_sum(h, y, output_weight, **kwargs))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pretrain import losses as losses_mod
 from pretrain.cli import EXIT_BAD_INPUT, main
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.train import trainer as trainer_mod
@@ -175,7 +176,7 @@ def test_corrupt_or_truncated_latest_checkpoint_falls_back_to_the_previous(
 def test_nonfinite_steps_are_skipped_then_training_stops(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):
-    real_ce = trainer_mod.cross_entropy_sum
+    real_ce = losses_mod.cross_entropy_sum
     calls = {"n": 0}
     bad_calls = {5, 6}  # micro-batches of step 3 (two per step)
 
@@ -186,7 +187,7 @@ def test_nonfinite_steps_are_skipped_then_training_stops(
             return total * float("nan"), count, ce * float("nan")
         return total, count, ce
 
-    monkeypatch.setattr(trainer_mod, "cross_entropy_sum", sometimes_nan)
+    monkeypatch.setattr(losses_mod, "cross_entropy_sum", sometimes_nan)
     trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0))
     trainer.train_step()
     trainer.train_step()

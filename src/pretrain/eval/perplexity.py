@@ -17,7 +17,7 @@ import torch
 
 from pretrain.data.loader import TokenBatch
 from pretrain.distributed import comm
-from pretrain.losses import cross_entropy_sum
+from pretrain.losses import cross_entropy_by_task
 from pretrain.objectives.base import IGNORE_INDEX, ModelBatch
 
 
@@ -79,14 +79,13 @@ def evaluate(
             hidden = model(batch)
         if not own:
             continue
-        for name, rows in groups:  # one group unless examples record their task
-            h, y = hidden, batch.labels
-            if rows is not None:
-                rows = rows.to(device)
-                h, y = hidden[rows], batch.labels[rows]
-            _, count, ce = cross_entropy_sum(
-                h, y, model.output_weight, output_bias=getattr(model, "output_bias", None)
-            )
+        for name, rows, _, count, ce in cross_entropy_by_task(
+            hidden,
+            batch.labels,
+            groups,
+            model.output_weight,
+            output_bias=getattr(model, "output_bias", None),
+        ):  # one group unless examples record their task
             nats += float(ce)
             tokens += int(count)
             if rows is not None:
@@ -103,7 +102,7 @@ def evaluate(
         nats, tokens, num_bytes, correct = _sum_over_ranks(
             [nats, tokens, num_bytes, correct], device
         )
-        per_task = _merge_tasks(comm.gather_objects(per_task))
+        per_task = merge_task_sums(comm.gather_objects(per_task))
     if tokens == 0:
         raise ValueError("evaluation saw no label tokens (is the val split empty?)")
     loss = nats / tokens
@@ -124,7 +123,8 @@ def _sum_over_ranks(values: list[float], device: torch.device) -> list[float | i
     return [total[0], *(int(round(v)) for v in total[1:])]
 
 
-def _merge_tasks(per_rank: list[dict[str, list]]) -> dict[str, list]:
+def merge_task_sums(per_rank: list[dict[str, list]]) -> dict[str, list]:
+    """``{task: [ce sum, label tokens]}`` of every rank, added up."""
     merged: dict[str, list] = {}
     for per_task in per_rank:
         for name, (ce, count) in per_task.items():

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pretrain.losses import cross_entropy_sum
+from pretrain.losses import cross_entropy_by_task
 from pretrain.objectives.base import ModelBatch
 
 
@@ -29,7 +29,6 @@ class ModelWithLoss(nn.Module):
         compiled: use the compiled cross-entropy.
         forward: what runs the model (``torch.compile(model)``), default ``model`` itself.
         autocast: context manager factory the model's forward (not the loss) runs under.
-        loss_fn: the loss, :func:`~pretrain.losses.cross_entropy_sum` by default.
     """
 
     def __init__(
@@ -40,7 +39,6 @@ class ModelWithLoss(nn.Module):
         compiled: bool = False,
         forward: Callable[[ModelBatch], torch.Tensor] | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        loss_fn: Callable[..., tuple[torch.Tensor, int, torch.Tensor]] = cross_entropy_sum,
     ):
         super().__init__()
         self.model = model
@@ -50,7 +48,6 @@ class ModelWithLoss(nn.Module):
         # Not a submodule: a compiled wrapper would register the weights a second time.
         self.__dict__["_forward"] = forward
         self.__dict__["_autocast"] = autocast
-        self.__dict__["_loss_fn"] = loss_fn
 
     def forward(
         self, batch: ModelBatch, groups: list[tuple[str, torch.Tensor | None]]
@@ -61,20 +58,16 @@ class ModelWithLoss(nn.Module):
         total = hidden.new_zeros((), dtype=torch.float32)
         ce_sum = hidden.new_zeros((), dtype=torch.float32)
         per_task: dict[str, tuple[torch.Tensor, int]] = {}
-        for name, rows in groups:  # one group unless examples record their task
-            h, y = hidden, batch.labels
-            if rows is not None:
-                rows = rows.to(hidden.device)
-                h, y = hidden[rows], batch.labels[rows]
-            task_total, count, ce = self._loss_fn(
-                h,
-                y,
-                self.model.output_weight,
-                self.z_loss,
-                compute_dtype=self.compute_dtype,
-                output_bias=getattr(self.model, "output_bias", None),
-                compiled=self.compiled,
-            )
+        for name, rows, task_total, count, ce in cross_entropy_by_task(
+            hidden,
+            batch.labels,
+            groups,
+            self.model.output_weight,
+            z_loss_coef=self.z_loss,
+            compute_dtype=self.compute_dtype,
+            output_bias=getattr(self.model, "output_bias", None),
+            compiled=self.compiled,
+        ):  # one group unless examples record their task
             total = total + task_total
             ce_sum = ce_sum + ce.detach()
             if rows is not None:

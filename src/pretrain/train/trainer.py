@@ -45,8 +45,7 @@ from pretrain.distributed.parallelize import (
     is_fsdp,
     parallelize,
 )
-from pretrain.eval.perplexity import evaluate, task_losses
-from pretrain.losses import cross_entropy_sum
+from pretrain.eval.perplexity import evaluate, merge_task_sums, task_losses
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
@@ -148,17 +147,15 @@ class Trainer:
             cfg.objective.z_loss,
             self.autocast_dtype,
             compiled=cfg.train.compile,
-            forward=self.step_model if cfg.train.compile else None,
+            forward=self.step_model,
             autocast=self._autocast,
-            # Looked up at each call, so the loss can be swapped on this module (tests do).
-            loss_fn=lambda *args, **kwargs: cross_entropy_sum(*args, **kwargs),
         )
         # FSDP replaces the parameters by shards: the optimizer is built from them afterwards.
         self.train_module = parallelize(
             self.loss_module,
             cfg.distributed,
             self.device,
-            torch.bfloat16 if cfg.train.precision == "bf16" or bf16 else None,
+            self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
         )
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
@@ -415,8 +412,15 @@ class Trainer:
             "step_tokens": step_tokens,
             "step_flops": flops,
             "skipped": not finite,
-            "tasks": task_losses(per_task),
+            "tasks": task_losses(self._task_sums_over_ranks(per_task)),
         }
+
+    def _task_sums_over_ranks(self, per_task: dict[str, list]) -> dict[str, list]:
+        """Per-task ``[ce sum, label tokens]`` of this step on all ranks (as ``loss`` is)."""
+        sums = {name: [float(ce), int(count)] for name, (ce, count) in per_task.items()}
+        if self.dist.world_size == 1:
+            return sums
+        return merge_task_sums(comm.gather_objects(sums))
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.state.consecutive_nonfinite += 1
