@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from pretrain.config import ExperimentConfig, load_config
+from pretrain.distributed.env import free_port
 from pretrain.runs import load_run
 from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, step_dir_name
 from pretrain.train.metrics import read_metrics
@@ -63,12 +63,6 @@ def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) ->
     return [f"--{k}={v}" for k, v in base.items()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("CI", None)  # optional-dependency checks are pytest's, not the workers'
@@ -82,7 +76,7 @@ def _torchrun(target: list[str], args: list[str], timeout: float = 120, nproc: i
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         *target,
         *args,
     ]
@@ -207,7 +201,7 @@ def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
 def _launch_two_ranks(args: list[str]) -> list[subprocess.Popen]:
     """``pretrain train`` as ranks 0 and 1 of one group, started by hand (not torchrun), so a
     test can stop or kill one of them."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = _env() | {

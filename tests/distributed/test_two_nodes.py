@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
+from pretrain.distributed.env import free_port
 from pretrain.train.checkpoint import STATE_FILE, step_dir_name
 from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
     REPO,
     STEPS,
     _assert_same_run,
     _env,
-    _free_port,
     _overrides,
     single_run,
 )
@@ -31,7 +31,7 @@ def test_two_nodes_over_c10d_rendezvous_train_like_one_process(
 ):
     run = tmp_path / "run"
     args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="fsdp")
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     node = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=loopback-test",

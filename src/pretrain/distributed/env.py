@@ -37,10 +37,6 @@ class DistEnv:
         """Rank 0: the one process that logs and writes files."""
         return self.rank == 0
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1 or self.strategy != "none"
-
 
 def env_world() -> tuple[int, int, int]:
     """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` without)."""
@@ -51,16 +47,6 @@ def env_world() -> tuple[int, int, int]:
     except ValueError as e:
         raise ValueError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers: {e}") from None
     return rank, local_rank, world_size
-
-
-def select_device(device_name: str, local_rank: int) -> torch.device:
-    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
@@ -90,7 +76,7 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
                 raise ValueError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
             # strategy ddp/fsdp on one plain process: a group of one, so the same code runs.
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         dist.init_process_group(
             backend=backend,
             rank=rank,
@@ -133,7 +119,8 @@ def exit_process(code: int) -> typing.NoReturn:
     sys.exit(code)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
 
     with socket.socket() as s:

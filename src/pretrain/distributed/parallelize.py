@@ -87,13 +87,6 @@ def parallelize(
     raise ValueError(f"distributed.strategy={cfg.strategy!r}: use none, ddp or fsdp")
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module a DDP wrapper holds (FSDP2 shards in place, so it is its own inner)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
 def is_fsdp(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
