@@ -20,6 +20,11 @@ from torch import nn
 from pretrain.models.common.positions import apply_rotary
 from pretrain.objectives.base import AttentionSpec
 
+# Added to the score of a pair that may not attend, where a float bias carries the mask (T5's
+# relative bias, XLNet's two streams): finite, so a row with nothing visible is uniform instead
+# of NaN (as HF's finite masks), and finite in bf16 too (fp32's finfo.min rounds to -inf).
+MASKED_SCORE = -1e30
+
 
 def attention_mask(
     spec: AttentionSpec, seq_len: int, device: torch.device | str | None = None

@@ -10,6 +10,9 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+# Attention kernels every family offers (``models/common/flex.py`` for ``flex``).
+ATTENTION_BACKENDS = ("sdpa", "flex")
+
 
 def check_choices(cfg: Any, choices: dict[str, Iterable[str]]) -> None:
     """Each ``field`` of ``choices`` holds one of its valid values."""

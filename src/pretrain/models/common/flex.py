@@ -78,3 +78,13 @@ def compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA; elsewhere the unfused
+    reference, which runs the forward only (CPU tests against the dense path)."""
+    if q.is_cuda:
+        return compiled_flex_attention()(q, k, v, **kwargs)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, **kwargs)

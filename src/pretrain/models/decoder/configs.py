@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pretrain.models.common.config_checks import (
+    ATTENTION_BACKENDS,
     ShapeMixin,
     check_choices,
     check_heads,
@@ -27,7 +28,6 @@ from pretrain.models.common.sizes import sized_config
 
 Style = Literal["llama", "gpt2"]
 STYLES = ("llama", "gpt2")
-BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -76,7 +76,7 @@ class DecoderConfig(ShapeMixin):
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
-        check_choices(self, {"style": STYLES, "attention_backend": BACKENDS})
+        check_choices(self, {"style": STYLES, "attention_backend": ATTENTION_BACKENDS})
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.bias is None:

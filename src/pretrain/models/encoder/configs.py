@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pretrain.models.common.config_checks import (
+    ATTENTION_BACKENDS,
     ShapeMixin,
     check_choices,
     check_heads,
@@ -26,7 +27,6 @@ from pretrain.models.common.sizes import sized_config
 
 Style = Literal["bert"]
 STYLES = ("bert",)
-BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class EncoderConfig(ShapeMixin):
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
-        check_choices(self, {"style": STYLES, "attention_backend": BACKENDS})
+        check_choices(self, {"style": STYLES, "attention_backend": ATTENTION_BACKENDS})
         if self.d_ff is None and isinstance(self.d_model, int):
             self.d_ff = 4 * self.d_model
         check_positive_ints(

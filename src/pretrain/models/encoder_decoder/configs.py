@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pretrain.models.common.config_checks import (
+    ATTENTION_BACKENDS,
     check_choices,
     check_positive_ints,
     check_positive_numbers,
 )
 from pretrain.models.common.sizes import sized_config
-
-BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -68,7 +67,7 @@ class EncoderDecoderConfig:
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self) -> None:
-        check_choices(self, {"attention_backend": BACKENDS})
+        check_choices(self, {"attention_backend": ATTENTION_BACKENDS})
         if self.n_decoder_layers is None and isinstance(self.n_layers, int):
             self.n_decoder_layers = self.n_layers
         check_positive_ints(

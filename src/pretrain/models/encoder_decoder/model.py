@@ -38,14 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.common import flex
-from pretrain.models.common.attention import attention_mask
+from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
-
-# Additive score for a masked pair: finite, so a row with no visible key gives a uniform
-# distribution instead of NaN (as HF's ``finfo.min`` mask does), and finite in bf16 too
-# (fp32's ``finfo.min`` rounds to -inf there).
-_MASKED = -1e30
 
 
 def relative_position_bucket(
@@ -116,8 +111,8 @@ def additive_bias(
     if allowed is None:
         return position_bias
     if position_bias is None:
-        return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, _MASKED)
-    return position_bias.masked_fill(~allowed, _MASKED)  # (B, H, Tq, Tk)
+        return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, MASKED_SCORE)
+    return position_bias.masked_fill(~allowed, MASKED_SCORE)  # (B, H, Tq, Tk)
 
 
 @dataclass(frozen=True)
@@ -138,8 +133,6 @@ def flex_attention_scores(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scores: FlexScores
 ) -> torch.Tensor:
     """T5 attention (no score scaling) of ``q`` ``(B, H, Tq, hd)`` through FlexAttention."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     bias = scores.bias
     score_mod = None
     if bias is not None:
@@ -147,8 +140,7 @@ def flex_attention_scores(
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + bias[h, q_idx, kv_idx]
 
-    attend = flex.compiled_flex_attention() if q.is_cuda else flex_attention  # CPU: tests
-    return attend(q, k, v, score_mod=score_mod, block_mask=scores.block_mask, scale=1.0)
+    return flex.attend(q, k, v, score_mod=score_mod, block_mask=scores.block_mask, scale=1.0)
 
 
 class T5Attention(nn.Module):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pretrain.models.common.config_checks import (
+    ATTENTION_BACKENDS,
     ShapeMixin,
     check_choices,
     check_heads,
@@ -25,7 +26,6 @@ from pretrain.models.common.config_checks import (
 from pretrain.models.common.sizes import sized_config
 
 POSITION_ENCODINGS = ("txl", "rope")
-BACKENDS = ("sdpa", "flex")
 
 
 @dataclass
@@ -79,7 +79,7 @@ class XLNetConfig(ShapeMixin):
             raise ValueError(f"d_model must be even (sin/cos pairs), got {self.d_model}")
         check_positive_numbers(self, "norm_eps", "init_std", "rope_theta")
         check_choices(
-            self, {"position_encoding": POSITION_ENCODINGS, "attention_backend": BACKENDS}
+            self, {"position_encoding": POSITION_ENCODINGS, "attention_backend": ATTENTION_BACKENDS}
         )
         if self.position_encoding == "rope" and self.head_dim % 2:
             raise ValueError(f"position_encoding=rope needs an even head_dim, got {self.head_dim}")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pretrain.models.common import flex
+
 
 @dataclass(frozen=True)
 class StreamRule:
@@ -108,8 +110,6 @@ def flex_two_stream_attention(
             -T+1`` per query row, or None (RoPE).
         segment_table: ``(B, H, M, 2)`` scaled segment scores (same, other), or None.
     """
-    from torch.nn.attention.flex_attention import flex_attention
-
     T = k.shape[2]
     query_pos = rule.query_pos
     query_types, key_types = rule.query_types, rule.key_types
@@ -137,10 +137,4 @@ def flex_two_stream_attention(
         (False, True): segment_only,
         (False, False): None,
     }[(position_table is not None, segment_table is not None)]
-    if q.is_cuda:
-        from pretrain.models.common.flex import compiled_flex_attention
-
-        attend = compiled_flex_attention()
-    else:
-        attend = flex_attention  # CPU: forward only, unfused (tests)
-    return attend(q, k, v, score_mod=score_mod, block_mask=rule.block_mask)
+    return flex.attend(q, k, v, score_mod=score_mod, block_mask=rule.block_mask)

@@ -33,17 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.common.attention import attention_mask
+from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.init import init_normal
 from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
 from pretrain.models.encoder.model import ErfGeluMLP
 from pretrain.models.xlnet.configs import XLNetConfig
 from pretrain.models.xlnet.flex import StreamRule, flex_two_stream_attention, stream_rules
 from pretrain.objectives.base import AttentionSpec, ModelBatch
-
-# What HF XLNet adds to masked scores; a finite number, so a row with nothing visible stays
-# finite (uniform) instead of NaN, as in HF.
-MASKED_SCORE = -1e30
 
 
 def relative_sinusoids(seq_len: int, d_model: int, clamp_len: int, device) -> torch.Tensor:
