@@ -136,7 +136,7 @@ def _table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 
 def scaling_flops(args: argparse.Namespace) -> int:
-    from pretrain.scaling.flops import PF_DAY, flops_per_token, mfu, training_flops
+    from pretrain.scaling.flops import PF_DAY, mfu, training_flops
 
     out: dict[str, Any] = {}
     if args.params is not None and args.config is None and not args.set:
@@ -166,7 +166,7 @@ def scaling_flops(args: argparse.Namespace) -> int:
             flops_6nd_non_embedding=training_flops(counts.non_embedding, tokens),
         )
         if args.attention != "none":
-            out["flops_per_token_6n"] = flops_per_token(counts.matmul, 1, 1, 1, 1, "none")
+            out["flops_per_token_6n"] = 6.0 * counts.matmul  # no attention term
     out["pf_days"] = out["flops"] / PF_DAY
     if args.tokens_per_second:
         peak = _peak(args)

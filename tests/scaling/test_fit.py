@@ -29,6 +29,18 @@ EPOCH_LBFGS = {"A": 477.84, "B": 2143.86, "E": 1.8172, "alpha": 0.3473, "beta": 
 def test_grid_is_hoffmanns():
     grid = init_grid()
     assert grid.shape == (4500, 5)  # 6 a x 6 b x 5 e x 5 alpha x 5 beta (App. D.2)
+    # Hoffmann et al. App. D.2 (reference/scaling.md §1.1): a, b in {0, 5, ..., 25},
+    # e in {-1, -0.5, ..., 1}, alpha, beta in {0, 0.5, ..., 2}; rows are (a, b, e, alpha, beta).
+    columns = {
+        "a": {0.0, 5.0, 10.0, 15.0, 20.0, 25.0},
+        "b": {0.0, 5.0, 10.0, 15.0, 20.0, 25.0},
+        "e": {-1.0, -0.5, 0.0, 0.5, 1.0},
+        "alpha": {0.0, 0.5, 1.0, 1.5, 2.0},
+        "beta": {0.0, 0.5, 1.0, 1.5, 2.0},
+    }
+    for i, (name, values) in enumerate(columns.items()):
+        assert set(grid[:, i].tolist()) == values, name
+    assert len({tuple(row) for row in grid.tolist()}) == 4500  # every combination once
 
 
 @pytest.mark.skipif(not FIG4_CSV.exists(), reason="shared reference data is absent")
@@ -65,10 +77,16 @@ def test_bootstrap_intervals_cover_truth_under_noise():
     n, d, loss = _synthetic(EPOCH, noise=0.003, seed=1)
     fit = fit_approach3(n, d, loss, num_bootstrap=4, seed=0)
     assert fit.num_bootstrap == 4
-    for name in ("E", "alpha", "beta"):
+    # With these seeds every true constant lies inside its 4-resample interval, though the
+    # margins are thin (alpha, beta: ~1e-3 relative to the lower bound; A: ~1e-3); the point
+    # estimates are within 0.8% of the truth except B (6.3%, weakly identified on this grid).
+    for name in ("E", "A", "B", "alpha", "beta"):
         lo, hi = fit.intervals[name]
-        assert lo < hi
-        assert getattr(fit.law, name) == pytest.approx(getattr(EPOCH, name), rel=0.1), name
+        truth = getattr(EPOCH, name)
+        assert lo < hi, name
+        assert lo <= truth <= hi, name
+        rel = 0.1 if name == "B" else 0.02
+        assert getattr(fit.law, name) == pytest.approx(truth, rel=rel), name
 
 
 def test_approach2_recovers_the_frontier_exponent():

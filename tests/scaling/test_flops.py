@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pretrain.config import ModelConfig
 from pretrain.scaling.counts import count_config
@@ -11,6 +12,7 @@ from pretrain.scaling.flops import (
     flops_per_token,
     gpu_peak_flops,
     mfu,
+    peak_flops,
     training_flops,
     wall_seconds,
 )
@@ -57,24 +59,44 @@ def test_gpt2_small_counts_match_nanogpt():
     # Kaplan's N drops the token and the position tables: 85.06M (12 L d^2 = 84.93M + norms,
     # biases).
     assert counts.non_embedding == 124_439_808 - 50257 * 768 - wpe
-    # FLOPs use the matmul parameters (weights, no biases/norms) plus the tied output head.
+    # FLOPs use the matmul parameters (weights, no biases/norms) plus the tied output head:
+    # nanoGPT's N (karpathy/nanoGPT @ 3adf61e model.py get_num_params, reference §4.2) less its
+    # 12 x (2304 + 768 + 3072 + 768 biases + 2 x 2 x 768 LayerNorm) + 2 x 768 ln_f = 121,344
+    # non-matmul parameters; equally, from the dims, 12 layers x 12 d^2 (qkv 3d^2, proj d^2,
+    # MLP 8d^2) plus the 50257 x 768 head.
+    matmul = 123_653_376 - 121_344
+    assert matmul == 12 * 12 * 768**2 + 50257 * 768 == 123_532_032
+    assert counts.matmul == matmul
+    # 6 x 123,532,032 + 12 L H Q T (113,246,208): nanoGPT's 855,166,464 less 6 x 121,344.
+    assert counts.flops_per_token == 854_438_400 == 855_166_464 - 6 * 121_344
     assert counts.flops_per_token == flops_per_token(counts.matmul, 12, 12, 64, 1024)
 
 
+# Matmul parameters from the architecture dims (d = 768, 12 layers per stack):
+# BERT-base: 12 x (qkv 3d^2 + out d^2 + MLP 2 x d x 3072) + MLM transform d^2 + tied decoder
+# 30522 d. T5 v1.1 base (gated GELU, d_ff 2048, untied lm_head): encoder 12 x (4d^2 + 3 x d x
+# 2048), decoder 12 x (8d^2 self+cross + 3 x d x 2048), lm_head 32128 d.
+BERT_MATMUL = 12 * (4 * 768**2 + 2 * 768 * 3072) + 768**2 + 30522 * 768
+T5_MATMUL = 12 * (4 * 768**2 + 3 * 768 * 2048) + 12 * (8 * 768**2 + 3 * 768 * 2048) + 32128 * 768
+
+
 @pytest.mark.parametrize(
-    ("family", "size", "vocab", "total"),
+    ("family", "size", "vocab", "total", "matmul"),
     [
-        ("encoder", "bert-base", 30522, 109_514_298),  # HF BertForMaskedLM bert-base-uncased
-        ("encoder_decoder", "t5-v1_1-base", 32128, 247_577_856),  # HF google/t5-v1_1-base
+        # HF BertForMaskedLM bert-base-uncased
+        ("encoder", "bert-base", 30522, 109_514_298, BERT_MATMUL),
+        # HF google/t5-v1_1-base
+        ("encoder_decoder", "t5-v1_1-base", 32128, 247_577_856, T5_MATMUL),
     ],
 )
-def test_other_families_counts(family, size, vocab, total):
+def test_other_families_counts(family, size, vocab, total, matmul):
     counts = count_config(ModelConfig(family=family, size=size), vocab, 512)
     assert counts.total == total
+    assert counts.matmul == matmul
     assert 0 < counts.non_embedding < counts.total
     layers = 24 if family == "encoder_decoder" else 12  # encoder + decoder stacks
     assert counts.n_layers == layers
-    assert counts.flops_per_token == pytest.approx(6 * counts.matmul + 12 * layers * 12 * 64 * 512)
+    assert counts.flops_per_token == pytest.approx(6 * matmul + 12 * layers * 12 * 64 * 512)
 
 
 def test_mfu_palm_540b():
@@ -87,6 +109,13 @@ def test_peaks_and_wall_time():
     assert gpu_peak_flops("h100") == 989e12
     assert gpu_peak_flops("H200") == 989e12
     assert gpu_peak_flops("5e14") == 5e14
+    assert gpu_peak_flops(5e14) == 5e14
+    # One lookup: case-insensitive, "-"/"_" as spaces, longest key first (CUDA device names).
+    assert gpu_peak_flops("h100-pcie") == gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("H100_NVL") == 835e12
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops(torch.device("cpu")) is None
     with pytest.raises(ValueError, match="A100"):
         gpu_peak_flops("TPUv9")
     assert wall_seconds(989e12 * 0.5 * 3600 * 8, 989e12, 0.5, 8) == pytest.approx(3600)

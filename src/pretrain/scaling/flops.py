@@ -69,26 +69,34 @@ def training_flops(num_params: float, num_tokens: float) -> float:
     return 6.0 * num_params * num_tokens
 
 
+def _lookup_peak(name: str) -> float | None:
+    """Peak of the longest ``PEAK_BF16_FLOPS`` key within ``name`` (case-insensitive, with ``-``
+    and ``_`` read as spaces), so ``"NVIDIA H100 PCIe"`` is an H100 PCIe, not an H100; None if
+    no key is."""
+    text = name.strip().lower().replace("-", " ").replace("_", " ")
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # most specific first
+        if key.lower() in text:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
 def gpu_peak_flops(gpu: str | float) -> float:
     """Peak dense bf16 FLOP/s of a named GPU (``A100``, ``H100``, ``H200``, ...) or a number.
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    if isinstance(gpu, (int, float)):
-        return float(gpu)
     try:
         return float(gpu)
     except ValueError:
         pass
-    by_lower = {k.lower(): v for k, v in PEAK_BF16_FLOPS.items()}
-    key = gpu.strip().lower().replace("-", " ").replace("_", " ")
-    if key not in by_lower:
+    peak = _lookup_peak(gpu)
+    if peak is None:
         raise ValueError(
             f"unknown GPU {gpu!r}; known: {', '.join(PEAK_BF16_FLOPS)}"
             " (or give FLOP/s, e.g. 989e12)"
         )
-    return by_lower[key]
+    return peak
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops_per_second: float) -> float:
@@ -113,8 +121,4 @@ def peak_flops(device: torch.device) -> float | None:
     """Peak dense bf16 FLOP/s of a CUDA device, or None where unknown (CPU, other GPUs)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # most specific first
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
+    return _lookup_peak(torch.cuda.get_device_name(device))
