@@ -83,11 +83,11 @@ def run_datatrove(files: list[Path], workers: int, python: str) -> dict:
 
 def score_dirty(result: dict) -> dict:
     sys.path.insert(0, str(REPO / "src"))
+    from pretrain.data.jsonl_parts import read_part
     from pretrain.data.score import score
 
     def load(name):
-        with gzip.open(CORPORA / "dirty" / name, "rt") as f:
-            return [json.loads(line) for line in f]
+        return list(read_part(CORPORA / "dirty" / name))
 
     texts = {d["id"]: d["text"] for d in load("dev.jsonl.gz")}
     return score(load("dev_truth.jsonl.gz"), result["kept"], result["removed"], texts)

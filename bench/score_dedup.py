@@ -23,7 +23,6 @@ This is a benchmark, not a test: it prints numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import platform
 import sys
@@ -39,6 +38,7 @@ from pretrain.data.dedup import (
     write_task_signatures,
 )
 from pretrain.data.dedup_cli import add_config_flags, config_from_args
+from pretrain.data.jsonl_parts import read_part
 from pretrain.data.minhash import ShingleHasher
 from pretrain.data.readers import iter_documents
 from pretrain.data.score import score
@@ -72,8 +72,7 @@ def timed_dedup(docs: list[dict], config: DedupConfig) -> tuple[list[dict], dict
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return list(read_part(path))
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ benchmark: it prints numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -39,6 +38,7 @@ from machine import REPO, cpu_model, git_commit
 sys.path.insert(0, str(REPO / "src"))
 
 from pretrain.data.filters import FilterConfig, QualityFilter  # noqa: E402
+from pretrain.data.jsonl_parts import read_part  # noqa: E402
 from pretrain.data.normalize import normalize_text  # noqa: E402
 from pretrain.data.score import score  # noqa: E402
 
@@ -46,8 +46,7 @@ DEFAULT_CORPORA = REPO.parent / "shared" / "corpora"
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return list(read_part(path))
 
 
 def score_dirty(corpora: Path, filt: QualityFilter, examples: int = 0) -> dict:

@@ -213,9 +213,6 @@ def data_mix(args: argparse.Namespace) -> int:
     if reports is None:
         console.print("this task's share is done")
         return 0
-    for r in reports:
-        r["kept_part"] = str(Path(cfg.out) / "filter" / "kept" / r["domain"] /
-                             f"part-{r['task']:05d}.jsonl.gz")  # fmt: skip
     plan, mixed = run_mix_stage(cfg, reports, _slice(args))
     if mixed is None:
         console.print("this task's share is done; rerun once every task has finished")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
@@ -22,6 +21,7 @@ from pretrain.data.dedup import (
 )
 from pretrain.data.dedup_cli import main as dedup_cli
 from pretrain.data.dedup_exact import exact_dedup, exact_key, normalize_for_exact
+from pretrain.data.jsonl_parts import read_part
 from pretrain.data.lsh import bucket_pairs, jaccard_sorted
 from pretrain.data.minhash import (
     Permutations,
@@ -299,8 +299,7 @@ def test_cli_steps_with_two_tasks(tmp_path):
         out = tmp_path / f"kept-{k}.jsonl.gz"
         args = ["--input", str(data), "--work-dir", str(work), "--num-tasks", "2"]
         assert dedup_cli(["apply", *args, "--task-index", str(k), "--out", str(out)]) == 0
-        with gzip.open(out, "rt") as f:
-            kept_ids += [json.loads(line)["id"] for line in f]
+        kept_ids += [d["id"] for d in read_part(out)]
     expected = deduplicate(docs, DedupConfig(batch_size=4))[0]
     assert sorted(kept_ids) == sorted(d["id"] for d in expected)
 
@@ -312,10 +311,8 @@ def test_cli_steps_with_two_tasks(tmp_path):
 def test_dirty_dev_targets():
     """Library defaults on dirty/dev: dup_recall >= 0.98 and near_dup_recall_all >= 0.70 at
     dup_precision >= 0.98 (FineWeb's single 14 x 8 pass alone reaches about 0.47)."""
-    with gzip.open(CORPORA / "dirty" / "dev.jsonl.gz", "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    with gzip.open(CORPORA / "dirty" / "dev_truth.jsonl.gz", "rt", encoding="utf-8") as f:
-        truth = [json.loads(line) for line in f]
+    docs = list(read_part(CORPORA / "dirty" / "dev.jsonl.gz"))
+    truth = list(read_part(CORPORA / "dirty" / "dev_truth.jsonl.gz"))
     removed = find_duplicates(docs)
     gone = {r["id"] for r in removed}
     assert all(r["reason"].startswith("dedup:") and r["dup_of"] not in gone for r in removed)

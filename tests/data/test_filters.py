@@ -8,9 +8,7 @@ text fails, so a test sees its own rule whatever else the text trips.
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import textwrap
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from pretrain.data.filters import (
 from pretrain.data.filters_c4 import c4_filter, count_sentences
 from pretrain.data.filters_fineweb import fineweb_quality
 from pretrain.data.filters_gopher import gopher_quality, gopher_repetition
+from pretrain.data.jsonl_parts import read_part
 from pretrain.data.normalize import normalize_text
 from pretrain.data.score import score
 from pretrain.data.text_view import TextView, unwrap_lines
@@ -502,10 +501,8 @@ def test_dirty_dev_recall_and_clean_removals():
     dev, truth_path = CORPORA / "dirty" / "dev.jsonl.gz", CORPORA / "dirty" / "dev_truth.jsonl.gz"
     if not dev.exists() or not truth_path.exists():
         pytest.skip(f"{dev} is absent (the shared corpora live outside the repository)")
-    with gzip.open(dev, "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    with gzip.open(truth_path, "rt", encoding="utf-8") as f:
-        truth = [json.loads(line) for line in f]
+    docs = list(read_part(dev))
+    truth = list(read_part(truth_path))
     filt = QualityFilter()
     kept, removed = [], []
     for doc in docs:

@@ -104,13 +104,21 @@ def test_a_rerun_skips_finished_tasks_and_gives_the_same_output(tmp_path, monkey
     _corpus(tmp_path)
     cfg = _config(tmp_path)
     first = prepare(cfg)
-    import pretrain.data.filter_stage as stage
+    assert first["removed_by_dedup"]  # the dedup stage ran its steps the first time
 
     def boom(*args, **kwargs):
         raise AssertionError("a finished task ran again")
 
-    monkeypatch.setattr(stage, "filter_task", boom)
-    monkeypatch.setattr("pretrain.data.pipeline.filter_task", boom)
+    for name in (
+        "pretrain.data.filter_stage.filter_task",
+        "pretrain.data.pipeline.filter_task",
+        "pretrain.data.dedup_stage.signature_task",
+        "pretrain.data.dedup_stage.apply_task",
+        "pretrain.data.dedup.cluster_duplicates",
+        "pretrain.data.mix_stage.mix_task",
+        "pretrain.data.pipeline.mix_task",
+    ):
+        monkeypatch.setattr(name, boom)
     assert prepare(cfg) == first
 
 

@@ -68,6 +68,7 @@ from pretrain.data.minhash import (
     ShingleHasher,
     band_keys,
     bands_rows_for_threshold,
+    estimated_jaccard,
     unique_per_document,
 )
 from pretrain.data.readers import Document
@@ -398,7 +399,7 @@ def _plausible(pairs, tasks, task_of, row_of, config) -> np.ndarray:
         rows = row_of[docs[mine]]
         sizes[mine] = t.set_sizes(rows)
         signatures[mine] = t.read("signatures.u32", np.uint32, config.num_perm)[rows]
-    agree = np.mean(signatures[local[:, 0]] == signatures[local[:, 1]], axis=1)
+    agree = estimated_jaccard(signatures[local[:, 0]], signatures[local[:, 1]])
     floor = np.full(len(pairs), config.verify_threshold)
     if config.containment_threshold is not None:
         c = config.containment_threshold

@@ -25,7 +25,7 @@ from typing import Any
 
 from pretrain.data.jsonl_parts import PartWriter, part_name, read_part
 from pretrain.data.prepare_config import PrepareConfig
-from pretrain.data.tasks import TaskSlice, is_done, read_reports, run_tasks
+from pretrain.data.tasks import TaskSlice, run_stage
 
 
 def dedup_config(cfg: PrepareConfig):
@@ -92,11 +92,7 @@ def run_dedup_stage(
     from pretrain.data.dedup import cluster_duplicates, load_removals
 
     out = Path(cfg.out) / "dedup"
-    parts = [
-        (str(Path(cfg.out) / "filter" / "kept" / r["domain"] / part_name(r["task"])),
-         r["domain"], r["kept"])
-        for r in filter_reports
-    ]  # fmt: skip
+    parts = [(r["kept_part"], r["domain"], r["kept"]) for r in filter_reports]
     offsets = [0]
     for _, _, n in parts:
         offsets.append(offsets[-1] + n)
@@ -108,13 +104,10 @@ def run_dedup_stage(
         ]  # fmt: skip
         return {"tasks": tasks, "removed_by_reason": {}, "clusters": 0}
     config = dedup_config(cfg)
-    task_slice = task_slice or TaskSlice()
-    mine = task_slice.mine(len(parts))
     work = out / "work"
     sig_args = [(t, p, offsets[t], str(work), len(parts), config) for t, (p, _, _) in
                 enumerate(parts)]  # fmt: skip
-    run_tasks(signature_task, sig_args, out / "signatures", mine, cfg.workers)
-    if not all(is_done(out / "signatures", t) for t in range(len(parts))):
+    if run_stage(signature_task, sig_args, out / "signatures", task_slice, cfg.workers) is None:
         return None  # the clustering needs every task's signatures
     removed_path = work / "removed.jsonl"
     records = load_removals(work) if removed_path.exists() else cluster_duplicates(work)
@@ -123,10 +116,9 @@ def run_dedup_stage(
     for t, (p, d, n) in enumerate(parts):
         in_part = {i: by_index[i] for i in range(offsets[t], offsets[t] + n) if i in by_index}
         apply_args.append((t, p, offsets[t], d, str(out), in_part))
-    run_tasks(apply_task, apply_args, out, mine, cfg.workers)
-    if not all(is_done(out, t) for t in range(len(parts))):
+    reports = run_stage(apply_task, apply_args, out, task_slice, cfg.workers)
+    if reports is None:
         return None
-    reports = read_reports(out, len(parts))
     reasons: Counter[str] = Counter()
     for r in reports:
         reasons.update(r["removed_by_reason"])

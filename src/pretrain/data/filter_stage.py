@@ -2,10 +2,10 @@
 
 One task per input file. A task writes the kept documents to ``kept/<domain>/part-T`` and the
 removed ones, with the rule that removed them, to ``removed/filter/part-T``
-(``{"id", "domain", "reason", "text"}``), then its report: documents read, kept, removed per
-reason, read errors per reason, and bytes in and out. So every document of a file is
-accounted for: ``read = kept + removed`` and the reader's ``errors`` cover what could not be
-read at all.
+(``{"id", "domain", "reason", "text"}``), then its report: the kept part (``kept_part``),
+documents read, kept, removed per reason, read errors per reason, and bytes in and out. So
+every document of a file is accounted for: ``read = kept + removed`` and the reader's
+``errors`` cover what could not be read at all.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def filter_task(
     removed: Counter[str] = Counter()
     pii_counts: Counter[str] = Counter()
     bytes_in = bytes_out = kept = words = 0
+    kept_part = out / "kept" / domain / part_name(task)
     with (
-        PartWriter(out / "kept" / domain / part_name(task)) as keep,
+        PartWriter(kept_part) as keep,
         PartWriter(out / "removed" / "filter" / part_name(task)) as drop,
     ):
         for doc in read_file(InputFile(Path(path), name), read):
@@ -66,6 +67,7 @@ def filter_task(
         "task": task,
         "file": path,
         "domain": domain,
+        "kept_part": str(kept_part),
         "documents": read.num_kept,  # read as documents (errors are counted apart)
         "kept": kept,
         "removed": dict(removed),

@@ -27,12 +27,11 @@ Departures, each for a stated reason:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pretrain.data.content_type import ContentType
-from pretrain.data.text_view import TextView, ends_sentence
+from pretrain.data.text_view import TextView, duplicates, ends_sentence
 
 __all__ = ["FineWebConfig", "fineweb_quality"]
 
@@ -70,8 +69,7 @@ def fineweb_quality(view: TextView, ctype: ContentType, cfg: FineWebConfig) -> I
         if short / n_lines >= cfg.max_short_line_ratio:
             yield "short_line_ratio"
     if cfg.max_char_dup_ratio is not None:
-        counts = Counter(view.nonempty_lines)
-        dup_chars = sum(len(line) * (c - 1) for line, c in counts.items() if c > 1)
+        _, dup_chars = duplicates(view.nonempty_lines)
         n_chars = max(1, len(view.text) - view.text.count("\n"))
         if dup_chars and dup_chars / n_chars >= cfg.max_char_dup_ratio:
             yield "char_dup_ratio"

@@ -36,14 +36,13 @@ style), and their duplicate lines and paragraphs are counted over prose only: st
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pretrain.data.content_type import ContentType, is_structural
-from pretrain.data.text_view import TextView
+from pretrain.data.text_view import TextView, duplicates
 
 __all__ = [
     "GopherQualityConfig",
@@ -197,17 +196,6 @@ def _content(items: list[str], ctype: ContentType) -> list[str]:
     ]
 
 
-def _duplicates(items: list[str]) -> tuple[int, int]:
-    """(occurrences after the first, their characters), as datatrove's ``find_duplicates``."""
-    counts = Counter(items)
-    n_dup = chars = 0
-    for item, count in counts.items():
-        if count > 1:
-            n_dup += count - 1
-            chars += len(item) * (count - 1)
-    return n_dup, chars
-
-
 def gopher_repetition(
     view: TextView, ctype: ContentType, cfg: GopherRepetitionConfig
 ) -> Iterator[str]:
@@ -220,7 +208,7 @@ def gopher_repetition(
             continue  # nothing repeats (the common case): no need to sort out content
         items = _content(items, ctype)
         if items:
-            n_dup, chars = _duplicates(items)
+            n_dup, chars = duplicates(items)
             if _above(n_dup / len(items), getattr(cfg, f"max_dup_{unit}_frac")):
                 yield f"dup_{unit}_frac"
             if _above(chars / text_length, getattr(cfg, f"max_dup_{unit}_char_frac")):

@@ -294,7 +294,7 @@ def bands_rows_for_threshold(
     best, best_error = (1, 1), np.inf
     for b in range(1, num_perm + 1):
         r = np.arange(1, num_perm // b + 1)[:, None]
-        fp = np.mean(1.0 - (1.0 - below**r) ** b, axis=1) * threshold
+        fp = np.mean(candidate_probability(below, b, r), axis=1) * threshold
         fn = np.mean((1.0 - above**r) ** b, axis=1) * (1.0 - threshold)
         error = fp_weight * fp + fn_weight * fn
         i = int(np.argmin(error))

@@ -31,7 +31,7 @@ from pretrain.data.jsonl_parts import part_name
 from pretrain.data.mix_stage import mix_task, plan_mixture
 from pretrain.data.prepare_config import PrepareConfig
 from pretrain.data.readers import ReadReport, expand_inputs
-from pretrain.data.tasks import TaskSlice, is_done, read_reports, run_tasks
+from pretrain.data.tasks import TaskSlice, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,11 @@ def filter_tasks(cfg: PrepareConfig) -> list[tuple]:
 
 def run_filter_stage(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> list[dict] | None:
     """This machine's filter tasks; every task's report, or None while others still run."""
-    tasks = filter_tasks(cfg)
     stage_dir = Path(cfg.out) / "filter"
-    mine = (task_slice or TaskSlice()).mine(len(tasks))
-    ran = run_tasks(filter_task, tasks, stage_dir, mine, cfg.workers)
-    log.info("filter: %d tasks ran, %d were already done", ran, len(mine) - ran)
-    if not all(is_done(stage_dir, t) for t in range(len(tasks))):
+    reports = run_stage(filter_task, filter_tasks(cfg), stage_dir, task_slice, cfg.workers)
+    if reports is None:
         log.info("filter tasks of other --task-index values are still to run; stopping here")
-        return None
-    return read_reports(stage_dir, len(tasks))
+    return reports
 
 
 def run_mix_stage(
@@ -83,11 +79,7 @@ def run_mix_stage(
          plan[r["domain"]]["epochs"], cfg.mix.seed)
         for t, r in enumerate(parts)
     ]  # fmt: skip
-    mine = (task_slice or TaskSlice()).mine(len(mix_args))
-    run_tasks(mix_task, mix_args, mix_dir, mine, cfg.workers)
-    if not all(is_done(mix_dir, t) for t in range(len(mix_args))):
-        return plan, None
-    return plan, read_reports(mix_dir, len(mix_args))
+    return plan, run_stage(mix_task, mix_args, mix_dir, task_slice, cfg.workers)
 
 
 def prepare(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ stage on 8 nodes with no extra flags. Inside one process, ``workers`` processes 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class StageNotFinished(ValueError):
@@ -106,3 +109,20 @@ def run_tasks(
         for t, result in zip(todo, results, strict=True):
             mark_done(stage_dir, t, result.get())
     return len(todo)
+
+
+def run_stage(
+    fn: Callable[..., dict[str, Any]],
+    args_per_task: Sequence[tuple],
+    stage_dir: Path,
+    task_slice: TaskSlice | None = None,
+    workers: int = 1,
+) -> list[dict[str, Any]] | None:
+    """Run this process's share (``task_slice``) of a stage's tasks in ``workers`` processes;
+    every task's report, or None while tasks of other ``--task-index`` values are unfinished."""
+    mine = (task_slice or TaskSlice()).mine(len(args_per_task))
+    ran = run_tasks(fn, args_per_task, stage_dir, mine, workers)
+    log.info("%s: %d tasks ran, %d were already done", stage_dir.name, ran, len(mine) - ran)
+    if not all(is_done(stage_dir, t) for t in range(len(args_per_task))):
+        return None
+    return read_reports(stage_dir, len(args_per_task))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from operator import methodcaller, ne
 
 __all__ = ["TERMINAL_PUNCT", "TextView", "ends_sentence", "unwrap_lines"]
@@ -47,6 +48,17 @@ _CLOSERS = "\"')]\u201d\u2019\u00bb"
 def ends_sentence(line: str) -> bool:
     """``line`` ends in :data:`TERMINAL_PUNCT`, maybe followed by closing quotes or brackets."""
     return line.endswith(TERMINAL_PUNCT) or line.rstrip(_CLOSERS).endswith(TERMINAL_PUNCT)
+
+
+def duplicates(items: list[str]) -> tuple[int, int]:
+    """(occurrences after the first, their characters), as datatrove's ``find_duplicates``."""
+    counts = Counter(items)
+    n_dup = chars = 0
+    for item, count in counts.items():
+        if count > 1:
+            n_dup += count - 1
+            chars += len(item) * (count - 1)
+    return n_dup, chars
 
 
 #: The widest wrap width taken for hard-wrapping; wider lines are one paragraph each.
