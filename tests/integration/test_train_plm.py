@@ -14,17 +14,13 @@ from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
 from tests.helpers import crash_then_resume
-from tests.integration.test_train import _overrides
+from tests.integration.test_train import _losses, _overrides
 
 PLM = ["--model.family=xlnet", "--objective.name=plm", "--optim.lr=2e-3"]
 
 
 def _args(shards_dir, tokenizer_dir, run, **kw) -> list[str]:
     return [*_overrides(shards_dir, tokenizer_dir, run, **kw), *PLM]
-
-
-def _losses(run, split="train"):
-    return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == split]
 
 
 def test_plm_resume_is_exact_with_a_new_order_per_sample(
@@ -48,7 +44,9 @@ def test_plm_run_evaluates_and_exports_to_xlnet(shards_dir, tokenizer_dir, tmp_p
     assert main(["eval", "--run", str(run), "--json", "--max-batches", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] == pytest.approx(_losses(run, "val")[-1][1], rel=1e-6)
+    val_record = [r for r in read_metrics(run) if r["split"] == "val"][-1]
     assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["accuracy"] == pytest.approx(val_record["accuracy"], rel=1e-9)
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.XLNetLMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True)
     ours = load_run(run).model

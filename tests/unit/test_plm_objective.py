@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.models.common.attention import attention_mask
 from pretrain.objectives import OBJECTIVES, check_pairing
-from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec
+from pretrain.objectives.base import IGNORE_INDEX
 from pretrain.objectives.plm import (
     PermutationLM,
     hf_order,
@@ -118,8 +117,23 @@ def test_the_batch_carries_ranks_not_a_t_by_t_mask():
     spec = mb.attention
     assert spec.permutation_mask is None
     assert spec.query_rank.shape == spec.key_rank.shape == (3, 64)
-    dense = AttentionSpec("permutation", permutation_mask=~spec.permutation_allowed())
-    assert torch.equal(attention_mask(dense, 64), attention_mask(spec, 64))
+    allowed = spec.permutation_allowed()  # (B, T, T): True where i may see j
+    assert allowed.shape == (3, 64, 64)
+    targets = mb.labels != IGNORE_INDEX
+    special = mb.input_ids == 0
+    assert special.any() and targets.any()
+    context = ~targets & ~special
+    for b in range(3):
+        a = allowed[b]
+        assert torch.equal(a.diagonal(), ~targets[b])  # only targets never see themselves
+        assert a[:, context[b]].all()  # every row sees every context column
+        assert not a[context[b]][:, ~context[b]].any()  # context sees no target nor special
+        # specials keep their rank: targets and specials see each other in one strict order
+        ranked = torch.nonzero(~context[b]).squeeze(1)
+        sees = a[ranked][:, ranked] & ~torch.eye(len(ranked), dtype=torch.bool)
+        assert sorted(sees.sum(1).tolist()) == list(range(len(ranked)))
+        assert not (sees & sees.T).any()
+        assert a[special[b]][:, targets[b]].any() and a[targets[b]][:, special[b]].any()
 
 
 def test_special_tokens_are_never_targets_and_keep_their_rank():

@@ -57,3 +57,27 @@ def test_wrong_window_length_and_missing_generator_are_refused():
         objective(_batch(513), torch.Generator())
     with pytest.raises(ValueError, match="pass a torch.Generator"):
         objective(_batch(568))
+
+
+def test_encoder_decoder_batch_pads_shifts_and_passes_tasks_through():
+    from pretrain.objectives.base import IGNORE_INDEX, encoder_decoder_batch
+
+    inputs = [torch.tensor([7, 8, EOS]), torch.tensor([9, EOS])]
+    targets = [torch.tensor([5, EOS]), torch.tensor([4, 3, 6, EOS])]
+    ids = torch.tensor([1, 0])
+    mb = encoder_decoder_batch(
+        inputs, targets, pad_id=PAD, decoder_start_id=0, objective="x", dtype=torch.long,
+        inputs_length=4, targets_length=5, task_ids=ids, task_names=("a", "b"),
+    )  # fmt: skip
+    assert mb.input_ids.tolist() == [[7, 8, EOS, PAD], [9, EOS, PAD, PAD]]
+    assert mb.labels.tolist() == [
+        [5, EOS, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX],
+        [4, 3, 6, EOS, IGNORE_INDEX],
+    ]
+    assert mb.decoder_input_ids.tolist() == [[0, 5, EOS, PAD, PAD], [0, 4, 3, 6, EOS]]
+    assert mb.attention.kind == "bidirectional"
+    assert mb.task_ids is ids and mb.task_names == ("a", "b") and mb.objective == "x"
+    with pytest.raises(ValueError, match="pad_id"):  # rows that need padding need a pad id
+        encoder_decoder_batch(
+            inputs, targets, pad_id=None, decoder_start_id=0, objective="x", dtype=torch.long
+        )

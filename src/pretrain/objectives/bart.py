@@ -43,7 +43,7 @@ from pretrain.objectives.bart_noise import (
     token_deletion,
     token_masking,
 )
-from pretrain.objectives.base import AttentionSpec, ModelBatch, noised_windows
+from pretrain.objectives.base import ModelBatch, encoder_decoder_batch, noised_windows
 
 _SENTENCE_PUNCTUATION = (".", "!", "?", "…")
 _CLOSERS = "\"'”’»)]"
@@ -151,21 +151,20 @@ class BARTDenoising:
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
         what = f"BART (seq_len {self.seq_len})"
         tokens = noised_windows(batch.tokens, generator, self.raw_length, what)
-        B = tokens.shape[0]
-        input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=tokens.dtype)
-        input_ids[:, 0] = self.bos_id
-        for b, row in enumerate(tokens):
-            noised = self.noise(row, generator)[: self.seq_len - 2]  # cut what noise added
-            input_ids[b, 1 : 1 + len(noised)] = noised
-            input_ids[b, 1 + len(noised)] = self.eos_id
-        bos = torch.full((B, 1), self.bos_id, dtype=tokens.dtype)
-        eos = torch.full((B, 1), self.eos_id, dtype=tokens.dtype)
-        labels = torch.cat([bos, tokens, eos], dim=1)  # (B, seq_len): the original
-        start = torch.full((B, 1), self.decoder_start_id, dtype=tokens.dtype)
-        return ModelBatch(
-            input_ids=input_ids,
-            labels=labels,
-            attention=AttentionSpec("bidirectional"),
-            decoder_input_ids=torch.cat([start, labels[:, :-1]], dim=1),
+        bos = torch.tensor([self.bos_id], dtype=tokens.dtype)
+        eos = torch.tensor([self.eos_id], dtype=tokens.dtype)
+        inputs = [
+            torch.cat([bos, self.noise(row, generator)[: self.seq_len - 2], eos])  # cut additions
+            for row in tokens
+        ]
+        targets = [torch.cat([bos, row, eos]) for row in tokens]  # seq_len each: the original
+        return encoder_decoder_batch(
+            inputs,
+            targets,
+            pad_id=self.pad_id,
+            decoder_start_id=self.decoder_start_id,
             objective=self.name,
+            dtype=tokens.dtype,
+            inputs_length=self.seq_len,
+            targets_length=self.seq_len,
         )

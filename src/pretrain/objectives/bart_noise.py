@@ -43,6 +43,16 @@ def _random_tokens(n: int, random_ids: torch.Tensor, generator: torch.Generator)
     return random_ids[torch.randint(len(random_ids), (n,), generator=generator)]
 
 
+def _mask_fill(
+    n: int, mask_id: int, random_ratio: float, random_ids: torch.Tensor, generator, dtype
+) -> torch.Tensor:
+    """``n`` mask tokens, each a random token instead with probability ``random_ratio``."""
+    fill = torch.full((n,), mask_id, dtype=dtype)
+    swap = torch.rand(n, generator=generator) < random_ratio
+    fill[swap] = _random_tokens(int(swap.sum()), random_ids, generator)
+    return fill
+
+
 def poisson_pmf(poisson_lambda: float) -> torch.Tensor:
     """P(k) for k = 0, 1, ..., cut after the first k with P(k) < 1e-7 (at most 128 values),
     exactly as fairseq builds its ``mask_span_distribution``."""
@@ -157,9 +167,9 @@ def text_infilling(
         word = (torch.cumsum(starts.long(), dim=0) - 1).clamp(min=0)
         hidden = maskable & covered[word]
         run_start = hidden & ((starts & first[word]) | ~torch.cat([_false(), hidden[:-1]]))
-        fill = torch.full((int(run_start.sum()),), mask_id, dtype=tokens.dtype)
-        swap = torch.rand(len(fill), generator=generator) < random_ratio
-        fill[swap] = _random_tokens(int(swap.sum()), random_ids, generator)
+        fill = _mask_fill(
+            int(run_start.sum()), mask_id, random_ratio, random_ids, generator, tokens.dtype
+        )
         out = tokens.clone()
         out[run_start] = fill
         out = out[~hidden | run_start]
@@ -184,11 +194,8 @@ def token_masking(
     """``ceil(ratio * n)`` of the ``n`` maskable tokens become the mask token (BART's token
     masking; fairseq ``mask_length="subword"``, ``replace_length=1``)."""
     chosen = _choose(maskable, ratio, generator)
-    fill = torch.full((len(chosen),), mask_id, dtype=tokens.dtype)
-    swap = torch.rand(len(chosen), generator=generator) < random_ratio
-    fill[swap] = _random_tokens(int(swap.sum()), random_ids, generator)
     out = tokens.clone()
-    out[chosen] = fill
+    out[chosen] = _mask_fill(len(chosen), mask_id, random_ratio, random_ids, generator, out.dtype)
     return out
 
 
@@ -234,4 +241,4 @@ def rotate(tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if len(tokens) < 2:
         return tokens
     start = int(torch.randint(len(tokens), (1,), generator=generator))
-    return torch.cat([tokens[start:], tokens[:start]])
+    return torch.roll(tokens, -start)

@@ -9,6 +9,7 @@ FlexAttention on GPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,3 +138,54 @@ def noised_windows(
     if batch_tokens.shape[1] != length:
         raise ValueError(f"{what} needs windows of {length} tokens, got {batch_tokens.shape[1]}")
     return batch_tokens
+
+
+def encoder_decoder_batch(
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    *,
+    pad_id: int | None,
+    decoder_start_id: int,
+    objective: str,
+    dtype: torch.dtype,
+    inputs_length: int | None = None,
+    targets_length: int | None = None,
+    task_ids: torch.Tensor | None = None,
+    task_names: tuple[str, ...] = (),
+) -> ModelBatch:
+    """The encoder-decoder ModelBatch for per-example ``inputs`` and ``targets`` (1-D each).
+
+    Inputs are right-padded with ``pad_id`` to ``inputs_length``, targets (the labels) with
+    ``IGNORE_INDEX`` to ``targets_length`` (None: the longest row). The decoder input is the
+    labels shifted right behind ``decoder_start_id``, ``IGNORE_INDEX`` read as ``pad_id``; the
+    encoder attends bidirectionally. ``task_ids``/``task_names`` pass through (UL2).
+
+    Raises:
+        ValueError: when ``pad_id`` is None (an objective whose rows never need padding) and a
+            row is shorter than its width.
+    """
+    B = len(inputs)
+    widths = []
+    for rows, length in ((inputs, inputs_length), (targets, targets_length)):
+        width = max((len(r) for r in rows), default=0) if length is None else length
+        if pad_id is None and any(len(r) != width for r in rows):
+            raise ValueError(f"rows of {sorted({len(r) for r in rows})} tokens need a pad_id")
+        widths.append(width)
+    input_ids = torch.full((B, widths[0]), 0 if pad_id is None else pad_id, dtype=dtype)
+    labels = torch.full((B, widths[1]), IGNORE_INDEX, dtype=dtype)
+    for b, (row_in, row_out) in enumerate(zip(inputs, targets, strict=True)):
+        input_ids[b, : len(row_in)] = row_in
+        labels[b, : len(row_out)] = row_out
+    start = torch.full((B, 1), decoder_start_id, dtype=dtype)
+    shifted = torch.cat([start, labels[:, :-1]], dim=1)
+    if pad_id is not None:
+        shifted = shifted.masked_fill(shifted == IGNORE_INDEX, pad_id)
+    return ModelBatch(
+        input_ids=input_ids,
+        labels=labels,
+        attention=AttentionSpec("bidirectional"),
+        decoder_input_ids=shifted,
+        objective=objective,
+        task_ids=task_ids,
+        task_names=task_names,
+    )

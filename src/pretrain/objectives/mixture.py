@@ -41,7 +41,7 @@ class ObjectiveMixture:
     """Components ``(name, objective, weight)`` drawn per example or per batch."""
 
     name = "mixture"
-    families = ("decoder", "encoder", "encoder_decoder")  # narrowed per instance
+    families = ("decoder", "encoder", "encoder_decoder")  # each component is checked itself
     reports_bits_per_byte = False
     reports_accuracy = False
 
@@ -64,9 +64,6 @@ class ObjectiveMixture:
         self.component_names = [n for n, _, _ in components]
         self.objectives = [o for _, o, _ in components]
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
-        self.families = tuple(
-            f for f in self.objectives[0].families if all(f in o.families for o in self.objectives)
-        )
         self.seq_len, self.pad_id, self.granularity = seq_len, pad_id, granularity
         self.windows = [window_length(o, seq_len) for o in self.objectives]
         # Global task names: a component, or component/denoiser for UL2-like components.

@@ -9,9 +9,11 @@ Unified Text-to-Text Transformer", §3.1.4), following ``t5/data/preprocessors.p
 - :func:`span_corruption_lengths`: how many raw tokens give ``inputs_length`` after corruption,
   and the resulting target length (``random_spans_helper``; 568 raw -> 512 inputs / 114 targets
   at density 0.15 and mean span 3).
+- :func:`corrupted_lengths`: the inputs and targets a window of L tokens becomes.
 - :func:`noise_span_to_unique_sentinel`: each noise span becomes one sentinel; span k gets
   ``<|extra_id_k|>`` (T5's ids count down from the top of its vocabulary; here the sentinel
-  ids are looked up from the tokenizer, so the k-th span still gets extra id k).
+  ids are looked up from the tokenizer, so the k-th span still gets extra id k);
+  :func:`span_corrupt` draws a mask and rewrites one window both ways.
 
 All randomness comes from a ``torch.Generator`` passed in, so a sample's corruption is a pure
 function of the generator's state.
@@ -72,6 +74,15 @@ def random_spans_noise_mask(
     return (span_num % 2 == 1)[:length]
 
 
+def corrupted_lengths(
+    length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
+    """(inputs, targets) lengths span corruption makes of ``length`` tokens, each with one
+    sentinel per span and its EOS: ``L - noise + spans + 1`` and ``noise + spans + 1``."""
+    num_noise, num_spans = num_noise_tokens_and_spans(length, noise_density, mean_noise_span_length)
+    return length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+
 def span_corruption_lengths(
     inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
 ) -> tuple[int, int]:
@@ -80,16 +91,10 @@ def span_corruption_lengths(
     T5's ``random_spans_helper`` with one sentinel per span on each side and EOS on both.
     """
 
-    def lengths(tokens: int) -> tuple[int, int]:
-        num_noise, num_spans = num_noise_tokens_and_spans(
-            tokens, noise_density, mean_noise_span_length
-        )
-        return tokens - num_noise + num_spans + 1, num_noise + num_spans + 1
-
     tokens = inputs_length - 1
-    while lengths(tokens + 1)[0] <= inputs_length:
+    while corrupted_lengths(tokens + 1, noise_density, mean_noise_span_length)[0] <= inputs_length:
         tokens += 1
-    targets_length = lengths(tokens)[1]
+    targets_length = corrupted_lengths(tokens, noise_density, mean_noise_span_length)[1]
     if noise_density == 0.5 and targets_length > inputs_length:  # T5's "minor hack"
         tokens -= 1
         targets_length -= 1
@@ -127,6 +132,23 @@ def noise_span_to_unique_sentinel(
     sentinels = torch.as_tensor(list(sentinel_ids), dtype=tokens.dtype)
     out = torch.where(first_of_run, sentinels[run_index.clamp(min=0)], tokens)
     return out[~(noise_mask & previous)]  # drop the rest of each run
+
+
+def span_corrupt(
+    tokens: torch.Tensor,
+    noise_density: float,
+    mean_noise_span_length: float,
+    sentinel_ids: Sequence[int],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 span corruption of one window ``(L,)``: ``(inputs, targets)`` without EOS.
+
+    Draws a noise mask (:func:`random_spans_noise_mask`); the inputs replace each noise span by
+    a sentinel, the targets each clean span (:func:`noise_span_to_unique_sentinel`).
+    """
+    mask = random_spans_noise_mask(len(tokens), noise_density, generator, mean_noise_span_length)
+    inputs = noise_span_to_unique_sentinel(tokens, mask, sentinel_ids)
+    return inputs, noise_span_to_unique_sentinel(tokens, ~mask, sentinel_ids)
 
 
 def prefix_length_bounds(length: int, noise_density: float) -> tuple[int, int]:

@@ -123,10 +123,9 @@ def xlnet_order(
 
 
 def hf_order(length: int, generator: torch.Generator) -> torch.Tensor:
-    """HF's order: one permutation of the T/2 pairs ``(p, p + T/2)`` (first half before second)."""
-    half = length // 2
-    index = torch.arange(length).reshape(-1, half).T
-    return index[torch.randperm(half, generator=generator)].T.reshape(-1)
+    """HF's order: one permutation of the T/2 pairs ``(p, p + T/2)`` (first half before second),
+    i.e. :func:`xlnet_order` with ``perm_size = T/2``."""
+    return xlnet_order(length, generator, length // 2)
 
 
 # Key rank of a position nobody is hidden from (context under the XLNet rule): below every
@@ -162,10 +161,15 @@ def permutation_ranks(
 def permutation_mask(
     order: torch.Tensor, target: torch.Tensor, special: torch.Tensor, rule: Rule = "xlnet"
 ) -> torch.Tensor:
-    """``(T, T)`` bool, True where i may NOT see j (query stream; XLNet's ``perm_mask``):
-    ``(self_rev[i] <= rev[j]) & hidden[j]``, from :func:`permutation_ranks`."""
+    """``(..., T, T)`` bool, True where i may NOT see j (query stream; XLNet's ``perm_mask``):
+    ``(self_rev[i] <= rev[j]) & hidden[j]``, from :func:`permutation_ranks` through
+    :meth:`AttentionSpec.permutation_allowed`, which holds the rule."""
     query_rank, key_rank = permutation_ranks(order, target, special, rule)
-    return query_rank[..., :, None] <= key_rank[..., None, :]
+    lead, T = query_rank.shape[:-1], query_rank.shape[-1]
+    spec = AttentionSpec(  # the one rule, on (B, T) ranks
+        "permutation", query_rank=query_rank.reshape(-1, T), key_rank=key_rank.reshape(-1, T)
+    )
+    return (~spec.permutation_allowed()).reshape(*lead, T, T)
 
 
 class PermutationLM:

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch, noised_windows
+from pretrain.objectives.base import (
+    IGNORE_INDEX,
+    AttentionSpec,
+    ModelBatch,
+    encoder_decoder_batch,
+    noised_windows,
+)
 from pretrain.objectives.clm import positions_within_documents
 from pretrain.objectives.noise import random_prefix_length
 
@@ -102,21 +108,20 @@ class EncoderDecoderPrefixLM:
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
         what = f"prefix LM (seq_len {self.seq_len})"
         tokens = noised_windows(batch.tokens, generator, self.seq_len - 1, what)
-        B, L = tokens.shape
-        input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=tokens.dtype)
-        labels = torch.full((B, self.seq_len), IGNORE_INDEX, dtype=tokens.dtype)
-        for b in range(B):
+        L = tokens.shape[1]
+        eos = torch.tensor([self.eos_id], dtype=tokens.dtype)
+        inputs, targets = [], []
+        for row in tokens:
             split = random_prefix_length(L, self.noise_density, generator)
-            input_ids[b, :split] = tokens[b, :split]
-            input_ids[b, split] = self.eos_id
-            labels[b, : L - split] = tokens[b, split:]
-            labels[b, L - split] = self.eos_id
-        start = torch.full((B, 1), self.decoder_start_id, dtype=tokens.dtype)
-        shifted = torch.cat([start, labels[:, :-1]], dim=1)
-        return ModelBatch(
-            input_ids=input_ids,
-            labels=labels,
-            attention=AttentionSpec("bidirectional"),
-            decoder_input_ids=shifted.masked_fill(shifted == IGNORE_INDEX, self.pad_id),
+            inputs.append(torch.cat([row[:split], eos]))
+            targets.append(torch.cat([row[split:], eos]))
+        return encoder_decoder_batch(
+            inputs,
+            targets,
+            pad_id=self.pad_id,
+            decoder_start_id=self.decoder_start_id,
             objective=self.name,
+            dtype=tokens.dtype,
+            inputs_length=self.seq_len,
+            targets_length=self.seq_len,
         )

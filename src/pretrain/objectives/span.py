@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import AttentionSpec, ModelBatch, noised_windows
+from pretrain.objectives.base import ModelBatch, encoder_decoder_batch, noised_windows
 from pretrain.objectives.noise import (
     check_sentinels,
-    noise_span_to_unique_sentinel,
-    random_spans_noise_mask,
+    span_corrupt,
     span_corruption_lengths,
 )
 
@@ -65,23 +64,18 @@ class SpanCorruption:
         eos = torch.tensor([self.eos_id], dtype=tokens.dtype)
         inputs, targets = [], []
         for row in tokens:
-            mask = random_spans_noise_mask(
-                self.raw_length, self.noise_density, generator, self.mean_noise_span_length
+            noised, hidden = span_corrupt(
+                row, self.noise_density, self.mean_noise_span_length, self.sentinel_ids, generator
             )
-            inputs.append(
-                torch.cat([noise_span_to_unique_sentinel(row, mask, self.sentinel_ids), eos])
-            )
-            targets.append(
-                torch.cat([noise_span_to_unique_sentinel(row, ~mask, self.sentinel_ids), eos])
-            )
-        input_ids = torch.stack(inputs)  # (B, seq_len)
-        labels = torch.stack(targets)  # (B, targets_length)
-        start = torch.full_like(labels[:, :1], self.decoder_start_id)
-        decoder_input_ids = torch.cat([start, labels[:, :-1]], dim=1)  # shifted right
-        return ModelBatch(
-            input_ids=input_ids,
-            labels=labels,
-            attention=AttentionSpec("bidirectional"),
-            decoder_input_ids=decoder_input_ids,
+            inputs.append(torch.cat([noised, eos]))
+            targets.append(torch.cat([hidden, eos]))
+        # Every row corrupts to the same lengths (seq_len inputs, targets_length targets): no
+        # padding, so no pad id.
+        return encoder_decoder_batch(
+            inputs,
+            targets,
+            pad_id=None,
+            decoder_start_id=self.decoder_start_id,
             objective=self.name,
+            dtype=tokens.dtype,
         )

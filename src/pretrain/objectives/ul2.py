@@ -34,12 +34,13 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from pretrain.data.loader import TokenBatch
-from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch, noised_windows
-from pretrain.objectives.noise import (
-    noise_span_to_unique_sentinel,
-    random_prefix_length,
-    random_spans_noise_mask,
+from pretrain.objectives.base import (
+    IGNORE_INDEX,
+    ModelBatch,
+    encoder_decoder_batch,
+    noised_windows,
 )
+from pretrain.objectives.noise import random_prefix_length, span_corrupt
 from pretrain.objectives.prefix_lm import prefix_lm_batch
 from pretrain.objectives.ul2_denoisers import UL2_DENOISERS, Denoiser, plan_ul2
 
@@ -92,11 +93,9 @@ class UL2:
             split = random_prefix_length(len(tokens), denoiser.density, generator)
             inputs, targets = tokens[:split], tokens[split:]
         else:
-            mask = random_spans_noise_mask(
-                len(tokens), denoiser.density, generator, denoiser.mean_span
+            inputs, targets = span_corrupt(
+                tokens, denoiser.density, denoiser.mean_span, self.sentinel_ids, generator
             )
-            inputs = noise_span_to_unique_sentinel(tokens, mask, self.sentinel_ids)
-            targets = noise_span_to_unique_sentinel(tokens, ~mask, self.sentinel_ids)
         mode = torch.tensor([self.mode_ids[denoiser.mode]], dtype=tokens.dtype)
         eos = torch.tensor([self.eos_id], dtype=tokens.dtype)
         return torch.cat([mode, inputs, eos]), torch.cat([targets, eos])
@@ -114,21 +113,15 @@ class UL2:
     def _encoder_decoder_batch(
         self, pairs: list[tuple[torch.Tensor, torch.Tensor]], ids: torch.Tensor, dtype
     ) -> ModelBatch:
-        B = len(pairs)
-        input_ids = torch.full((B, self.seq_len), self.pad_id, dtype=dtype)
-        labels = torch.full((B, self.targets_length), IGNORE_INDEX, dtype=dtype)
-        for b, (inputs, targets) in enumerate(pairs):
-            input_ids[b, : len(inputs)] = inputs
-            labels[b, : len(targets)] = targets
-        start = torch.full((B, 1), self.decoder_start_id, dtype=dtype)
-        shifted = torch.cat([start, labels[:, :-1]], dim=1)
-        decoder_input_ids = shifted.masked_fill(shifted == IGNORE_INDEX, self.pad_id)
-        return ModelBatch(
-            input_ids=input_ids,
-            labels=labels,
-            attention=AttentionSpec("bidirectional"),
-            decoder_input_ids=decoder_input_ids,
+        return encoder_decoder_batch(
+            [inputs for inputs, _ in pairs],
+            [targets for _, targets in pairs],
+            pad_id=self.pad_id,
+            decoder_start_id=self.decoder_start_id,
             objective=self.name,
+            dtype=dtype,
+            inputs_length=self.seq_len,
+            targets_length=self.targets_length,
             task_ids=ids,
             task_names=self.denoiser_names,
         )

@@ -27,7 +27,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pretrain.objectives.noise import num_noise_tokens_and_spans, prefix_length_bounds
+from pretrain.objectives.noise import (
+    corrupted_lengths,
+    num_noise_tokens_and_spans,
+    prefix_length_bounds,
+)
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,7 @@ def example_lengths(denoiser: Denoiser, raw_length: int) -> tuple[int, int]:
     if denoiser.mean_span is None:
         min_in, max_in = prefix_length_bounds(raw_length, denoiser.density)
         return max_in + 1, raw_length - min_in + 1
-    noise, spans = num_noise_tokens_and_spans(raw_length, denoiser.density, denoiser.mean_span)
-    return raw_length - noise + spans + 1, noise + spans + 1
+    return corrupted_lengths(raw_length, denoiser.density, denoiser.mean_span)
 
 
 def model_length(denoiser: Denoiser, raw_length: int, family: str) -> int:
