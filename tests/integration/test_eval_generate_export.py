@@ -217,9 +217,14 @@ def test_a_flex_run_loads_on_cpu_with_dense_attention(llama_run, tmp_path):
     arch = json.loads(arch_file.read_text())
     arch_file.write_text(json.dumps({**arch, "attention_backend": "flex"}))  # trained on GPU
     loaded, reference = load_run(run), load_run(llama_run)
-    assert loaded.model.cfg.attention_backend == "sdpa"
+    assert loaded.model.cfg.attention_backend == "sdpa"  # the switch itself
+    # ...and the same weights: packed documents, the spec that takes a backend's own path
     x = torch.randint(0, 500, (2, 16))
+    spec = AttentionSpec("causal", document_ids=(torch.arange(16) >= 7).long().expand(2, 16))
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded.model.forward_tokens(x), reference.model.forward_tokens(x), atol=0, rtol=0
+            loaded.model.forward_tokens(x, attention=spec),
+            reference.model.forward_tokens(x, attention=spec),
+            atol=0,
+            rtol=0,
         )
