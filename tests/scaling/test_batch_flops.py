@@ -1,7 +1,8 @@
 """Per-batch training FLOPs against PyTorch's own count of the matrix products run.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul of a forward and backward.
-The weight products it sees must equal :func:`count_batch`'s ``weights`` exactly, for every
+The weight products it sees must equal :func:`count_batch`'s ``weights`` exactly, and the
+batched products its ``attention`` and ``positions`` (SDPA on its math kernel), for every
 family and objective: the decoder over all tokens, MLM's head on the selected rows only, T5's
 decoder over the targets, XLNet's query stream over its rows and its last layer's content
 stream cut to keys and values. (The loss here is a plain cross-entropy over the labeled rows:
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.data.loader import TokenBatch
@@ -65,17 +67,27 @@ CASES = ["llama", "gpt2-untied", "bert-mlm", "t5-span", "xlnet-txl", "xlnet-rope
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_weight_flops_equal_the_matmuls_pytorch_counts(name):
+def test_flops_equal_the_products_pytorch_counts(name):
     model, objective, length = case(name)
     batch = objective(token_batch(length), torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
+    # SDPA's math kernel runs attention as matmuls the counter sees (fused kernels it skips)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         hidden = model(batch)
         rows = batch.labels != IGNORE_INDEX
         logits = model.logits(hidden[rows])
         F.cross_entropy(logits.float(), batch.labels[rows]).backward()
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     matmuls = counts.get("aten.mm", 0) + counts.get("aten.addmm", 0)
-    assert count_batch(model, batch).weights == matmuls
+    flops = count_batch(model, batch)
+    assert flops.weights == matmuls
+    # attention's score and value products, and XLNet's position scores, are batched matmuls;
+    # XLNet also scatters its query rows back to their positions (one more, uncounted: it is
+    # a one-hot (B, M, T) product, 4 B M T d FLOPs with its gradient)
+    scatter = 0
+    if batch.target_mapping is not None:
+        M = batch.target_mapping.shape[1]
+        scatter = 4 * B * M * batch.input_ids.shape[1] * model.cfg.d_model
+    assert counts.get("aten.bmm", 0) == flops.attention + flops.positions + scatter
 
 
 def test_clm_with_every_token_labeled_is_palms_per_token_count():
