@@ -23,7 +23,10 @@ per-chunk softmax compiled when the side is). HF computes its own loss under the
 autocast: ``LlamaForCausalLM``/``GPT2LMHeadModel`` with ``labels=``/``shift_labels=``,
 ``BertForMaskedLM`` with ``labels`` (-100 off the selected positions),
 ``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``, ``XLNetLMHeadModel``
-with the same ``perm_mask`` and ``target_mapping`` and one label per target row.
+with the same ``perm_mask`` and ``target_mapping`` and one label per target row
+(``hf_eager_collator``: the same ``perm_mask`` in the form HF's
+``DataCollatorForPermutationLanguageModeling`` gives, an identity ``target_mapping`` with a
+query row per position and -100 off the targets).
 
 Tokens/s counts encoder-input tokens (B * T) per step after warmup, synchronized. MFU =
 tokens/s * FLOPs per token / peak bf16 FLOP/s, the FLOPs being what our model computes on these
@@ -178,7 +181,7 @@ def make_steps(ours, hf, args, device):
 
         return step
 
-    def hf_step(model):
+    def hf_step(model, collator_form: bool = False):
         def step(batch: ModelBatch):
             labels = batch.labels.contiguous()
             kwargs = {"input_ids": batch.input_ids.contiguous(), "labels": labels}
@@ -186,11 +189,17 @@ def make_steps(ours, hf, args, device):
                 kwargs.update(shift_labels=labels, use_cache=False)
             elif args.objective == "span":
                 kwargs.update(decoder_input_ids=batch.decoder_input_ids, use_cache=False)
-            elif args.objective == "plm":  # one label per target_mapping row, as HF wants
+            elif args.objective == "plm":
                 tm = batch.target_mapping
-                rows = torch.einsum("bmt,bt->bm", tm, labels.to(tm.dtype)).long()
-                rows[tm.sum(-1) == 0] = -100
                 perm = (~batch.attention.permutation_allowed()).to(tm.dtype)
+                if collator_form:  # as DataCollatorForPermutationLanguageModeling: a query
+                    # row per position (identity mapping), -100 off the targets
+                    B, T = labels.shape
+                    eye = torch.eye(T, dtype=tm.dtype, device=tm.device)
+                    tm, rows = eye.expand(B, T, T).contiguous(), labels
+                else:  # XLNet's compact form: one query row and one label per target
+                    rows = torch.einsum("bmt,bt->bm", tm, labels.to(tm.dtype)).long()
+                    rows[tm.sum(-1) == 0] = -100
                 kwargs.update(labels=rows, perm_mask=perm, target_mapping=tm, use_mems=False)
             with autocast():
                 loss = model(**kwargs).loss
@@ -203,6 +212,8 @@ def make_steps(ours, hf, args, device):
         return step
 
     steps = {"hf": hf_step(compiled_hf), "hf_eager": hf_step(hf)}
+    if args.objective == "plm":
+        steps["hf_eager_collator"] = hf_step(hf, collator_form=True)
     for rows in args.loss_chunks:
         suffix = "" if rows is None else f"_chunk{rows}"
         steps["ours" + suffix] = ours_step(compiled_ours, True, rows)
@@ -385,7 +396,9 @@ def main() -> None:
             f"| {side} | {r['tokens_per_second']:,.0f} | {mfu} | {r['warmup_seconds']:.1f} "
             f"| {mem} | {above} |"
         )
-    for a, b in (("ours", "hf"), ("ours", "hf_eager"), ("ours_eager", "hf_eager")):
+    pairs = [("ours", "hf"), ("ours", "hf_eager"), ("ours_eager", "hf_eager")]
+    pairs += [("ours", "hf_eager_collator"), ("ours_eager", "hf_eager_collator")]
+    for a, b in pairs:
         if a in results and b in results:
             ratio = results[a]["tokens_per_second"] / results[b]["tokens_per_second"]
             print(f"{a} / {b} = {ratio:.2f}")
