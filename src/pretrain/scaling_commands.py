@@ -297,9 +297,7 @@ def scaling_ladder(args: argparse.Namespace) -> int:
         return 0
     if not args.dry_run:
         root = Path(runs[0].run_dir).parent
-        todo = [r for r in runs if args.only is None or r.name == args.only]
-        run_ladder(args.config, todo, overrides)
-        run_ladder(args.config, [r for r in runs if r not in todo], overrides, collect_only=True)
+        run_ladder(args.config, runs, overrides, only=args.only)
         write_csv(runs, root / "ladder.csv")
     rows = [r.row() for r in runs]
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,26 @@ def test_a_rerun_skips_finished_tasks_and_gives_the_same_output(tmp_path, monkey
         "pretrain.data.pipeline.mix_task",
     ):
         monkeypatch.setattr(name, boom)
+    assert prepare(cfg) == first
+
+
+def test_reports_of_another_format_are_refused_naming_the_file(tmp_path):
+    """A filter report from before ``kept_part`` existed (no format stamp) fails with a message
+    that names it, not with a KeyError in the dedup stage."""
+    _corpus(tmp_path)
+    cfg = _config(tmp_path)
+    first = prepare(cfg)
+    report = tmp_path / "out" / "filter" / "_tasks" / "00001.json"
+    old = json.loads(report.read_text())
+    assert old.pop("report_format") == 2
+    del old["kept_part"]
+    report.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"00001\.json: task report format 1, .*reads format 2"):
+        prepare(cfg)
+    report.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"00001\.json: not a task report"):
+        prepare(cfg)
+    shutil.rmtree(tmp_path / "out" / "filter")  # what the message says to do
     assert prepare(cfg) == first
 
 

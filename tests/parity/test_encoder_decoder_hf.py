@@ -177,7 +177,9 @@ def test_t5_v1_1_base_parameter_count_equals_hf() -> None:
     if theirs.lm_head.weight is theirs.shared.weight:
         tied_count += shared
     assert ours.num_params() == tied_count == 247_577_856
-    assert ours.num_params(exclude_embeddings=True) == 247_577_856 - shared
+    # Kaplan's N: no vocabulary and no positional embeddings (two 32-bucket x 12-head tables)
+    rel_tables = 2 * theirs.config.relative_attention_num_buckets * 12
+    assert ours.num_params(exclude_embeddings=True) == 247_577_856 - shared - rel_tables
     ours_hf = hf_config(cfg)
     for key in ("d_model", "d_kv", "num_heads", "d_ff", "num_layers", "num_decoder_layers"):
         assert getattr(ours_hf, key) == getattr(theirs.config, key), key

@@ -81,19 +81,22 @@ T5_MATMUL = 12 * (4 * 768**2 + 3 * 768 * 2048) + 12 * (8 * 768**2 + 3 * 768 * 20
 
 
 @pytest.mark.parametrize(
-    ("family", "size", "vocab", "total", "matmul"),
+    ("family", "size", "vocab", "total", "matmul", "embeddings"),
     [
-        # HF BertForMaskedLM bert-base-uncased
-        ("encoder", "bert-base", 30522, 109_514_298, BERT_MATMUL),
-        # HF google/t5-v1_1-base
-        ("encoder_decoder", "t5-v1_1-base", 32128, 247_577_856, T5_MATMUL),
+        # HF BertForMaskedLM bert-base-uncased; Kaplan's N leaves out the word, position
+        # (512) and token-type (2) embeddings
+        ("encoder", "bert-base", 30522, 109_514_298, BERT_MATMUL, (30522 + 512 + 2) * 768),
+        # HF google/t5-v1_1-base; N leaves out the shared embedding and the encoder's and
+        # decoder's relative-position tables (32 buckets x 12 heads each)
+        ("encoder_decoder", "t5-v1_1-base", 32128, 247_577_856, T5_MATMUL,
+         32128 * 768 + 2 * 32 * 12),
     ],
-)
-def test_other_families_counts(family, size, vocab, total, matmul):
+)  # fmt: skip
+def test_other_families_counts(family, size, vocab, total, matmul, embeddings):
     counts = count_config(ModelConfig(family=family, size=size), vocab, 512)
     assert counts.total == total
     assert counts.matmul == matmul
-    assert 0 < counts.non_embedding < counts.total
+    assert counts.non_embedding == total - embeddings
     layers = 24 if family == "encoder_decoder" else 12  # encoder + decoder stacks
     assert counts.n_layers == layers
     assert counts.flops_per_token == pytest.approx(6 * matmul + 12 * layers * 12 * 64 * 512)

@@ -27,6 +27,12 @@ from pretrain.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever a stage's report gains or changes a field a later step reads; reports of
+# another format are refused with a message instead of failing later on a missing key.
+# 2: filter reports carry ``kept_part`` (format 1 had no stamp).
+REPORT_FORMAT = 2
+FORMAT_KEY = "report_format"
+
 
 class StageNotFinished(ValueError):
     """A later step needs tasks that have not finished (they may run on another machine)."""
@@ -71,7 +77,29 @@ def is_done(stage_dir: Path, task: int) -> bool:
 def mark_done(stage_dir: Path, task: int, report: dict[str, Any]) -> None:
     path = report_path(stage_dir, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(report, sort_keys=True))
+    atomic_write_text(path, json.dumps({**report, FORMAT_KEY: REPORT_FORMAT}, sort_keys=True))
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """One task's report, without its format stamp.
+
+    Raises:
+        ValueError: naming the file, when it was written in another report format (an older
+            or newer pretrain), or is not a JSON object.
+    """
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a task report ({e}); delete it to rerun the task") from e
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: not a task report (a JSON object); delete it to rerun it")
+    found = report.pop(FORMAT_KEY, 1)
+    if found != REPORT_FORMAT:
+        raise ValueError(
+            f"{path}: task report format {found}, this pretrain reads format {REPORT_FORMAT} "
+            f"(written by another version); delete {path.parent.parent} to rerun that stage"
+        )
+    return report
 
 
 def read_reports(stage_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
@@ -86,7 +114,7 @@ def read_reports(stage_dir: Path, num_tasks: int) -> list[dict[str, Any]]:
             f"{stage_dir}: tasks {missing[:10]}{'...' if len(missing) > 10 else ''} of "
             f"{num_tasks} have not finished; run them (e.g. the other --task-index values) first"
         )
-    return [json.loads(report_path(stage_dir, t).read_text()) for t in range(num_tasks)]
+    return [read_report(report_path(stage_dir, t)) for t in range(num_tasks)]
 
 
 def run_tasks(

@@ -44,17 +44,6 @@ def unique_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() already deduplicates
 
 
-def embedding_params(model: nn.Module) -> int:
-    """Parameters of every ``nn.Embedding`` (token, learned position, relative-bias tables)."""
-    seen: set[int] = set()
-    total = 0
-    for m in model.modules():
-        if isinstance(m, nn.Embedding) and id(m.weight) not in seen:
-            seen.add(id(m.weight))
-            total += m.weight.numel()
-    return total
-
-
 def build_meta_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
     """The model ``cfg`` describes, with parameters on the meta device (shapes only)."""
     from pretrain.models.spec import build_model
@@ -75,7 +64,7 @@ def count_model(model: nn.Module, seq_len: int, attention: Attention = "palm") -
     return ModelCounts(
         family=family,
         total=total,
-        non_embedding=total - embedding_params(model),
+        non_embedding=model.num_params(exclude_embeddings=True),
         matmul=matmul,
         n_layers=layers,
         n_heads=cfg.n_heads,

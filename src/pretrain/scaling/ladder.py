@@ -166,14 +166,14 @@ def run_ladder(
     runs: Sequence[LadderRun],
     overrides: Sequence[str] = (),
     results_csv: str | Path | None = None,
-    collect_only: bool = False,
+    only: str | None = None,
 ) -> list[LadderRun]:
     """Train each rung with :class:`~pretrain.train.trainer.Trainer`; write ``results_csv``
     after every run. The loss is the final validation loss (``data.val`` must be set).
 
     A rung already trained (by an earlier call, or by a cluster job running ``--only NAME``)
-    is read back, not retrained; with ``collect_only`` nothing is trained and rungs not done
-    keep no loss."""
+    is read back, not retrained. With ``only``, just the rung of that name may be trained;
+    the others are read back if done and keep no loss if not."""
     from pretrain.train.trainer import Trainer
 
     for run in runs:
@@ -181,7 +181,7 @@ def run_ladder(
         if done.exists():
             run.loss = json.loads(done.read_text())["loss"]
             log.info("%s: done before (loss %.4f)", run.name, run.loss)
-        elif collect_only:
+        elif only is not None and run.name != only:
             log.info("%s: not trained yet", run.name)
         else:
             cfg = load_config(ExperimentConfig, base_config, [*overrides, *run.overrides])

@@ -423,10 +423,12 @@ class EncoderDecoderLM(nn.Module):
         """Parameter count.
 
         Args:
-            exclude_embeddings: leave out the shared input embedding (Kaplan et al. 2020's N);
-                the untied LM head and the small relative-position tables stay counted.
+            exclude_embeddings: leave out the shared input embedding and the two
+                relative-position tables (Kaplan et al. 2020's N excludes "all vocabulary and
+                positional embeddings"); the untied LM head stays counted.
         """
         total = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            total -= self.embed.weight.numel()
+            for table in (self.embed, self.encoder_position_bias, self.decoder_position_bias):
+                total -= sum(p.numel() for p in table.parameters())
         return total

@@ -61,34 +61,57 @@ def hf_config(cfg: XLNetConfig) -> PretrainedConfig:
     )
 
 
-def _per_head(w: torch.Tensor, cfg: XLNetConfig) -> torch.Tensor:
-    """Our (H*hd, d) Linear weight as HF's (d, H, hd) input-projection tensor."""
-    return w.t().reshape(cfg.d_model, cfg.n_heads, cfg.head_dim)
+# Per layer: (our parameter, HF's under ``transformer.layer.{i}.``, layout). Layouts: "same";
+# "in", our (H*hd, d) input projection as HF's (d, H, hd); "out", our (d, H*hd) as (d, H, hd).
+# ``attn.qkv.weight`` is HF's q, k and v ("in" each) stacked; it is handled apart.
+LAYER_NAMES = [
+    ("attn.pos.weight", "rel_attn.r", "in"),
+    ("attn.out.weight", "rel_attn.o", "out"),
+    ("attn.content_bias", "rel_attn.r_w_bias", "same"),
+    ("attn.position_bias", "rel_attn.r_r_bias", "same"),
+    ("attn.segment_bias", "rel_attn.r_s_bias", "same"),
+    ("attn.segment_embed", "rel_attn.seg_embed", "same"),
+    *[(f"{ours}.{kind}", f"{hf}.{kind}", "same")
+      for ours, hf in (("attn.norm", "rel_attn.layer_norm"), ("mlp_norm", "ff.layer_norm"),
+                       ("mlp.up", "ff.layer_1"), ("mlp.down", "ff.layer_2"))
+      for kind in ("weight", "bias")],
+]  # fmt: skip
+TOP_NAMES = [  # (ours, HF) outside the layers; HF's mask_emb is (1, 1, d)
+    ("embed.weight", "transformer.word_embedding.weight"),
+    ("mask_embed", "transformer.mask_emb"),
+    ("output_bias", "lm_loss.bias"),
+]
+
+
+def _to_hf_layout(w: torch.Tensor, layout: str, cfg: XLNetConfig) -> torch.Tensor:
+    if layout == "in":
+        return w.t().reshape(cfg.d_model, cfg.n_heads, cfg.head_dim)
+    if layout == "out":
+        return w.reshape(cfg.d_model, cfg.n_heads, cfg.head_dim)
+    return w
+
+
+def _from_hf_layout(w: torch.Tensor, layout: str, cfg: XLNetConfig) -> torch.Tensor:
+    d = cfg.d_model
+    if layout == "in":
+        return w.reshape(d, d).t().contiguous()
+    if layout == "out":
+        return w.reshape(d, d)
+    return w
 
 
 def _to_hf_state(model: XLNetLM) -> dict[str, torch.Tensor]:
     cfg, d = model.cfg, model.cfg.d_model
-    out = {
-        "transformer.word_embedding.weight": model.embed.weight,
-        "transformer.mask_emb": model.mask_embed.view(1, 1, d),
-        "lm_loss.weight": model.embed.weight,
-        "lm_loss.bias": model.output_bias,
-    }
-    for i, block in enumerate(model.blocks):
-        hf, a = f"transformer.layer.{i}.", block.attn
-        q, k, v = a.qkv.weight.split(d)
-        for name, w in (("q", q), ("k", k), ("v", v), ("r", a.pos.weight)):
-            out[f"{hf}rel_attn.{name}"] = _per_head(w, cfg)
-        out[f"{hf}rel_attn.o"] = a.out.weight.reshape(d, cfg.n_heads, cfg.head_dim)
-        out[f"{hf}rel_attn.r_w_bias"] = a.content_bias
-        out[f"{hf}rel_attn.r_r_bias"] = a.position_bias
-        out[f"{hf}rel_attn.r_s_bias"] = a.segment_bias
-        out[f"{hf}rel_attn.seg_embed"] = a.segment_embed
-        for kind in ("weight", "bias"):
-            out[f"{hf}rel_attn.layer_norm.{kind}"] = getattr(a.norm, kind)
-            out[f"{hf}ff.layer_norm.{kind}"] = getattr(block.mlp_norm, kind)
-            out[f"{hf}ff.layer_1.{kind}"] = getattr(block.mlp.up, kind)
-            out[f"{hf}ff.layer_2.{kind}"] = getattr(block.mlp.down, kind)
+    ours = model.state_dict()
+    out = {hf: ours[name] for name, hf in TOP_NAMES}
+    out["transformer.mask_emb"] = out["transformer.mask_emb"].view(1, 1, d)
+    out["lm_loss.weight"] = ours["embed.weight"]
+    for i in range(cfg.n_layers):
+        hf, mine = f"transformer.layer.{i}.", f"blocks.{i}."
+        for name, w in zip("qkv", ours[f"{mine}attn.qkv.weight"].split(d), strict=True):
+            out[f"{hf}rel_attn.{name}"] = _to_hf_layout(w, "in", cfg)
+        for name, hf_name, layout in LAYER_NAMES:
+            out[hf + hf_name] = _to_hf_layout(ours[mine + name], layout, cfg)
     return {name: t.detach().clone() for name, t in out.items()}
 
 
@@ -142,30 +165,13 @@ def from_hf(hf_model: PreTrainedModel, dtype: torch.dtype | None = torch.float32
     if not isinstance(hf_model, transformers.XLNetLMHeadModel):
         raise ValueError(f"unsupported model {type(hf_model).__name__}; valid: XLNetLMHeadModel")
     cfg = _config(hf_model)
-    d = cfg.d_model
     sd = hf_model.state_dict()
-
-    def linear(name: str) -> torch.Tensor:  # HF (d, H, hd) -> our (H*hd, d)
-        return sd[name].reshape(d, d).t().contiguous()
-
-    state = {
-        "embed.weight": sd["transformer.word_embedding.weight"],
-        "mask_embed": sd["transformer.mask_emb"].reshape(d),
-        "output_bias": sd["lm_loss.bias"],
-    }
+    state = {name: sd[hf] for name, hf in TOP_NAMES}
+    state["mask_embed"] = state["mask_embed"].reshape(cfg.d_model)
     for i in range(cfg.n_layers):
-        hf, ours = f"transformer.layer.{i}.", f"blocks.{i}."
-        ra = f"{hf}rel_attn."
-        state[f"{ours}attn.qkv.weight"] = torch.cat([linear(ra + n) for n in ("q", "k", "v")])
-        state[f"{ours}attn.pos.weight"] = linear(ra + "r")
-        state[f"{ours}attn.out.weight"] = sd[ra + "o"].reshape(d, d)
-        state[f"{ours}attn.content_bias"] = sd[ra + "r_w_bias"]
-        state[f"{ours}attn.position_bias"] = sd[ra + "r_r_bias"]
-        state[f"{ours}attn.segment_bias"] = sd[ra + "r_s_bias"]
-        state[f"{ours}attn.segment_embed"] = sd[ra + "seg_embed"]
-        for kind in ("weight", "bias"):
-            state[f"{ours}attn.norm.{kind}"] = sd[f"{ra}layer_norm.{kind}"]
-            state[f"{ours}mlp_norm.{kind}"] = sd[f"{hf}ff.layer_norm.{kind}"]
-            state[f"{ours}mlp.up.{kind}"] = sd[f"{hf}ff.layer_1.{kind}"]
-            state[f"{ours}mlp.down.{kind}"] = sd[f"{hf}ff.layer_2.{kind}"]
+        hf, mine = f"transformer.layer.{i}.", f"blocks.{i}."
+        qkv = [_from_hf_layout(sd[f"{hf}rel_attn.{n}"], "in", cfg) for n in "qkv"]
+        state[f"{mine}attn.qkv.weight"] = torch.cat(qkv)
+        for name, hf_name, layout in LAYER_NAMES:
+            state[mine + name] = _from_hf_layout(sd[hf + hf_name], layout, cfg)
     return build_from_state(XLNetLM, cfg, state, hf_model.transformer.word_embedding.weight, dtype)
