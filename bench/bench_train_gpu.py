@@ -107,6 +107,7 @@ def build_models(args, device):
             max_seq_len=args.seq_len,
             attention_backend=args.attention_backend,
             position_encoding=args.position_encoding,
+            flex_layout=args.flex_layout,
         )
         ours = XLNetLM(cfg)
         objective = PermutationLM(list(range(NUM_SPECIAL)), mask_id=MASK)
@@ -314,6 +315,12 @@ def parse_args() -> argparse.Namespace:
         choices=["txl", "rope"],
         default="txl",
         help="PLM: XLNet's positions (rope: HF's side is a txl twin of the same shape)",
+    )
+    p.add_argument(
+        "--flex-layout",
+        choices=["factorization", "input"],
+        default="factorization",
+        help="PLM with flex: content rows sorted by factorization rank (default) or as input",
     )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument(

@@ -32,6 +32,7 @@ plm_xlnet() { part plm_xlnet "${1:-120}" $BENCH --objective plm --sides "${2:-ou
 plm_xlnet_hf() { part plm_xlnet_hf "${1:-120}" $BENCH --objective plm --sides "${2:-hf_eager}"; }
 plm_xlnet_hf_collator() { part plm_xlnet_hf_collator "${1:-120}" $BENCH --objective plm --sides "${2:-hf_eager_collator}"; }
 plm_xlnet_rope_profile() { part plm_xlnet_rope_profile "${1:-150}" $BENCH --objective plm --attention-backend flex --position-encoding rope --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
+plm_xlnet_rope_input() { part plm_xlnet_rope_input "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --flex-layout input --sides "${2:-ours}"; }
 plm_xlnet_flex() { part plm_xlnet_flex "${1:-120}" $BENCH --objective plm --attention-backend flex --sides "${2:-ours}"; }
 plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
 span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attention-backend flex --sides "${2:-ours}"; }

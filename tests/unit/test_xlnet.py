@@ -128,7 +128,8 @@ def test_rope_scores_depend_on_distance_only():
     with torch.no_grad():
         base = model.streams(ids)[0]
         shifted = model.positions(T + 5, torch.float32, "cpu")
-        moved = type(shifted)(cos=shifted.cos[5:], sin=shifted.sin[5:])
+        cos, sin = shifted.cos[5:], shifted.sin[5:]
+        moved = type(shifted)(cos=cos, sin=sin, row_cos=cos[:, None], row_sin=sin[:, None])
         model.positions = lambda *_: moved  # every layer reads positions 5 .. T + 4
         torch.testing.assert_close(model.streams(ids)[0], base, atol=1e-5, rtol=1e-5)
 

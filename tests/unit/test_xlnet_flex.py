@@ -19,13 +19,26 @@ from pretrain.objectives.plm import PermutationLM
 VOCAB, T = 200, 48
 
 
-def twins(position_encoding: str) -> tuple[XLNetLM, XLNetLM]:
+@pytest.fixture(autouse=True)
+def fresh_dynamo_cache():
+    """Each test starts with no compiled flex frames. On CPU, ``flex_attention`` compiles its
+    wrapper (eager backend) with guards on the ``score_mod``'s captured tensors; when a test
+    with other position or segment terms then misses that cache, PyTorch's report of why
+    evaluates the old guards on the new closures and raises (IndexError or TypeError in
+    ``recompilation_reason_for_no_tensor_aliasing_guard``). Within one configuration, as in
+    a run, each stream's closure compiles once and later calls find it."""
+    torch._dynamo.reset()
+    yield
+
+
+def twins(position_encoding: str, layout: str = "factorization") -> tuple[XLNetLM, XLNetLM]:
     torch.manual_seed(0)
     cfg = XLNetConfig(
         VOCAB, d_model=64, n_layers=2, n_heads=4, init_std=0.1, position_encoding=position_encoding
     )
     dense = XLNetLM(cfg).eval()
-    flex = XLNetLM(dataclasses.replace(cfg, attention_backend="flex")).eval()
+    flex_cfg = dataclasses.replace(cfg, attention_backend="flex", flex_layout=layout)
+    flex = XLNetLM(flex_cfg).eval()
     flex.load_state_dict(dense.state_dict())
     return dense, flex
 
@@ -45,11 +58,12 @@ def streams(model, batch, token_types=None):
         return model.streams(batch.input_ids, batch.attention, batch.target_mapping, token_types)
 
 
+@pytest.mark.parametrize("layout", ["factorization", "input"])
 @pytest.mark.parametrize("position_encoding", ["txl", "rope"])
 @pytest.mark.parametrize("rule", ["xlnet", "hf"])
 @pytest.mark.parametrize("segments", [False, True])
-def test_flex_streams_match_the_dense_path(position_encoding, rule, segments):
-    dense, flex = twins(position_encoding)
+def test_flex_streams_match_the_dense_path(position_encoding, rule, segments, layout):
+    dense, flex = twins(position_encoding, layout)
     batch = plm_batch(rule)
     assert flex.uses_flex(batch.attention) and not dense.uses_flex(batch.attention)
     types = None
@@ -76,3 +90,41 @@ def test_flex_bidirectional_and_dense_fallback(position_encoding):
     assert not flex.uses_flex(spec)
     fallback = streams(flex, dataclasses.replace(batch, attention=spec))[1]
     torch.testing.assert_close(fallback, streams(dense, batch)[1], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("position_encoding", ["txl", "rope"])
+def test_factorization_layout_without_target_mapping(position_encoding):
+    """One query row per position (no ``target_mapping``): the query rows stay in input order
+    while the keys are in the layout."""
+    dense, flex = twins(position_encoding)
+    batch = dataclasses.replace(plm_batch("xlnet", seed=2), target_mapping=None)
+    for got, want in zip(streams(flex, batch), streams(dense, batch), strict=True):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_factorization_layout_makes_most_blocks_full_or_empty():
+    """In input order every 128 x 128 block of a random permutation's mask is partial; laid
+    out by rank, the context's blocks are full and those past the queries' ranks are empty."""
+    from pretrain.models.xlnet.flex import factorization_layout, stream_rules
+
+    B, T = 2, 512
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(10, VOCAB, (B, T + 1), generator=g)
+    tb = TokenBatch(tokens, torch.zeros_like(tokens), torch.zeros(B, dtype=torch.long),
+                    torch.arange(B))  # fmt: skip
+    batch = PermutationLM([0, 1], mask_id=2)(tb, g)
+    spec, tm = batch.attention, batch.target_mapping
+    query_pos, valid = tm.argmax(-1), tm.sum(-1) > 0
+    blocks = (T // 128) ** 2
+    counts = {}
+    for name, layout in (("input", None), ("factorization", factorization_layout(spec.key_rank))):
+        content, query = stream_rules(
+            B, T, "cpu", spec.query_rank, spec.key_rank, query_pos, valid, None, layout
+        )
+        mask = content.block_mask
+        partial = int(mask.kv_num_blocks.sum())
+        full = int(mask.full_kv_num_blocks.sum())
+        counts[name] = (partial, full, B * blocks - partial - full)  # partial, full, empty
+    assert counts["input"] == (B * blocks, 0, 0)
+    partial, full, _ = counts["factorization"]
+    assert full >= B * blocks // 2 and partial <= B * blocks // 2

@@ -26,6 +26,7 @@ from pretrain.models.common.config_checks import (
 from pretrain.models.common.sizes import sized_config
 
 POSITION_ENCODINGS = ("txl", "rope")
+FLEX_LAYOUTS = ("factorization", "input")
 
 
 @dataclass
@@ -53,6 +54,11 @@ class XLNetConfig(ShapeMixin):
         attention_backend: ``sdpa`` (a dense ``(B, H, M, T)`` float bias per stream) or
             ``flex`` (FlexAttention: the permutation mask as a block mask over ranks, the
             position term as a ``score_mod``; training needs CUDA, see ``xlnet/flex.py``).
+        flex_layout: under ``flex`` with a permutation, the order the content stream's rows
+            are laid out in: ``factorization`` (default) sorts them by their rank in the
+            factorization order, so each query's visible keys are a prefix and most blocks
+            of the block mask are full or empty; ``input`` keeps the input order (every block
+            partial). The results are the same; only the kernels' work differs.
     """
 
     vocab_size: int
@@ -67,6 +73,7 @@ class XLNetConfig(ShapeMixin):
     position_encoding: Literal["txl", "rope"] = "txl"
     rope_theta: float = 10000.0
     attention_backend: Literal["sdpa", "flex"] = "sdpa"
+    flex_layout: Literal["factorization", "input"] = "factorization"
 
     def __post_init__(self) -> None:
         if self.d_ff is None and isinstance(self.d_model, int):
@@ -79,7 +86,12 @@ class XLNetConfig(ShapeMixin):
             raise ValueError(f"d_model must be even (sin/cos pairs), got {self.d_model}")
         check_positive_numbers(self, "norm_eps", "init_std", "rope_theta")
         check_choices(
-            self, {"position_encoding": POSITION_ENCODINGS, "attention_backend": ATTENTION_BACKENDS}
+            self,
+            {
+                "position_encoding": POSITION_ENCODINGS,
+                "attention_backend": ATTENTION_BACKENDS,
+                "flex_layout": FLEX_LAYOUTS,
+            },
         )
         if self.position_encoding == "rope" and self.head_dim % 2:
             raise ValueError(f"position_encoding=rope needs an even head_dim, got {self.head_dim}")

@@ -17,6 +17,16 @@ segment term. Here each of them is a rule evaluated inside the kernel:
 
 With ``position_encoding="rope"`` there is no position table: the mask is the whole rule.
 
+**Factorization layout.** Under a random permutation every block of the mask is partial:
+the kernel evaluates the rule for every score and skips nothing. Attention does not care in
+which order the content stream's rows sit, as long as each row keeps its own position for
+the position term. So :func:`factorization_layout` sorts the rows by their rank in the
+factorization order (stable; XLNet's context tokens, all rank -1, come first). A query then
+sees a prefix of the keys (plus itself in the content stream): the blocks inside the context
+are full, those past a query's rank are empty, and only blocks on the boundary evaluate the
+rule. The model gathers the tokens into this layout once per forward and scatters the
+content stream back at the end; the query stream keeps its rows.
+
 PyTorch runs FlexAttention's backward on CUDA only, so training through this path needs a GPU;
 on CPU the forward runs (unfused) and is checked against the dense path in the tests.
 """
@@ -36,15 +46,25 @@ class StreamRule:
 
     Attributes:
         block_mask: the ``BlockMask`` for ``(M, T)`` (None: every query sees every key).
-        query_pos: ``(B, M)`` position of each query row.
-        query_types: ``(B, M)`` segment of each query row (None: no segment term).
-        key_types: ``(B, T)`` segment of each key.
+        key_pos: ``(B, T)`` position of each key (``arange`` in input order).
+        key_types: ``(B, T)`` segment of each key (None: no segment term).
+        query_pos: ``(B, M)`` position of each query row; None when the rows are the keys
+            (the content stream), so a ``score_mod`` never captures one tensor twice
+            (Dynamo's guard on aliased captures fails on the next call otherwise).
+        query_types: ``(B, M)`` segment of each query row; None as ``query_pos``.
     """
 
     block_mask: object | None
-    query_pos: torch.Tensor
-    query_types: torch.Tensor | None = None
+    key_pos: torch.Tensor
     key_types: torch.Tensor | None = None
+    query_pos: torch.Tensor | None = None
+    query_types: torch.Tensor | None = None
+
+
+def factorization_layout(key_rank: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` positions sorted by rank in the factorization order (stable): row ``r`` of
+    the layout holds the token at position ``layout[:, r]``."""
+    return torch.sort(key_rank, dim=1, stable=True).indices
 
 
 def stream_rules(
@@ -56,32 +76,40 @@ def stream_rules(
     query_pos: torch.Tensor | None,
     query_valid: torch.Tensor | None,
     token_types: torch.Tensor | None,
+    layout: torch.Tensor | None = None,
 ) -> tuple[StreamRule, StreamRule]:
     """The content-stream and query-stream rules for one forward.
 
     Args:
         batch_size, seq_len, device: B, T and where the tensors live.
-        query_rank, key_rank: ``(B, T)`` permutation ranks, or None (bidirectional).
-        query_pos: ``(B, M)`` positions of the query-stream rows (None: one row per position).
+        query_rank, key_rank: ``(B, T)`` permutation ranks by position, or None
+            (bidirectional).
+        query_pos: ``(B, M)`` positions of the query-stream rows (None: one row per position,
+            in input order).
         query_valid: ``(B, M)`` False for padding rows of ``target_mapping``; they see every
             key (their output is zeroed afterwards), so no row is fully masked.
-        token_types: ``(B, T)`` segment ids, or None.
+        token_types: ``(B, T)`` segment ids by position, or None.
+        layout: ``(B, T)`` position of each content row and key (:func:`factorization_layout`),
+            or None for input order.
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
     B = batch_size
     # (B, T) tables the kernels index, materialized (not stride-0 views)
-    content_pos = torch.arange(seq_len, device=device).repeat(B, 1)
+    input_pos = torch.arange(seq_len, device=device).repeat(B, 1)
     if query_pos is None:
-        query_pos = content_pos
+        query_pos = input_pos
+    content_pos = input_pos if layout is None else layout
     M = query_pos.shape[1]
     content_mask = query_mask = None
     if query_rank is not None:
+        row_rank = query_rank.gather(1, query_pos)  # (B, M), before the layout's gather
+        if layout is not None:
+            query_rank, key_rank = query_rank.gather(1, layout), key_rank.gather(1, layout)
 
         def content_mod(b, h, q_idx, kv_idx):
             return (q_idx == kv_idx) | (query_rank[b, q_idx] > key_rank[b, kv_idx])
 
-        row_rank = query_rank.gather(1, query_pos)  # (B, M)
         valid = query_valid if query_valid is not None else torch.ones_like(row_rank).bool()
 
         def query_mod(b, h, q_idx, kv_idx):
@@ -89,9 +117,12 @@ def stream_rules(
 
         content_mask = create_block_mask(content_mod, B, None, seq_len, seq_len, device=device)
         query_mask = create_block_mask(query_mod, B, None, M, seq_len, device=device)
-    row_types = None if token_types is None else token_types.gather(1, query_pos)
-    content = StreamRule(content_mask, content_pos, token_types, token_types)
-    query = StreamRule(query_mask, query_pos, row_types, token_types)
+    row_types = key_types = None
+    if token_types is not None:
+        row_types = token_types.gather(1, query_pos)
+        key_types = token_types if layout is None else token_types.gather(1, layout)
+    content = StreamRule(content_mask, content_pos, key_types)
+    query = StreamRule(query_mask, content_pos, key_types, query_pos, row_types)
     return content, query
 
 
@@ -111,15 +142,26 @@ def flex_two_stream_attention(
         segment_table: ``(B, H, M, 2)`` scaled segment scores (same, other), or None.
     """
     T = k.shape[2]
-    query_pos = rule.query_pos
-    query_types, key_types = rule.query_types, rule.key_types
+    key_pos, key_types = rule.key_pos, rule.key_types
+    query_pos, query_types = rule.query_pos, rule.query_types
 
-    def position_term(b, h, q_idx, kv_idx):
-        return position_table[b, h, q_idx, kv_idx + T - query_pos[b, q_idx]]
+    if query_pos is None:  # the rows are the keys
 
-    def segment_term(b, h, q_idx, kv_idx):
-        other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
-        return segment_table[b, h, q_idx, other]
+        def position_term(b, h, q_idx, kv_idx):
+            return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - key_pos[b, q_idx]]
+
+        def segment_term(b, h, q_idx, kv_idx):
+            other = (key_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
+            return segment_table[b, h, q_idx, other]
+
+    else:
+
+        def position_term(b, h, q_idx, kv_idx):
+            return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - query_pos[b, q_idx]]
+
+        def segment_term(b, h, q_idx, kv_idx):
+            other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
+            return segment_table[b, h, q_idx, other]
 
     # One closure per case: a score_mod with no branch on which tables exist.
     def both_terms(score, b, h, q_idx, kv_idx):

@@ -38,7 +38,12 @@ from pretrain.models.common.init import init_normal
 from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
 from pretrain.models.encoder.model import ErfGeluMLP
 from pretrain.models.xlnet.configs import XLNetConfig
-from pretrain.models.xlnet.flex import StreamRule, flex_two_stream_attention, stream_rules
+from pretrain.models.xlnet.flex import (
+    StreamRule,
+    factorization_layout,
+    flex_two_stream_attention,
+    stream_rules,
+)
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 
@@ -61,12 +66,17 @@ class Positions:
     Attributes:
         sinusoids: ``(2T, d_model)`` Transformer-XL sinusoids of the distances ``T .. -T+1``
             (``position_encoding="txl"``), else None.
-        cos, sin: ``(T, head_dim)`` rotary tables (``position_encoding="rope"``), else None.
+        cos, sin: ``(T, head_dim)`` rotary tables by position (``position_encoding="rope"``),
+            else None.
+        row_cos, row_sin: the content stream's rows' tables, ``(T, 1, head_dim)`` in input
+            order or ``(B, T, 1, head_dim)`` in a factorization layout (rope), else None.
     """
 
     sinusoids: torch.Tensor | None = None
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
+    row_cos: torch.Tensor | None = None
+    row_sin: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +184,7 @@ class TwoStreamAttention(nn.Module):
         segments = (
             rule.other_segment is not None
             if isinstance(rule, DenseRule)
-            else rule.query_types is not None
+            else rule.key_types is not None
         )
         position, segment = self.score_tables(q, k_pos, segments)
         q_c, k, v = q_content.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -228,7 +238,7 @@ class TwoStreamAttention(nn.Module):
             q = None
             k, v = F.linear(h, self.qkv.weight[d:]).view(B, T, 2, H, hd).unbind(2)
         if self.rope:  # (q + u) rotated too, so every q·k term depends on i - j only
-            cos, sin = positions.cos[:, None], positions.sin[:, None]  # (T, 1, hd)
+            cos, sin = positions.row_cos, positions.row_sin
             k = apply_rotary(k, cos, sin)
         h_out = None
         if content_output:
@@ -344,6 +354,11 @@ class XLNetLM(nn.Module):
         """
         B, T = input_ids.shape
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
+        flex = self.uses_flex(spec)
+        layout = None  # (B, T): the content stream's rows in factorization order (flex.py)
+        if flex and spec.kind == "permutation" and self.cfg.flex_layout == "factorization":
+            layout = factorization_layout(spec.key_rank)
+            input_ids = input_ids.gather(1, layout)
         h = self.embed(input_ids)  # (B, T, d)
         g = query_pos = query_valid = None
         if query_stream:
@@ -353,21 +368,23 @@ class XLNetLM(nn.Module):
                 query_pos = target_mapping.argmax(-1)  # (B, M)
                 query_valid = target_mapping.sum(-1) > 0  # (B, M)
             g = self.mask_embed.to(h.dtype).expand(B, M, -1)
-        if self.uses_flex(spec):
+        if flex:
             rules = stream_rules(
                 B, T, h.device, spec.query_rank, spec.key_rank, query_pos, query_valid,
-                token_type_ids,
+                token_type_ids, layout,
             )  # fmt: skip
         else:
             rules = dense_rules(spec, B, T, h.device, query_pos, token_type_ids)
         content_rule, query_rule = rules
-        positions = self.positions(T, h.dtype, h.device)
+        positions = self.positions(T, h.dtype, h.device, layout)
         if not (content_output or query_stream):
             raise ValueError("content_output=False needs the query stream")
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             keep = content_output or i < last
             h, g = block(h, g, positions, content_rule, query_rule, query_valid, keep)
+        if layout is not None and h is not None:  # rows back to input order
+            h = torch.zeros_like(h).scatter(1, layout[..., None].expand_as(h), h)
         return h, g
 
     def uses_flex(self, spec: AttentionSpec) -> bool:
@@ -379,13 +396,19 @@ class XLNetLM(nn.Module):
             return spec.permutation_mask is None and spec.query_rank is not None
         return spec.kind == "bidirectional"
 
-    def positions(self, seq_len: int, dtype: torch.dtype, device) -> Positions:
-        """The position tables every layer shares for a window of ``seq_len``."""
+    def positions(
+        self, seq_len: int, dtype: torch.dtype, device, layout: torch.Tensor | None = None
+    ) -> Positions:
+        """The position tables every layer shares for a window of ``seq_len`` whose content
+        rows are in input order or in ``layout`` ``(B, T)`` (their positions)."""
         cfg = self.cfg
         if cfg.position_encoding == "rope":
             inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)
             cos, sin = rope_cos_sin(torch.arange(seq_len, device=device), inv_freq)
-            return Positions(cos=cos, sin=sin)
+            if layout is None:
+                return Positions(cos=cos, sin=sin, row_cos=cos[:, None], row_sin=sin[:, None])
+            row_cos, row_sin = cos[layout][:, :, None], sin[layout][:, :, None]
+            return Positions(cos=cos, sin=sin, row_cos=row_cos, row_sin=row_sin)
         sinusoids = relative_sinusoids(seq_len, cfg.d_model, cfg.clamp_len, device)
         return Positions(sinusoids=sinusoids.to(dtype))
 
