@@ -182,9 +182,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, KV, T_keys, hd)
         if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
-            from pretrain.models.common.flex import compiled_flex_attention
+            from pretrain.models.common import flex
 
-            y = compiled_flex_attention()(q, k, v, block_mask=mask, enable_gqa=KV != H)
+            y = flex.attend(q, k, v, block_mask=mask, enable_gqa=KV != H)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H

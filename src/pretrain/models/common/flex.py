@@ -82,7 +82,17 @@ def compiled_flex_attention():
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
     """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA; elsewhere the unfused
-    reference, which runs the forward only (CPU tests against the dense path)."""
+    reference, which runs the forward only (CPU tests against the dense path).
+
+    Under autocast, ``q``, ``k`` and ``v`` are first cast to autocast's dtype, as autocast does
+    for SDPA. FlexAttention has no autocast rule of its own in every PyTorch version, and a
+    float32 operand (a query plus a float32 bias, a float32 QK-norm) would otherwise run the
+    kernels in float32, several times slower than bf16, the backward most of all.
+    """
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if q.is_cuda:
         return compiled_flex_attention()(q, k, v, **kwargs)
     from torch.nn.attention.flex_attention import flex_attention
