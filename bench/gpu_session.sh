@@ -26,6 +26,7 @@ clm_gpt2() { part clm_gpt2 "${1:-120}" $BENCH --objective clm --sides "${2:-ours
 mlm_bert() { part mlm_bert "${1:-100}" $BENCH --objective mlm --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
 span_t5() { part span_t5 "${1:-120}" $BENCH --objective span --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
 pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider; }
+pytest_gpu_flex() { part pytest_gpu_flex "${1:-110}" $PY -m pytest -q -m gpu tests/gpu -k flex -p no:cacheprovider; }
 clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
 # XLNet: each side in its own process, so each peak is its own (HF eager needs ~71 GiB)
 plm_xlnet() { part plm_xlnet "${1:-120}" $BENCH --objective plm --sides "${2:-ours}"; }
