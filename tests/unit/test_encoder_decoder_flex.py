@@ -62,3 +62,25 @@ def test_flex_forward_matches_the_dense_path(kind):
 def test_flex_backend_is_validated():
     with pytest.raises(ValueError, match="attention_backend.*valid: sdpa, flex"):
         EncoderDecoderConfig(VOCAB, attention_backend="xformers")
+
+
+@pytest.mark.parametrize("kind", sorted(SPECS))
+def test_flex_gradients_match_the_dense_path(monkeypatch, kind):
+    """With a differentiable reference in place of the kernel (FlexAttention's backward is
+    CUDA-only), the flex path's gradients equal the dense path's, the relative-position
+    tables' (read by the ``score_mod``) included."""
+    from pretrain.models.common import flex as common_flex
+    from tests.flex_reference import reference_flex_attention
+
+    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+    dense, flex = twins()
+    b = batch(SPECS[kind])
+    grads = []
+    for model in (dense, flex):
+        model.zero_grad()
+        model(b).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert "encoder_position_bias.embed.weight" in grads[1]
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)

@@ -40,3 +40,30 @@ def test_flex_block_mask_matches_dense_mask(spec_kind: str):
         expected = sdpa.forward_tokens(x, attention=spec)
         got = flex.forward_tokens(x, attention=spec)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec_kind", ["causal-docs", "prefix-docs"])
+def test_flex_gradients_match_the_dense_mask(monkeypatch, spec_kind: str):
+    """With a differentiable reference in place of the kernel (FlexAttention's backward is
+    CUDA-only), training through the block mask gives the dense mask's gradients."""
+    from pretrain.models.common import flex as common_flex
+    from tests.flex_reference import reference_flex_attention
+
+    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+    torch.manual_seed(0)
+    B, T = 2, 64
+    cfg = dict(d_model=64, n_heads=4, n_kv_heads=2, qk_norm=True)
+    sdpa = DecoderLM(decoder_config("debug", 300, **cfg))
+    flex = DecoderLM(decoder_config("debug", 300, attention_backend="flex", **cfg))
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 300, (B, T))
+    kind = spec_kind.split("-")[0]
+    prefix = torch.tensor([20, 50]) if kind == "prefix" else None
+    spec = AttentionSpec(kind, document_ids=_docs(B, T), prefix_lengths=prefix)
+    grads = []
+    for model in (sdpa, flex):
+        model.forward_tokens(x, attention=spec).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)

@@ -128,3 +128,30 @@ def test_factorization_layout_makes_most_blocks_full_or_empty():
     assert counts["input"] == (B * blocks, 0, 0)
     partial, full, _ = counts["factorization"]
     assert full >= B * blocks // 2 and partial <= B * blocks // 2
+
+
+@pytest.mark.parametrize("layout", ["factorization", "input"])
+@pytest.mark.parametrize("position_encoding", ["txl", "rope"])
+def test_flex_gradients_match_the_dense_path(monkeypatch, position_encoding, layout):
+    """With a differentiable reference in place of the kernel (FlexAttention's backward is
+    CUDA-only), the flex path's gradients equal the dense path's: the layout's gather and
+    scatter, the mask over ranks, and the position table captured by the ``score_mod``."""
+    from pretrain.models.common import flex as common_flex
+    from tests.flex_reference import reference_flex_attention
+
+    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+    dense, flex = twins(position_encoding, layout)
+    batch = plm_batch("xlnet", seed=3)
+    types = (torch.arange(T) >= T // 2).long().expand(3, T).clone()
+    grads = []
+    for model in (dense, flex):
+        model.zero_grad()
+        h, g = model.streams(batch.input_ids, batch.attention, batch.target_mapping, types)
+        (h.square().mean() + g.square().mean()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert "blocks.0.attn.segment_embed" in grads[1]  # the segment table's gradient too
+    if position_encoding == "txl":
+        assert "blocks.0.attn.position_bias" in grads[1]  # through the captured table
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)
