@@ -1,7 +1,8 @@
 """T5 through FlexAttention computes what the dense SDPA path computes: pads, documents and
 prefixes hidden by block masks, the relative position bias added by a ``score_mod``.
 
-The forward runs on CPU (unfused); the backward needs CUDA (``tests/gpu/test_cuda.py``).
+The forward runs on CPU (unfused); the kernel's backward needs CUDA (``tests/gpu/test_cuda.py``),
+and here the gradients are checked with a differentiable reference in place of the kernel.
 """
 
 from __future__ import annotations

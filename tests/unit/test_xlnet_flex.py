@@ -1,7 +1,8 @@
 """XLNet's FlexAttention path computes what the dense SDPA path computes.
 
-The forward runs on CPU (unfused); the backward needs CUDA and is checked in
-``tests/gpu/test_cuda.py``.
+The forward runs on CPU (unfused). The kernel's backward needs CUDA and is checked in
+``tests/gpu/test_cuda.py``; here the gradients are checked with a differentiable reference
+(``tests/flex_reference.py``) in place of the kernel.
 """
 
 from __future__ import annotations
