@@ -181,7 +181,9 @@ class ModelConfig:
     rope_theta: float | None = None
     qk_norm: bool | None = None
     tie_embeddings: bool | None = None
-    attention_backend: typing.Literal["sdpa", "flex"] | None = None
+    attention_backend: typing.Literal["sdpa", "flex", "auto"] | None = None
+    """sdpa (dense masks), flex (FlexAttention; trains on CUDA only) or auto (flex on CUDA,
+    sdpa elsewhere). None: the family's default (auto for XLNet, sdpa for the others)."""
     position_encoding: typing.Literal["txl", "rope"] | None = None
     """XLNet only: Transformer-XL relative positions (default) or RoPE."""
     init_from: str | None = None

@@ -186,7 +186,7 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
 def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
     torch.manual_seed(0)
     B, T, V = 4, 256, 500
-    cfg = xlnet_config("debug", V, position_encoding=position_encoding)
+    cfg = xlnet_config("debug", V, position_encoding=position_encoding, attention_backend="sdpa")
     dense = XLNetLM(cfg).to(CUDA)
     flex = XLNetLM(dataclasses.replace(cfg, attention_backend="flex")).to(CUDA)
     flex.load_state_dict(dense.state_dict())
@@ -195,7 +195,9 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
     zeros = torch.zeros_like(tokens)
     tb = TokenBatch(tokens, zeros, torch.zeros(B, dtype=torch.long), torch.arange(B))
     batch = PermutationLM([0, 1], mask_id=2)(tb, g).to(CUDA)
-    assert flex.uses_flex(batch.attention)
+    assert flex.uses_flex(batch.attention) and not dense.uses_flex(batch.attention)
+    auto = XLNetLM(dataclasses.replace(cfg, attention_backend="auto")).to(CUDA)
+    assert auto.uses_flex(batch.attention)  # XLNet's default: flex on CUDA
     _assert_flex_matches_dense(dense, flex, batch)
 
 

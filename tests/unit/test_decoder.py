@@ -201,7 +201,7 @@ def test_derived_ffn_width() -> None:
         (dict(d_model=24, n_heads=8), "head_dim"),  # head_dim 3: odd, no RoPE
         (dict(norm_eps=0.0), "norm_eps"),
         (dict(n_layers=True), "n_layers"),  # a bool is not a layer count
-        (dict(attention_backend="flash"), "attention_backend.*valid: sdpa, flex"),
+        (dict(attention_backend="flash"), "attention_backend.*valid: sdpa, flex, auto"),
     ],
 )
 def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:

@@ -187,7 +187,7 @@ def test_unknown_size_and_field_list_the_valid_ones() -> None:
         (dict(init_std=-0.02), "init_std"),
         (dict(pad_id=VOCAB), "pad_id"),
         (dict(style="roberta"), "style.*valid: bert"),
-        (dict(attention_backend="xformers"), "attention_backend.*valid: sdpa, flex"),
+        (dict(attention_backend="xformers"), "attention_backend.*valid: sdpa, flex, auto"),
     ],
 )
 def test_config_validation_names_the_field(overrides: dict, named: str) -> None:

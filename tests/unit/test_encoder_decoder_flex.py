@@ -61,7 +61,7 @@ def test_flex_forward_matches_the_dense_path(kind):
 
 
 def test_flex_backend_is_validated():
-    with pytest.raises(ValueError, match="attention_backend.*valid: sdpa, flex"):
+    with pytest.raises(ValueError, match="attention_backend.*valid: sdpa, flex, auto"):
         EncoderDecoderConfig(VOCAB, attention_backend="xformers")
 
 

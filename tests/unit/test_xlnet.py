@@ -141,7 +141,7 @@ def test_named_sizes_and_bad_values():
         (dict(n_layers=0), "n_layers"),
         (dict(init_std=0), "init_std"),
         (dict(position_encoding="alibi"), "position_encoding.*valid: txl, rope"),
-        (dict(attention_backend="xformers"), "attention_backend.*valid: sdpa, flex"),
+        (dict(attention_backend="xformers"), "attention_backend.*valid: sdpa, flex, auto"),
         (dict(rope_theta=0), "rope_theta"),
     )
     for bad, match in bad_values:

@@ -37,7 +37,7 @@ def twins(position_encoding: str, layout: str = "factorization") -> tuple[XLNetL
     cfg = XLNetConfig(
         VOCAB, d_model=64, n_layers=2, n_heads=4, init_std=0.1, position_encoding=position_encoding
     )
-    dense = XLNetLM(cfg).eval()
+    dense = XLNetLM(dataclasses.replace(cfg, attention_backend="sdpa")).eval()
     flex_cfg = dataclasses.replace(cfg, attention_backend="flex", flex_layout=layout)
     flex = XLNetLM(flex_cfg).eval()
     flex.load_state_dict(dense.state_dict())
@@ -156,3 +156,17 @@ def test_flex_gradients_match_the_dense_path(monkeypatch, position_encoding, lay
         assert "blocks.0.attn.position_bias" in grads[1]  # through the captured table
     for name, want in grads[0].items():
         torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_auto_backend_is_flex_on_cuda_only():
+    """XLNet's default backend, ``auto``: the dense path on the CPU (where FlexAttention has
+    no backward, so training works there), FlexAttention on CUDA."""
+    from pretrain.models.common import flex as common_flex
+
+    model = XLNetLM(XLNetConfig(VOCAB, d_model=64, n_layers=1, n_heads=4))
+    assert model.cfg.attention_backend == "auto"
+    assert not model.uses_flex(plm_batch("xlnet").attention)
+    assert common_flex.enabled("auto", torch.device("cuda"))
+    assert not common_flex.enabled("auto", torch.device("cpu"))
+    assert common_flex.enabled("flex", torch.device("cpu"))  # explicit: forward-only on CPU
+    assert not common_flex.enabled("sdpa", torch.device("cuda"))

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 # Attention kernels every family offers (``models/common/flex.py`` for ``flex``).
-ATTENTION_BACKENDS = ("sdpa", "flex")
+ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
 
 
 def check_choices(cfg: Any, choices: dict[str, Iterable[str]]) -> None:

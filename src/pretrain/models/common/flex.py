@@ -18,6 +18,14 @@ import torch
 from pretrain.objectives.base import AttentionSpec
 
 
+def enabled(backend: str, device: torch.device) -> bool:
+    """Whether a model whose ``attention_backend`` is ``backend`` runs FlexAttention on
+    ``device``: ``flex`` everywhere (its training needs CUDA), ``auto`` on CUDA only (compiled
+    kernels there; dense masks on the CPU, where FlexAttention has no backward), ``sdpa``
+    never."""
+    return backend == "flex" or (backend == "auto" and torch.device(device).type == "cuda")
+
+
 def supports(spec: AttentionSpec) -> bool:
     """Whether :func:`block_mask` can express ``spec`` (and a dense mask would be needed)."""
     if spec.kind == "causal" or spec.kind == "bidirectional":

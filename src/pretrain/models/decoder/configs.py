@@ -54,8 +54,10 @@ class DecoderConfig(ShapeMixin):
         init_std: std of the normal init; residual output projections get
             ``init_std / sqrt(2 * n_layers)``.
         ffn_multiple_of: rounding of the derived SwiGLU width.
-        attention_backend: ``sdpa`` (dense boolean mask for document masking) or ``flex``
-            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``).
+        attention_backend: ``sdpa`` (dense boolean mask for document masking), ``flex``
+            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``) or
+            ``auto`` (flex on CUDA, sdpa elsewhere). Default sdpa: flex's speed here is not
+            measured yet (docs/benchmarks.md).
     """
 
     vocab_size: int
@@ -73,7 +75,7 @@ class DecoderConfig(ShapeMixin):
     bias: bool | None = None
     init_std: float = 0.02
     ffn_multiple_of: int = 256
-    attention_backend: Literal["sdpa", "flex"] = "sdpa"
+    attention_backend: Literal["sdpa", "flex", "auto"] = "sdpa"
 
     def __post_init__(self) -> None:
         check_choices(self, {"style": STYLES, "attention_backend": ATTENTION_BACKENDS})

@@ -132,7 +132,7 @@ class DecoderLM(nn.Module):
         offset = 0 if kv_cache is None else kv_cache.length
         spec = attention if attention is not None else AttentionSpec()
         if kv_cache is None:
-            if self.cfg.attention_backend == "flex" and flex.supports(spec):
+            if flex.enabled(self.cfg.attention_backend, input_ids.device) and flex.supports(spec):
                 mask, is_causal = flex.block_mask(spec, T), False
             else:
                 mask = attention_mask(spec, T, input_ids.device)

@@ -49,8 +49,10 @@ class EncoderConfig(ShapeMixin):
             gradient through the input (``nn.Embedding(padding_idx=...)``, as in HF
             ``BertEmbeddings``); the tied output projection still trains it.
         style: ``bert`` (the only one).
-        attention_backend: ``sdpa`` (dense boolean mask for document masking) or ``flex``
-            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``).
+        attention_backend: ``sdpa`` (dense boolean mask for document masking), ``flex``
+            (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``) or
+            ``auto`` (flex on CUDA, sdpa elsewhere). Default sdpa: flex's speed here is not
+            measured yet (docs/benchmarks.md).
     """
 
     vocab_size: int
@@ -64,7 +66,7 @@ class EncoderConfig(ShapeMixin):
     type_vocab_size: int = 2
     pad_id: int | None = None
     style: Style = "bert"
-    attention_backend: Literal["sdpa", "flex"] = "sdpa"
+    attention_backend: Literal["sdpa", "flex", "auto"] = "sdpa"
 
     def __post_init__(self) -> None:
         check_choices(self, {"style": STYLES, "attention_backend": ATTENTION_BACKENDS})

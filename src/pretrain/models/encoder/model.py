@@ -140,7 +140,7 @@ class EncoderLM(nn.Module):
         """
         B, T = input_ids.shape
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
-        if self.cfg.attention_backend == "flex" and flex.supports(spec):
+        if flex.enabled(self.cfg.attention_backend, input_ids.device) and flex.supports(spec):
             mask, is_causal = flex.block_mask(spec, T), False
         else:
             mask = attention_mask(spec, T, input_ids.device)  # (B, 1, T, T) or None

@@ -46,8 +46,9 @@ class EncoderDecoderConfig:
         pad_id: padding token id; pad tokens in the encoder input are masked out as keys.
         decoder_start_id: first decoder input token; None means ``pad_id`` (as HF T5).
         attention_backend: ``sdpa`` (the position bias and the pad/document mask as one dense
-            float bias per stack) or ``flex`` (FlexAttention: the mask as a block mask, the
-            position bias added by a ``score_mod``; training needs CUDA).
+            float bias per stack), ``flex`` (FlexAttention: the mask as a block mask, the
+            position bias added by a ``score_mod``; training needs CUDA) or ``auto`` (flex on
+            CUDA, sdpa elsewhere). Default sdpa: flex's speed here is not measured yet.
     """
 
     vocab_size: int
@@ -64,7 +65,7 @@ class EncoderDecoderConfig:
     max_seq_len: int = 2048
     pad_id: int = 0
     decoder_start_id: int | None = None
-    attention_backend: Literal["sdpa", "flex"] = "sdpa"
+    attention_backend: Literal["sdpa", "flex", "auto"] = "sdpa"
 
     def __post_init__(self) -> None:
         check_choices(self, {"attention_backend": ATTENTION_BACKENDS})

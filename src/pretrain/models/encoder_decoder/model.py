@@ -374,7 +374,7 @@ class EncoderDecoderLM(nn.Module):
                 (the non-pad ones); None means all.
         """
         T = decoder_input_ids.shape[1]
-        if self.cfg.attention_backend == "flex":
+        if flex.enabled(self.cfg.attention_backend, decoder_input_ids.device):
             return self._decode_flex(decoder_input_ids, encoder_hidden, encoder_mask)
         idx = torch.arange(T, device=decoder_input_ids.device)
         causal = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
@@ -411,9 +411,10 @@ class EncoderDecoderLM(nn.Module):
         return self.decoder_norm(x)
 
     def uses_flex(self, spec: AttentionSpec) -> bool:
-        """Whether the encoder runs ``spec`` through FlexAttention (``attention_backend="flex"``
-        and a kind a block mask expresses: not ``permutation``)."""
-        return self.cfg.attention_backend == "flex" and spec.kind != "permutation"
+        """Whether the encoder runs ``spec`` through FlexAttention (``attention_backend`` flex,
+        or auto on CUDA, and a kind a block mask expresses: not ``permutation``)."""
+        backend = self.cfg.attention_backend
+        return flex.enabled(backend, self.embed.weight.device) and spec.kind != "permutation"
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project decoder hidden states (..., d_model) to float32 logits (no output rescale)."""

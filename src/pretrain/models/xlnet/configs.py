@@ -51,9 +51,11 @@ class XLNetConfig(ShapeMixin):
             plain (flash or FlexAttention) attention under the permutation mask. Not
             exportable to HF.
         rope_theta: RoPE base (``position_encoding="rope"`` only).
-        attention_backend: ``sdpa`` (a dense ``(B, H, M, T)`` float bias per stream) or
+        attention_backend: ``sdpa`` (a dense ``(B, H, M, T)`` float bias per stream),
             ``flex`` (FlexAttention: the permutation mask as a block mask over ranks, the
-            position term as a ``score_mod``; training needs CUDA, see ``xlnet/flex.py``).
+            position term as a ``score_mod``; training needs CUDA, see ``xlnet/flex.py``) or
+            ``auto`` (default): flex on CUDA, so no dense bias is built per layer, and sdpa
+            on the CPU, where FlexAttention has no backward.
         flex_layout: under ``flex`` with a permutation, the order the content stream's rows
             are laid out in: ``factorization`` (default) sorts them by their rank in the
             factorization order, so each query's visible keys are a prefix and most blocks
@@ -72,7 +74,7 @@ class XLNetConfig(ShapeMixin):
     clamp_len: int = -1
     position_encoding: Literal["txl", "rope"] = "txl"
     rope_theta: float = 10000.0
-    attention_backend: Literal["sdpa", "flex"] = "sdpa"
+    attention_backend: Literal["sdpa", "flex", "auto"] = "auto"
     flex_layout: Literal["factorization", "input"] = "factorization"
 
     def __post_init__(self) -> None:

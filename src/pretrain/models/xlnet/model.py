@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.common import flex as common_flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.init import init_normal
 from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
@@ -388,9 +389,11 @@ class XLNetLM(nn.Module):
         return h, g
 
     def uses_flex(self, spec: AttentionSpec) -> bool:
-        """Whether ``spec`` runs through FlexAttention: ``attention_backend="flex"``, and a
-        rule it expresses without a dense mask (permutation ranks, or plain bidirectional)."""
-        if self.cfg.attention_backend != "flex" or spec.document_ids is not None:
+        """Whether ``spec`` runs through FlexAttention: ``attention_backend`` flex, or auto on
+        CUDA, and a rule it expresses without a dense mask (permutation ranks, or plain
+        bidirectional)."""
+        on = common_flex.enabled(self.cfg.attention_backend, self.embed.weight.device)
+        if not on or spec.document_ids is not None:
             return False
         if spec.kind == "permutation":
             return spec.permutation_mask is None and spec.query_rank is not None
