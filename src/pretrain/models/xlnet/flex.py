@@ -27,8 +27,10 @@ are full, those past a query's rank are empty, and only blocks on the boundary e
 rule. The model gathers the tokens into this layout once per forward and scatters the
 content stream back at the end; the query stream keeps its rows.
 
-PyTorch runs FlexAttention's backward on CUDA only, so training through this path needs a GPU;
-on CPU the forward runs (unfused) and is checked against the dense path in the tests.
+PyTorch runs FlexAttention's backward on CUDA only, so training through this path needs a GPU
+(``attention_backend="auto"``, XLNet's default, takes it on CUDA only). On the CPU the forward
+runs unfused; the tests check it against the dense path, and the gradients with a
+differentiable stand-in for the kernel.
 """
 
 from __future__ import annotations
