@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
 
 from pretrain.config import ExperimentConfig
+from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
+
+
+def losses(run_dir: Path, split: str = "train") -> list[tuple[int, float]]:
+    """``(step, loss)`` of every ``split`` record in a run's ``metrics.jsonl``."""
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == split]
 
 
 def crash_then_resume(
@@ -35,6 +42,20 @@ def crash_then_resume(
     if after_crash is not None:
         after_crash()
     Trainer(make_config(), resume=True).fit()
+
+
+def straight_and_resumed(
+    config_for: Callable[[Path], ExperimentConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    crash_before_step: int = 6,
+) -> tuple[Path, Path]:
+    """Run ``config_for(run_dir)`` once straight through and once crashing before
+    ``crash_before_step`` then resuming (:func:`crash_then_resume`); the two run dirs."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    Trainer(config_for(straight)).fit()
+    crash_then_resume(lambda: config_for(crashed), crash_before_step, monkeypatch)
+    return straight, crashed
 
 
 def perturb_norms_and_biases(model: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:

@@ -23,6 +23,7 @@ from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer, TrainingError
 from tests.helpers import crash_then_resume
+from tests.helpers import losses as _losses
 
 TINY_MODEL = ["--model.size=debug", "--model.d_model=64", "--model.n_layers=2", "--model.n_heads=4"]
 
@@ -53,10 +54,6 @@ def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) ->
 
 def _config(*args, **extra) -> ExperimentConfig:
     return load_config(ExperimentConfig, None, _overrides(*args, **extra))
-
-
-def _losses(run_dir: Path, split: str = "train") -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == split]
 
 
 def test_loss_falls_and_run_directory_is_complete(shards_dir, tokenizer_dir, tmp_path):

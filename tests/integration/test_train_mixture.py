@@ -9,7 +9,7 @@ from pretrain.cli import main
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
-from tests.helpers import crash_then_resume
+from tests.helpers import straight_and_resumed
 from tests.integration.test_train import _overrides
 
 MIX = [
@@ -47,9 +47,8 @@ def test_mixture_logs_loss_and_tokens_per_task(shards_dir, tokenizer_dir, tmp_pa
 
 
 def test_mixture_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
-    crash_then_resume(lambda: _config(shards_dir, tokenizer_dir, crashed), 6, monkeypatch)
+    config_for = lambda run: _config(shards_dir, tokenizer_dir, run)  # noqa: E731
+    straight, crashed = straight_and_resumed(config_for, tmp_path, monkeypatch)
     assert _records(crashed) == [
         {**r, "tokens_per_second": c["tokens_per_second"]}
         for r, c in zip(_records(straight), _records(crashed), strict=True)

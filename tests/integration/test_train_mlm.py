@@ -13,7 +13,8 @@ from pretrain.config import ExperimentConfig, load_config
 from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
-from tests.helpers import crash_then_resume
+from tests.helpers import losses as _losses
+from tests.helpers import straight_and_resumed
 from tests.integration.test_train import _overrides
 
 MLM = ["--model.family=encoder", "--objective.name=mlm", "--optim.lr=2e-3"]
@@ -21,10 +22,6 @@ MLM = ["--model.family=encoder", "--objective.name=mlm", "--optim.lr=2e-3"]
 
 def _args(shards_dir, tokenizer_dir, run, **kw) -> list[str]:
     return [*_overrides(shards_dir, tokenizer_dir, run, **kw), *MLM]
-
-
-def _losses(run, split="train"):
-    return [(r["step"], r["loss"]) for r in read_metrics(run) if r["split"] == split]
 
 
 def test_mlm_trains_from_the_cli_with_falling_loss(shards_dir, tokenizer_dir, tmp_path):
@@ -38,11 +35,8 @@ def test_mlm_trains_from_the_cli_with_falling_loss(shards_dir, tokenizer_dir, tm
 
 
 def test_mlm_resume_is_exact_with_dynamic_masking(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
     cfg = lambda run: load_config(ExperimentConfig, None, _args(shards_dir, tokenizer_dir, run))  # noqa: E731
-    Trainer(cfg(straight)).fit()
-    crashed = tmp_path / "crashed"
-    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
+    straight, crashed = straight_and_resumed(cfg, tmp_path, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert _losses(crashed, "val") == _losses(straight, "val")
 
@@ -76,9 +70,7 @@ def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, mo
             "--train.tokens_per_batch=384"]  # fmt: skip
     args = lambda run: [*_overrides(shards_dir, tokenizer_dir, run), *span]  # noqa: E731
     cfg = lambda run: load_config(ExperimentConfig, None, args(run))  # noqa: E731
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    Trainer(cfg(straight)).fit()
-    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
+    straight, crashed = straight_and_resumed(cfg, tmp_path, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert load_run(crashed).model.cfg.pad_id == load_run(crashed).tokenizer.special.pad
 

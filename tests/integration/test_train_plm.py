@@ -13,8 +13,9 @@ from pretrain.config import ExperimentConfig, load_config
 from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
-from tests.helpers import crash_then_resume
-from tests.integration.test_train import _losses, _overrides
+from tests.helpers import losses as _losses
+from tests.helpers import straight_and_resumed
+from tests.integration.test_train import _overrides
 
 PLM = ["--model.family=xlnet", "--objective.name=plm", "--optim.lr=2e-3"]
 
@@ -26,11 +27,8 @@ def _args(shards_dir, tokenizer_dir, run, **kw) -> list[str]:
 def test_plm_resume_is_exact_with_a_new_order_per_sample(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):
-    straight = tmp_path / "straight"
     cfg = lambda run: load_config(ExperimentConfig, None, _args(shards_dir, tokenizer_dir, run))  # noqa: E731
-    Trainer(cfg(straight)).fit()
-    crashed = tmp_path / "crashed"
-    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
+    straight, crashed = straight_and_resumed(cfg, tmp_path, monkeypatch)
     assert len(_losses(straight)) == 12
     assert _losses(crashed) == _losses(straight)
     assert _losses(crashed, "val") == _losses(straight, "val")
@@ -70,12 +68,9 @@ def test_rope_xlnet_trains_resumes_and_refuses_hf_export(
     cfg = lambda run: load_config(  # noqa: E731
         ExperimentConfig, None, [*_args(shards_dir, tokenizer_dir, run), *rope]
     )
-    straight = tmp_path / "straight"
-    Trainer(cfg(straight)).fit()
+    straight, crashed = straight_and_resumed(cfg, tmp_path, monkeypatch)
     losses = [loss for _, loss in _losses(straight)]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # learning
-    crashed = tmp_path / "crashed"
-    crash_then_resume(lambda: cfg(crashed), 6, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     capsys.readouterr()
     assert main(["export", "--run", str(straight), "--out", str(tmp_path / "hf")]) != 0
