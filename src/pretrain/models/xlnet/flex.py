@@ -48,19 +48,17 @@ class StreamRule:
 
     Attributes:
         block_mask: the ``BlockMask`` for ``(M, T)`` (None: every query sees every key).
+        query_pos: ``(B, M)`` position of each query row.
         key_pos: ``(B, T)`` position of each key (``arange`` in input order).
-        key_types: ``(B, T)`` segment of each key (None: no segment term).
-        query_pos: ``(B, M)`` position of each query row; None when the rows are the keys
-            (the content stream), so a ``score_mod`` never captures one tensor twice
-            (Dynamo's guard on aliased captures fails on the next call otherwise).
-        query_types: ``(B, M)`` segment of each query row; None as ``query_pos``.
+        query_types: ``(B, M)`` segment of each query row (None: no segment term).
+        key_types: ``(B, T)`` segment of each key.
     """
 
     block_mask: object | None
+    query_pos: torch.Tensor
     key_pos: torch.Tensor
-    key_types: torch.Tensor | None = None
-    query_pos: torch.Tensor | None = None
     query_types: torch.Tensor | None = None
+    key_types: torch.Tensor | None = None
 
 
 def factorization_layout(key_rank: torch.Tensor) -> torch.Tensor:
@@ -123,8 +121,8 @@ def stream_rules(
     if token_types is not None:
         row_types = token_types.gather(1, query_pos)
         key_types = token_types if layout is None else token_types.gather(1, layout)
-    content = StreamRule(content_mask, content_pos, key_types)
-    query = StreamRule(query_mask, content_pos, key_types, query_pos, row_types)
+    content = StreamRule(content_mask, content_pos, content_pos, key_types, key_types)
+    query = StreamRule(query_mask, query_pos, content_pos, row_types, key_types)
     return content, query
 
 
@@ -144,26 +142,15 @@ def flex_two_stream_attention(
         segment_table: ``(B, H, M, 2)`` scaled segment scores (same, other), or None.
     """
     T = k.shape[2]
-    key_pos, key_types = rule.key_pos, rule.key_types
-    query_pos, query_types = rule.query_pos, rule.query_types
+    query_pos, key_pos = rule.query_pos, rule.key_pos
+    query_types, key_types = rule.query_types, rule.key_types
 
-    if query_pos is None:  # the rows are the keys
+    def position_term(b, h, q_idx, kv_idx):
+        return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - query_pos[b, q_idx]]
 
-        def position_term(b, h, q_idx, kv_idx):
-            return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - key_pos[b, q_idx]]
-
-        def segment_term(b, h, q_idx, kv_idx):
-            other = (key_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
-            return segment_table[b, h, q_idx, other]
-
-    else:
-
-        def position_term(b, h, q_idx, kv_idx):
-            return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - query_pos[b, q_idx]]
-
-        def segment_term(b, h, q_idx, kv_idx):
-            other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
-            return segment_table[b, h, q_idx, other]
+    def segment_term(b, h, q_idx, kv_idx):
+        other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
+        return segment_table[b, h, q_idx, other]
 
     # One closure per case: a score_mod with no branch on which tables exist.
     def both_terms(score, b, h, q_idx, kv_idx):

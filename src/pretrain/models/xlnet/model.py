@@ -185,7 +185,7 @@ class TwoStreamAttention(nn.Module):
         segments = (
             rule.other_segment is not None
             if isinstance(rule, DenseRule)
-            else rule.key_types is not None
+            else rule.query_types is not None
         )
         position, segment = self.score_tables(q, k_pos, segments)
         q_c, k, v = q_content.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
