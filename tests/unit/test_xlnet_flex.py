@@ -170,3 +170,28 @@ def test_auto_backend_is_flex_on_cuda_only():
     assert not common_flex.enabled("auto", torch.device("cpu"))
     assert common_flex.enabled("flex", torch.device("cpu"))  # explicit: forward-only on CPU
     assert not common_flex.enabled("sdpa", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("layout", ["factorization", "input"])
+def test_the_model_lays_out_rows_as_configured(monkeypatch, layout):
+    """The outputs are the same either way, so the equality tests cannot see whether the
+    model applies ``flex_layout``: this checks what it hands the rules."""
+    from pretrain.models.xlnet import flex as xlnet_flex
+    from pretrain.models.xlnet import model as xlnet_model
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])  # the layout
+        return xlnet_flex.stream_rules(*args)
+
+    monkeypatch.setattr(xlnet_model, "stream_rules", spy)
+    _, flex = twins("rope", layout)
+    batch = plm_batch("xlnet")
+    streams(flex, batch)
+    (got,) = seen
+    if layout == "input":
+        assert got is None
+    else:
+        ranks = batch.attention.key_rank.gather(1, got)
+        assert torch.equal(ranks, batch.attention.key_rank.sort(dim=1).values)
