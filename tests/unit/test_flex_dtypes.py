@@ -3,8 +3,9 @@
 XLNet's query is ``q + r_w_bias`` with a float32 bias, so it comes out float32 under bf16
 autocast while the keys and values are bf16; a QK-norm can do the same. SDPA is cast by
 autocast, FlexAttention is not in every PyTorch version, and float32 operands make it run its
-float32 kernels. ``pretrain.models.common.flex.attend`` casts; this checks each family's path
-reaches it.
+float32 kernels. ``pretrain.models.common.flex.attend`` casts (checked directly below); the
+family tests check what reaches the kernel end to end (XLNet's query is float32 without the
+cast; the decoder's and T5's operands are bf16 already on this PyTorch, and must stay so).
 """
 
 from __future__ import annotations
@@ -94,3 +95,12 @@ def test_no_cast_without_autocast(operand_dtypes):
         warnings.simplefilter("ignore")
         model.streams(ids, query_stream=False)
     assert set(operand_dtypes) == {(torch.float32,) * 3}
+
+
+def test_attend_casts_mixed_operands_under_autocast(operand_dtypes):
+    from pretrain.models.common import flex
+
+    q = torch.randn(1, 2, 8, 16)  # float32, as q + a float32 bias comes out
+    k, v = torch.randn(2, 1, 2, 8, 16, dtype=torch.bfloat16)
+    out = run_bf16(lambda: flex.attend(q, k, v))
+    assert operand_dtypes == [(torch.bfloat16,) * 3] and out.dtype == torch.bfloat16
