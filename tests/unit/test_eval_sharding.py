@@ -50,25 +50,21 @@ def test_rank_sums_add_up_to_one_process(world_size):
     model = EncoderLM(encoder_config("debug", VOCAB, d_model=32, n_heads=2, n_layers=1))
     mlm = MaskedLM(mask_id=4, vocab_size=VOCAB, special_ids=[0, 1, 2, 3, 4])
     token_bytes = torch.arange(VOCAB) % 3 + 1
-    run = lambda rank, world: evaluate(  # noqa: E731
-        CountingModel(model), mlm, batches(), token_bytes, torch.device("cpu"),
+    run = lambda counting, rank, world: evaluate(  # noqa: E731
+        counting, mlm, batches(), token_bytes, torch.device("cpu"),
         accuracy=True, rank=rank, world_size=world,
     )  # fmt: skip
-    whole = run(0, 1)
+    whole = run(CountingModel(model), 0, 1)
     # no process group here: each rank's call returns its own partial sums
     parts = []
     for rank in range(world_size):
         counting = CountingModel(model)
-        result = evaluate(
-            counting, mlm, batches(), token_bytes, torch.device("cpu"),
-            accuracy=True, rank=rank, world_size=world_size,
-        )  # fmt: skip
+        parts.append(run(counting, rank, world_size))
         assert counting.forwards == math.ceil(NUM_BATCHES / world_size)  # lockstep
-        parts.append(result)
     assert sum(p["tokens"] for p in parts) == whole["tokens"]
     assert sum(p["bytes"] for p in parts) == whole["bytes"]
     nats = sum(p["loss"] * p["tokens"] for p in parts)
     assert nats == pytest.approx(whole["loss"] * whole["tokens"], rel=1e-9)
     right = sum(p["accuracy"] * p["tokens"] for p in parts)
     assert right == pytest.approx(whole["accuracy"] * whole["tokens"], rel=1e-9)
-    assert whole == run(0, 1)  # the same corruption at every evaluation
+    assert whole == run(CountingModel(model), 0, 1)  # the same corruption at every evaluation
