@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pretrain.models.common.hf_convert import build_from_state, load_into_hf, refuse
+from pretrain.models.common.hf_convert import (
+    Entry,
+    build_from_state,
+    from_hf_tensors,
+    load_into_hf,
+    refuse,
+    to_hf_tensors,
+)
 from pretrain.models.xlnet.configs import XLNetConfig
 from pretrain.models.xlnet.model import XLNetLM
 
@@ -61,57 +68,59 @@ def hf_config(cfg: XLNetConfig) -> PretrainedConfig:
     )
 
 
-# Per layer: (our parameter, HF's under ``transformer.layer.{i}.``, layout). Layouts: "same";
-# "in", our (H*hd, d) input projection as HF's (d, H, hd); "out", our (d, H*hd) as (d, H, hd).
-# ``attn.qkv.weight`` is HF's q, k and v ("in" each) stacked; it is handled apart.
+# Per layer: (our parameter, HF's under ``transformer.layer.{i}.``), one tensor each; our fused
+# ``attn.qkv.weight`` is HF's q, k and v stacked by rows (see :func:`_entries`).
 LAYER_NAMES = [
-    ("attn.pos.weight", "rel_attn.r", "in"),
-    ("attn.out.weight", "rel_attn.o", "out"),
-    ("attn.content_bias", "rel_attn.r_w_bias", "same"),
-    ("attn.position_bias", "rel_attn.r_r_bias", "same"),
-    ("attn.segment_bias", "rel_attn.r_s_bias", "same"),
-    ("attn.segment_embed", "rel_attn.seg_embed", "same"),
-    *[(f"{ours}.{kind}", f"{hf}.{kind}", "same")
+    ("attn.pos.weight", "rel_attn.r"),
+    ("attn.out.weight", "rel_attn.o"),
+    ("attn.content_bias", "rel_attn.r_w_bias"),
+    ("attn.position_bias", "rel_attn.r_r_bias"),
+    ("attn.segment_bias", "rel_attn.r_s_bias"),
+    ("attn.segment_embed", "rel_attn.seg_embed"),
+    *[(f"{ours}.{kind}", f"{hf}.{kind}")
       for ours, hf in (("attn.norm", "rel_attn.layer_norm"), ("mlp_norm", "ff.layer_norm"),
                        ("mlp.up", "ff.layer_1"), ("mlp.down", "ff.layer_2"))
       for kind in ("weight", "bias")],
 ]  # fmt: skip
-TOP_NAMES = [  # (ours, HF) outside the layers; HF's mask_emb is (1, 1, d)
-    ("embed.weight", "transformer.word_embedding.weight"),
-    ("mask_embed", "transformer.mask_emb"),
-    ("output_bias", "lm_loss.bias"),
-]
+# HF keeps these as (d_model, H, hd) einsum operands: the input projections q, k, v, r hold
+# our (out, in) Linear weight transposed, the output projection o holds ours as it is.
+IN_PROJECTIONS = ("rel_attn.q", "rel_attn.k", "rel_attn.v", "rel_attn.r")
+OUT_PROJECTION = "rel_attn.o"
 
 
-def _to_hf_layout(w: torch.Tensor, layout: str, cfg: XLNetConfig) -> torch.Tensor:
-    if layout == "in":
-        return w.t().reshape(cfg.d_model, cfg.n_heads, cfg.head_dim)
-    if layout == "out":
-        return w.reshape(cfg.d_model, cfg.n_heads, cfg.head_dim)
-    return w
+def _entries(cfg: XLNetConfig) -> list[Entry]:
+    """Our names against HF's, with HF's tensors in ``nn.Linear`` layout (see
+    :func:`_per_head`)."""
+    entries: list[Entry] = [
+        ("embed.weight", [("transformer.word_embedding.weight", None)], False),
+        ("mask_embed", [("transformer.mask_emb", None)], False),
+        ("output_bias", [("lm_loss.bias", None)], False),
+    ]
+    for i in range(cfg.n_layers):
+        ours, hf = f"blocks.{i}.", f"transformer.layer.{i}."
+        qkv = [(f"{hf}rel_attn.{n}", cfg.d_model) for n in "qkv"]
+        entries.append((ours + "attn.qkv.weight", qkv, False))
+        entries += [(ours + name, [(hf + hf_name, None)], False) for name, hf_name in LAYER_NAMES]
+    return entries
 
 
-def _from_hf_layout(w: torch.Tensor, layout: str, cfg: XLNetConfig) -> torch.Tensor:
-    d = cfg.d_model
-    if layout == "in":
-        return w.reshape(d, d).t().contiguous()
-    if layout == "out":
-        return w.reshape(d, d)
-    return w
+def _per_head(state: dict[str, torch.Tensor], cfg: XLNetConfig, to_hf: bool) -> None:
+    """Reshape, in ``state``, the attention projections between ``nn.Linear`` layout and HF's
+    ``(d_model, H, hd)``, and the mask embedding between ``(d,)`` and HF's ``(1, 1, d)``."""
+    d, per_head = cfg.d_model, (cfg.d_model, cfg.n_heads, cfg.head_dim)
+    for name, t in state.items():
+        if name.endswith(IN_PROJECTIONS):
+            state[name] = t.t().reshape(per_head) if to_hf else t.reshape(d, d).t()
+        elif name.endswith(OUT_PROJECTION):
+            state[name] = t.reshape(per_head if to_hf else (d, d))
+    mask = state["transformer.mask_emb"]
+    state["transformer.mask_emb"] = mask.view(1, 1, d) if to_hf else mask.reshape(d)
 
 
 def _to_hf_state(model: XLNetLM) -> dict[str, torch.Tensor]:
-    cfg, d = model.cfg, model.cfg.d_model
-    ours = model.state_dict()
-    out = {hf: ours[name] for name, hf in TOP_NAMES}
-    out["transformer.mask_emb"] = out["transformer.mask_emb"].view(1, 1, d)
-    out["lm_loss.weight"] = ours["embed.weight"]
-    for i in range(cfg.n_layers):
-        hf, mine = f"transformer.layer.{i}.", f"blocks.{i}."
-        for name, w in zip("qkv", ours[f"{mine}attn.qkv.weight"].split(d), strict=True):
-            out[f"{hf}rel_attn.{name}"] = _to_hf_layout(w, "in", cfg)
-        for name, hf_name, layout in LAYER_NAMES:
-            out[hf + hf_name] = _to_hf_layout(ours[mine + name], layout, cfg)
+    out = to_hf_tensors(model.state_dict(), _entries(model.cfg))
+    _per_head(out, model.cfg, to_hf=True)
+    out["lm_loss.weight"] = out["transformer.word_embedding.weight"]
     return {name: t.detach().clone() for name, t in out.items()}
 
 
@@ -165,13 +174,7 @@ def from_hf(hf_model: PreTrainedModel, dtype: torch.dtype | None = torch.float32
     if not isinstance(hf_model, transformers.XLNetLMHeadModel):
         raise ValueError(f"unsupported model {type(hf_model).__name__}; valid: XLNetLMHeadModel")
     cfg = _config(hf_model)
-    sd = hf_model.state_dict()
-    state = {name: sd[hf] for name, hf in TOP_NAMES}
-    state["mask_embed"] = state["mask_embed"].reshape(cfg.d_model)
-    for i in range(cfg.n_layers):
-        hf, mine = f"transformer.layer.{i}.", f"blocks.{i}."
-        qkv = [_from_hf_layout(sd[f"{hf}rel_attn.{n}"], "in", cfg) for n in "qkv"]
-        state[f"{mine}attn.qkv.weight"] = torch.cat(qkv)
-        for name, hf_name, layout in LAYER_NAMES:
-            state[mine + name] = _from_hf_layout(sd[hf + hf_name], layout, cfg)
+    sd = dict(hf_model.state_dict())
+    _per_head(sd, cfg, to_hf=False)
+    state = from_hf_tensors(sd, _entries(cfg))
     return build_from_state(XLNetLM, cfg, state, hf_model.transformer.word_embedding.weight, dtype)
