@@ -50,7 +50,6 @@ import torch
 from machine import git_commit
 from pretrain.data.loader import TokenBatch
 from pretrain.losses import cross_entropy_sum
-from pretrain.models.common.flex import compile_model
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.encoder.configs import encoder_config
 from pretrain.models.encoder_decoder.configs import encoder_decoder_config
@@ -160,9 +159,7 @@ def make_steps(ours, hf, args, device):
         param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=fused or None
     )
     mode = None if args.compile_mode == "default" else args.compile_mode
-    uses_flex = args.attention_backend == "flex" and not args.prologue_fusion
-    compiled_ours = compile_model(ours, uses_flex, mode=mode)
-    compiled_hf = torch.compile(hf, mode=mode)
+    compiled_ours, compiled_hf = torch.compile(ours, mode=mode), torch.compile(hf, mode=mode)
 
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
@@ -324,11 +321,6 @@ def parse_args() -> argparse.Namespace:
         choices=["factorization", "input"],
         default="factorization",
         help="PLM with flex: content rows sorted by factorization rank (default) or as input",
-    )
-    p.add_argument(
-        "--prologue-fusion",
-        action="store_true",
-        help="flex: leave Inductor's prologue fusion on (off by default, see flex.compile_model)",
     )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument(

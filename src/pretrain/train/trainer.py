@@ -46,7 +46,6 @@ from pretrain.distributed.parallelize import (
     parallelize,
 )
 from pretrain.eval.perplexity import evaluate, merge_task_sums, task_losses
-from pretrain.models.common import flex
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
@@ -142,10 +141,7 @@ class Trainer:
         ).to(self.device)
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        uses_flex = flex.enabled(cfg.model.attention_backend, self.device)
-        self.step_model = (
-            flex.compile_model(self.model, uses_flex) if cfg.train.compile else self.model
-        )
+        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.loss_module = ModelWithLoss(
             self.model,
             cfg.objective.z_loss,

@@ -88,26 +88,6 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def compile_model(module: torch.nn.Module, uses_flex: bool, mode: str | None = None):
-    """``torch.compile(module, mode=mode)``; with Inductor's prologue fusion off when
-    ``uses_flex`` (the module calls FlexAttention).
-
-    Inductor fuses the pointwise work that makes the operands (rotary embedding, a bias added
-    to the query, a cast) into the FlexAttention kernel's loads. Each key tile is then rebuilt
-    for every query block, while the backward reads the same operands materialised. On an H100
-    (torch 2.11, XLNet base, 32 x 512, bf16; docs/benchmarks.md, round 4) the fused RoPE
-    forward took 3.8 ms a layer against 0.32 ms for its backward. Switched off, the operands
-    are written once by a pointwise kernel and the template only reads them.
-    """
-    if not uses_flex or not hasattr(torch._inductor.config, "prologue_fusion"):
-        return torch.compile(module, mode=mode)
-    from torch._inductor import list_mode_options
-
-    options = dict(list_mode_options(mode)) if mode not in (None, "default") else {}
-    options["prologue_fusion"] = False
-    return torch.compile(module, options=options)
-
-
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
     """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA; elsewhere the unfused
     reference, which runs the forward only (CPU tests against the dense path).
