@@ -88,9 +88,31 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def training_kernel_options(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
+    """Kernel options that keep a differentiated call on FlexAttention's main kernel.
+
+    Inductor runs the forward of a query shorter than 128 rows on its flex-decoding kernel,
+    made for a few query rows of generation. Training meets such queries on purpose: XLNet's
+    query stream has one row per target (85 of 512 at K = 6), T5's decoder some 114 rows for
+    512 inputs. On an H100 (torch 2.11, XLNet base, 32 x 512, bf16; docs/benchmarks.md, round 4)
+    that forward took 3.8 ms a layer, against 0.18 ms for the content stream's 512 rows on the
+    main kernel and 0.32 ms for its backward. Calls without gradients (generation) keep the
+    heuristic. The option's name changed across PyTorch versions; both are handled.
+    """
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (q, k, v)):
+        return {}
+    from torch.nn.attention import flex_attention
+
+    known = getattr(getattr(flex_attention, "FlexKernelOptions", None), "__annotations__", {})
+    if "BACKEND" in known:
+        return {"BACKEND": "TRITON"}
+    return {"FORCE_USE_FLEX_ATTENTION": True}
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA; elsewhere the unfused
-    reference, which runs the forward only (CPU tests against the dense path).
+    """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA, on the main kernel when
+    differentiated (:func:`training_kernel_options`); elsewhere the unfused reference, which
+    runs the forward only (CPU tests against the dense path).
 
     Under autocast, ``q``, ``k`` and ``v`` are first cast to autocast's dtype, as autocast does
     for SDPA. FlexAttention has no autocast rule of its own in every PyTorch version, and a
@@ -102,6 +124,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch
         dtype = torch.get_autocast_dtype(device)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if q.is_cuda:
+        options = training_kernel_options(q, k, v)
+        if options:
+            kwargs["kernel_options"] = {**options, **(kwargs.get("kernel_options") or {})}
         return compiled_flex_attention()(q, k, v, **kwargs)
     from torch.nn.attention.flex_attention import flex_attention
 
