@@ -61,6 +61,7 @@ from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
+from pretrain.train.activation_memory import with_memory_budget
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the issue's reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -160,6 +161,8 @@ def make_steps(ours, hf, args, device):
     )
     mode = None if args.compile_mode == "default" else args.compile_mode
     compiled_ours, compiled_hf = torch.compile(ours, mode=mode), torch.compile(hf, mode=mode)
+    if args.memory_budget < 1:  # as train.activation_memory_budget does
+        compiled_ours = with_memory_budget(compiled_ours, args.memory_budget)
 
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
@@ -290,8 +293,12 @@ def profile(step, batches, steps: int, device, rows: int = 25) -> str:
     return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(add_arguments=None) -> argparse.Namespace:
+    """The benchmark's options; ``add_arguments(parser)`` adds a caller's own (other scripts
+    that build the same models)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if add_arguments is not None:
+        add_arguments(p)
     p.add_argument("--objective", choices=sorted(DEFAULTS), default="clm")
     p.add_argument("--size")
     p.add_argument("--style", choices=["gpt2", "llama"], default=None)
@@ -321,6 +328,12 @@ def parse_args() -> argparse.Namespace:
         choices=["factorization", "input"],
         default="factorization",
         help="PLM with flex: content rows sorted by factorization rank (default) or as input",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        default=1.0,
+        help="ours compiled: train.activation_memory_budget (1.0: PyTorch's default)",
     )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument(

@@ -356,6 +356,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    activation_memory_budget: float = 1.0
+    """With ``compile``: the share of the activations the compiled step may keep for its
+    backward (``torch._functorch.config.activation_memory_budget``). Below 1, AOTAutograd
+    recomputes the cheapest of the others in the backward. 1.0 is PyTorch's default."""
     precision: typing.Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU."""
     max_nonfinite_steps: int = 5
@@ -475,6 +479,14 @@ class ExperimentConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        budget = self.train.activation_memory_budget
+        if not 0 < budget <= 1:
+            raise ConfigError(f"train.activation_memory_budget must be in (0, 1], got {budget}")
+        if budget < 1 and not self.train.compile:
+            raise ConfigError(
+                "train.activation_memory_budget applies to compiled steps only; set "
+                "train.compile=true or leave it at 1.0"
+            )
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
         if self.distributed.timeout_seconds <= 0:

@@ -227,7 +227,9 @@ def test_fresh_run_into_a_directory_with_checkpoints_is_refused(
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("budget", [1.0, 0.5])
+def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, budget):
+    """Also under an activation memory budget: what is recomputed has the same values."""
     eager = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "eager", train__max_steps=3))
     compiled = Trainer(
         _config(
@@ -236,6 +238,7 @@ def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path):
             tmp_path / "compiled",
             train__max_steps=3,
             train__compile=True,
+            train__activation_memory_budget=budget,
         )
     )
     for _ in range(3):

@@ -37,6 +37,7 @@ from pretrain.models.common import flex as common_flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.init import init_normal
 from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
+from pretrain.models.common.recompute import recomputed
 from pretrain.models.encoder.model import ErfGeluMLP
 from pretrain.models.xlnet.configs import XLNetConfig
 from pretrain.models.xlnet.flex import (
@@ -187,11 +188,14 @@ class TwoStreamAttention(nn.Module):
             if isinstance(rule, DenseRule)
             else rule.query_types is not None
         )
-        position, segment = self.score_tables(q, k_pos, segments)
         q_c, k, v = q_content.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if isinstance(rule, StreamRule):
+            # FlexAttention keeps its captured tables for its backward; a compiled step
+            # rebuilds them there from q instead (one matmul; common/recompute.py)
+            position, segment = recomputed(self.score_tables, q, k_pos, segments)
             y = flex_two_stream_attention(q_c, k, v, rule, position, segment)
         else:
+            position, segment = self.score_tables(q, k_pos, segments)
             bias = None
             if position is not None:
                 # Query at i and key j: distance i - j sits at column j + T - i of the table
