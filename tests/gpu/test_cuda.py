@@ -107,12 +107,13 @@ def _t5_batch(B: int, T_enc: int, T_dec: int, pad_from: int) -> ModelBatch:
     )
 
 
-def _assert_flex_matches_dense(dense, flex, batch: ModelBatch) -> None:
-    """Same loss (1e-4) and every gradient within 1e-3 relative, through both backends."""
+def _assert_flex_matches_dense(dense, flex, batch: ModelBatch, flex_forward=None) -> None:
+    """Same loss (1e-4) and every gradient within 1e-3 relative, through both backends.
+    ``flex_forward`` runs the flex model (``torch.compile(flex)``); default: ``flex`` itself."""
     losses = []
-    for model in (dense, flex):
+    for model, forward in ((dense, dense), (flex, flex_forward or flex)):
         total, n, _ = cross_entropy_sum(
-            model(batch),
+            forward(batch),
             batch.labels,
             model.output_weight,
             output_bias=getattr(model, "output_bias", None),
@@ -182,8 +183,12 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("position_encoding", ["txl", "rope"])
-def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
+def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled):
+    """Compiled, the txl position tables are rebuilt in the backward (common/recompute.py),
+    and the query stream's rows (fewer than 128) run on the main kernel
+    (flex.training_kernel_options)."""
     torch.manual_seed(0)
     B, T, V = 4, 256, 500
     cfg = xlnet_config("debug", V, position_encoding=position_encoding, attention_backend="sdpa")
@@ -198,7 +203,8 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding):
     assert flex.uses_flex(batch.attention) and not dense.uses_flex(batch.attention)
     auto = XLNetLM(dataclasses.replace(cfg, attention_backend="auto")).to(CUDA)
     assert auto.uses_flex(batch.attention)  # XLNet's default: flex on CUDA
-    _assert_flex_matches_dense(dense, flex, batch)
+    torch._dynamo.reset()
+    _assert_flex_matches_dense(dense, flex, batch, torch.compile(flex) if compiled else None)
 
 
 def test_t5_flex_forward_and_backward_match_dense():
