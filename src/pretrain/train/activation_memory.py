@@ -58,7 +58,8 @@ def with_memory_budget(forward, budget: float):
 def saved_for_backward(fn, *args) -> list[SavedTensor]:
     """The tensors the partitioned forward graph of ``torch.compile(fn)(*args)`` returns:
     ``fn``'s outputs and what the backward reads. At least one input or parameter must need
-    gradients; ``fn`` must compile to one graph (a graph break stops at the first)."""
+    gradients; ``fn`` must compile to one graph (a graph break stops at the first). Dynamo's
+    caches are reset before and after, so run it apart from compiled training."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
