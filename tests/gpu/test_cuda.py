@@ -188,7 +188,7 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
 def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled):
     """Compiled, the txl position tables are rebuilt in the backward (common/recompute.py),
     and the query stream's rows (fewer than 128) run on the main kernel
-    (flex.training_kernel_options)."""
+    (flex.main_kernel_options)."""
     torch.manual_seed(0)
     B, T, V = 4, 256, 500
     cfg = xlnet_config("debug", V, position_encoding=position_encoding, attention_backend="sdpa")

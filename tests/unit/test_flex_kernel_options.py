@@ -1,10 +1,12 @@
-"""``flex.training_kernel_options``: differentiated calls stay off the flex-decoding kernel
-(made for generation), and this PyTorch accepts the option it names."""
+"""``flex.main_kernel_options``: training and evaluation calls stay off the flex-decoding
+kernel, which generation steps keep; this PyTorch accepts the option it names."""
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
 from pretrain.models.common import flex
+
+MAIN = ({"BACKEND": "TRITON"}, {"FORCE_USE_FLEX_ATTENTION": True})
 
 
 def operands(rows: int, requires_grad: bool):
@@ -15,20 +17,28 @@ def operands(rows: int, requires_grad: bool):
     return q, k, v
 
 
-def test_training_calls_force_the_main_kernel():
-    options = flex.training_kernel_options(*operands(85, requires_grad=True))
-    assert options in ({"BACKEND": "TRITON"}, {"FORCE_USE_FLEX_ATTENTION": True})
+def test_training_calls_take_the_main_kernel_whatever_their_length():
+    for rows in (1, 85):
+        assert flex.main_kernel_options(*operands(rows, requires_grad=True)) in MAIN
 
 
-def test_calls_without_gradients_keep_the_heuristic():
-    assert flex.training_kernel_options(*operands(1, requires_grad=False)) == {}
+def test_evaluation_of_a_longer_query_takes_the_main_kernel():
     with torch.no_grad():
-        assert flex.training_kernel_options(*operands(85, requires_grad=True)) == {}
+        rows = flex.DECODING_ROWS + 1
+        assert flex.main_kernel_options(*operands(rows, requires_grad=True)) in MAIN
+        assert flex.main_kernel_options(*operands(85, requires_grad=False)) in MAIN
+
+
+def test_generation_steps_keep_the_heuristic():
+    assert flex.main_kernel_options(*operands(1, requires_grad=False)) == {}
+    rows = flex.DECODING_ROWS
+    assert flex.main_kernel_options(*operands(rows, requires_grad=False)) == {}
+    with torch.no_grad():
+        assert flex.main_kernel_options(*operands(1, requires_grad=True)) == {}
 
 
 def test_this_pytorch_accepts_the_option_and_computes_the_same():
-    q, k, v = operands(85, requires_grad=True)
-    options = flex.training_kernel_options(q, k, v)
-    q = q.detach()  # no flex backward on CPU; the options are checked in the forward
+    q, k, v = operands(85, requires_grad=False)
+    options = flex.main_kernel_options(q, k, v)
     forced = flex_attention(q, k, v, kernel_options=options)
     torch.testing.assert_close(forced, flex_attention(q, k, v))

@@ -88,18 +88,25 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def training_kernel_options(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
-    """Kernel options that keep a differentiated call on FlexAttention's main kernel.
+DECODING_ROWS = 16
+"""Queries of at most this many rows keep Inductor's choice (the flex-decoding kernel)."""
 
-    Inductor runs the forward of a query shorter than 128 rows on its flex-decoding kernel,
-    made for a few query rows of generation. Training meets such queries on purpose: XLNet's
-    query stream has one row per target (85 of 512 at K = 6), T5's decoder some 114 rows for
-    512 inputs. On an H100 (torch 2.11, XLNet base, 32 x 512, bf16; docs/benchmarks.md, round 4)
-    that forward took 3.8 ms a layer, against 0.18 ms for the content stream's 512 rows on the
-    main kernel and 0.32 ms for its backward. Calls without gradients (generation) keep the
-    heuristic. The option's name changed across PyTorch versions; both are handled.
+
+def main_kernel_options(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
+    """Kernel options that put a call on FlexAttention's main kernel, or ``{}``.
+
+    Inductor runs the forward of any query shorter than 128 rows on its flex-decoding kernel,
+    made for the few query rows of a generation step. Training and evaluation meet longer short
+    queries on purpose: XLNet's query stream has one row per target (85 of 512 at K = 6), T5's
+    decoder some 114 rows for 512 inputs. On an H100 (torch 2.11, XLNet base, 32 x 512, bf16;
+    docs/benchmarks.md, round 4) that 85-row forward took 3.8 ms a layer, against 0.18 ms for
+    the content stream's 512 rows on the main kernel and 0.32 ms for its backward. So every
+    differentiated call, and every query of more than :data:`DECODING_ROWS` rows, takes the
+    main kernel; a generation step (one row, or a few) keeps the heuristic. Only 85 rows were
+    measured. The option's name changed across PyTorch versions; both are handled.
     """
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (q, k, v)):
+    differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not differentiated and q.shape[-2] <= DECODING_ROWS:
         return {}
     from torch.nn.attention import flex_attention
 
@@ -110,8 +117,8 @@ def training_kernel_options(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA, on the main kernel when
-    differentiated (:func:`training_kernel_options`); elsewhere the unfused reference, which
+    """``flex_attention(q, k, v, **kwargs)``: compiled on CUDA, on the main kernel except
+    for generation steps (:func:`main_kernel_options`); elsewhere the unfused reference, which
     runs the forward only (CPU tests against the dense path).
 
     Under autocast, ``q``, ``k`` and ``v`` are first cast to autocast's dtype, as autocast does
@@ -124,7 +131,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch
         dtype = torch.get_autocast_dtype(device)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if q.is_cuda:
-        options = training_kernel_options(q, k, v)
+        options = main_kernel_options(q, k, v)
         if options:
             kwargs["kernel_options"] = {**options, **(kwargs.get("kernel_options") or {})}
         return compiled_flex_attention()(q, k, v, **kwargs)
