@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretrain.quickstart import bundled_corpus
 from pretrain.tokenizer import Tokenizer, train_tokenizer_from_files
@@ -76,3 +77,15 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("CI"):
         for module in ("transformers", "pyarrow", "zstandard", "hypothesis"):
             __import__(module)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A test that starts with no compiled frames (``pytest.mark.usefixtures``). On CPU,
+    ``flex_attention`` compiles its wrapper (eager backend) with guards on the ``score_mod``'s
+    captured tensors; when a later test with other terms misses that cache, PyTorch's report
+    of why evaluates the old guards on the new closures and raises (IndexError or TypeError in
+    ``recompilation_reason_for_no_tensor_aliasing_guard``). Within one configuration, as in a
+    run, each closure compiles once and later calls find it."""
+    torch._dynamo.reset()
+    yield

@@ -18,6 +18,8 @@ from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 VOCAB, PAD, T_ENC, T_DEC = 300, 0, 40, 24
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 
 def twins() -> tuple[EncoderDecoderLM, EncoderDecoderLM]:
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.decoder.model import DecoderLM
 from pretrain.objectives.base import AttentionSpec
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 
 def _docs(B: int, T: int) -> torch.Tensor:
     docs = torch.zeros(B, T, dtype=torch.long)

@@ -20,16 +20,7 @@ from pretrain.objectives.plm import PermutationLM
 VOCAB, T = 200, 48
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo_cache():
-    """Each test starts with no compiled flex frames. On CPU, ``flex_attention`` compiles its
-    wrapper (eager backend) with guards on the ``score_mod``'s captured tensors; when a test
-    with other position or segment terms then misses that cache, PyTorch's report of why
-    evaluates the old guards on the new closures and raises (IndexError or TypeError in
-    ``recompilation_reason_for_no_tensor_aliasing_guard``). Within one configuration, as in
-    a run, each stream's closure compiles once and later calls find it."""
-    torch._dynamo.reset()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def twins(position_encoding: str, layout: str = "factorization") -> tuple[XLNetLM, XLNetLM]:
