@@ -46,6 +46,7 @@ import json
 import time
 
 import torch
+import torch._functorch.config as functorch_config
 
 from machine import git_commit
 from pretrain.data.loader import TokenBatch
@@ -61,7 +62,6 @@ from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
-from pretrain.train.activation_memory import with_memory_budget
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -162,7 +162,8 @@ def make_steps(ours, hf, args, device):
     mode = None if args.compile_mode == "default" else args.compile_mode
     compiled_ours, compiled_hf = torch.compile(ours, mode=mode), torch.compile(hf, mode=mode)
     if args.memory_budget < 1:  # as train.activation_memory_budget does
-        compiled_ours = with_memory_budget(compiled_ours, args.memory_budget)
+        budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
+        compiled_ours = budget(compiled_ours)
 
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):

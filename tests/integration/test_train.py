@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._functorch.config as functorch_config
 
 from pretrain import losses as losses_mod
 from pretrain.cli import EXIT_BAD_INPUT, main
@@ -241,9 +242,15 @@ def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, bu
             train__activation_memory_budget=budget,
         )
     )
+    seen = []  # the budget AOTAutograd reads while the compiled forward runs
+    compiled.model.register_forward_pre_hook(
+        lambda *_: seen.append(functorch_config.activation_memory_budget)
+    )
     for _ in range(3):
         a, b = eager.train_step(), compiled.train_step()
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert seen and set(seen) == {budget}
+    assert functorch_config.activation_memory_budget == 1.0  # and only then
 
 
 def test_grad_clip_zero_means_no_clipping(shards_dir, tokenizer_dir, tmp_path):

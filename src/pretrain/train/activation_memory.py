@@ -7,11 +7,12 @@ tensors the partitioned forward graph returns, and stops there: no kernel runs, 
 model at a full batch is measured in seconds on a CPU. ``bench/saved_activations.py`` prints
 it for the benchmark's models; the tests use it to check what is recomputed.
 
-:func:`with_memory_budget` runs a compiled forward under a memory budget
-(``train.activation_memory_budget``): AOTAutograd keeps at most that share of the activations
-and recomputes the cheapest others in the backward. At xlnet-base, 32 x 512, a budget of 0.8
-takes what the forward keeps from 6.3 to 3.2 GiB (txl) and from 6.0 to 3.2 GiB (RoPE), with
-the same matmuls: the partitioner recomputes pointwise work (GELU, norms, casts).
+Under a memory budget (``train.activation_memory_budget``, applied by the trainer with
+``torch._functorch.config.patch`` around the compiled forward) AOTAutograd keeps at most that
+share of the activations and recomputes the cheapest others in the backward. At xlnet-base,
+32 x 512, a budget of 0.8 takes what the forward keeps from 6.3 to 3.2 GiB (txl) and from 6.0
+to 3.2 GiB (RoPE), with the same matmuls: the partitioner recomputes pointwise work (GELU,
+norms, casts).
 """
 
 from __future__ import annotations
@@ -40,19 +41,6 @@ def _chain(error: BaseException | None):
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
-
-
-def with_memory_budget(forward, budget: float):
-    """``forward`` run under ``torch._functorch.config.activation_memory_budget = budget``,
-    which AOTAutograd reads when it compiles (the first call, and any recompile). A patch per
-    call, not a global setting, so other compiled code in the process keeps its own."""
-    import torch._functorch.config as functorch_config
-
-    def run(*args, **kwargs):
-        with functorch_config.patch(activation_memory_budget=budget):
-            return forward(*args, **kwargs)
-
-    return run
 
 
 def saved_for_backward(fn, *args) -> list[SavedTensor]:

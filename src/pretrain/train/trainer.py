@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._functorch.config as functorch_config
 
 from pretrain.config import ExperimentConfig, save_config
 from pretrain.data.loader import TokenLoader
@@ -52,7 +53,6 @@ from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
-from pretrain.train.activation_memory import with_memory_budget
 from pretrain.train.checkpoint import (
     SHARDED_DIR,
     begin_checkpoint,
@@ -143,10 +143,11 @@ class Trainer:
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
-        if cfg.train.activation_memory_budget < 1:
-            self.step_model = with_memory_budget(
-                self.step_model, cfg.train.activation_memory_budget
+        if cfg.train.activation_memory_budget < 1:  # read by AOTAutograd when it compiles
+            budget = functorch_config.patch(
+                activation_memory_budget=cfg.train.activation_memory_budget
             )
+            self.step_model = budget(self.step_model)
         self.loss_module = ModelWithLoss(
             self.model,
             cfg.objective.z_loss,
