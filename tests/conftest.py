@@ -89,3 +89,15 @@ def fresh_dynamo():
     run, each closure compiles once and later calls find it."""
     torch._dynamo.reset()
     yield
+
+
+@pytest.fixture
+def flex_backward_on_cpu(monkeypatch):
+    """FlexAttention differentiable on the CPU. PyTorch refuses requires_grad inputs there
+    (``_validate_device``), but its eager ``flex_attention`` runs the higher-order op's math
+    implementation, forward and backward, captured ``score_mod`` tables included; lifting the
+    check lets the tests compare a flex path's gradients with the dense path's through
+    ``flex.attend`` itself. The compiled kernels are checked on CUDA in ``tests/gpu``."""
+    from torch.nn.attention import flex_attention
+
+    monkeypatch.setattr(flex_attention, "_validate_device", lambda *_: None)

@@ -2,7 +2,8 @@
 prefixes hidden by block masks, the relative position bias added by a ``score_mod``.
 
 The forward runs on CPU (unfused); the kernel's backward needs CUDA (``tests/gpu/test_cuda.py``),
-and here the gradients are checked with a differentiable reference in place of the kernel.
+and here the gradients are checked through PyTorch's eager FlexAttention with its CPU device
+check lifted (``flex_backward_on_cpu``).
 """
 
 from __future__ import annotations
@@ -68,14 +69,10 @@ def test_flex_backend_is_validated():
 
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
-def test_flex_gradients_match_the_dense_path(monkeypatch, kind):
-    """With a differentiable reference in place of the kernel (FlexAttention's backward is
-    CUDA-only), the flex path's gradients equal the dense path's, the relative-position
-    tables' (read by the ``score_mod``) included."""
-    from pretrain.models.common import flex as common_flex
-    from tests.flex_reference import reference_flex_attention
-
-    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+def test_flex_gradients_match_the_dense_path(flex_backward_on_cpu, kind):
+    """Through PyTorch's eager FlexAttention, differentiated on the CPU
+    (``flex_backward_on_cpu``), the flex path's gradients equal the dense path's, the
+    relative-position tables' (read by the ``score_mod``) included."""
     dense, flex = twins()
     b = batch(SPECS[kind])
     grads = []

@@ -45,13 +45,9 @@ def test_flex_block_mask_matches_dense_mask(spec_kind: str):
 
 
 @pytest.mark.parametrize("spec_kind", ["causal-docs", "prefix-docs"])
-def test_flex_gradients_match_the_dense_mask(monkeypatch, spec_kind: str):
-    """With a differentiable reference in place of the kernel (FlexAttention's backward is
-    CUDA-only), training through the block mask gives the dense mask's gradients."""
-    from pretrain.models.common import flex as common_flex
-    from tests.flex_reference import reference_flex_attention
-
-    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+def test_flex_gradients_match_the_dense_mask(flex_backward_on_cpu, spec_kind: str):
+    """Through PyTorch's eager FlexAttention, differentiated on the CPU
+    (``flex_backward_on_cpu``), training through the block mask gives the dense mask's gradients."""
     torch.manual_seed(0)
     B, T = 2, 64
     cfg = dict(d_model=64, n_heads=4, n_kv_heads=2, qk_norm=True)

@@ -1,8 +1,8 @@
 """XLNet's FlexAttention path computes what the dense SDPA path computes.
 
 The forward runs on CPU (unfused). The kernel's backward needs CUDA and is checked in
-``tests/gpu/test_cuda.py``; here the gradients are checked with a differentiable reference
-(``tests/flex_reference.py``) in place of the kernel.
+``tests/gpu/test_cuda.py``; here the gradients are checked through PyTorch's eager
+FlexAttention with its CPU device check lifted (``flex_backward_on_cpu``).
 """
 
 from __future__ import annotations
@@ -124,14 +124,11 @@ def test_factorization_layout_makes_most_blocks_full_or_empty():
 
 @pytest.mark.parametrize("layout", ["factorization", "input"])
 @pytest.mark.parametrize("position_encoding", ["txl", "rope"])
-def test_flex_gradients_match_the_dense_path(monkeypatch, position_encoding, layout):
-    """With a differentiable reference in place of the kernel (FlexAttention's backward is
-    CUDA-only), the flex path's gradients equal the dense path's: the layout's gather and
-    scatter, the mask over ranks, and the position table captured by the ``score_mod``."""
-    from pretrain.models.common import flex as common_flex
-    from tests.flex_reference import reference_flex_attention
-
-    monkeypatch.setattr(common_flex, "attend", reference_flex_attention)
+def test_flex_gradients_match_the_dense_path(flex_backward_on_cpu, position_encoding, layout):
+    """Through PyTorch's eager FlexAttention, differentiated on the CPU
+    (``flex_backward_on_cpu``), the flex path's gradients equal the dense path's: the layout's
+    gather and scatter, the mask over ranks, and the position table captured by the
+    ``score_mod``."""
     dense, flex = twins(position_encoding, layout)
     batch = plm_batch("xlnet", seed=3)
     types = (torch.arange(T) >= T // 2).long().expand(3, T).clone()

@@ -29,8 +29,8 @@ content stream back at the end; the query stream keeps its rows.
 
 PyTorch runs FlexAttention's backward on CUDA only, so training through this path needs a GPU
 (``attention_backend="auto"``, XLNet's default, takes it on CUDA only). On the CPU the forward
-runs unfused; the tests check it against the dense path, and the gradients with a
-differentiable stand-in for the kernel.
+runs unfused; the tests check it against the dense path, and the gradients through PyTorch's
+eager FlexAttention with its CPU device check lifted.
 """
 
 from __future__ import annotations
