@@ -207,6 +207,27 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled
     _assert_flex_matches_dense(dense, flex, batch, torch.compile(flex) if compiled else None)
 
 
+def test_flex_attend_puts_training_queries_on_the_main_kernel(monkeypatch):
+    """An 85-row query (XLNet base's query stream) reaches the compiled kernel with the
+    option that keeps it off the flex-decoding kernel, and computes what SDPA does."""
+    from pretrain.models.common import flex
+
+    real, seen = flex.compiled_flex_attention(), []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("kernel_options"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda: spy)
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    q = torch.randn(2, 4, 85, 64, device=CUDA, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 4, 512, 64, device=CUDA, generator=g) for _ in range(2))
+    out = flex.attend(q, k, v)
+    assert seen == [flex.main_kernel_options(q, k, v)] and seen[0]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert _rel_err(out, ref) < 1e-3
+
+
 def test_t5_flex_forward_and_backward_match_dense():
     torch.manual_seed(0)
     cfg = encoder_decoder_config("debug", 500, pad_id=0)

@@ -134,6 +134,20 @@ def test_rope_scores_depend_on_distance_only():
         torch.testing.assert_close(model.streams(ids)[0], base, atol=1e-5, rtol=1e-5)
 
 
+@POSITIONS
+def test_the_content_stream_sees_where_tokens_are(position_encoding):
+    """The control for the test above: attention without positions is blind to order, so
+    swapping two other tokens would leave position 0's state as it was. Each encoding changes
+    it (a model that never rotated q and k would not)."""
+    model = make_model(position_encoding)
+    ids = torch.randint(10, VOCAB, (1, T))
+    swapped = ids.clone()
+    swapped[0, [3, 9]] = ids[0, [9, 3]]
+    with torch.no_grad():
+        h, h_swapped = model.streams(ids)[0], model.streams(swapped)[0]
+    assert (h[0, 0] - h_swapped[0, 0]).abs().max() > 1e-3
+
+
 def test_named_sizes_and_bad_values():
     assert xlnet_config("base", 32000).d_ff == 3072
     bad_values = (
