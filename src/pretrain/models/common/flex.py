@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from pretrain.models.common.autocast import to_autocast_dtype
 from pretrain.objectives.base import AttentionSpec
 
 
@@ -126,10 +127,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch
     float32 operand (a query plus a float32 bias, a float32 QK-norm) would otherwise run the
     kernels in float32, several times slower than bf16, the backward most of all.
     """
-    device = q.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = to_autocast_dtype(q), to_autocast_dtype(k), to_autocast_dtype(v)
     if q.is_cuda:
         options = main_kernel_options(q, k, v)
         if options:

@@ -39,6 +39,7 @@ from torch import nn
 
 from pretrain.models.common import flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
+from pretrain.models.common.autocast import to_autocast_dtype
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
@@ -95,13 +96,6 @@ class RelativePositionBias(nn.Module):
             k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance
         )  # (q_len, k_len)
         return self.embed(bucket).permute(2, 0, 1).unsqueeze(0)  # (1, H, q_len, k_len)
-
-
-def _autocast_cast(bias: torch.Tensor) -> torch.Tensor:
-    """``bias`` in autocast's dtype when autocast is on (once, not in every layer), else as is."""
-    if torch.is_autocast_enabled(bias.device.type):
-        return bias.to(torch.get_autocast_dtype(bias.device.type))
-    return bias
 
 
 def additive_bias(
@@ -339,7 +333,7 @@ class EncoderDecoderLM(nn.Module):
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
         keys = input_ids != self.cfg.pad_id  # (B, T): visible keys
         if self.uses_flex(spec):
-            position = _autocast_cast(self.encoder_position_bias(T, T))[0]  # (H, T, T)
+            position = to_autocast_dtype(self.encoder_position_bias(T, T))[0]  # (H, T, T)
             scores = FlexScores(flex.block_mask(spec, T, keys=keys), position)
             x = self.embed(input_ids)
             for block in self.encoder_blocks:
@@ -352,7 +346,7 @@ class EncoderDecoderLM(nn.Module):
         keys = keys[:, None, None, :]  # (B, 1, 1, T)
         allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
         bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B, H, T, T)
-        bias = _autocast_cast(bias)
+        bias = to_autocast_dtype(bias)
         x = self.embed(input_ids)  # (B, T, d_model)
         for block in self.encoder_blocks:
             x = block(x, bias)
@@ -379,11 +373,11 @@ class EncoderDecoderLM(nn.Module):
         idx = torch.arange(T, device=decoder_input_ids.device)
         causal = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
         self_bias = additive_bias(self.decoder_position_bias(T, T), causal)  # (1, H, T, T)
-        self_bias = _autocast_cast(self_bias)
+        self_bias = to_autocast_dtype(self_bias)
         cross_bias = None
         if encoder_mask is not None:
             cross_bias = additive_bias(None, encoder_mask.bool()[:, None, None, :])  # (B,1,1,Tk)
-            cross_bias = _autocast_cast(cross_bias)
+            cross_bias = to_autocast_dtype(cross_bias)
         x = self.embed(decoder_input_ids)  # (B, T_dec, d_model)
         for block in self.decoder_blocks:
             x = block(x, self_bias, encoder_hidden, cross_bias)
@@ -399,7 +393,7 @@ class EncoderDecoderLM(nn.Module):
         position bias as a ``score_mod``; cross-attention hides pad keys by block mask."""
         T = decoder_input_ids.shape[1]
         device = decoder_input_ids.device
-        position = _autocast_cast(self.decoder_position_bias(T, T))[0]  # (H, T, T)
+        position = to_autocast_dtype(self.decoder_position_bias(T, T))[0]  # (H, T, T)
         causal = flex.block_mask(AttentionSpec(kind="causal"), T, device=device)
         self_scores = FlexScores(causal, position)
         cross_scores = None

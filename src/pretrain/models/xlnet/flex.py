@@ -145,27 +145,16 @@ def flex_two_stream_attention(
     query_pos, key_pos = rule.query_pos, rule.key_pos
     query_types, key_types = rule.query_types, rule.key_types
 
-    def position_term(b, h, q_idx, kv_idx):
-        return position_table[b, h, q_idx, key_pos[b, kv_idx] + T - query_pos[b, q_idx]]
+    def add_terms(score, b, h, q_idx, kv_idx):
+        # Python branches on captured constants: resolved once, when the kernel is traced
+        if position_table is not None:
+            column = key_pos[b, kv_idx] + T - query_pos[b, q_idx]  # Transformer-XL's rel-shift
+            score = score + position_table[b, h, q_idx, column]
+        if segment_table is not None:
+            other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
+            score = score + segment_table[b, h, q_idx, other]
+        return score
 
-    def segment_term(b, h, q_idx, kv_idx):
-        other = (query_types[b, q_idx] != key_types[b, kv_idx]).to(torch.int64)
-        return segment_table[b, h, q_idx, other]
-
-    # One closure per case: a score_mod with no branch on which tables exist.
-    def both_terms(score, b, h, q_idx, kv_idx):
-        return score + position_term(b, h, q_idx, kv_idx) + segment_term(b, h, q_idx, kv_idx)
-
-    def position_only(score, b, h, q_idx, kv_idx):
-        return score + position_term(b, h, q_idx, kv_idx)
-
-    def segment_only(score, b, h, q_idx, kv_idx):
-        return score + segment_term(b, h, q_idx, kv_idx)
-
-    score_mod = {
-        (True, True): both_terms,
-        (True, False): position_only,
-        (False, True): segment_only,
-        (False, False): None,
-    }[(position_table is not None, segment_table is not None)]
+    has_terms = position_table is not None or segment_table is not None
+    score_mod = add_terms if has_terms else None
     return flex.attend(q, k, v, score_mod=score_mod, block_mask=rule.block_mask)
