@@ -45,9 +45,10 @@ def load_run(
     if not model_config.exists():
         raise FileNotFoundError(f"{model_config}: missing; the run directory is incomplete")
     arch = json.loads(model_config.read_text())
-    if arch.get("attention_backend") == "flex" and torch.device(device).type != "cuda":
-        # The same attention, computed densely: FlexAttention is only fast compiled on CUDA.
-        arch["attention_backend"] = "sdpa"
+    if arch.get("attention_backend") == "flex":
+        # The same attention; "auto" computes it densely wherever the model runs off CUDA
+        # (FlexAttention is only fast compiled there, and trains only there).
+        arch["attention_backend"] = "auto"
     model = model_from_config_dict(cfg.model.family, arch)
     ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
     try:
