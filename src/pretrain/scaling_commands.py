@@ -143,7 +143,8 @@ def scaling_flops(args: argparse.Namespace) -> int:
         if args.tokens is None:
             raise ValueError("--params needs --tokens (or give --config)")
         n, d = args.params, args.tokens
-        out.update(params=n, tokens=d, flops=training_flops(n, d), flops_per_token=6.0 * n)
+        out.update(params=n, tokens=d, flops=training_flops(n, d))
+        out["flops_per_token"] = training_flops(n, 1)
     else:
         from pretrain.config import ExperimentConfig, load_config
         from pretrain.scaling.counts import count_config
@@ -166,7 +167,7 @@ def scaling_flops(args: argparse.Namespace) -> int:
             flops_6nd_non_embedding=training_flops(counts.non_embedding, tokens),
         )
         if args.attention != "none":
-            out["flops_per_token_6n"] = 6.0 * counts.matmul  # no attention term
+            out["flops_per_token_6n"] = training_flops(counts.matmul, 1)  # no attention term
     out["pf_days"] = out["flops"] / PF_DAY
     if args.tokens_per_second:
         peak = _peak(args)
@@ -265,7 +266,7 @@ def scaling_fit(args: argparse.Namespace) -> int:
 def scaling_ladder(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pretrain.scaling.ladder import plan_ladder, run_ladder, write_csv
+    from pretrain.scaling.ladder import plan_ladder, run_ladder
 
     overrides = [f"--{s}" for s in args.set]
     runs = plan_ladder(
@@ -286,7 +287,7 @@ def scaling_ladder(args: argparse.Namespace) -> int:
         for key, values in (("--tokens-per-param", args.tokens_per_param),
                             ("--isoflop", args.isoflop)):  # fmt: skip
             if values:
-                base += [key, ",".join(f"{v:g}" for v in values)]
+                base += [key, ",".join(str(v) for v in values)]  # exact, as parsed
         for setting in args.set:
             base += ["--set", setting]
         if args.out:
@@ -297,8 +298,7 @@ def scaling_ladder(args: argparse.Namespace) -> int:
         return 0
     if not args.dry_run:
         root = Path(runs[0].run_dir).parent
-        run_ladder(args.config, runs, overrides, only=args.only)
-        write_csv(runs, root / "ladder.csv")
+        run_ladder(args.config, runs, overrides, results_csv=root / "ladder.csv", only=args.only)
     rows = [r.row() for r in runs]
     if args.json:
         _print_json({"runs": rows, "dry_run": args.dry_run})

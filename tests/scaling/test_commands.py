@@ -114,6 +114,9 @@ def test_ladder_two_by_two(capsys, shards_dir, tokenizer_dir, tmp_path):
     assert main([*argv, "--commands"]) == 0
     commands = capsys.readouterr().out.splitlines()
     assert [shlex.split(c)[-2:] for c in commands] == [["--only", r["name"]] for r in plan]
+    for command in commands:  # each job plans the same ladder as the original argv
+        job = shlex.split(command)[1:-2]
+        assert _json(capsys, [*job, "--dry-run", "--json"])["runs"] == plan
     assert main(shlex.split(commands[0])[1:]) == 0
     capsys.readouterr()
     with (tmp_path / "ladder" / "ladder.csv").open() as f:

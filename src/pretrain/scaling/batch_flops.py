@@ -66,6 +66,7 @@ def count_batch(model: nn.Module, batch: ModelBatch, attention: Attention = "pal
     from pretrain.models.decoder.model import DecoderLM
     from pretrain.models.encoder.model import EncoderLM
     from pretrain.models.encoder_decoder.model import EncoderDecoderLM
+    from pretrain.models.spec import matmul_params
     from pretrain.models.xlnet.model import XLNetLM
 
     k = attention_factor(attention)
@@ -75,7 +76,7 @@ def count_batch(model: nn.Module, batch: ModelBatch, attention: Attention = "pal
     hq = cfg.n_heads * cfg.head_dim
     head = 6.0 * model.output_weight.numel() * batch.num_label_tokens  # labeled rows only
     if isinstance(model, (DecoderLM, EncoderLM)):
-        body = 6.0 * (linear_params(model) - _linear_output(model)) * tokens
+        body = 6.0 * (matmul_params(model) - model.output_weight.numel()) * tokens
         return BatchFlops(body + head, 0.0, k * cfg.n_layers * hq * T * tokens)
     if isinstance(model, EncoderDecoderLM):
         weights, scores = _encoder_decoder(model, batch)
@@ -84,13 +85,6 @@ def count_batch(model: nn.Module, batch: ModelBatch, attention: Attention = "pal
         weights, positions, scores = _xlnet(model, batch)
         return BatchFlops(weights + head, positions, k * scores)
     raise ValueError(f"no FLOPs count for {type(model).__name__}")
-
-
-def _linear_output(model: nn.Module) -> int:
-    """The output projection's weights when it is an ``nn.Linear`` (counted per label row)."""
-    out = model.output_weight
-    linears = (m.weight for m in model.modules() if isinstance(m, nn.Linear))
-    return out.numel() if any(w is out for w in linears) else 0
 
 
 def _encoder_decoder(model: nn.Module, batch: ModelBatch) -> tuple[float, float]:
