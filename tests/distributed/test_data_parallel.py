@@ -23,6 +23,7 @@ from pretrain.runs import load_run
 from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, step_dir_name
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
+from tests.helpers import losses
 
 pytestmark = pytest.mark.distributed
 
@@ -87,7 +88,7 @@ def _torchrun(target: list[str], args: list[str], timeout: float = 120, nproc: i
 
 
 def _losses(run_dir: Path, split: str = "train") -> list[float]:
-    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == split]
+    return [loss for _, loss in losses(run_dir, split)]
 
 
 def _weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:

@@ -28,3 +28,5 @@ def test_mixture_task_losses_add_up_to_the_loss_of_all_ranks(shards_dir, tokeniz
         total = sum(t["tokens"] * t["loss"] for t in tasks.values())
         tokens = sum(t["tokens"] for t in tasks.values())
         assert total / tokens == pytest.approx(record["loss"], rel=1e-5), record
+        if record["split"] == "val":  # every rank's label tokens counted once, by task
+            assert tokens == record["tokens_evaluated"], record
