@@ -3,7 +3,7 @@
 Some intermediates are large and cheap to make again: XLNet's Transformer-XL position table
 ``(B, H, M, 2T)`` per layer is one batched matmul of the queries with the projected sinusoids,
 but FlexAttention reads it as a captured buffer and so keeps it for its backward; at
-xlnet-base, 32 x 512, that is 5.2 GiB of a step's 11 GiB of activations
+xlnet-base, 32 x 512, that is 4.9 GiB of the 11.2 GiB a compiled step keeps
 (``bench/saved_activations.py``).
 
 :func:`recomputed` runs a function inside ``torch.utils.checkpoint`` (Chen et al. 2016,
