@@ -11,7 +11,8 @@
         --steps 2 --warmup 1 --sides ours_eager,hf_eager     # a smoke run without a GPU
 
 Sides: ``ours`` and ``hf`` are compiled with ``torch.compile`` (default mode; compile time is
-reported apart), ``ours_eager`` and ``hf_eager`` are not; ``ours_eagerloss`` compiles the model
+reported apart; ours block by block as the trainer does, ``--compile-scope model`` for one
+graph), ``ours_eager`` and ``hf_eager`` are not; ``ours_eagerloss`` compiles the model
 but runs the cross-entropy chunks eagerly. ``--loss-chunks 512,0`` times ours
 once per cross-entropy chunk size (0: the device default), reusing one compiled model.
 
@@ -62,6 +63,7 @@ from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
+from pretrain.train.compile import COMPILE_SCOPES, compile_for_training
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -160,7 +162,16 @@ def make_steps(ours, hf, args, device):
         param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=fused or None
     )
     mode = None if args.compile_mode == "default" else args.compile_mode
-    compiled_ours, compiled_hf = torch.compile(ours, mode=mode), torch.compile(hf, mode=mode)
+    sides = args.sides.split(",")
+    eager = [s for s in sides if s == "ours_eager" or s.startswith("ours_eager_chunk")]
+    compiled = [s for s in sides if s.startswith("ours") and s not in eager]
+    if eager and compiled and args.compile_scope == "blocks":
+        raise SystemExit(
+            f"--compile-scope blocks compiles our blocks in place, so {eager[0]} cannot run "
+            f"beside {compiled[0]} in one process; use --compile-scope model"
+        )
+    compiled_ours = compile_for_training(ours, args.compile_scope, mode) if compiled else ours
+    compiled_hf = torch.compile(hf, mode=mode)
     if args.memory_budget < 1:  # as train.activation_memory_budget does
         budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
         compiled_ours = budget(compiled_ours)
@@ -344,6 +355,12 @@ def parse_args(add_arguments=None) -> argparse.Namespace:
         help="torch.compile mode of both compiled sides",
     )
     p.add_argument(
+        "--compile-scope",
+        default="blocks",
+        choices=COMPILE_SCOPES,
+        help="ours compiled: each block (train.compile_scope's default) or the whole model",
+    )
+    p.add_argument(
         "--sdpa-backend",
         default="auto",
         choices=["auto", "flash", "cudnn", "efficient", "math"],
@@ -381,7 +398,8 @@ def main() -> None:
         f"commit {git_commit()}, device {name}, torch {torch.__version__}, {args.objective} "
         f"{args.size}{'' if args.style is None else ' ' + args.style} "
         f"({ours.num_params():,} params), batch {args.batch} x {args.seq_len}, {args.precision}, "
-        f"compile mode {args.compile_mode}, sdpa {args.sdpa_backend}"
+        f"compile mode {args.compile_mode}, ours compiled by {args.compile_scope}, "
+        f"sdpa {args.sdpa_backend}"
     )
     print(header, flush=True)
     steps = make_steps(ours, hf, args, device)

@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,m
     --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', \
 transformers.__version__)" | tee -a "$OUT/gpu.txt"
-BENCH="$PY bench/bench_train_gpu.py --json-out $OUT/bench.jsonl"
+BENCH="$PY bench/bench_train_gpu.py --json-out $OUT/bench.jsonl ${BENCH_ARGS:-}"  # e.g. BENCH_ARGS="--compile-scope model"
 part() {  # part NAME SECONDS COMMAND...: run with a limit, keep the log, print its tail
     local name=$1 limit=$2
     shift 2
@@ -38,6 +38,7 @@ plm_xlnet_flex() { part plm_xlnet_flex "${1:-120}" $BENCH --objective plm --atte
 plm_xlnet_rope_budget() { part plm_xlnet_rope_budget "${1:-100}" $BENCH --objective plm --attention-backend flex --position-encoding rope --memory-budget 0.8 --sides "${2:-ours}"; }
 plm_xlnet_flex_budget() { part plm_xlnet_flex_budget "${1:-120}" $BENCH --objective plm --attention-backend flex --memory-budget 0.8 --sides "${2:-ours}"; }
 plm_xlnet_flex_input() { part plm_xlnet_flex_input "${1:-120}" $BENCH --objective plm --attention-backend flex --flex-layout input --sides "${2:-ours}"; }
+plm_xlnet_rope_model() { part plm_xlnet_rope_model "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --compile-scope model --sides "${2:-ours}"; }
 plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
 span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attention-backend flex --sides "${2:-ours}"; }
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }

@@ -356,6 +356,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    compile_scope: typing.Literal["blocks", "model"] = "blocks"
+    """With ``compile``: ``blocks`` compiles each block once for the whole stack (fast to
+    compile), ``model`` the whole forward as one graph (``pretrain.train.compile``)."""
     activation_memory_budget: float = 1.0
     """With ``compile``: the share of the activations the compiled step may keep for its
     backward (``torch._functorch.config.activation_memory_budget``). Below 1, AOTAutograd

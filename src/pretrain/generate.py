@@ -113,7 +113,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        # Blocks compiled for training (train.compile_scope=blocks) would recompile as the
+        # cache grows; one token at a time is a small graph anyway, so sampling runs eager.
+        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
             out = _decode(
                 model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator
             )

@@ -147,6 +147,22 @@ def test_ddp_equals_one_process_with_twice_the_accumulation(
     assert records[-1]["tokens"] == STEPS * 256  # tokens of both ranks
 
 
+@pytest.mark.slow
+def test_fsdp_with_blocks_compiled_follows_one_eager_process(
+    single_run, shards_dir, tokenizer_dir, tmp_path
+):
+    """Each block compiled in place, then sharded: FSDP2's gather and reduce hooks run around
+    the compiled blocks, and training follows the eager single process (to compiled
+    arithmetic's rounding, 1e-5)."""
+    run = tmp_path / "fsdp_compiled"
+    args = _overrides(
+        shards_dir, tokenizer_dir, run, distributed__strategy="fsdp", train__compile="true"
+    )
+    _torchrun(["-m", "pretrain", "train"], args, timeout=300)
+    assert _losses(run) == pytest.approx(_losses(single_run), rel=1e-5)
+    assert _losses(run, "val") == pytest.approx(_losses(single_run, "val"), rel=1e-5)
+
+
 def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
     single_run, shards_dir, tokenizer_dir, tmp_path
 ):

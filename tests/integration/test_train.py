@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch._functorch.config as functorch_config
+from torch._dynamo.utils import counters
 
 from pretrain import losses as losses_mod
 from pretrain.cli import EXIT_BAD_INPUT, main
 from pretrain.config import ExperimentConfig, load_config
+from pretrain.generate import generate
 from pretrain.train import trainer as trainer_mod
 from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
 from pretrain.train.metrics import read_metrics
@@ -228,9 +230,11 @@ def test_fresh_run_into_a_directory_with_checkpoints_is_refused(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", [1.0, 0.5])
-def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, budget):
-    """Also under an activation memory budget: what is recomputed has the same values."""
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("scope,budget", [("blocks", 1.0), ("blocks", 0.5), ("model", 1.0)])
+def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, scope, budget):
+    """Both compile scopes, and under an activation memory budget: what is recomputed has
+    the same values. Compiled block by block, one graph serves every block of the stack."""
     eager = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "eager", train__max_steps=3))
     compiled = Trainer(
         _config(
@@ -239,18 +243,29 @@ def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, bu
             tmp_path / "compiled",
             train__max_steps=3,
             train__compile=True,
+            train__compile_scope=scope,
             train__activation_memory_budget=budget,
+            eval__every_steps=0,
         )
     )
     seen = []  # the budget AOTAutograd reads while the compiled forward runs
     compiled.model.register_forward_pre_hook(
         lambda *_: seen.append(functorch_config.activation_memory_budget)
     )
+    counters.clear()
     for _ in range(3):
         a, b = eager.train_step(), compiled.train_step()
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert seen and set(seen) == {budget}
     assert functorch_config.activation_memory_budget == 1.0  # and only then
+    assert len(compiled.model.blocks) > 1
+    # the loss's chunk, and the whole model or one block's graph that every block runs
+    assert counters["stats"]["unique_graphs"] == 2
+    compiled_blocks = [b._compiled_call_impl is not None for b in compiled.model.blocks]
+    assert compiled_blocks == [scope == "blocks"] * len(compiled.model.blocks)
+    # Sampling runs the blocks eager: a KV cache that grows would recompile them every step.
+    generate(compiled.model, torch.tensor([1, 2, 3]), max_new_tokens=4, temperature=0.0)
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def test_grad_clip_zero_means_no_clipping(shards_dir, tokenizer_dir, tmp_path):

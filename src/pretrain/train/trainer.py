@@ -67,6 +67,7 @@ from pretrain.train.checkpoint import (
     step_dir_name,
     temp_dir,
 )
+from pretrain.train.compile import compile_for_training
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter
 from pretrain.train.progress import Progress
@@ -142,7 +143,9 @@ class Trainer:
         ).to(self.device)
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_model = self.model
+        if cfg.train.compile:
+            self.step_model = compile_for_training(self.model, cfg.train.compile_scope)
         if cfg.train.activation_memory_budget < 1:  # read by AOTAutograd when it compiles
             budget = functorch_config.patch(
                 activation_memory_budget=cfg.train.activation_memory_budget

@@ -372,7 +372,9 @@ class XLNetLM(nn.Module):
                 M = target_mapping.shape[1]
                 query_pos = target_mapping.argmax(-1)  # (B, M)
                 query_valid = target_mapping.sum(-1) > 0  # (B, M)
-            g = self.mask_embed.to(h.dtype).expand(B, M, -1)
+            # Contiguous like every later block's g, so a block compiled on its own
+            # (train.compile_scope=blocks) serves the first block with the same graph.
+            g = self.mask_embed.to(h.dtype).expand(B, M, -1).contiguous()
         if flex:
             rules = stream_rules(
                 B, T, h.device, spec.query_rank, spec.key_rank, query_pos, query_valid,
