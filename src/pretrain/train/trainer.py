@@ -46,7 +46,7 @@ from pretrain.distributed.parallelize import (
     is_fsdp,
     parallelize,
 )
-from pretrain.eval.perplexity import evaluate, merge_task_sums, task_losses
+from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at
@@ -400,9 +400,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        if world > 1:
-            ce_sum = comm.all_reduce_sum(ce_sum, self.device)
-        loss = float(ce_sum) / max(num_label_tokens, 1)
+        ce_total, task_sums = self._sums_over_ranks(ce_sum, per_task, batches[0].task_names)
+        loss = ce_total / max(num_label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
         flops = step_flops(self.model, batches, world)
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
@@ -421,15 +420,38 @@ class Trainer:
             "step_tokens": step_tokens,
             "step_flops": flops,
             "skipped": not finite,
-            "tasks": task_losses(self._task_sums_over_ranks(per_task)),
+            "tasks": task_losses(task_sums),
         }
 
-    def _task_sums_over_ranks(self, per_task: dict[str, list]) -> dict[str, list]:
-        """Per-task ``[ce sum, label tokens]`` of this step on all ranks (as ``loss`` is)."""
-        sums = {name: [float(ce), int(count)] for name, (ce, count) in per_task.items()}
-        if self.dist.world_size == 1:
-            return sums
-        return merge_task_sums(comm.gather_objects(sums))
+    def _sums_over_ranks(
+        self, ce_sum: torch.Tensor, per_task: dict[str, list], task_names: tuple[str, ...]
+    ) -> tuple[float, dict[str, list]]:
+        """The step's cross-entropy sum and its ``{task: [ce sum, label tokens]}`` (the tasks
+        some rank drew), summed over ranks in one all-reduce.
+
+        ``task_names`` is the objective's whole list, the same on every rank, so each task has
+        fixed slots in ``[ce, ce per task..., (label tokens, drawn) per task...]``: float64
+        keeps the counts exact, and no rank pickles a dictionary every step.
+        """
+        zero = ce_sum.new_zeros(())
+        ces = [per_task.get(name, (zero, 0))[0].detach() for name in task_names]
+        counts = [[per_task[n][1], 1] if n in per_task else [0, 0] for n in task_names]
+        flat = torch.cat(
+            [
+                torch.stack([ce_sum.detach(), *ces]).double(),
+                torch.tensor(counts, dtype=torch.float64).flatten().to(ce_sum.device),
+            ]
+        )
+        if self.dist.world_size > 1:
+            flat = comm.all_reduce_sum(flat, self.device)
+        total, *values = flat.tolist()
+        k = len(task_names)
+        sums = {
+            name: [values[i], int(values[k + 2 * i])]
+            for i, name in enumerate(task_names)
+            if values[k + 2 * i + 1] > 0
+        }
+        return total, sums
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.state.consecutive_nonfinite += 1
