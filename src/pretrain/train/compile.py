@@ -7,9 +7,10 @@
   ``forward``, and Dynamo passes a block's parameters to the compiled graph as inputs
   rather than baking them in as constants, so one trace, one AOTAutograd partition and one
   Inductor build serve every block of that stack. Compile time stays that of a single block
-  at any depth. Measured on 2 CPU cores (``docs/benchmarks.md``): a 12-block decoder takes
-  5 s instead of 27 s, and an 8-block T5 15 s instead of 45 s. The embedding, the final norm
-  and what runs between blocks (masks, position tables) stay eager.
+  at any depth. Measured on 2 CPU cores (``docs/benchmarks.md``), the first training step
+  of gpt2-small takes 16.6 s instead of 31.7 s, of t5-v1_1-base 30.5 s instead of 76.9 s.
+  The embedding, the final norm and what runs between blocks (masks, position tables) stay
+  eager.
 - ``model``: one graph for the whole forward, which leaves Inductor free to fuse across
   block boundaries (the residual add of one block with the norm of the next, for example).
 
