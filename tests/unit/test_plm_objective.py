@@ -193,3 +193,49 @@ def test_plm_settings_come_from_the_config_and_bad_values_name_the_key(tokenizer
     assert (objective.rule, objective.partial_k, objective.max_span) == ("hf", 4.0, 3)
     with pytest.raises(ConfigError, match="objective.plm_partial_k"):
         ObjectiveConfig(name="plm", plm_partial_k=1.0).validate()
+
+
+def reference_span_targets(length, num_predict, eligible, generator, partial_k, max_span):
+    """XLNet's ``_sample_mask`` walk written plainly on tensors: the specification the fast
+    walk of :func:`span_targets_xlnet` (Python numbers) must reproduce draw for draw."""
+    target = torch.zeros(length, dtype=torch.bool)
+    u_len, u_ctx = torch.rand(2, length + 1, generator=generator, dtype=torch.float64)
+    p = 1.0 / torch.arange(1, max_span + 1, dtype=torch.float64)
+    cdf = (p / p.sum()).cumsum(0)
+    count, cur, k = 0, 0, 0
+    while cur < length and count < num_predict and k <= length:
+        n = min(int(torch.searchsorted(cdf, u_len[k], right=True)) + 1, max_span)
+        n = min(n, num_predict - count)
+        ctx = int(n * partial_k)
+        left = min(int(u_ctx[k] * ctx), ctx - 1)
+        k += 1
+        beg, end = cur + left, cur + left + n
+        if end >= length:
+            break
+        count += int((eligible[beg:end] & ~target[beg:end]).sum())
+        target[beg:end] |= eligible[beg:end]
+        cur = end + (ctx - left)
+    need = min(num_predict, int(eligible.sum())) - count
+    if need > 0:
+        free = torch.nonzero(eligible & ~target).squeeze(1)
+        target[free[torch.randperm(len(free), generator=generator)[:need]]] = True
+    return target
+
+
+def test_span_walk_draws_exactly_what_the_plain_tensor_walk_draws():
+    """Same targets and the same generator state after, over lengths, eligibility, K, span
+    limits and target counts (top-ups included)."""
+    g = torch.Generator().manual_seed(1)
+    for trial in range(300):
+        T = int(torch.randint(8, 600, (1,), generator=g))
+        eligible = torch.rand(T, generator=g) > float(torch.rand((), generator=g)) * 0.5
+        k = [6.0, 4.0, 2.5, 7.3][trial % 4]
+        n = max(1, int(T // k)) if trial % 3 else int(torch.randint(1, T + 1, (1,), generator=g))
+        span = [5, 3, 1][trial % 3]
+        state = g.get_state()
+        want = reference_span_targets(T, n, eligible, g, k, span)
+        after = g.get_state()
+        g.set_state(state)
+        got = span_targets_xlnet(T, n, eligible, g, k, span)
+        assert torch.equal(got, want), trial
+        assert torch.equal(g.get_state(), after), trial
