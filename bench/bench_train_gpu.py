@@ -55,7 +55,7 @@ from pretrain.losses import cross_entropy_sum
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.encoder.configs import encoder_config
 from pretrain.models.encoder_decoder.configs import encoder_decoder_config
-from pretrain.objectives.base import ModelBatch
+from pretrain.objectives.base import IGNORE_INDEX, ModelBatch
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mlm import MaskedLM
 from pretrain.objectives.plm import PermutationLM
@@ -176,8 +176,15 @@ def make_steps(ours, hf, args, device):
         budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
         compiled_ours = budget(compiled_ours)
 
+    label_positions: dict[int, torch.Tensor] = {}  # per batch, found once, as the trainer
+    # finds them on the host where the objective made the batch (ModelBatch.loss_groups)
+
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
+            positions = label_positions.get(id(batch))
+            if positions is None:
+                flat = batch.labels.reshape(-1)
+                positions = label_positions[id(batch)] = torch.nonzero(flat != IGNORE_INDEX)[:, 0]
             with autocast():
                 hidden = model(batch)
             total, n, ce = cross_entropy_sum(
@@ -188,6 +195,7 @@ def make_steps(ours, hf, args, device):
                 output_bias=getattr(ours, "output_bias", None),
                 chunk_rows=chunk_rows,
                 compiled=compiled,
+                label_positions=positions,
             )
             (total / n).backward()
             torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)

@@ -182,6 +182,7 @@ def cross_entropy_sum(
     compute_dtype: torch.dtype | None = None,
     output_bias: torch.Tensor | None = None,
     compiled: bool = False,
+    label_positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed token cross-entropy of ``hidden @ output_weight.T`` against ``labels``.
 
@@ -197,6 +198,9 @@ def cross_entropy_sum(
         output_bias: ``(V,)`` bias added to the logits (BERT's MLM decoder has one).
         compiled: run the per-chunk softmax and gradient through ``torch.compile`` (the
             trainer sets it with ``train.compile``), fusing them into a few passes.
+        label_positions: indices into the flattened ``labels`` where there is a label, found
+            where the batch was made (:meth:`ModelBatch.loss_groups`); None finds them here,
+            which on a GPU waits for ``labels`` and everything queued before it.
 
     Returns:
         ``(objective_sum, num_label_tokens, ce_sum)``: the sum to backpropagate (cross-entropy
@@ -204,7 +208,10 @@ def cross_entropy_sum(
     """
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (B*T, C)
     flat_labels = labels.reshape(-1)
-    rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+    rows = label_positions
+    if rows is None:
+        rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+    rows = rows.to(hidden.device, non_blocking=True)
     h = flat_hidden.index_select(0, rows)  # (N, C) labeled rows only
     y = flat_labels.index_select(0, rows)
     if compute_dtype is not None:
@@ -218,24 +225,28 @@ def cross_entropy_sum(
     total, ce = _FusedLinearCrossEntropy.apply(
         h, weight, bias, y, float(z_loss_coef), chunk_rows, compiled
     )
-    return total, torch.tensor(len(rows), device=hidden.device), ce.detach()
+    # A fill, not a copy from the host (which would wait for the device), for the count.
+    count = torch.full((), len(rows), dtype=torch.int64, device=hidden.device)
+    return total, count, ce.detach()
 
 
 def cross_entropy_by_task(
     hidden: torch.Tensor,
     labels: torch.Tensor,
-    groups: list[tuple[str, torch.Tensor | None]],
+    groups: list[tuple[str, torch.Tensor | None, torch.Tensor | None]],
     output_weight: torch.Tensor,
     **kwargs,
 ) -> Iterator[tuple[str, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """:func:`cross_entropy_sum` of each task's rows: ``(name, rows, total, count, ce)``.
 
-    ``groups`` is :meth:`ModelBatch.task_rows`: ``(name, row indices)`` per task, or one
-    ``(objective, None)`` for the whole batch. ``kwargs`` go to :func:`cross_entropy_sum`.
+    ``groups`` is :meth:`ModelBatch.loss_groups`: ``(name, example rows, label positions)``
+    per task, or one ``(objective, None, label positions)`` for the whole batch; positions
+    None are found on the device. ``kwargs`` go to :func:`cross_entropy_sum`.
     """
-    for name, rows in groups:
+    for name, rows, positions in groups:
         h, y = hidden, labels
         if rows is not None:
-            rows = rows.to(hidden.device)
+            rows = rows.to(hidden.device, non_blocking=True)
             h, y = hidden[rows], labels[rows]
-        yield (name, rows, *cross_entropy_sum(h, y, output_weight, **kwargs))
+        totals = cross_entropy_sum(h, y, output_weight, label_positions=positions, **kwargs)
+        yield (name, rows, *totals)

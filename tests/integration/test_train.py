@@ -268,6 +268,40 @@ def test_compiled_training_matches_eager(shards_dir, tokenizer_dir, tmp_path, sc
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_next_steps_batches_are_drawn_ahead_and_a_failed_draw_fails_that_step(
+    shards_dir, tokenizer_dir, tmp_path
+):
+    """A step draws the next step's micro-batches before it waits for its own loss. If that
+    draw fails, the step still completes and the error comes from the step that needed them;
+    the last step draws nothing ahead."""
+    trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "r", train__max_steps=3))
+    draw, calls = trainer.objective, []
+
+    def objective(token_batch, generator):
+        calls.append(trainer.state.step)  # the step running when the batch is drawn
+        if len(calls) == 2 * trainer.grad_accum + 1:
+            raise ValueError("bad window")
+        return draw(token_batch, generator)
+
+    trainer.objective = objective
+    trainer.train_step()
+    assert calls == [0] * (2 * trainer.grad_accum)  # step 1's batches, then step 2's ahead
+    trainer.train_step()  # its draw of step 3's batches fails
+    assert trainer.state.step == 2
+    with pytest.raises(ValueError, match="bad window"):
+        trainer.train_step()
+    assert trainer.state.step == 2
+    calls.clear()
+
+    def counting(token_batch, generator):
+        calls.append(trainer.state.step)
+        return draw(token_batch, generator)
+
+    trainer.objective = counting
+    trainer.train_step()  # step 3, the last: its own batches, none ahead
+    assert trainer.state.step == 3 and calls == [2] * trainer.grad_accum
+
+
 def test_grad_clip_zero_means_no_clipping(shards_dir, tokenizer_dir, tmp_path):
     def one_step_update(clip: float) -> dict[str, torch.Tensor]:
         trainer = Trainer(

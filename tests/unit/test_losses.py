@@ -173,3 +173,35 @@ def test_vocabulary_padding_changes_nothing(monkeypatch, with_bias: bool):
         torch.testing.assert_close(padded, unpadded, rtol=1e-12, atol=1e-12)
     w, b = losses.padded_output(weight, None, 64, torch.float64)
     assert w.shape == (64, 16) and (w[37:] == 0).all() and torch.isinf(b[37:]).all()
+
+
+def test_label_positions_from_the_batch_give_the_same_loss_per_task():
+    """``ModelBatch.loss_groups`` finds each task's label positions on the host; the loss over
+    those positions equals the loss that finds them itself, group by group."""
+    from pretrain.losses import cross_entropy_by_task
+    from pretrain.objectives.base import AttentionSpec, ModelBatch
+
+    torch.manual_seed(2)
+    labels = torch.randint(0, 40, (5, 9))
+    labels[torch.rand(5, 9) < 0.4] = IGNORE_INDEX
+    batch = ModelBatch(
+        input_ids=labels.clamp(min=0),
+        labels=labels,
+        attention=AttentionSpec(kind="causal"),
+        task_ids=torch.tensor([1, 0, 1, 1, 0]),
+        task_names=("a", "b"),
+    )
+    hidden = torch.randn(5, 9, 8, dtype=torch.float64)
+    weight = torch.randn(40, 8, dtype=torch.float64)
+    groups = batch.loss_groups()
+    assert [(name, rows.tolist()) for name, rows, _ in groups] == [("a", [1, 4]), ("b", [0, 2, 3])]
+    for _, rows, positions in groups:
+        assert torch.equal(positions, torch.nonzero(labels[rows].reshape(-1) >= 0).squeeze(1))
+    found = [(n, r, None) for n, r, _ in groups]
+    given = list(cross_entropy_by_task(hidden, labels, groups, weight, chunk_rows=3))
+    itself = list(cross_entropy_by_task(hidden, labels, found, weight, chunk_rows=3))
+    for (_, _, total, count, ce), (_, _, total2, count2, ce2) in zip(given, itself, strict=True):
+        assert int(count) == int(count2) and torch.equal(total, total2) and torch.equal(ce, ce2)
+    untracked = ModelBatch(input_ids=batch.input_ids, labels=labels, attention=batch.attention)
+    [(name, rows, positions)] = untracked.loss_groups()
+    assert name == "clm" and rows is None and len(positions) == int((labels >= 0).sum())

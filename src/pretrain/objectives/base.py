@@ -108,15 +108,28 @@ class ModelBatch:
             task_names=self.task_names,
         )
 
-    def task_rows(self) -> list[tuple[str, torch.Tensor | None]]:
-        """``(task name, row indices)`` per task present; one ``(objective, None)`` if untracked."""
+    def loss_groups(self) -> list[tuple[str, torch.Tensor | None, torch.Tensor]]:
+        """``(task name, example rows, label positions)`` per task present, or one
+        ``(objective, None, label positions)`` for a batch that records no tasks.
+
+        The label positions index the flattened labels of those rows
+        (``labels[rows].reshape(-1)``, or ``labels.reshape(-1)``) where there is a label. Call
+        it where the objective made the batch (the CPU): the loss then picks its rows on the
+        GPU without asking the device how many labels there are, which would wait for the
+        forward to finish before the loss and backward could be queued.
+        """
+
+        def positions(labels: torch.Tensor) -> torch.Tensor:
+            return torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
+
         if self.task_ids is None:
-            return [(self.objective, None)]
+            return [(self.objective, None, positions(self.labels))]
         ids = self.task_ids
-        return [
-            (self.task_names[t], torch.nonzero(ids == t).squeeze(1))
-            for t in sorted(set(ids.tolist()))
-        ]
+        groups = []
+        for t in sorted(set(ids.tolist())):
+            rows = torch.nonzero(ids == t).squeeze(1)
+            groups.append((self.task_names[t], rows, positions(self.labels[rows])))
+        return groups
 
     @property
     def num_label_tokens(self) -> int:

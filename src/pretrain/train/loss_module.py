@@ -20,7 +20,8 @@ from pretrain.objectives.base import ModelBatch
 
 
 class ModelWithLoss(nn.Module):
-    """``forward(batch) -> (loss_sum with z-loss, ce_sum, {task: (ce_sum, count)})``.
+    """``forward(batch, groups) -> (loss_sum with z-loss, ce_sum, {task: (ce_sum, count)})``,
+    ``groups`` from :meth:`ModelBatch.loss_groups` (made on the host, so the counts are ints).
 
     Args:
         model: the single-device model (its state dict keys get the ``model.`` prefix here).
@@ -50,7 +51,7 @@ class ModelWithLoss(nn.Module):
         self.__dict__["_autocast"] = autocast
 
     def forward(
-        self, batch: ModelBatch, groups: list[tuple[str, torch.Tensor | None]]
+        self, batch: ModelBatch, groups: list[tuple[str, torch.Tensor | None, torch.Tensor]]
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
         run = self.model if self._forward is None else self._forward
         with self._autocast():
@@ -58,7 +59,8 @@ class ModelWithLoss(nn.Module):
         total = hidden.new_zeros((), dtype=torch.float32)
         ce_sum = hidden.new_zeros((), dtype=torch.float32)
         per_task: dict[str, tuple[torch.Tensor, int]] = {}
-        for name, rows, task_total, count, ce in cross_entropy_by_task(
+        label_counts = {name: len(positions) for name, _, positions in groups}  # on the host
+        for name, rows, task_total, _, ce in cross_entropy_by_task(
             hidden,
             batch.labels,
             groups,
@@ -71,5 +73,5 @@ class ModelWithLoss(nn.Module):
             total = total + task_total
             ce_sum = ce_sum + ce.detach()
             if rows is not None:
-                per_task[name] = (ce.detach(), count)
+                per_task[name] = (ce.detach(), label_counts[name])
         return total, ce_sum, per_task

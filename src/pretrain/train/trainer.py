@@ -49,6 +49,7 @@ from pretrain.distributed.parallelize import (
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
+from pretrain.objectives.base import ModelBatch
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
@@ -194,6 +195,10 @@ class Trainer:
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
         self._last_saved_step: int | None = None
+        # The next step's micro-batches drawn ahead (or the error drawing them), and the data
+        # state from before them (_draw_ahead).
+        self._ahead: list[ModelBatch] | Exception | None = None
+        self._ahead_state: tuple[dict[str, Any], torch.Tensor] | None = None
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
@@ -374,9 +379,7 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = [
-            self.objective(next(self.loader), self.generator) for _ in range(self.grad_accum)
-        ]
+        batches = self._take_batches()
         world = self.dist.world_size
         num_label_tokens = sum(b.num_label_tokens for b in batches)
         if world > 1:  # the step's label tokens on all ranks, known before any backward
@@ -384,7 +387,7 @@ class Trainer:
         ce_sum = torch.zeros((), device=self.device)
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
         for i, cpu_batch in enumerate(batches):
-            groups = cpu_batch.task_rows()
+            groups = cpu_batch.loss_groups()
             batch = cpu_batch.to(self.device)
             with gradient_sync(self.train_module, i == len(batches) - 1):
                 total, ce, tasks = self.train_module(batch, groups)
@@ -398,6 +401,8 @@ class Trainer:
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.state.step + 1 < cfg.train.max_steps:
+            self._draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
         ce_total, task_sums = self._sums_over_ranks(ce_sum, per_task, batches[0].task_names)
@@ -422,6 +427,34 @@ class Trainer:
             "skipped": not finite,
             "tasks": task_losses(task_sums),
         }
+
+    def _draw_batches(self) -> list[ModelBatch]:
+        return [self.objective(next(self.loader), self.generator) for _ in range(self.grad_accum)]
+
+    def _draw_ahead(self) -> None:
+        """Draw the next step's micro-batches now, between queuing this step's work on the
+        device and waiting for its loss: masking, spans and permutations (7-12 ms for 32 x
+        512 on one core, ``docs/benchmarks.md``) then cost no device time. The batches are
+        the ones the next step would draw; checkpoints keep the data state from before them
+        (:meth:`_data_state`). A failure to draw is raised by the step that needs them."""
+        self._ahead_state = (self.loader.state_dict(), self.generator.get_state())
+        try:
+            self._ahead = self._draw_batches()
+        except Exception as e:  # noqa: BLE001 - re-raised by _take_batches, one step later
+            self._ahead = e
+
+    def _take_batches(self) -> list[ModelBatch]:
+        ahead, self._ahead = self._ahead, None
+        if isinstance(ahead, Exception):
+            raise ahead
+        return self._draw_batches() if ahead is None else ahead
+
+    def _data_state(self) -> tuple[dict[str, Any], torch.Tensor]:
+        """Loader state and objective generator state after the batches trained on so far
+        (not after those drawn ahead), for checkpoints."""
+        if self._ahead is not None:
+            return self._ahead_state
+        return self.loader.state_dict(), self.generator.get_state()
 
     def _sums_over_ranks(
         self, ce_sum: torch.Tensor, per_task: dict[str, list], task_names: tuple[str, ...]
@@ -555,17 +588,15 @@ class Trainer:
         )
         if is_best:
             self.state.best_val_loss = val_loss
-        rng: dict[str, Any] = {
-            "objective": self.generator.get_state(),
-            "torch": torch.get_rng_state(),
-        }
+        loader_state, objective_state = self._data_state()
+        rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
         if self.dist.world_size > 1:
-            rng["objective_ranks"] = comm.gather_objects(self.generator.get_state())
+            rng["objective_ranks"] = comm.gather_objects(objective_state)
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
             "trainer": self.state.to_dict(),
-            "loader": self.loader.state_dict(),
+            "loader": loader_state,
             "val_loss": val_loss,
             "world_size": self.dist.world_size,
             "strategy": self.cfg.distributed.strategy,
