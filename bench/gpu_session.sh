@@ -46,6 +46,9 @@ clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --s
 clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 mlm_bert_autotune() { part mlm_bert_autotune "${1:-240}" $BENCH --objective mlm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-backend cudnn --sides "${2:-ours}"; }
+# the trainer's own loop (loader, objective on the host, step) at the benchmark's shape
+train_loop_plm() { part train_loop_plm "${1:-150}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope; }
+train_loop_span() { part train_loop_span "${1:-150}" $PY bench/bench_train_loop.py --config configs/t5-span.yaml --size t5-v1_1-base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
     clm_gpt2; mlm_bert; span_t5; pytest_gpu; clm_llama; clm_docs_flex

@@ -1,0 +1,100 @@
+"""Tokens/s of the trainer's own loop (``pretrain train``) at a benchmark's shape.
+
+``bench_train_gpu.py`` times a bare step on batches made before the timing starts. This runs
+the real loop instead: the loader reading shards, the objective drawing each batch on the
+host, the step, logging. Data: the bundled quickstart corpus, with a tokenizer trained on it
+(the first run makes both under ``--work``; later runs reuse them). The figure is the median
+of the ``tokens_per_second`` the trainer logs after ``--skip`` steps (compile and warmup).
+
+    python bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base \\
+        --seq-len 512 --batch 32 --steps 40 -- --model.attention_backend=flex
+    python bench/bench_train_loop.py --config configs/tiny-clm.yaml --size debug \\
+        --seq-len 64 --batch 4 --steps 8 --skip 2     # a CPU smoke run
+
+Arguments after ``--`` are passed to ``pretrain train`` as overrides. Evaluation is off and the
+only checkpoint is the final one. This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from machine import git_commit
+from pretrain.cli import main as pretrain_main
+from pretrain.data.tokenize import tokenize_to_shards
+from pretrain.quickstart import bundled_corpus
+from pretrain.tokenizer import train_tokenizer_from_files
+from pretrain.train.metrics import read_metrics
+
+
+def prepare_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
+    """Tokenizer and shards of the bundled corpus under ``work`` (made once)."""
+    tokenizer_dir, shards = work / f"tokenizer_{vocab_size}", work / f"shards_{vocab_size}"
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        tokenizer, _ = train_tokenizer_from_files([str(bundled_corpus())], vocab_size=vocab_size)
+        tokenizer.save(tokenizer_dir)
+    if not (shards / "manifest.json").exists():
+        tokenize_to_shards(tokenizer_dir, [str(bundled_corpus())], shards, val_fraction=0.0)
+    return tokenizer_dir, shards
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True, help="micro-batch = batch (no accumulation)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--skip", type=int, default=10, help="first steps left out of the median")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--work", default="bench/out/train_loop")
+    p.add_argument("--no-compile", action="store_true")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    tokenizer_dir, shards = prepare_data(work, args.vocab)
+    run = work / "run"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    overrides = [
+        f"--model.size={args.size}", f"--data.train=[{shards}]", "--data.val=null",
+        f"--data.tokenizer={tokenizer_dir}", f"--run.dir={run}",
+        f"--train.seq_len={args.seq_len}", f"--train.micro_batch_size={args.batch}",
+        f"--train.tokens_per_batch={args.batch * args.seq_len}",
+        f"--train.max_steps={args.steps}", f"--optim.warmup_steps={min(10, args.steps)}",
+        f"--train.compile={'false' if args.no_compile else 'true'}",
+        "--eval.every_steps=0", f"--checkpoint.every_steps={args.steps}",
+        "--log.every_steps=1", "--log.progress=false", "--log.tensorboard=false",
+        "--log.sample_tokens=0",
+    ]  # fmt: skip
+    code = pretrain_main(["train", "--config", args.config, *overrides, *extra])
+    if code != 0:
+        raise SystemExit(f"pretrain train exited with {code}")
+    records = [r for r in read_metrics(run) if r["split"] == "train"]
+    rates = [r["tokens_per_second"] for r in records[args.skip :]]
+    mfus = [r["mfu"] for r in records[args.skip :] if r.get("mfu") is not None]
+    result = {
+        "commit": git_commit(),
+        "config": args.config,
+        "size": args.size,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "overrides": extra,
+        "steps_timed": len(rates),
+        "tokens_per_second": statistics.median(rates) if rates else None,
+        "mfu": statistics.median(mfus) if mfus else None,
+        "first_loss": records[0]["loss"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
