@@ -45,6 +45,7 @@ span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --s
 clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 mlm_bert_autotune() { part mlm_bert_autotune "${1:-240}" $BENCH --objective mlm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
+clm_gpt2_chunks() { part clm_gpt2_chunks "${1:-100}" $BENCH --objective clm --loss-chunks 8192,16384 --sides "${2:-ours,ours_chunk8192,ours_chunk16384}"; }
 clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-backend cudnn --sides "${2:-ours}"; }
 # the trainer's own loop (loader, objective on the host, step) at the benchmark's shape
 train_loop_plm() { part train_loop_plm "${1:-150}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope; }
