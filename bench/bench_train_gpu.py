@@ -148,7 +148,10 @@ def make_batches(objective, args, device, count: int = 4) -> list[ModelBatch]:
     return batches
 
 
-def make_steps(ours, hf, args, device):
+def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor]):
+    """The sides' step functions; ``label_positions`` maps ``id(batch)`` to the batch's label
+    positions on the device, found before timing as the trainer finds them on the host
+    (``ModelBatch.loss_groups``)."""
     bf16 = args.precision == "bf16"
 
     def autocast():
@@ -176,15 +179,9 @@ def make_steps(ours, hf, args, device):
         budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
         compiled_ours = budget(compiled_ours)
 
-    label_positions: dict[int, torch.Tensor] = {}  # per batch, found once, as the trainer
-    # finds them on the host where the objective made the batch (ModelBatch.loss_groups)
-
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
-            positions = label_positions.get(id(batch))
-            if positions is None:
-                flat = batch.labels.reshape(-1)
-                positions = label_positions[id(batch)] = torch.nonzero(flat != IGNORE_INDEX)[:, 0]
+            positions = label_positions[id(batch)]
             with autocast():
                 hidden = model(batch)
             total, n, ce = cross_entropy_sum(
@@ -410,7 +407,8 @@ def main() -> None:
         f"sdpa {args.sdpa_backend}"
     )
     print(header, flush=True)
-    steps = make_steps(ours, hf, args, device)
+    positions = {id(b): torch.nonzero(b.labels.reshape(-1) != IGNORE_INDEX)[:, 0] for b in batches}
+    steps = make_steps(ours, hf, args, device, positions)
     results = {}
     for side in args.sides.split(","):
         try:

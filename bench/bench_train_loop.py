@@ -81,8 +81,10 @@ def main() -> None:
     records = [r for r in read_metrics(run) if r["split"] == "train"]
     rates = [r["tokens_per_second"] for r in records[args.skip :]]
     mfus = [r["mfu"] for r in records[args.skip :] if r.get("mfu") is not None]
+    vocab = json.loads((run / "model_config.json").read_text()).get("vocab_size")
     result = {
         "commit": git_commit(),
+        "vocab_size": vocab,  # the tokenizer's, which may stop short of --vocab on this corpus
         "config": args.config,
         "size": args.size,
         "batch": args.batch,

@@ -211,7 +211,7 @@ def cross_entropy_sum(
     rows = label_positions
     if rows is None:
         rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
-    rows = rows.to(hidden.device, non_blocking=True)
+    rows = rows.to(hidden.device)  # no copy when loss_groups put them there already
     h = flat_hidden.index_select(0, rows)  # (N, C) labeled rows only
     y = flat_labels.index_select(0, rows)
     if compute_dtype is not None:
@@ -246,7 +246,7 @@ def cross_entropy_by_task(
     for name, rows, positions in groups:
         h, y = hidden, labels
         if rows is not None:
-            rows = rows.to(hidden.device, non_blocking=True)
+            rows = rows.to(hidden.device)
             h, y = hidden[rows], labels[rows]
         totals = cross_entropy_sum(h, y, output_weight, label_positions=positions, **kwargs)
         yield (name, rows, *totals)

@@ -194,6 +194,8 @@ def test_label_positions_from_the_batch_give_the_same_loss_per_task():
     hidden = torch.randn(5, 9, 8, dtype=torch.float64)
     weight = torch.randn(40, 8, dtype=torch.float64)
     groups = batch.loss_groups()
+    moved = batch.loss_groups("cpu")  # the trainer passes its device
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(groups, moved, strict=True))
     assert [(name, rows.tolist()) for name, rows, _ in groups] == [("a", [1, 4]), ("b", [0, 2, 3])]
     for _, rows, positions in groups:
         assert torch.equal(positions, torch.nonzero(labels[rows].reshape(-1) >= 0).squeeze(1))

@@ -239,3 +239,5 @@ def test_span_walk_draws_exactly_what_the_plain_tensor_walk_draws():
         got = span_targets_xlnet(T, n, eligible, g, k, span)
         assert torch.equal(got, want), trial
         assert torch.equal(g.get_state(), after), trial
+    empty = span_targets_xlnet(0, 1, torch.zeros(0, dtype=torch.bool), g)
+    assert empty.shape == (0,) and empty.dtype == torch.bool

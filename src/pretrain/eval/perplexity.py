@@ -73,7 +73,7 @@ def evaluate(
         # every evaluation and on any number of ranks, so evaluations compare like with like.
         generator = torch.Generator().manual_seed(i)
         cpu_batch = objective(token_batch, generator)
-        groups = cpu_batch.loss_groups()
+        groups = cpu_batch.loss_groups(device)
         batch = cpu_batch.to(device)
         with autocast():
             hidden = model(batch)

@@ -108,28 +108,36 @@ class ModelBatch:
             task_names=self.task_names,
         )
 
-    def loss_groups(self) -> list[tuple[str, torch.Tensor | None, torch.Tensor]]:
+    def loss_groups(
+        self, device: torch.device | str | None = None
+    ) -> list[tuple[str, torch.Tensor | None, torch.Tensor]]:
         """``(task name, example rows, label positions)`` per task present, or one
         ``(objective, None, label positions)`` for a batch that records no tasks.
 
         The label positions index the flattened labels of those rows
         (``labels[rows].reshape(-1)``, or ``labels.reshape(-1)``) where there is a label. Call
-        it where the objective made the batch (the CPU): the loss then picks its rows on the
-        GPU without asking the device how many labels there are, which would wait for the
-        forward to finish before the loss and backward could be queued.
+        it where the objective made the batch (the CPU), with the ``device`` the loss runs
+        on, before queuing the forward: the loss then picks its rows without asking the
+        device how many labels there are, and no copy from the host waits behind the
+        forward either (a copy from unpinned memory may wait for the queued work).
         """
 
         def positions(labels: torch.Tensor) -> torch.Tensor:
             return torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
 
         if self.task_ids is None:
-            return [(self.objective, None, positions(self.labels))]
-        ids = self.task_ids
-        groups = []
-        for t in sorted(set(ids.tolist())):
-            rows = torch.nonzero(ids == t).squeeze(1)
-            groups.append((self.task_names[t], rows, positions(self.labels[rows])))
-        return groups
+            groups = [(self.objective, None, positions(self.labels))]
+        else:
+            groups = []
+            for t in sorted(set(self.task_ids.tolist())):
+                rows = torch.nonzero(self.task_ids == t).squeeze(1)
+                groups.append((self.task_names[t], rows, positions(self.labels[rows])))
+        if device is None:
+            return groups
+        return [
+            (name, None if rows is None else rows.to(device), where.to(device))
+            for name, rows, where in groups
+        ]
 
     @property
     def num_label_tokens(self) -> int:

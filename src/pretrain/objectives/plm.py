@@ -87,7 +87,9 @@ def span_targets_xlnet(
                 chosen[i] = 1
                 count += 1
         cur = end + (ctx - left)
-    target = torch.frombuffer(chosen, dtype=torch.bool).clone()
+    target = torch.zeros(length, dtype=torch.bool)
+    if length:  # frombuffer refuses an empty buffer
+        target = torch.frombuffer(chosen, dtype=torch.bool).clone()
     need = min(num_predict, int(eligible.sum())) - count
     if need > 0:  # top up with random single positions, in a random order
         free = torch.nonzero(eligible & ~target).squeeze(1)

@@ -387,7 +387,7 @@ class Trainer:
         ce_sum = torch.zeros((), device=self.device)
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
         for i, cpu_batch in enumerate(batches):
-            groups = cpu_batch.loss_groups()
+            groups = cpu_batch.loss_groups(self.device)
             batch = cpu_batch.to(self.device)
             with gradient_sync(self.train_module, i == len(batches) - 1):
                 total, ce, tasks = self.train_module(batch, groups)
