@@ -24,6 +24,7 @@ from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 from pretrain.models.xlnet import XLNetLM, xlnet_config
 from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch
 from pretrain.objectives.plm import PermutationLM
+from pretrain.train.compile import compile_for_training
 from pretrain.train.trainer import Trainer
 
 pytestmark = [
@@ -183,12 +184,12 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [None, "model", "blocks"])
 @pytest.mark.parametrize("position_encoding", ["txl", "rope"])
 def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled):
-    """Compiled, the txl position tables are rebuilt in the backward (common/recompute.py),
-    and the query stream's rows (fewer than 128) run on the main kernel
-    (flex.main_kernel_options)."""
+    """Compiled (whole, or block by block as the trainer does by default), the txl position
+    tables are rebuilt in the backward (common/recompute.py), and the query stream's rows
+    (fewer than 128) run on the main kernel (flex.main_kernel_options)."""
     torch.manual_seed(0)
     B, T, V = 4, 256, 500
     cfg = xlnet_config("debug", V, position_encoding=position_encoding, attention_backend="sdpa")
@@ -204,7 +205,8 @@ def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled
     auto = XLNetLM(dataclasses.replace(cfg, attention_backend="auto")).to(CUDA)
     assert auto.uses_flex(batch.attention)  # XLNet's default: flex on CUDA
     torch._dynamo.reset()
-    _assert_flex_matches_dense(dense, flex, batch, torch.compile(flex) if compiled else None)
+    forward = compile_for_training(flex, compiled) if compiled else None
+    _assert_flex_matches_dense(dense, flex, batch, forward)
 
 
 def test_flex_attend_puts_training_queries_on_the_main_kernel(monkeypatch):
@@ -228,10 +230,15 @@ def test_flex_attend_puts_training_queries_on_the_main_kernel(monkeypatch):
     assert _rel_err(out, ref) < 1e-3
 
 
-def test_t5_flex_forward_and_backward_match_dense():
+@pytest.mark.parametrize("compiled", [None, "blocks"])
+def test_t5_flex_forward_and_backward_match_dense(compiled):
+    """Eager, and compiled block by block (FlexScores and block masks passed into each
+    compiled block; the decoder's 60 rows on the main kernel)."""
     torch.manual_seed(0)
     cfg = encoder_decoder_config("debug", 500, pad_id=0)
     dense = EncoderDecoderLM(cfg).to(CUDA)
     flex = EncoderDecoderLM(dataclasses.replace(cfg, attention_backend="flex")).to(CUDA)
     flex.load_state_dict(dense.state_dict())
-    _assert_flex_matches_dense(dense, flex, _t5_batch(4, 256, 60, pad_from=200))
+    torch._dynamo.reset()
+    forward = compile_for_training(flex, compiled) if compiled else None
+    _assert_flex_matches_dense(dense, flex, _t5_batch(4, 256, 60, pad_from=200), forward)
