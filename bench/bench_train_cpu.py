@@ -23,8 +23,10 @@ One training step, timed whole, on each side:
   clipping and ``torch.optim.AdamW(pretrain.optim.param_groups(hf, 0.1), ...)`` with the
   same hyperparameters, and ``zero_grad(set_to_none=True)``.
 
-Modes: eager fp32 (default), ``--compile`` (``torch.compile`` of each model, default mode;
-the optimizer step stays eager on both sides; compile time is reported apart and excluded),
+Modes: eager fp32 (default), ``--compile`` (``torch.compile`` of each model, default mode:
+ours block by block with its loss chunks compiled, as the trainer does with
+``train.compile``, ``--compile-scope model`` for one graph; HF whole, its loss inside; the
+optimizer step stays eager on both sides; compile time is reported apart and excluded),
 ``--bf16`` (``torch.autocast("cpu", dtype=torch.bfloat16)``; weights stay fp32).
 
 Tokens/s = B * T * steps / seconds, after ``--warmup`` steps per side. Measurements run in
@@ -99,17 +101,21 @@ def autocast(bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def ours_step_fn(model: DecoderLM, bf16: bool, compile_model: bool) -> Callable:
+def ours_step_fn(
+    model: DecoderLM, bf16: bool, compile_model: bool, compile_scope: str = "blocks"
+) -> Callable:
     """``Trainer.train_step`` for one micro-batch, minus the schedule and the logging."""
     from pretrain.losses import cross_entropy_sum
+    from pretrain.train.compile import compile_for_training
 
-    step_model = torch.compile(model) if compile_model else model
+    step_model = compile_for_training(model, compile_scope) if compile_model else model
     optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=BETAS, eps=EPS)
 
     def step(xy: tuple[torch.Tensor, torch.Tensor]) -> float:
         x, y = xy
         batch = ModelBatch(input_ids=x, labels=y, attention=AttentionSpec("causal"))
         num_label_tokens = batch.num_label_tokens
+        [(_, _, positions)] = batch.loss_groups()  # on the host, as the trainer does
         with autocast(bf16):
             hidden = step_model(batch)
         total, _, ce = cross_entropy_sum(
@@ -117,6 +123,8 @@ def ours_step_fn(model: DecoderLM, bf16: bool, compile_model: bool) -> Callable:
             batch.labels,
             model.output_weight,
             compute_dtype=torch.bfloat16 if bf16 else None,
+            compiled=compile_model,
+            label_positions=positions,
         )
         (total / max(num_label_tokens, 1)).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -189,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; best counts")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument(
+        "--compile-scope",
+        choices=["blocks", "model"],
+        default="blocks",
+        help="ours under --compile: block by block (the trainer's default) or the whole model",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -219,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     mode = ("compile" if args.compile else "eager") + (" bf16-autocast" if args.bf16 else " fp32")
+    if args.compile:
+        mode += f" (ours by {args.compile_scope}, HF whole)"
     B, T = args.batch, args.seq_len
     print(
         f"machine: commit {git_commit()}, cpu {cpu_model()}, cores {usable_cores()}, "
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     # Inputs and targets as contiguous (B, T) tensors, as a data loader hands them over.
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
     sides = {
-        "ours": ours_step_fn(ours, args.bf16, args.compile),
+        "ours": ours_step_fn(ours, args.bf16, args.compile, args.compile_scope),
         "hf": hf_step_fn(hf, args.bf16, args.compile),
     }
 
