@@ -242,3 +242,24 @@ def test_t5_flex_forward_and_backward_match_dense(compiled):
     torch._dynamo.reset()
     forward = compile_for_training(flex, compiled) if compiled else None
     _assert_flex_matches_dense(dense, flex, _t5_batch(4, 256, 60, pad_from=200), forward)
+
+
+def test_batches_reach_cuda_intact_through_pinned_queued_copies():
+    """``ModelBatch.to`` and ``loss_groups`` copy through pinned memory, queued behind other
+    work on the device: what arrives equals what left once the device has caught up."""
+    tokens = torch.randint(10, 500, (4, 65))
+    tb = TokenBatch(tokens, torch.zeros_like(tokens), torch.zeros(4, dtype=torch.long),
+                    torch.arange(4))  # fmt: skip
+    cpu_batch = PermutationLM([0, 1], mask_id=2)(tb, torch.Generator().manual_seed(0))
+    busy = torch.randn(4096, 4096, device=CUDA)
+    for _ in range(20):  # queue work, so a copy that waited for it would show
+        busy = busy @ busy / 64
+    batch = cpu_batch.to(CUDA)
+    groups = cpu_batch.loss_groups(CUDA)
+    torch.cuda.synchronize()
+    for name in ("input_ids", "labels", "target_mapping"):
+        assert torch.equal(getattr(batch, name).cpu(), getattr(cpu_batch, name)), name
+    assert torch.equal(batch.attention.key_rank.cpu(), cpu_batch.attention.key_rank)
+    [(_, rows, positions)] = groups
+    assert rows is None and positions.is_cuda
+    assert torch.equal(positions.cpu(), torch.nonzero(cpu_batch.labels.reshape(-1) >= 0)[:, 0])

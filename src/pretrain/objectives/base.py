@@ -17,6 +17,22 @@ import torch
 
 IGNORE_INDEX = -100
 
+
+def to_device(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    """``t`` on ``device`` without making the host wait for the work queued there.
+
+    A copy to CUDA from ordinary (pageable) host memory may wait for the device; from pinned
+    memory with ``non_blocking`` it is queued like a kernel. So a host tensor bound for CUDA
+    is pinned first (PyTorch's caching host allocator keeps the pinned block until the copy
+    is done). Elsewhere, a plain ``to``.
+    """
+    if t is None:
+        return None
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 AttentionKind = Literal["causal", "bidirectional", "prefix", "permutation"]
 
 
@@ -48,16 +64,13 @@ class AttentionSpec:
     key_rank: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> AttentionSpec:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
-
         return AttentionSpec(
             self.kind,
-            move(self.document_ids),
-            move(self.prefix_lengths),
-            move(self.permutation_mask),
-            move(self.query_rank),
-            move(self.key_rank),
+            to_device(self.document_ids, device),
+            to_device(self.prefix_lengths, device),
+            to_device(self.permutation_mask, device),
+            to_device(self.query_rank, device),
+            to_device(self.key_rank, device),
         )
 
     def permutation_allowed(self) -> torch.Tensor:
@@ -93,18 +106,16 @@ class ModelBatch:
     task_names: tuple[str, ...] = ()
 
     def to(self, device: torch.device | str) -> ModelBatch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
-
+        """The batch on ``device``, each tensor copied with :func:`to_device`."""
         return ModelBatch(
-            input_ids=self.input_ids.to(device, non_blocking=True),
-            labels=self.labels.to(device, non_blocking=True),
+            input_ids=to_device(self.input_ids, device),
+            labels=to_device(self.labels, device),
             attention=self.attention.to(device),
-            position_ids=move(self.position_ids),
-            decoder_input_ids=move(self.decoder_input_ids),
-            target_mapping=move(self.target_mapping),
+            position_ids=to_device(self.position_ids, device),
+            decoder_input_ids=to_device(self.decoder_input_ids, device),
+            target_mapping=to_device(self.target_mapping, device),
             objective=self.objective,
-            task_ids=move(self.task_ids),
+            task_ids=to_device(self.task_ids, device),
             task_names=self.task_names,
         )
 
@@ -117,9 +128,8 @@ class ModelBatch:
         The label positions index the flattened labels of those rows
         (``labels[rows].reshape(-1)``, or ``labels.reshape(-1)``) where there is a label. Call
         it where the objective made the batch (the CPU), with the ``device`` the loss runs
-        on, before queuing the forward: the loss then picks its rows without asking the
-        device how many labels there are, and no copy from the host waits behind the
-        forward either (a copy from unpinned memory may wait for the queued work).
+        on: the loss then picks its rows without asking the device how many labels there
+        are (which waits for the forward), and the copies are queued (:func:`to_device`).
         """
 
         def positions(labels: torch.Tensor) -> torch.Tensor:
@@ -135,7 +145,7 @@ class ModelBatch:
         if device is None:
             return groups
         return [
-            (name, None if rows is None else rows.to(device), where.to(device))
+            (name, to_device(rows, device), to_device(where, device))
             for name, rows, where in groups
         ]
 
