@@ -4,8 +4,10 @@
     python bench/saved_activations.py --objective plm --attention-backend flex \\
         --position-encoding rope --memory-budget 0.8 --top 15
 
-Builds our model of ``bench_train_gpu.py``'s shape on the CPU, compiles its forward under
-bf16 autocast and lists what the partitioned forward graph returns
+Builds our model of ``bench_train_gpu.py``'s shape on the CPU, compiles its whole forward
+(``train.compile_scope=model``; block by block, each block's graph is partitioned on its own,
+which this does not trace) under bf16 autocast and lists what the partitioned forward graph
+returns
 (:func:`pretrain.train.activation_memory.saved_for_backward`): the bytes by producing op and
 the largest tensors. No kernel runs, so a base-size model at 32 x 512 takes seconds.
 
