@@ -23,6 +23,7 @@ from pretrain.models.encoder_decoder.configs import encoder_decoder_config
 from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 from pretrain.models.xlnet import XLNetLM, xlnet_config
 from pretrain.objectives.base import IGNORE_INDEX, AttentionSpec, ModelBatch
+from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.plm import PermutationLM
 from pretrain.train.compile import compile_for_training
 from pretrain.train.trainer import Trainer
@@ -244,22 +245,33 @@ def test_t5_flex_forward_and_backward_match_dense(compiled):
     _assert_flex_matches_dense(dense, flex, _t5_batch(4, 256, 60, pad_from=200), forward)
 
 
-def test_batches_reach_cuda_intact_through_pinned_queued_copies():
-    """``ModelBatch.to`` and ``loss_groups`` copy through pinned memory, queued behind other
-    work on the device: what arrives equals what left once the device has caught up."""
+@pytest.mark.parametrize("objective", ["plm", "clm"])
+def test_batches_reach_cuda_intact_through_pinned_queued_copies(objective):
+    """``ModelBatch.to`` and ``loss_groups`` return while earlier work still runs on the device
+    (the copies are queued, strided windows included), and what arrives equals what left."""
     tokens = torch.randint(10, 500, (4, 65))
-    tb = TokenBatch(tokens, torch.zeros_like(tokens), torch.zeros(4, dtype=torch.long),
-                    torch.arange(4))  # fmt: skip
-    cpu_batch = PermutationLM([0, 1], mask_id=2)(tb, torch.Generator().manual_seed(0))
+    docs = torch.zeros_like(tokens)
+    docs[:, 30:] = 1
+    tb = TokenBatch(tokens, docs, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    if objective == "plm":
+        cpu_batch = PermutationLM([0, 1], mask_id=2)(tb, torch.Generator().manual_seed(0))
+    else:
+        cpu_batch = CausalLM(document_masking=True)(tb)
+    assert not cpu_batch.input_ids.is_contiguous()  # a view of the (B, T + 1) windows
     busy = torch.randn(4096, 4096, device=CUDA)
-    for _ in range(20):  # queue work, so a copy that waited for it would show
+    for _ in range(20):  # tens of milliseconds of fp32 matmuls queued first
         busy = busy @ busy / 64
     batch = cpu_batch.to(CUDA)
     groups = cpu_batch.loss_groups(CUDA)
+    assert not torch.cuda.current_stream().query()  # the host did not wait for them
     torch.cuda.synchronize()
     for name in ("input_ids", "labels", "target_mapping"):
-        assert torch.equal(getattr(batch, name).cpu(), getattr(cpu_batch, name)), name
-    assert torch.equal(batch.attention.key_rank.cpu(), cpu_batch.attention.key_rank)
+        if getattr(cpu_batch, name) is not None:
+            assert torch.equal(getattr(batch, name).cpu(), getattr(cpu_batch, name)), name
+    for name in ("key_rank", "document_ids"):
+        if getattr(cpu_batch.attention, name) is not None:
+            got = getattr(batch.attention, name).cpu()
+            assert torch.equal(got, getattr(cpu_batch.attention, name)), name
     [(_, rows, positions)] = groups
     assert rows is None and positions.is_cuda
     assert torch.equal(positions.cpu(), torch.nonzero(cpu_batch.labels.reshape(-1) >= 0)[:, 0])

@@ -29,7 +29,11 @@ def to_device(t: torch.Tensor | None, device: torch.device | str) -> torch.Tenso
     if t is None:
         return None
     if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
+        # A contiguous pinned copy: pinning a strided view (a window's [:, :-1]) keeps its
+        # strides, and PyTorch would then stage it through pageable memory again.
+        pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        pinned.copy_(t)
+        return pinned.to(device, non_blocking=True)
     return t.to(device)
 
 

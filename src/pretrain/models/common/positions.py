@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    """``theta ** (-2i / head_dim)`` for ``i < head_dim / 2``, computed as HF Llama does."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+def rope_inv_freq(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """``theta ** (-2i / head_dim)`` for ``i < head_dim / 2``, computed as HF Llama does, on
+    ``device`` (a model that builds its tables every forward builds them where it runs: a
+    copy from the host would wait for the device)."""
+    steps = torch.arange(0, head_dim, 2, dtype=torch.float, device=device)
+    return 1.0 / (theta ** (steps / head_dim))
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, ...]:

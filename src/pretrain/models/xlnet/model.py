@@ -412,7 +412,7 @@ class XLNetLM(nn.Module):
         rows are in input order or in ``layout`` ``(B, T)`` (their positions)."""
         cfg = self.cfg
         if cfg.position_encoding == "rope":
-            inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)
+            inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, device)
             cos, sin = rope_cos_sin(torch.arange(seq_len, device=device), inv_freq)
             if layout is None:
                 return Positions(cos=cos, sin=sin, row_cos=cos[:, None], row_sin=sin[:, None])
