@@ -13,8 +13,15 @@ def active() -> bool:
 
 
 def all_reduce_sum(value: torch.Tensor | float | int, device: torch.device) -> torch.Tensor:
-    """Sum of ``value`` over all ranks, as a float64 tensor on ``device`` (exact for counts)."""
-    t = torch.as_tensor(value, dtype=torch.float64, device=device).detach().clone()
+    """Sum of ``value`` over all ranks, as a float64 tensor on ``device`` (exact for counts).
+
+    A number becomes a tensor by a fill on ``device``, not a copy from the host, which on
+    CUDA would wait for the work already queued there.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to(device=device, dtype=torch.float64).clone()
+    else:
+        t = torch.full((), value, dtype=torch.float64, device=device)
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

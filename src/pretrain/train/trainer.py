@@ -381,9 +381,11 @@ class Trainer:
             group["lr"] = lr
         batches = self._take_batches()
         world = self.dist.world_size
-        num_label_tokens = sum(b.num_label_tokens for b in batches)
-        if world > 1:  # the step's label tokens on all ranks, known before any backward
-            num_label_tokens = int(comm.all_reduce_sum(num_label_tokens, self.device).item())
+        local_labels = sum(b.num_label_tokens for b in batches)
+        divisor = max(local_labels, 1)
+        if world > 1:  # the step's label tokens on all ranks, before any backward: summed
+            # on the device, so the host queues the forward without waiting for it
+            divisor = comm.all_reduce_sum(local_labels, self.device).clamp(min=1)
         ce_sum = torch.zeros((), device=self.device)
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
         for i, cpu_batch in enumerate(batches):
@@ -392,7 +394,7 @@ class Trainer:
             with gradient_sync(self.train_module, i == len(batches) - 1):
                 total, ce, tasks = self.train_module(batch, groups)
                 # DDP and FSDP average gradients over ranks; `* world` turns that into the sum.
-                (total / max(num_label_tokens, 1) * world).backward()
+                (total / divisor * world).backward()
             ce_sum += ce
             for name, (task_ce, count) in tasks.items():
                 sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
@@ -405,7 +407,9 @@ class Trainer:
             self._draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        ce_total, task_sums = self._sums_over_ranks(ce_sum, per_task, batches[0].task_names)
+        ce_total, num_label_tokens, task_sums = self._sums_over_ranks(
+            ce_sum, local_labels, per_task, batches[0].task_names
+        )
         loss = ce_total / max(num_label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
         flops = step_flops(self.model, batches, world)
@@ -457,34 +461,43 @@ class Trainer:
         return self.loader.state_dict(), self.generator.get_state()
 
     def _sums_over_ranks(
-        self, ce_sum: torch.Tensor, per_task: dict[str, list], task_names: tuple[str, ...]
-    ) -> tuple[float, dict[str, list]]:
-        """The step's cross-entropy sum and its ``{task: [ce sum, label tokens]}`` (the tasks
-        some rank drew), summed over ranks in one all-reduce.
+        self,
+        ce_sum: torch.Tensor,
+        label_tokens: int,
+        per_task: dict[str, list],
+        task_names: tuple[str, ...],
+    ) -> tuple[float, int, dict[str, list]]:
+        """The step's cross-entropy sum, label tokens and ``{task: [ce sum, label tokens]}``
+        (the tasks some rank drew), summed over ranks in one all-reduce.
 
         ``task_names`` is the objective's whole list, the same on every rank, so each task has
-        fixed slots in ``[ce, ce per task..., (label tokens, drawn) per task...]``: float64
-        keeps the counts exact, and no rank pickles a dictionary every step.
+        fixed slots in ``[ce, ce per task..., label tokens, (label tokens, drawn) per
+        task...]``: float64 keeps the counts exact, and no rank pickles a dictionary every
+        step.
         """
         zero = ce_sum.new_zeros(())
         ces = [per_task.get(name, (zero, 0))[0].detach() for name in task_names]
-        counts = [[per_task[n][1], 1] if n in per_task else [0, 0] for n in task_names]
+        counts = [label_tokens]
+        for name in task_names:
+            counts += [per_task[name][1], 1] if name in per_task else [0, 0]
         flat = torch.cat(
             [
                 torch.stack([ce_sum.detach(), *ces]).double(),
-                torch.tensor(counts, dtype=torch.float64).flatten().to(ce_sum.device),
+                torch.tensor(counts, dtype=torch.float64).to(ce_sum.device),
             ]
         )
         if self.dist.world_size > 1:
             flat = comm.all_reduce_sum(flat, self.device)
-        total, *values = flat.tolist()
+        values = flat.tolist()
         k = len(task_names)
+        total, task_ces, tokens = values[0], values[1 : k + 1], values[k + 1]
+        task_counts = values[k + 2 :]
         sums = {
-            name: [values[i], int(values[k + 2 * i])]
+            name: [task_ces[i], int(task_counts[2 * i])]
             for i, name in enumerate(task_names)
-            if values[k + 2 * i + 1] > 0
+            if task_counts[2 * i + 1] > 0
         }
-        return total, sums
+        return total, int(tokens), sums
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.state.consecutive_nonfinite += 1
