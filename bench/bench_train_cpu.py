@@ -11,7 +11,9 @@ One training step, timed whole, on each side:
 - ours, exactly the path of ``Trainer.train_step``: ``hidden = model(ModelBatch(...))`` with
   causal attention and no document ids (autocast, when on, wraps only this call, as in the
   trainer), ``total, n, ce = cross_entropy_sum(hidden, labels, model.output_weight,
-  compute_dtype=...)`` (bf16 projection under ``--bf16``, as the trainer passes),
+  compute_dtype=..., compiled=..., label_positions=...)`` (bf16 projection under ``--bf16``,
+  compiled chunks under ``--compile``, label positions from ``ModelBatch.loss_groups``, as
+  the trainer passes them),
   ``(total / n).backward()``, ``clip_grad_norm_(..., 1.0)``, the finite checks, AdamW from
   ``pretrain.optim.build_optimizer``, ``zero_grad(set_to_none=True)``.
 - Hugging Face, as its ``Trainer`` does: ``hf(input_ids=x, labels=y, shift_labels=y,
