@@ -437,10 +437,11 @@ class Trainer:
 
     def _draw_ahead(self) -> None:
         """Draw the next step's micro-batches now, between queuing this step's work on the
-        device and waiting for its loss: masking, spans and permutations (7-12 ms for 32 x
-        512 on one core, ``docs/benchmarks.md``) then cost no device time. The batches are
-        the ones the next step would draw; checkpoints keep the data state from before them
-        (:meth:`_data_state`). A failure to draw is raised by the step that needs them."""
+        device and waiting for its loss: masking, spans and permutations (up to 13 ms for a
+        32 x 512 batch on one core, ``docs/benchmarks.md``) then cost no device time. The
+        batches are the ones the next step would draw; checkpoints keep the data state from
+        before them (:meth:`_data_state`). A failure to draw is raised by the step that needs
+        them."""
         self._ahead_state = (self.loader.state_dict(), self.generator.get_state())
         try:
             self._ahead = self._draw_batches()
