@@ -67,7 +67,8 @@ def span_targets_xlnet(
     p = 1.0 / torch.arange(1, max_span + 1, dtype=torch.float64)
     cdf = (p / p.sum()).cumsum(0)
     # The walk runs on Python numbers: one span costs a few operations, not a few tensor calls
-    # (32 windows of 512 took 30 ms with per-span tensor indexing, most of a GPU step).
+    # (32 windows of 512 took 31.6 ms with per-span tensor indexing, a third of an XLNet-base
+    # step on an H100; docs/benchmarks.md).
     span_lengths = (torch.searchsorted(cdf, u_len, right=True) + 1).clamp(max=max_span).tolist()
     contexts = u_ctx.tolist()
     allowed = eligible.tolist()
