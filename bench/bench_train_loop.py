@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -60,10 +61,7 @@ def main() -> None:
     work = Path(args.work)
     tokenizer_dir, shards = prepare_data(work, args.vocab)
     run = work / "run"
-    if run.exists():
-        import shutil
-
-        shutil.rmtree(run)
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
     overrides = [
         f"--model.size={args.size}", f"--data.train=[{shards}]", "--data.val=null",
         f"--data.tokenizer={tokenizer_dir}", f"--run.dir={run}",

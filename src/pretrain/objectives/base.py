@@ -29,11 +29,9 @@ def to_device(t: torch.Tensor | None, device: torch.device | str) -> torch.Tenso
     if t is None:
         return None
     if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        # A contiguous pinned copy: pinning a strided view (a window's [:, :-1]) keeps its
-        # strides, and PyTorch would then stage it through pageable memory again.
-        pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        pinned.copy_(t)
-        return pinned.to(device, non_blocking=True)
+        # Contiguous first: pinning keeps a strided view's strides (a window's [:, :-1]),
+        # and PyTorch stages a strided copy through pageable memory again.
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
 
