@@ -1,7 +1,7 @@
 """Host time each objective takes to turn one token batch into a ModelBatch, on one core.
 
 The trainer draws a step's micro-batches on the host while the device still runs the step
-before (``Trainer._draw_ahead``); the GPU benchmarks (``bench_train_gpu.py``) make their
+before (``StepBatches.draw_ahead``); the GPU benchmarks (``bench_train_gpu.py``) make their
 batches before timing. This shows what that drawing costs per batch at the GPU reference
 shape (32 x 512 by default), against the time a GPU step takes.
 

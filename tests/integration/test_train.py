@@ -275,7 +275,7 @@ def test_next_steps_batches_are_drawn_ahead_and_a_failed_draw_fails_that_step(
     draw fails, the step still completes and the error comes from the step that needed them;
     the last step draws nothing ahead."""
     trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "r", train__max_steps=3))
-    draw, calls = trainer.objective, []
+    draw, calls = trainer.batches.objective, []
 
     def objective(token_batch, generator):
         calls.append(trainer.state.step)  # the step running when the batch is drawn
@@ -283,7 +283,7 @@ def test_next_steps_batches_are_drawn_ahead_and_a_failed_draw_fails_that_step(
             raise ValueError("bad window")
         return draw(token_batch, generator)
 
-    trainer.objective = objective
+    trainer.batches.objective = objective
     trainer.train_step()
     assert calls == [0] * (2 * trainer.grad_accum)  # step 1's batches, then step 2's ahead
     trainer.train_step()  # its draw of step 3's batches fails
@@ -297,7 +297,7 @@ def test_next_steps_batches_are_drawn_ahead_and_a_failed_draw_fails_that_step(
         calls.append(trainer.state.step)
         return draw(token_batch, generator)
 
-    trainer.objective = counting
+    trainer.batches.objective = counting
     trainer.train_step()  # step 3, the last: its own batches, none ahead
     assert trainer.state.step == 3 and calls == [2] * trainer.grad_accum
 

@@ -49,30 +49,19 @@ from pretrain.distributed.parallelize import (
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
-from pretrain.objectives.base import ModelBatch
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
-from pretrain.train.checkpoint import (
-    SHARDED_DIR,
-    begin_checkpoint,
-    finish_checkpoint,
-    full_model_state,
-    list_steps,
-    load_checkpoint,
-    load_sharded,
-    load_whole_into_sharded,
-    save_checkpoint,
-    save_sharded,
-    step_dir_name,
-    temp_dir,
-)
+from pretrain.train.checkpoint import list_steps
 from pretrain.train.compile import compile_for_training
 from pretrain.train.loss_module import ModelWithLoss
-from pretrain.train.metrics import MetricsWriter
+from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
+from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.state import TrainState
+from pretrain.train.step_batches import StepBatches
+from pretrain.train.step_sums import sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +81,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env_world()[1])  # one GPU per process: LOCAL_RANK
     return device
-
-
-class _NoMetrics:
-    """What ranks other than 0 write metrics to."""
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Trainer:
@@ -190,15 +169,12 @@ class Trainer:
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         reports_bpb = self.objective.reports_bits_per_byte
         lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
         self._last_saved_step: int | None = None
-        # The next step's micro-batches drawn ahead (or the error drawing them), and the data
-        # state from before them (_draw_ahead).
-        self._ahead: list[ModelBatch] | Exception | None = None
-        self._ahead_state: tuple[dict[str, Any], torch.Tensor] | None = None
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
@@ -213,7 +189,7 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool) -> None:
         if not self.dist.is_main:
-            self.metrics = _NoMetrics()
+            self.metrics = NoMetrics()
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
@@ -227,22 +203,9 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_dir, "latest", map_location="cpu")
-        if ckpt.sharded is not None:
-            # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
-            load_sharded(ckpt.sharded, self.loss_module, self.optimizer)
-        elif is_fsdp(self.train_module):
-            # Written by one process or DDP: every rank reads the whole state, keeps its shard.
-            load_whole_into_sharded(
-                self.loss_module,
-                self.optimizer,
-                ckpt.model_state,
-                ckpt.optim_state["optimizer"],
-                prefix="model.",
-            )
-        else:
-            self.model.load_state_dict(ckpt.model_state)
-            self.optimizer.load_state_dict(ckpt.optim_state["optimizer"])
+        ckpt = load_run_checkpoint(
+            self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
+        )
         rng = ckpt.optim_state["rng"]
         per_rank = rng.get("objective_ranks")
         if per_rank is not None and len(per_rank) == self.dist.world_size:
@@ -379,7 +342,7 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = self._take_batches()
+        batches = self.batches.take()
         world = self.dist.world_size
         local_labels = sum(b.num_label_tokens for b in batches)
         divisor = max(local_labels, 1)
@@ -404,10 +367,10 @@ class Trainer:
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if self.state.step + 1 < cfg.train.max_steps:
-            self._draw_ahead()  # on the host, while the device still runs this step
+            self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        ce_total, num_label_tokens, task_sums = self._sums_over_ranks(
+        ce_total, num_label_tokens, task_sums = sum_over_ranks(
             ce_sum, local_labels, per_task, batches[0].task_names
         )
         loss = ce_total / max(num_label_tokens, 1)
@@ -431,74 +394,6 @@ class Trainer:
             "skipped": not finite,
             "tasks": task_losses(task_sums),
         }
-
-    def _draw_batches(self) -> list[ModelBatch]:
-        return [self.objective(next(self.loader), self.generator) for _ in range(self.grad_accum)]
-
-    def _draw_ahead(self) -> None:
-        """Draw the next step's micro-batches now, between queuing this step's work on the
-        device and waiting for its loss: masking, spans and permutations (up to 13 ms for a
-        32 x 512 batch on one core, ``docs/benchmarks.md``) then cost no device time. The
-        batches are the ones the next step would draw; checkpoints keep the data state from
-        before them (:meth:`_data_state`). A failure to draw is raised by the step that needs
-        them."""
-        self._ahead_state = (self.loader.state_dict(), self.generator.get_state())
-        try:
-            self._ahead = self._draw_batches()
-        except Exception as e:  # noqa: BLE001 - re-raised by _take_batches, one step later
-            self._ahead = e
-
-    def _take_batches(self) -> list[ModelBatch]:
-        ahead, self._ahead = self._ahead, None
-        if isinstance(ahead, Exception):
-            raise ahead
-        return self._draw_batches() if ahead is None else ahead
-
-    def _data_state(self) -> tuple[dict[str, Any], torch.Tensor]:
-        """Loader state and objective generator state after the batches trained on so far
-        (not after those drawn ahead), for checkpoints."""
-        if self._ahead is not None:
-            return self._ahead_state
-        return self.loader.state_dict(), self.generator.get_state()
-
-    def _sums_over_ranks(
-        self,
-        ce_sum: torch.Tensor,
-        label_tokens: int,
-        per_task: dict[str, list],
-        task_names: tuple[str, ...],
-    ) -> tuple[float, int, dict[str, list]]:
-        """The step's cross-entropy sum, label tokens and ``{task: [ce sum, label tokens]}``
-        (the tasks some rank drew), summed over ranks in one all-reduce.
-
-        ``task_names`` is the objective's whole list, the same on every rank, so each task has
-        fixed slots in ``[ce, ce per task..., label tokens, (label tokens, drawn) per
-        task...]``: float64 keeps the counts exact, and no rank pickles a dictionary every
-        step.
-        """
-        zero = ce_sum.new_zeros(())
-        ces = [per_task.get(name, (zero, 0))[0].detach() for name in task_names]
-        counts = [label_tokens]
-        for name in task_names:
-            counts += [per_task[name][1], 1] if name in per_task else [0, 0]
-        flat = torch.cat(
-            [
-                torch.stack([ce_sum.detach(), *ces]).double(),
-                torch.tensor(counts, dtype=torch.float64).to(ce_sum.device),
-            ]
-        )
-        if self.dist.world_size > 1:
-            flat = comm.all_reduce_sum(flat, self.device)
-        values = flat.tolist()
-        k = len(task_names)
-        total, task_ces, tokens = values[0], values[1 : k + 1], values[k + 1]
-        task_counts = values[k + 2 :]
-        sums = {
-            name: [task_ces[i], int(task_counts[2 * i])]
-            for i, name in enumerate(task_names)
-            if task_counts[2 * i + 1] > 0
-        }
-        return total, int(tokens), sums
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.state.consecutive_nonfinite += 1
@@ -602,7 +497,7 @@ class Trainer:
         )
         if is_best:
             self.state.best_val_loss = val_loss
-        loader_state, objective_state = self._data_state()
+        loader_state, objective_state = self.batches.data_state()
         rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
         if self.dist.world_size > 1:
             rng["objective_ranks"] = comm.gather_objects(objective_state)
@@ -615,29 +510,18 @@ class Trainer:
             "world_size": self.dist.world_size,
             "strategy": self.cfg.distributed.strategy,
         }
-        step, keep = self.state.step, self.cfg.checkpoint.keep_last
-        path = self.ckpt_dir / step_dir_name(step)
-        if is_fsdp(self.train_module):
-            tmp = temp_dir(self.ckpt_dir, step)
-            if self.dist.is_main:
-                begin_checkpoint(self.ckpt_dir, step)
-            comm.barrier()
-            save_sharded(tmp / SHARDED_DIR, self.loss_module, self.optimizer)
-            model_state = full_model_state(self.loss_module, prefix="model.")
-            if self.dist.is_main:
-                finish_checkpoint(
-                    self.ckpt_dir, step, tmp, model_state, {"rng": rng}, state, keep, is_best
-                )
-        elif self.dist.is_main:
-            save_checkpoint(
-                self.ckpt_dir,
-                step,
-                self.model.state_dict(),
-                {"optimizer": self.optimizer.state_dict(), "rng": rng},
-                state,
-                keep_last=keep,
-                is_best=is_best,
-            )
-        comm.barrier()  # nobody goes on (or resumes) before the checkpoint has its name
+        step = self.state.step
+        path = save_run_checkpoint(
+            self.ckpt_dir,
+            step,
+            self.train_module,
+            self.loss_module,
+            self.optimizer,
+            rng,
+            state,
+            self.cfg.checkpoint.keep_last,
+            is_best,
+            self.dist.is_main,
+        )
         self._last_saved_step = step
         return path

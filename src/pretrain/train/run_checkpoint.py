@@ -1,0 +1,110 @@
+"""A run's model and optimizer into a checkpoint and back, in one process, under DDP or FSDP2.
+
+One process and DDP (whose ranks all hold the whole model) write ``model.safetensors`` and
+``optim.pt`` from rank 0. FSDP2 holds the optimizer state only as shards, so all ranks write
+them together into ``dcp/`` and rank 0 adds the consolidated weights
+(:mod:`pretrain.train.checkpoint`). Either kind restores under either strategy and any number
+of ranks: a sharded checkpoint is resharded by DCP, a whole one is read by every rank, which
+keeps its shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.distributed import comm
+from pretrain.distributed.parallelize import is_fsdp
+from pretrain.train.checkpoint import (
+    SHARDED_DIR,
+    Checkpoint,
+    begin_checkpoint,
+    finish_checkpoint,
+    full_model_state,
+    load_checkpoint,
+    load_sharded,
+    load_whole_into_sharded,
+    save_checkpoint,
+    save_sharded,
+    step_dir_name,
+    temp_dir,
+)
+
+# The loss module holds the model as its ``model`` attribute.
+_MODEL_PREFIX = "model."
+
+
+def save_run_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    train_module: nn.Module,
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int,
+    is_best: bool,
+    is_main: bool,
+) -> Path:
+    """Write ``ckpt_dir/step_N``; every rank calls this, and returns once it has its name.
+
+    Args:
+        train_module: ``loss_module`` as data parallelism wrapped it (or itself).
+        loss_module: :class:`~pretrain.train.loss_module.ModelWithLoss`.
+        rng: random generator states, stored in ``optim.pt``.
+        state: trainer and loader state, stored in ``state.json``.
+        is_main: this is rank 0, which writes the files (the only rank of one process).
+    """
+    if is_fsdp(train_module):
+        tmp = temp_dir(ckpt_dir, step)
+        if is_main:
+            begin_checkpoint(ckpt_dir, step)
+        comm.barrier()
+        save_sharded(tmp / SHARDED_DIR, loss_module, optimizer)
+        model_state = full_model_state(loss_module, prefix=_MODEL_PREFIX)
+        if is_main:
+            finish_checkpoint(
+                ckpt_dir, step, tmp, model_state, {"rng": rng}, state, keep_last, is_best
+            )
+    elif is_main:
+        save_checkpoint(
+            ckpt_dir,
+            step,
+            loss_module.model.state_dict(),
+            {"optimizer": optimizer.state_dict(), "rng": rng},
+            state,
+            keep_last=keep_last,
+            is_best=is_best,
+        )
+    comm.barrier()  # nobody goes on (or resumes) before the checkpoint has its name
+    return ckpt_dir / step_dir_name(step)
+
+
+def load_run_checkpoint(
+    ckpt_dir: Path,
+    train_module: nn.Module,
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> Checkpoint:
+    """Load the latest good checkpoint's weights and optimizer state into the run's modules;
+    returns the checkpoint for the rest of its state (RNG, loader, trainer counters)."""
+    ckpt = load_checkpoint(ckpt_dir, "latest", map_location="cpu")
+    if ckpt.sharded is not None:
+        # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
+        load_sharded(ckpt.sharded, loss_module, optimizer)
+    elif is_fsdp(train_module):
+        # Written by one process or DDP: every rank reads the whole state, keeps its shard.
+        load_whole_into_sharded(
+            loss_module,
+            optimizer,
+            ckpt.model_state,
+            ckpt.optim_state["optimizer"],
+            prefix=_MODEL_PREFIX,
+        )
+    else:
+        loss_module.model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optim_state["optimizer"])
+    return ckpt
