@@ -158,9 +158,19 @@ def test_fsdp_with_blocks_compiled_follows_one_eager_process(
     args = _overrides(
         shards_dir, tokenizer_dir, run, distributed__strategy="fsdp", train__compile="true"
     )
-    _torchrun(["-m", "pretrain", "train"], args, timeout=300)
+    _torchrun([str(REPO / "tests" / "distributed" / "record_compile.py"), str(tmp_path)], args, 300)
     assert _losses(run) == pytest.approx(_losses(single_run), rel=1e-5)
     assert _losses(run, "val") == pytest.approx(_losses(single_run, "val"), rel=1e-5)
+    for rank in (0, 1):
+        facts = json.loads((tmp_path / f"compile_rank{rank}.json").read_text())
+        print(f"rank {rank}:", facts)
+        assert facts["compiled_blocks"] == [True, True]
+        assert facts["fsdp_blocks"] == [True, True]
+        # The first step compiled two graphs: one serves both blocks, the other is the loss's
+        # chunk. The evaluation after step 5 adds the blocks' no-grad graph; nothing else
+        # recompiles.
+        assert facts["graphs_after_each_step"] == [2] * 5 + [3] * (STEPS - 5)
+        assert facts["graph_breaks"] == 0
 
 
 def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
