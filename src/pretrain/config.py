@@ -224,6 +224,7 @@ class ObjectiveConfig:
     exact_count: bool = False
     """MLM: BERT's exact count per sequence instead of an independent draw per token."""
     whole_word_masking: bool = False
+    """MLM: select whole words (stretches between whitespace, ``objectives/words.py``)."""
     noise_density: float = 0.15
     """Span corruption: share of tokens in noise spans (T5: 0.15)."""
     mean_noise_span_length: float = 3.0

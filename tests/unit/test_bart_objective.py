@@ -16,6 +16,7 @@ from pretrain.objectives.bart_noise import (
     poisson_span_lengths,
     split_sentences,
 )
+from pretrain.objectives.words import WordBoundaries
 
 BOS, EOS, PAD, MASK = 0, 1, 2, 3
 SPECIAL = list(range(10))
@@ -36,7 +37,12 @@ NOISE_OFF = dict(
 )
 
 
-def _objective(seq_len: int = 66, word_starts=None, **ratios) -> BARTDenoising:
+def _words(opens: torch.Tensor) -> WordBoundaries:
+    """Words by token id alone: ``opens`` marks the ids that start one."""
+    return WordBoundaries(opens, torch.zeros_like(opens))
+
+
+def _objective(seq_len: int = 66, words=None, **ratios) -> BARTDenoising:
     return BARTDenoising(
         seq_len,
         bos_id=BOS,
@@ -46,7 +52,7 @@ def _objective(seq_len: int = 66, word_starts=None, **ratios) -> BARTDenoising:
         decoder_start_id=PAD,
         special_ids=SPECIAL,
         vocab_size=V,
-        word_starts=word_starts,
+        words=words,
         sentence_ends=SENTENCE_ENDS,
         **{**NOISE_OFF, **ratios},
     )
@@ -167,7 +173,7 @@ def test_token_masking_alone_masks_an_exact_share_in_place(seed):
 @settings(max_examples=100, deadline=None)
 @given(seed=SEEDS)
 def test_infilling_alone_replaces_spans_of_whole_words_by_one_mask_each(seed):
-    objective = _objective(mask_ratio=0.3, word_starts=TWO_TOKEN_WORDS)
+    objective = _objective(mask_ratio=0.3, words=_words(TWO_TOKEN_WORDS))
     window = _window(seed, 64, words=True, docs=0)
     content = _content(_run(objective, window, seed).input_ids[0])
     assert _glob_match(content, window.tolist())  # each mask stands for a span, maybe empty
@@ -190,7 +196,7 @@ def test_infilling_makes_one_mask_per_poisson_span_including_insertions(seed):
 
 
 def test_mask_ratio_over_many_seeds():
-    objective = _objective(mask_ratio=0.3, word_starts=torch.arange(V) % 3 != 0)
+    objective = _objective(mask_ratio=0.3, words=_words(torch.arange(V) % 3 != 0))
     hidden = total = 0
     for seed in range(200):
         window = _window(seed, 64, docs=1)

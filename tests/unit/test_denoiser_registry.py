@@ -27,7 +27,7 @@ def test_build_objective_makes_bart_and_ul2_that_run_on_loader_batches(tokenizer
     # sentence ends and word starts come from the tokenizer's own vocabulary
     (full_stop,), (newline,), (the,) = (tokenizer.encode(s) for s in (".", "\n", " the"))
     assert bart.sentence_ends[[full_stop, newline, sp.eos]].all()
-    assert not bart.sentence_ends[the] and bart.word_starts[the]
+    assert not bart.sentence_ends[the] and bart.words.opens[the]
     assert not bart.special[bart.random_ids].any() and bart.special[sp.modes["[S]"]]
 
     for family in ("encoder_decoder", "decoder"):

@@ -36,16 +36,16 @@ def test_whole_word_masking_selects_whole_words(shards_dir, tokenizer):
     token_batch = next(TokenLoader(shards_dir, 128, 8, seed=1))
     batch = objective(token_batch, torch.Generator().manual_seed(3))
     tokens = token_batch.tokens[:, :-1]
-    starts = objective.word_starts[tokens]
+    starts = objective.words.starts(tokens)
     selected = batch.labels != IGNORE_INDEX
     special = torch.isin(tokens, torch.tensor(objective.special_ids))
     # a token that continues a word (and does not follow a special token) shares its fate
     same_word = ~starts[:, 1:] & ~special[:, :-1] & ~special[:, 1:]
     assert same_word.any() and selected.any()
     assert torch.equal(selected[:, 1:][same_word], selected[:, :-1][same_word])
-    # "Ġthe" starts a word; "ing" continues one
+    # " the" starts a word, "ing" continues one
     vocab = tokenizer.backend.get_vocab()
-    assert objective.word_starts[vocab["Ġthe"]] and not objective.word_starts[vocab["ing"]]
+    assert objective.words.opens[vocab["Ġthe"]] and not objective.words.opens[vocab["ing"]]
 
 
 def test_mlm_on_a_decoder_is_refused_with_what_would_work():

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from pretrain.objectives.bart import BARTDenoising, sentence_end_table
 from pretrain.objectives.clm import CausalLM
 from pretrain.objectives.mixture import ObjectiveMixture, window_length
-from pretrain.objectives.mlm import MaskedLM, word_start_table
+from pretrain.objectives.mlm import MaskedLM
 from pretrain.objectives.plm import PermutationLM
 from pretrain.objectives.prefix_lm import EncoderDecoderPrefixLM, PrefixLM
 from pretrain.objectives.span import SpanCorruption
 from pretrain.objectives.ul2 import UL2
 from pretrain.objectives.ul2_denoisers import resolve_preset
+from pretrain.objectives.words import WordBoundaries
 
 if TYPE_CHECKING:
     from pretrain.config import ObjectiveConfig
@@ -58,6 +59,12 @@ def special_ids(tokenizer: Tokenizer) -> list[int]:
     return [sp.bos, sp.eos, sp.pad, sp.mask, sp.sep, sp.cls, *sp.sentinels, *sp.modes.values()]
 
 
+def _token_texts(tokenizer: Tokenizer) -> list[str]:
+    """Each id's own decoded text, special tokens included."""
+    ids = [[i] for i in range(tokenizer.vocab_size)]
+    return tokenizer.backend.decode_batch(ids, skip_special_tokens=False)
+
+
 def build_objective(
     cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int, family: str | None = None
 ):
@@ -72,10 +79,9 @@ def build_objective(
         return CausalLM(document_masking=cfg.document_masking)
     if cfg.name == "mlm":
         sp = tokenizer.special
-        word_starts = None
+        words = None
         if cfg.whole_word_masking:
-            vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
-            word_starts = word_start_table(vocab, tokenizer.vocab_size)
+            words = WordBoundaries.from_token_texts(_token_texts(tokenizer))
         return MaskedLM(
             mask_id=sp.mask,
             vocab_size=tokenizer.vocab_size,
@@ -84,7 +90,7 @@ def build_objective(
             mask_replace_prob=cfg.mask_replace_prob,
             random_replace_prob=cfg.random_replace_prob,
             exact_count=cfg.exact_count,
-            word_starts=word_starts,
+            words=words,
             document_masking=cfg.document_masking,
         )
     if cfg.name == "plm":
@@ -147,8 +153,7 @@ def build_objective(
 def _build_bart(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int) -> BARTDenoising:
     sp = tokenizer.special
     size = tokenizer.vocab_size
-    vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
-    texts = tokenizer.backend.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+    texts = _token_texts(tokenizer)
     return BARTDenoising(
         seq_len,
         bos_id=sp.bos,
@@ -158,7 +163,7 @@ def _build_bart(cfg: ObjectiveConfig, tokenizer: Tokenizer, seq_len: int) -> BAR
         decoder_start_id=sp.pad,
         special_ids=special_ids(tokenizer),
         vocab_size=size,
-        word_starts=word_start_table(vocab, size),
+        words=WordBoundaries.from_token_texts(texts),
         sentence_ends=sentence_end_table(texts),
         mask_ratio=cfg.bart_mask_ratio,
         random_ratio=cfg.bart_random_ratio,

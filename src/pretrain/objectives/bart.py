@@ -44,6 +44,7 @@ from pretrain.objectives.bart_noise import (
     token_masking,
 )
 from pretrain.objectives.base import ModelBatch, encoder_decoder_batch, noised_windows
+from pretrain.objectives.words import WordBoundaries
 
 _SENTENCE_PUNCTUATION = (".", "!", "?", "…")
 _CLOSERS = "\"'”’»)]"
@@ -78,7 +79,7 @@ class BARTDenoising:
         decoder_start_id: int,
         special_ids: Sequence[int],
         vocab_size: int,
-        word_starts: torch.Tensor | None = None,
+        words: WordBoundaries | None = None,
         sentence_ends: torch.Tensor | None = None,
         mask_ratio: float = 0.3,
         random_ratio: float = 0.1,
@@ -89,9 +90,9 @@ class BARTDenoising:
         permute_sentence_ratio: float = 1.0,
         rotate_ratio: float = 0.0,
     ):
-        """``word_starts``/``sentence_ends``: ``(V,)`` bool tables (None: every token starts a
-        word; only EOS ends a sentence). Special ids are never hidden, masked or deleted, and
-        random replacements are drawn from the other ids."""
+        """``words``: where words begin (None: every token is a word); ``sentence_ends``:
+        ``(V,)`` bool table (None: only EOS ends a sentence). Special ids are never hidden,
+        masked or deleted, and random replacements are drawn from the other ids."""
         if seq_len < 4:
             raise ValueError(f"BART needs seq_len >= 4 (BOS, two tokens, EOS), got {seq_len}")
         self.seq_len = seq_len
@@ -101,9 +102,10 @@ class BARTDenoising:
         self.special = torch.zeros(vocab_size, dtype=torch.bool)
         self.special[list(special_ids)] = True
         self.random_ids = (~self.special).nonzero().squeeze(1)
-        self.word_starts = (
-            torch.ones(vocab_size, dtype=torch.bool) if word_starts is None else word_starts
-        )
+        if words is None:  # every token a word
+            ones = torch.ones(vocab_size, dtype=torch.bool)
+            words = WordBoundaries(ones, torch.zeros_like(ones))
+        self.words = words
         self.sentence_ends = torch.zeros(vocab_size, dtype=torch.bool)
         if sentence_ends is not None:
             self.sentence_ends |= sentence_ends
@@ -132,7 +134,7 @@ class BARTDenoising:
         if self.mask_ratio > 0:
             x = text_infilling(
                 x,
-                self.word_starts[x],
+                self.words.starts(x),
                 ~self.special[x],
                 self.mask_ratio,
                 self.poisson_lambda,

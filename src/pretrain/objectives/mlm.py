@@ -16,19 +16,7 @@ from pretrain.data.loader import TokenBatch
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.objectives.clm import positions_within_documents
 from pretrain.objectives.mlm_masking import mask_tokens
-
-# Byte-level BPE marks a leading space or newline with these symbols (GPT-2 bytes_to_unicode).
-_WORD_START_SYMBOLS = ("Ġ", "Ċ", "ĉ")
-
-
-def word_start_table(vocab: dict[str, int], vocab_size: int) -> torch.Tensor:
-    """``(V,)`` bool: True for tokens that start a word (a leading space/newline, or not a
-    letter or digit), False for tokens that continue the previous one."""
-    table = torch.ones(vocab_size, dtype=torch.bool)
-    for token, i in vocab.items():
-        if i < vocab_size and token and not token.startswith(_WORD_START_SYMBOLS):
-            table[i] = not token[0].isalnum()
-    return table
+from pretrain.objectives.words import WordBoundaries
 
 
 class MaskedLM:
@@ -48,7 +36,7 @@ class MaskedLM:
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
         exact_count: bool = False,
-        word_starts: torch.Tensor | None = None,
+        words: WordBoundaries | None = None,
         document_masking: bool = True,
     ):
         self.mask_id = mask_id
@@ -58,14 +46,14 @@ class MaskedLM:
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
         self.exact_count = exact_count
-        self.word_starts = word_starts
+        self.words = words  # whole-word masking when given
         self.document_masking = document_masking
 
     def __call__(self, batch: TokenBatch, generator: torch.Generator | None = None) -> ModelBatch:
         if generator is None:
             raise ValueError("MLM draws a new masking per batch: pass a torch.Generator")
         tokens = batch.tokens[:, :-1]  # (B, T)
-        word_starts = None if self.word_starts is None else self.word_starts[tokens]
+        word_starts = None if self.words is None else self.words.starts(tokens)
         inputs, labels = mask_tokens(
             tokens,
             generator,
