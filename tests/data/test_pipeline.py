@@ -268,3 +268,30 @@ def test_prepare_tokenizes_the_mix_and_reports_tokens_per_domain(tmp_path, token
     assert all(report["domains"][d]["tokens"] > 0 for d in ("books", "web"))
     batch = next(TokenLoader(tmp_path / "out" / "shards", 16, 2, seed=0))
     assert batch.tokens.shape == (2, 17)
+
+
+def test_repeated_copies_share_their_original_split_and_mix_reads_cleanly(tmp_path, tokenizer_dir):
+    """A document the mixture repeats lands in train or val with all its copies: a copy in val
+    of a document trained on would make the val loss measure memorization."""
+    from pretrain.config import from_dict
+    from pretrain.data.shards import open_split
+
+    _corpus(tmp_path)
+    cfg = _config(tmp_path)
+    cfg.domains[1].weight, cfg.domains[1].max_epochs = 3.0, 4.0  # web repeats its documents
+    cfg.tokenize = from_dict(type(cfg.tokenize), {"tokenizer": str(tokenizer_dir),
+                                                  "val_fraction": 0.5})  # fmt: skip
+    report = prepare(cfg)
+    assert report["domains"]["web"]["epochs"] > 1.5
+    manifest = json.loads((tmp_path / "out" / "shards" / "manifest.json").read_text())
+    assert manifest["read_report"]["num_errors"] == 0  # mix/_tasks/ is not read as input
+    documents = {}
+    for split in ("train", "val"):
+        _, shards = open_split(tmp_path / "out" / "shards", split)
+        for shard in shards:
+            starts = [0, *shard.ends[:-1].tolist()]
+            documents[split] = documents.get(split, set()) | {
+                tuple(shard.tokens[s:e].tolist()) for s, e in zip(starts, shard.ends, strict=True)
+            }
+    assert documents["train"] and documents["val"]
+    assert not documents["train"] & documents["val"]

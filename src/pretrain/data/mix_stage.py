@@ -10,7 +10,9 @@ domain are reported.
 
 Realization is deterministic: a document is written ``floor(e)`` times, plus once more when
 a hash of ``(seed, id)`` falls below the fractional part of its domain's epochs ``e``; copies
-after the first get ids ending in ``#r1``, ``#r2``...
+after the first get ids ending in ``#r1``, ``#r2``... and name the original in ``repeat_of``
+(:data:`REPEAT_OF`), so that tokenization puts every copy in its original's split: a copy in
+val of a document trained on would measure memorization, not generalization.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any
 
 from pretrain.data.jsonl_parts import PartWriter, read_part
 from pretrain.data.prepare_config import DomainConfig, MixConfig
+
+REPEAT_OF = "repeat_of"
+"""Metadata key of a repeated copy: the id of the document it copies."""
 
 
 def plan_mixture(
@@ -75,7 +80,8 @@ def mix_task(
             n = copies_of(doc["id"], epochs, seed)
             doc_words = len(doc["text"].split())
             for k in range(n):
-                out.write(doc if k == 0 else {**doc, "id": f"{doc['id']}#r{k}"})
+                copy = {**doc, "id": f"{doc['id']}#r{k}", REPEAT_OF: doc["id"]}
+                out.write(doc if k == 0 else copy)
             written += n
             words += n * doc_words
     return {"task": task, "domain": domain, "documents": documents, "written": written,

@@ -107,7 +107,8 @@ def prepare(cfg: PrepareConfig, task_slice: TaskSlice | None = None) -> dict[str
 
         tokenize_to_shards(
             cfg.tokenize.tokenizer,
-            [str(out / "mix")],
+            # the domains' directories, not mix/ itself, whose _tasks/ reports are no input
+            [str(out / "mix" / d.name) for d in cfg.domains],
             out / "shards",
             val_fraction=cfg.tokenize.val_fraction,
             workers=cfg.workers,
@@ -142,10 +143,10 @@ def build_report(cfg, filter_reports, dedup_report, plan, mix_reports, shards) -
         d = domains[r["domain"]]
         d["mixed_documents"] += r["written"]
         d["mixed_words"] += r["words_out"]
-    if shards is not None:  # sources are named mix/<domain>/part-T.jsonl.gz
+    if shards is not None:  # sources are named <domain>/part-T.jsonl.gz
         for split in shards["splits"].values():
             for source, counts in split["sources"].items():
-                domains[source.split("/")[1]]["tokens"] += counts["num_tokens"]
+                domains[source.split("/")[0]]["tokens"] += counts["num_tokens"]
     for name, d in domains.items():
         d.update(plan[name])
         d["accounted"] = (

@@ -36,6 +36,7 @@ import numpy as np
 
 from pretrain import __version__
 from pretrain.atomic import TMP_SUFFIX, atomic_write_json, atomic_write_text
+from pretrain.data.mix_stage import REPEAT_OF
 from pretrain.data.readers import ReadReport, expand_inputs, read_file
 from pretrain.data.shards import (
     FORMAT_NAME,
@@ -86,6 +87,12 @@ class TokenizeSettings:
 def _fingerprints(inputs: Sequence[str]) -> list[list[Any]]:
     files = expand_inputs(inputs, ReadReport())
     return [[f.name, f.path.stat().st_size, f.path.stat().st_mtime_ns] for f in files]
+
+
+def split_key(doc: dict[str, Any]) -> str:
+    """What decides a document's split: its id, or for a copy made by the mixture stage the
+    id of the document it copies (``repeat_of``), so that all copies share one split."""
+    return str(doc.get(REPEAT_OF, doc["id"]))
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -150,7 +157,7 @@ def _batches(
     pos = 0
     for file in expand_inputs(settings.inputs, report):
         for doc in read_file(file, report, settings.text_field, settings.id_field):
-            split = split_of(doc["id"], settings.val_fraction)
+            split = split_of(split_key(doc), settings.val_fraction)
             if pos >= resume_from[split]:
                 text = doc["text"]
                 num_bytes = len(text.encode("utf-8"))
