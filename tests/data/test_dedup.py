@@ -272,6 +272,17 @@ def test_multi_task_run_equals_single_task(tmp_path, num_tasks):
     assert not {r["dup_of"] for r in removed} & {r["id"] for r in removed}  # survivors stay
 
 
+def test_a_task_without_documents_is_clustered_with_the_others(tmp_path):
+    """An empty input file or a fully filtered part gives a task of no documents: clustering
+    reads the other tasks and finds what one task over all documents finds."""
+    docs = synthetic_corpus(num_clean=12)
+    config = DedupConfig(batch_size=5)
+    write_task_signatures(enumerate(docs), tmp_path / "work", 0, 2, config)
+    write_task_signatures(iter([]), tmp_path / "work", 1, 2, config)
+    removed = cluster_duplicates(tmp_path / "work")
+    assert removed and removed == find_duplicates(docs, config, tmp_path / "single")
+
+
 def test_cluster_refuses_an_incomplete_run_and_apply_a_different_input(tmp_path):
     docs = synthetic_corpus(num_clean=12)
     write_task_signatures(shard_documents(docs, 2, 0), tmp_path, 0, 2)

@@ -414,6 +414,8 @@ def _plausible(pairs, tasks, task_of, row_of, config) -> np.ndarray:
 def _ids_of(tasks: list[_Task], wanted: set[int]) -> dict[int, str]:
     ids: dict[int, str] = {}
     for t in tasks:
+        if t.num_docs == 0:  # an empty input or a fully filtered part: no files written
+            continue
         dense = t.dense.tolist()
         with open(t.path / "ids.jsonl", encoding="utf-8") as f:
             for row, line in enumerate(f):
