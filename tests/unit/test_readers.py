@@ -31,6 +31,7 @@ NULL_TEXT = json.dumps({"id": "c2", "text": None})
 EMPTY = json.dumps({"id": "d", "text": "   \n"})
 BAD_UTF8 = b'{"id": "e", "text": "caf\xe9"}'
 NOT_OBJECT = json.dumps(["a", "list"])
+LONE_SURROGATE = '{"id": "f", "text": "broken emoji \\ud83d here"}'  # valid JSON, not UTF-8
 
 
 def _messy_lines() -> list[str | bytes]:
@@ -68,6 +69,7 @@ def test_jsonl_bad_lines_are_counted_per_reason_and_good_ones_kept(tmp_path: Pat
         (NO_TEXT, 2, MISSING_TEXT_FIELD),
         (EMPTY, 2, EMPTY_DOCUMENT),
         (BAD_UTF8, 2, INVALID_UTF8),
+        (LONE_SURROGATE, 2, INVALID_UTF8),
     ],
 )
 def test_strict_mode_raises_naming_file_and_line(tmp_path: Path, line, line_no, reason):

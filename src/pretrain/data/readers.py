@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+# JSON may escape half of a UTF-16 pair alone ("\ud83d"): a str no UTF-8 encoder accepts.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 KEPT = "kept"
 MISSING_PATH = "missing_path"
@@ -334,6 +337,13 @@ def _record_to_document(
     if not isinstance(text, str):
         what = "missing" if text is None else f"a {type(text).__name__}, not a string"
         report.problem(key, MISSING_TEXT_FIELD, line_no, f"field {text_field!r} is {what}")
+        return None
+    if surrogate := _SURROGATE.search(text):
+        detail = (
+            f"field {text_field!r} holds a lone surrogate {ascii(surrogate.group())} at "
+            f"character {surrogate.start()} (half of an escaped UTF-16 pair), not UTF-8 text"
+        )
+        report.problem(key, INVALID_UTF8, line_no, detail)
         return None
     if not text.strip():
         report.problem(key, EMPTY_DOCUMENT, line_no)
