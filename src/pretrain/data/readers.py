@@ -213,8 +213,56 @@ def _open_binary(path: Path) -> IO[bytes]:
                 f"{path}: reading .zst needs the 'zstandard' package: pip install 'pretrain[zstd]'"
             ) from e
         raw = open(path, "rb")  # noqa: SIM115 - closed through the wrapper
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdFrames(raw, zstandard.ZstdDecompressor()), 1 << 16)
     return open(path, "rb")  # noqa: SIM115
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every frame of a zstd file, one frame after the other.
+
+    A file that ends inside a frame raises ``EOFError``, as ``gzip`` does for a cut member:
+    ``zstandard``'s ``stream_reader`` ends quietly at the cut, and the documents after it would
+    vanish uncounted.
+    """
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, raw: IO[bytes], decompressor: Any) -> None:
+        self._raw = raw
+        self._decompressor = decompressor
+        self._frame: Any = None  # the current frame's decompression object
+        self._leftover = b""  # compressed bytes past the end of the last frame
+        self._out = b""  # decompressed bytes not yet read
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pos == len(self._out):
+            if not self._decompress_more():
+                return 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress_more(self) -> bool:
+        data, self._leftover = self._leftover or self._raw.read(self._CHUNK), b""
+        if not data:
+            if self._frame is not None and not self._frame.eof:
+                raise EOFError("the zstd stream ends inside a frame (a truncated file)")
+            return False
+        if self._frame is None or self._frame.eof:
+            self._frame = self._decompressor.decompressobj()
+        self._out, self._pos = self._frame.decompress(data), 0
+        if self._frame.eof:
+            self._leftover = self._frame.unused_data  # the next frame's start
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def read_file(
