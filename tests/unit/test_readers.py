@@ -177,6 +177,22 @@ def test_parquet_rows_read_with_problems_counted(tmp_path: Path):
     assert report.counts[str(path)] == {MISSING_TEXT_FIELD: 3}
 
 
+def test_a_corrupt_parquet_file_is_counted_and_named_not_fatal(tmp_path: Path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(10)]}), good)
+    cut, fake = tmp_path / "cut.parquet", tmp_path / "fake.parquet"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    fake.write_text("not parquet at all")
+    report = ReadReport()
+    docs = list(iter_documents([cut, fake, good], report))
+    assert len(docs) == 10  # the good file after the bad ones is still read
+    assert report.counts[str(cut)] == report.counts[str(fake)] == {CORRUPT_FILE: 1}
+    with pytest.raises(DocumentError, match=f"{cut}: corrupt_file"):
+        list(iter_documents([cut], ReadReport(strict=True)))
+
+
 def test_custom_text_field_and_gzip_roundtrip(tmp_path: Path):
     path = tmp_path / "c.jsonl.gz"
     with gzip.open(path, "wt") as f:

@@ -408,22 +408,29 @@ def _read_parquet(
     file: InputFile, report: ReadReport, text_field: str, id_field: str
 ) -> Iterator[Document]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             f"{file.path}: reading .parquet needs pyarrow: pip install 'pretrain[parquet]'"
         ) from e
     key = str(file.path)
-    parquet = pq.ParquetFile(file.path)
-    columns = parquet.schema_arrow.names
-    if text_field not in columns:
-        for row in range(1, parquet.metadata.num_rows + 1):
-            report.problem(key, MISSING_TEXT_FIELD, row, f"no column {text_field!r} in {columns}")
-        return
     row_no = 0
-    for batch in parquet.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            row_no += 1
-            doc = _record_to_document(record, file, row_no, report, text_field, id_field)
-            if doc is not None:
-                yield doc
+    try:
+        parquet = pq.ParquetFile(file.path)
+        columns = parquet.schema_arrow.names
+        if text_field not in columns:
+            detail = f"no column {text_field!r} in {columns}"
+            for row in range(1, parquet.metadata.num_rows + 1):
+                report.problem(key, MISSING_TEXT_FIELD, row, detail)
+            return
+        for batch in parquet.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row_no += 1
+                doc = _record_to_document(record, file, row_no, report, text_field, id_field)
+                if doc is not None:
+                    yield doc
+    except (pa.ArrowException, OSError) as e:
+        # Not Parquet, truncated, or a corrupted page: the rows read so far are kept and
+        # counted, the rest of the file is one problem.
+        report.problem(key, CORRUPT_FILE, row_no + 1 if row_no else 0, f"{type(e).__name__}: {e}")
