@@ -174,9 +174,27 @@ def _ensure_special_tokens(backend: HFTokenizer) -> list[str]:
 
 
 def tokenizer_hash(backend: HFTokenizer) -> str:
-    """sha256 of the tokenizer's canonical JSON: equal for equal tokenizers, however saved."""
-    canonical = json.dumps(json.loads(backend.to_str()), sort_keys=True, separators=(",", ":"))
+    """sha256 of the tokenizer's canonical JSON: equal for equal tokenizers, however saved.
+
+    A post-processor that adds nothing to a single text (transformers writes one into every
+    ``tokenizer.json`` it saves, so an exported tokenizer has it) counts as none: it changes
+    no encoding, and the shards made with the original stay usable with the export.
+    """
+    spec = json.loads(backend.to_str())
+    if _adds_nothing(spec.get("post_processor")):
+        spec["post_processor"] = None
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _adds_nothing(post_processor: dict[str, Any] | None) -> bool:
+    """A ``TemplateProcessing`` whose single-text template is the text alone."""
+    return (
+        isinstance(post_processor, dict)
+        and post_processor.get("type") == "TemplateProcessing"
+        and not post_processor.get("special_tokens")
+        and post_processor.get("single") == [{"Sequence": {"id": "A", "type_id": 0}}]
+    )
 
 
 def build_untrained_bpe() -> HFTokenizer:

@@ -95,6 +95,8 @@ def test_hf_export_loads_offline_with_identical_logits_and_tokens(
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
     assert hf_tok.decode(ids) == text
     assert hf_tok.eos_token_id == ours.tokenizer.special.eos
+    # the exported tokenizer.json is the same tokenizer: shards made with ours are accepted
+    assert Tokenizer.load(out).hash == ours.tokenizer.hash
     x = torch.tensor([ids])
     with torch.no_grad():
         expected = ours.model.logits(ours.model.forward_tokens(x))
