@@ -295,3 +295,13 @@ def test_torn_journal_line_is_dropped_and_the_run_finishes(
         f.write('{"split": "train", "shard": {"na')  # died mid-line
     tokenize_to_shards(tokenizer_dir, [str(corpus_path)], out, **args)
     assert _shard_bytes(out) == _shard_bytes(reference)
+
+
+def test_inputs_without_any_document_are_refused_and_no_manifest_written(tokenizer_dir, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    for k, inputs in enumerate(
+        [[str(tmp_path / "nomatch*.jsonl")], [str(tmp_path / "empty.jsonl")]]
+    ):
+        with pytest.raises(ValueError, match="no documents could be read"):
+            tokenize_to_shards(tokenizer_dir, inputs, tmp_path / f"out{k}")
+        assert not (tmp_path / f"out{k}" / "manifest.json").exists()

@@ -145,6 +145,14 @@ def test_truncated_compressed_file_keeps_what_was_read_and_counts_the_rest(
         list(iter_documents([path], ReadReport(strict=True)))
 
 
+def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n" + GOOD.encode() + b"\n")
+    report = ReadReport()
+    assert [d["id"] for d in iter_documents([path], report)] == ["a", "a"]
+    assert report.counts[str(path)] == {KEPT: 2}
+
+
 def test_zstd_frames_are_read_one_after_the_other(tmp_path: Path):
     zstandard = pytest.importorskip("zstandard")
     lines = [json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(3000)]

@@ -345,7 +345,8 @@ def _read_jsonl_lines(
     with _open_binary(file.path) as stream:
         for line_no, raw in enumerate(stream, start=1):
             try:
-                line = raw.decode("utf-8")
+                # "utf-8-sig" drops the byte-order mark some editors write before line 1
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 report.problem(key, INVALID_UTF8, line=line_no, detail=str(e))
                 continue

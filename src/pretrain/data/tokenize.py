@@ -320,6 +320,9 @@ def tokenize_to_shards(
             f"{out}: {report.num_kept} documents were read but {written} are in shards; "
             "the inputs changed during the run? Rerun with --overwrite"
         )
+    if report.num_kept == 0:  # shards of nothing would only fail later, in the loader
+        problems = dict(report.errors_by_reason()) or "no input files"
+        raise ValueError(f"no documents could be read from {list(inputs)} ({problems})")
     manifest = _manifest(plan, tokenizer, dtype, progress, report)
     atomic_write_json(out / MANIFEST_FILE, manifest)
     progress.path.unlink()
