@@ -125,6 +125,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key!r} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple
+            if len(value) != len(args):
+                raise ConfigError(f"{key!r} must have {len(args)} items, got {value!r}")
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -491,8 +496,19 @@ class ExperimentConfig:
                 "train.activation_memory_budget applies to compiled steps only; set "
                 "train.compile=true or leave it at 1.0"
             )
-        if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        self._validate_optim()
+        if self.train.max_minutes is not None and self.train.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0, got {self.train.max_minutes}")
+        if self.train.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.train.device)
+            except RuntimeError:
+                raise ConfigError(
+                    f"train.device must be 'auto' or a torch device such as 'cpu', 'cuda' or "
+                    f"'cuda:1', got {self.train.device!r}"
+                ) from None
         if self.distributed.timeout_seconds <= 0:
             raise ConfigError(
                 f"distributed.timeout_seconds must be > 0, got {self.distributed.timeout_seconds}"
@@ -505,6 +521,20 @@ class ExperimentConfig:
             )
         self.grad_accum_steps()
         return self
+
+    def _validate_optim(self) -> None:
+        optim = self.optim
+        if optim.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
+        if optim.eps <= 0:
+            raise ConfigError(f"optim.eps must be > 0, got {optim.eps}")
+        for i, beta in enumerate(optim.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"optim.betas[{i}] must be in [0, 1), got {beta}")
+        for key in ("min_lr_ratio", "decay_fraction"):
+            value = getattr(optim, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"optim.{key} must be in [0, 1], got {value}")
 
     def _validate_denoiser_shapes(self, obj: ObjectiveConfig) -> None:
         """BART and UL2 need room for their framing; UL2 must not run out of sentinels."""

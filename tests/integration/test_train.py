@@ -216,6 +216,17 @@ def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys)
     too_long = ["--train.seq_len=4096", "--train.tokens_per_batch=16384"]
     assert main(["train", *args, *too_long]) == EXIT_BAD_INPUT
     assert "max_seq_len" in capsys.readouterr().err
+    for bad, message in [
+        ("--train.device=foo", "train.device must be 'auto' or a torch device"),
+        ("--optim.betas=[0.9]", "'optim.betas' must have 2 items"),
+        ("--optim.betas=[0.9,1.5]", "optim.betas[1] must be in [0, 1)"),
+        ("--optim.eps=0", "optim.eps must be > 0"),
+        ("--optim.min_lr_ratio=-1", "optim.min_lr_ratio must be in [0, 1]"),
+        ("--optim.decay_fraction=2", "optim.decay_fraction must be in [0, 1]"),
+        ("--train.max_minutes=-1", "train.max_minutes must be > 0"),
+    ]:
+        assert main(["train", *args, bad]) == EXIT_BAD_INPUT, bad
+        assert message in capsys.readouterr().err, bad
 
 
 def test_fresh_run_into_a_directory_with_checkpoints_is_refused(
