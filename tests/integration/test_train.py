@@ -106,6 +106,35 @@ def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_another_model_is_refused_naming_the_changed_keys(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
+    assert main(["train", *args, "--model.n_layers=3", "--resume"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "does not fit the configured model" in err and "model.n_layers: 2 -> 3" in err
+    assert list_steps(run / "checkpoints") == [4]  # nothing written
+
+
+def test_resume_takes_optimizer_settings_from_the_config(shards_dir, tokenizer_dir, tmp_path):
+    """As the learning rate does: the weight decay, betas and eps given when resuming are the
+    ones trained with, and the ones the run's config.yaml records."""
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
+    changed = {"optim__weight_decay": 0.5, "optim__betas": "[0.8,0.9]", "optim__eps": 1e-6}
+    resumed = Trainer(
+        _config(shards_dir, tokenizer_dir, run, train__max_steps=8, **changed), resume=True
+    )
+    decayed, not_decayed = resumed.optimizer.param_groups
+    assert (decayed["weight_decay"], not_decayed["weight_decay"]) == (0.5, 0.0)
+    assert all(g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 for g in (decayed, not_decayed))
+    assert resumed.optimizer.state  # the moments did come from the checkpoint
+    saved = load_config(ExperimentConfig, run / "config.yaml")
+    assert saved.optim.weight_decay == 0.5 and saved.optim.betas == (0.8, 0.9)
+
+
 def test_sigkill_mid_run_then_resume_is_bit_identical(shards_dir, tokenizer_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = dict(train__max_steps=40, checkpoint__every_steps=5, checkpoint__keep_last=3)

@@ -53,11 +53,12 @@ from pretrain.optim import build_optimizer, lr_at
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
-from pretrain.train.checkpoint import list_steps
+from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
+from pretrain.train.resume_settings import architecture_changes, configured_hyperparameters
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
@@ -203,9 +204,21 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        ckpt = load_run_checkpoint(
-            self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
-        )
+        try:
+            with configured_hyperparameters(self.optimizer):
+                ckpt = load_run_checkpoint(
+                    self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
+                )
+        except CheckpointError:
+            raise
+        except RuntimeError as e:  # the weights do not fit: the model settings changed
+            changes = architecture_changes(self.run_dir / "config.yaml", self.cfg)
+            what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
+            raise TrainingError(
+                f"{self.ckpt_dir}: the latest checkpoint does not fit the configured model{what}."
+                " Resume with the model and tokenizer the run was started with. Cause: "
+                f"{str(e).splitlines()[0][:300]}"
+            ) from e
         rng = ckpt.optim_state["rng"]
         per_rank = rng.get("objective_ranks")
         if per_rank is not None and len(per_rank) == self.dist.world_size:

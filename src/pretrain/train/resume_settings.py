@@ -1,0 +1,72 @@
+"""What ``--resume`` takes from the checkpoint and what from the configuration.
+
+A checkpoint restores weights, optimizer moments, data position and random states; the
+configuration given on the command line decides everything else. So:
+
+* optimizer hyperparameters (``optim.weight_decay``, ``optim.betas``, ``optim.eps``) follow the
+  configuration, as the learning rate does (it is set from the schedule every step), and not the
+  values ``torch.optim.Optimizer.load_state_dict`` brings back with the moments; the
+  ``config.yaml`` the resumed run writes then describes what it trains with;
+* a model that no longer fits the checkpoint (another shape, family or tokenizer) is refused
+  with the keys that changed since the run's saved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# AdamW's per-group settings that the configuration decides; "lr" is set every step.
+_CONFIGURED = ("weight_decay", "betas", "eps")
+# Settings that decide which weights a model has and their shapes.
+_ARCHITECTURE_PREFIXES = ("model.", "data.tokenizer")
+
+
+@contextmanager
+def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Around loading ``optimizer``'s state: put the configured per-group settings back after
+    it, logging those that differ from the checkpoint's."""
+    configured = [{k: group[k] for k in _CONFIGURED} for group in optimizer.param_groups]
+    yield
+    for i, (group, values) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
+        for key, value in values.items():
+            saved = tuple(group[key]) if isinstance(group[key], list) else group[key]
+            if saved != value:
+                log.info("optimizer group %d: %s %s from the config (%s in the checkpoint)",
+                         i, key, value, saved)  # fmt: skip
+            group[key] = value
+
+
+def architecture_changes(saved_config: Path, cfg: Any) -> list[str]:
+    """``key: saved -> now`` for the model and tokenizer settings that differ between the run's
+    saved ``config.yaml`` and ``cfg`` (empty when the file is missing or unreadable)."""
+    from pretrain.config import load_config
+
+    try:
+        saved = load_config(type(cfg), saved_config)
+    except (OSError, ValueError):
+        return []
+    before, now = _flat(dataclasses.asdict(saved)), _flat(dataclasses.asdict(cfg))
+    return [
+        f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(before.keys() | now.keys())
+        if key.startswith(_ARCHITECTURE_PREFIXES) and before.get(key) != now.get(key)
+    ]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
