@@ -120,8 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if str(e):  # the trainer saved a checkpoint and says how to go on
+            message = str(e)
+        elif args.command == "train":
+            message = "to continue from the last checkpoint, rerun the same command with --resume"
+        else:
+            message = "rerun the same command to continue where it stopped"
+        print(f"interrupted; {message}", file=sys.stderr)
         return 130
 
 

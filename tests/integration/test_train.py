@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -104,6 +105,54 @@ def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
     a = load_checkpoint(straight / "checkpoints").model_state
     b = load_checkpoint(crashed / "checkpoints").model_state
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_resume_continues_exactly(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    """The first SIGINT stops training after the step it arrives in, with a checkpoint of that
+    step (none was due) and its train record; ``--resume`` then gives the uninterrupted
+    losses."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
+    args = _overrides(shards_dir, tokenizer_dir, run, log__every_steps=4)
+    train_step = Trainer.train_step
+
+    def interrupted_in_step_6(self):
+        if self.state.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of step 6
+        return train_step(self)
+
+    with mock.patch.object(Trainer, "train_step", interrupted_in_step_6):
+        assert main(["train", *args]) == 130
+    err = capsys.readouterr().err
+    assert "stopped after step 6" in err and "rerun the same command with --resume" in err
+    assert list_steps(run / "checkpoints") == [4, 6]
+    assert [s for s, _ in _losses(run)] == [4, 6]  # the last step is logged too
+    assert main(["train", *args, "--resume"]) == 0
+    assert _losses(run)[-1] == _losses(straight)[-1]
+    expected = dict(_losses(straight))
+    assert all(loss == expected[s] for s, loss in _losses(run))
+
+
+def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod, "time", mock.Mock(perf_counter=lambda: clock[0]))
+    train_step = Trainer.train_step
+
+    def ten_seconds_a_step(self):
+        clock[0] += 10.0
+        return train_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", ten_seconds_a_step)
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, log__every_steps=4)
+    summary = Trainer(cfg).fit()
+    assert summary["step"] == 3  # 30 s: the deadline is seen after step 3
+    assert [s for s, _ in _losses(run)] == [3]  # logged although 3 is not a multiple of 4
+    assert list_steps(run / "checkpoints") == [3]
 
 
 def test_resume_with_another_model_is_refused_naming_the_changed_keys(

@@ -55,6 +55,7 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
+from pretrain.train.interrupt import StopOnInterrupt, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
@@ -270,19 +271,25 @@ class Trainer:
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-        with progress:
+
+        def out_of_time() -> bool:  # rank 0's clock decides, so all ranks stop at one step
+            if deadline is None or not comm.broadcast_object(time.perf_counter() >= deadline):
+                return False
+            log.info("train.max_minutes reached at step %d", self.state.step)
+            return True
+
+        stopping = out_of_time()
+        interrupt = StopOnInterrupt(enabled=self.dist.world_size == 1)
+        with progress, interrupt:
             progress.start(self.state.step)
-            while self.state.step < cfg.train.max_steps:
-                # Rank 0's clock decides, so all ranks stop at the same step.
-                if deadline is not None and comm.broadcast_object(time.perf_counter() >= deadline):
-                    log.info("train.max_minutes reached at step %d", self.state.step)
-                    break
+            while self.state.step < cfg.train.max_steps and not stopping:
                 record = self.train_step()
                 window_tokens += record["step_tokens"]
                 window_flops += record["step_flops"]
                 step = self.state.step
                 self.state.elapsed_seconds = time.perf_counter() - started
-                if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps:
+                stopping = interrupt.requested or out_of_time()
+                if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or stopping:
                     now = time.perf_counter()
                     seconds = max(now - window_start, 1e-9)
                     rates = window_tokens / seconds, window_flops / seconds
@@ -297,6 +304,14 @@ class Trainer:
                     self.save(last_val)
                 window_start += time.perf_counter() - paused  # tokens/s counts training only
         final_step = self.state.step
+        if interrupt.requested and final_step < cfg.train.max_steps:  # save, then stop
+            if self._last_saved_step != final_step:
+                self.save(last_val)
+            self.metrics.close()
+            raise TrainingInterrupted(
+                f"stopped after step {final_step}, which is saved in {self.ckpt_dir}; to "
+                "continue, rerun the same command with --resume"
+            )
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
         if self._last_saved_step != final_step:
