@@ -17,6 +17,13 @@ from pretrain import __version__
 EXIT_BAD_INPUT = 2
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="JSON/Parquet field holding the text")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input line")
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, help="run directory")
     ev.add_argument("--checkpoint", default="latest", help="latest, best or step_N")
     ev.add_argument("--data", help="shard directory whose val split to use (default: the run's)")
-    ev.add_argument("--max-batches", type=int, help="evaluate at most this many batches")
+    ev.add_argument("--max-batches", type=_positive_int, help="evaluate at most this many batches")
     ev.add_argument("--json", action="store_true")
 
     gen = commands.add_parser("generate", help="sample text from a run's model")

@@ -432,6 +432,22 @@ class ExperimentConfig:
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
+    def with_absolute_paths(self) -> ExperimentConfig:
+        """A copy whose data, tokenizer and ``model.init_from`` paths are absolute: what a run
+        saves, so that ``pretrain eval --run`` and the like work from any directory."""
+
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else os.path.abspath(path)
+
+        data = dataclasses.replace(
+            self.data,
+            train=[absolute(p) for p in self.data.train],
+            val=absolute(self.data.val),
+            tokenizer=absolute(self.data.tokenizer),
+        )
+        model = dataclasses.replace(self.model, init_from=absolute(self.model.init_from))
+        return dataclasses.replace(self, data=data, model=model)
+
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each rank, from the token batch size."""
         per_micro = self.train.micro_batch_size * self.train.seq_len * world_size

@@ -155,6 +155,24 @@ def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
     assert list_steps(run / "checkpoints") == [3]
 
 
+def test_a_run_started_with_relative_paths_evaluates_from_anywhere(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(shards_dir.parent)
+    relative = {"data__train": f"[{shards_dir.name}]", "data__val": shards_dir.name,
+                "data__tokenizer": os.path.relpath(tokenizer_dir)}  # fmt: skip
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=2, **relative)).fit()
+    saved = load_config(ExperimentConfig, run / "config.yaml")
+    assert saved.data.val == str(shards_dir) and saved.data.train == [str(shards_dir)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--run", str(run), "--max-batches", "1", "--json"]) == 0
+    with pytest.raises(SystemExit):  # argparse refuses it
+        main(["eval", "--run", str(run), "--max-batches", "0"])
+    assert main(["eval", "--run", str(run), "--checkpoint", "step_7"]) == EXIT_BAD_INPUT
+    assert "no checkpoint of step 7 (there are: step_2)" in capsys.readouterr().err
+
+
 def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):

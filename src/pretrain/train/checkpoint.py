@@ -233,7 +233,14 @@ def resolve(root: str | os.PathLike, which: str = "latest") -> Path:
     m = re.fullmatch(r"step_?(\d+)", which)
     if not m:
         raise CheckpointError(f"checkpoint {which!r}: use latest, best or step_N")
-    return root / step_dir_name(int(m.group(1)))
+    path = root / step_dir_name(int(m.group(1)))
+    if not path.is_dir():
+        steps = list_steps(root)
+        there = ", ".join(f"step_{s}" for s in steps) if steps else "none"
+        raise CheckpointError(
+            f"{root}: no checkpoint of step {int(m.group(1))} (there are: {there})"
+        )
+    return path
 
 
 def load_checkpoint(

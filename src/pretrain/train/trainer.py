@@ -194,7 +194,7 @@ class Trainer:
             self.metrics = NoMetrics()
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
+        save_config(self.cfg.with_absolute_paths(), self.run_dir / "config.yaml")
         # The exact architecture (also when it came from model.init_from), for load_run.
         (self.run_dir / MODEL_CONFIG_FILE).write_text(
             json.dumps(self.model.cfg.to_dict(), indent=2) + "\n"
@@ -213,7 +213,9 @@ class Trainer:
         except CheckpointError:
             raise
         except RuntimeError as e:  # the weights do not fit: the model settings changed
-            changes = architecture_changes(self.run_dir / "config.yaml", self.cfg)
+            changes = architecture_changes(
+                self.run_dir / "config.yaml", self.cfg.with_absolute_paths()
+            )
             what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
             raise TrainingError(
                 f"{self.ckpt_dir}: the latest checkpoint does not fit the configured model{what}."
