@@ -81,3 +81,30 @@ def test_encoder_decoder_batch_pads_shifts_and_passes_tasks_through():
         encoder_decoder_batch(
             inputs, targets, pad_id=None, decoder_start_id=0, objective="x", dtype=torch.long
         )
+
+
+@pytest.mark.parametrize(("density", "mean_span"), [(0.5, 8.0), (0.5, 3.0), (0.15, 3.0)])
+def test_inputs_are_exactly_seq_len_also_where_t5s_hack_takes_a_token_fewer(density, mean_span):
+    """At density 0.5 T5 drops one raw token when the targets would outgrow the inputs; the
+    input comes out one short for some lengths (seq_len 14 at mean span 8) and is padded."""
+    short = 0
+    for seq_len in range(8, 160):
+        objective = SpanCorruption(seq_len, SENTINELS, EOS, PAD, density, mean_span, pad_id=PAD)
+        token_batch = _batch(objective.raw_length, seed=seq_len)
+        batch = objective(token_batch, torch.Generator().manual_seed(seq_len))
+        assert batch.input_ids.shape == (4, seq_len)
+        padded = batch.input_ids[0, -1] == PAD
+        short += bool(padded)
+        end = seq_len - 1 - int(padded)  # the EOS closes the real input
+        assert (batch.input_ids[:, end] == EOS).all() and (
+            batch.input_ids[:, end + 1 :] == PAD
+        ).all()
+        for row in range(4):
+            merged = merge_span_corruption(
+                batch.input_ids[row, :end].tolist(), batch.labels[row, :-1].tolist(), SENTINELS
+            )
+            assert merged == token_batch.tokens[row].tolist()
+    assert (short > 0) == (density == 0.5)  # e.g. 11, 19, 27... at mean span 3
+    if density == 0.5 and mean_span == 8.0:
+        with pytest.raises(ValueError, match="needs a pad_id"):
+            SpanCorruption(14, SENTINELS, EOS, PAD, density, mean_span)

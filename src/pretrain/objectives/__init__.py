@@ -110,6 +110,7 @@ def build_objective(
             decoder_start_id=sp.pad,
             noise_density=cfg.noise_density,
             mean_noise_span_length=cfg.mean_noise_span_length,
+            pad_id=sp.pad,
         )
     if cfg.name == "prefix_lm":
         if family == "encoder_decoder":

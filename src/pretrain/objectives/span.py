@@ -8,6 +8,11 @@ input by one sentinel (``<|extra_id_0|>``, ``<|extra_id_1|>``, ...), and the tar
 sentinel followed by the tokens it hid; both end with EOS. The decoder input is the targets
 shifted right behind a start token (T5 uses the pad id).
 
+At noise density 0.5, T5's "minor hack" (:func:`~.noise.span_corruption_lengths`) takes one
+raw token fewer when the targets would outgrow the inputs, and for some ``seq_len`` the
+corrupted input then comes out one token short; as T5 does, it is right-padded with the pad
+id, which the encoder masks as a key.
+
 Packed windows keep the EOS between documents (as nanoT5 does; original T5 concatenated
 documents without a separator). Attention is not restricted to documents: corruption moves
 positions, and T5 did not either.
@@ -21,6 +26,7 @@ from pretrain.data.loader import TokenBatch
 from pretrain.objectives.base import ModelBatch, encoder_decoder_batch, noised_windows
 from pretrain.objectives.noise import (
     check_sentinels,
+    corrupted_lengths,
     span_corrupt,
     span_corruption_lengths,
 )
@@ -42,6 +48,7 @@ class SpanCorruption:
         decoder_start_id: int,
         noise_density: float = 0.15,
         mean_noise_span_length: float = 3.0,
+        pad_id: int | None = None,
     ):
         self.seq_len = seq_len
         self.noise_density = noise_density
@@ -50,6 +57,13 @@ class SpanCorruption:
             seq_len, noise_density, mean_noise_span_length
         )
         check_sentinels(self.raw_length, noise_density, mean_noise_span_length, len(sentinel_ids))
+        inputs_length, _ = corrupted_lengths(self.raw_length, noise_density, mean_noise_span_length)
+        if inputs_length < seq_len and pad_id is None:
+            raise ValueError(
+                f"span corruption at seq_len {seq_len} and noise density {noise_density} gives "
+                f"{inputs_length} input tokens: padding them to {seq_len} needs a pad_id"
+            )
+        self.pad_id = pad_id
         self.sentinel_ids = sentinel_ids
         self.eos_id = eos_id
         self.decoder_start_id = decoder_start_id
@@ -69,12 +83,13 @@ class SpanCorruption:
             )
             inputs.append(torch.cat([noised, eos]))
             targets.append(torch.cat([hidden, eos]))
-        # Every row corrupts to the same lengths (seq_len inputs, targets_length targets): no
-        # padding, so no pad id.
+        # Every row corrupts to the same lengths: seq_len inputs (or one fewer, padded) and
+        # targets_length targets.
         return encoder_decoder_batch(
             inputs,
             targets,
-            pad_id=None,
+            pad_id=self.pad_id,
+            inputs_length=self.seq_len,
             decoder_start_id=self.decoder_start_id,
             objective=self.name,
             dtype=tokens.dtype,
