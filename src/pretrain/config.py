@@ -228,6 +228,9 @@ class ObjectiveConfig:
     random_replace_prob: float = 0.1
     exact_count: bool = False
     """MLM: BERT's exact count per sequence instead of an independent draw per token."""
+    mlm_max_predictions: int | None = None
+    """MLM with ``exact_count``: at most this many selected tokens per sequence (BERT's
+    ``max_predictions_per_seq``, 20 at 128 tokens); None: no cap."""
     whole_word_masking: bool = False
     """MLM: select whole words (stretches between whitespace, ``objectives/words.py``)."""
     noise_density: float = 0.15
@@ -302,6 +305,24 @@ class ObjectiveConfig:
             for component, _ in self.components():
                 component.validate()
             return self
+        if not 0.0 < self.noise_density < 1.0:
+            raise ConfigError(
+                f"objective.noise_density must be in (0, 1), got {self.noise_density}"
+            )
+        if self.mean_noise_span_length < 1:
+            raise ConfigError(
+                f"objective.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}"
+            )
+        if self.mlm_max_predictions is not None:
+            if self.mlm_max_predictions < 1:
+                raise ConfigError(
+                    f"objective.mlm_max_predictions must be >= 1, got {self.mlm_max_predictions}"
+                )
+            if not self.exact_count:
+                raise ConfigError(
+                    "objective.mlm_max_predictions caps BERT's exact count: set "
+                    "objective.exact_count=true too"
+                )
         if not self.plm_partial_k > 1:
             raise ConfigError(f"objective.plm_partial_k must be > 1, got {self.plm_partial_k}")
         if self.plm_max_span < 1:

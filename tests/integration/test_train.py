@@ -320,6 +320,9 @@ def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys)
         ("--optim.min_lr_ratio=-1", "optim.min_lr_ratio must be in [0, 1]"),
         ("--optim.decay_fraction=2", "optim.decay_fraction must be in [0, 1]"),
         ("--train.max_minutes=-1", "train.max_minutes must be > 0"),
+        ("--objective.noise_density=1", "objective.noise_density must be in (0, 1)"),
+        ("--objective.mean_noise_span_length=0.5", "mean_noise_span_length must be >= 1"),
+        ("--objective.mlm_max_predictions=20", "set objective.exact_count=true too"),
     ]:
         assert main(["train", *args, bad]) == EXIT_BAD_INPUT, bad
         assert message in capsys.readouterr().err, bad

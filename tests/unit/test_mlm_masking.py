@@ -78,3 +78,15 @@ def test_same_seed_same_corruption_new_seed_new_corruption():
     a, b, c = _mask(tokens, 1), _mask(tokens, 1), _mask(tokens, 2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
+
+
+def test_exact_count_is_capped_at_max_predictions():
+    """BERT's ``num_to_predict = min(max_predictions_per_seq, max(1, round(n * 0.15)))``."""
+    for seed in range(10):
+        tokens = _tokens(seed)
+        candidates = (~torch.isin(tokens, torch.tensor(SPECIALS))).sum(1)
+        uncapped = torch.round(candidates * 0.15).clamp(min=1).long()
+        for cap in (1, 5, 10_000):
+            _, labels = _mask(tokens, seed, exact_count=True, max_predictions=cap)
+            per_row = (labels != IGNORE_INDEX).sum(1)
+            assert torch.equal(per_row, uncapped.clamp(max=cap))

@@ -108,3 +108,8 @@ def test_inputs_are_exactly_seq_len_also_where_t5s_hack_takes_a_token_fewer(dens
     if density == 0.5 and mean_span == 8.0:
         with pytest.raises(ValueError, match="needs a pad_id"):
             SpanCorruption(14, SENTINELS, EOS, PAD, density, mean_span)
+
+
+def test_more_spans_than_clean_tokens_to_separate_them_are_refused():
+    with pytest.raises(ValueError, match="need a clean token between each two"):
+        SpanCorruption(64, SENTINELS, EOS, PAD, 0.9, 1.0, pad_id=PAD)

@@ -90,6 +90,7 @@ def build_objective(
             mask_replace_prob=cfg.mask_replace_prob,
             random_replace_prob=cfg.random_replace_prob,
             exact_count=cfg.exact_count,
+            max_predictions=cfg.mlm_max_predictions,
             words=words,
             document_masking=cfg.document_masking,
         )

@@ -36,6 +36,7 @@ class MaskedLM:
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
         exact_count: bool = False,
+        max_predictions: int | None = None,
         words: WordBoundaries | None = None,
         document_masking: bool = True,
     ):
@@ -46,6 +47,7 @@ class MaskedLM:
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
         self.exact_count = exact_count
+        self.max_predictions = max_predictions
         self.words = words  # whole-word masking when given
         self.document_masking = document_masking
 
@@ -65,6 +67,7 @@ class MaskedLM:
             random_replace_prob=self.random_replace_prob,
             exact_count=self.exact_count,
             word_starts=word_starts,
+            max_predictions=self.max_predictions,
         )
         if not self.document_masking:
             return ModelBatch(inputs, labels, AttentionSpec("bidirectional"), objective=self.name)

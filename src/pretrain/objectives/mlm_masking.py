@@ -9,9 +9,11 @@ Two selection rules:
 - ``exact_count=False`` (Hugging Face ``DataCollatorForLanguageModeling``): an independent
   Bernoulli draw per candidate, so the count varies.
 - ``exact_count=True`` (BERT ``create_masked_lm_predictions``): exactly
-  ``max(1, round(num_candidates * probability))`` tokens per row, filled by whole units in a
-  random order, skipping a unit that would overshoot. BERT counts CLS/SEP in the length; here
-  only candidates count, since special tokens can never be selected.
+  ``min(max_predictions, max(1, round(num_candidates * probability)))`` tokens per row, filled
+  by whole units in a random order, skipping a unit that would overshoot. BERT counts CLS/SEP
+  in the length; here only candidates count, since special tokens can never be selected.
+  ``max_predictions`` is BERT's ``max_predictions_per_seq`` (20 at 128 tokens, where it rarely
+  binds; BERT sized its fixed prediction arrays with it); None means no cap.
 
 Special tokens are never selected and never drawn as random replacements (fairseq gives them
 zero weight; HF excludes them from selection). With ``word_starts`` the unit is a whole word:
@@ -39,6 +41,7 @@ def mask_tokens(
     random_replace_prob: float = 0.1,
     exact_count: bool = False,
     word_starts: torch.Tensor | None = None,
+    max_predictions: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(inputs, labels)`` for ``tokens`` ``(B, T)``.
 
@@ -53,6 +56,7 @@ def mask_tokens(
             token and by a random token (the rest keep their token).
         exact_count: BERT's exact count per row instead of independent Bernoulli draws.
         word_starts: ``(B, T)`` bool, True where a token starts a word (whole-word masking).
+        max_predictions: with ``exact_count``, at most this many selected tokens per row.
     """
     if not 0.0 <= probability <= 1.0 or mask_replace_prob + random_replace_prob > 1.0:
         raise ValueError("MLM probabilities must be in [0, 1] and replacements sum to <= 1")
@@ -60,7 +64,7 @@ def mask_tokens(
     candidates = ~torch.isin(tokens, special)  # (B, T)
     units = _unit_ids(candidates, word_starts)  # (B, T) unit index, -1 on specials
     if exact_count:
-        selected = _select_exact(units, candidates, probability, generator)
+        selected = _select_exact(units, candidates, probability, generator, max_predictions)
     else:
         selected = _select_bernoulli(units, probability, generator)
 
@@ -101,7 +105,11 @@ def _select_bernoulli(
 
 
 def _select_exact(
-    units: torch.Tensor, candidates: torch.Tensor, probability: float, generator: torch.Generator
+    units: torch.Tensor,
+    candidates: torch.Tensor,
+    probability: float,
+    generator: torch.Generator,
+    max_predictions: int | None = None,
 ) -> torch.Tensor:
     selected = torch.zeros_like(candidates)
     for row in range(units.shape[0]):
@@ -109,6 +117,8 @@ def _select_exact(
         if num_candidates == 0:
             continue
         target = max(1, round(num_candidates * probability))
+        if max_predictions is not None:
+            target = min(target, max_predictions)
         row_units = units[row]
         sizes = torch.bincount(row_units[row_units >= 0])
         chosen = torch.zeros(len(sizes), dtype=torch.bool)

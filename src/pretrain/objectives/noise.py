@@ -104,8 +104,18 @@ def span_corruption_lengths(
 def check_sentinels(
     raw_length: int, noise_density: float, mean_noise_span_length: float, num_sentinels: int
 ) -> None:
-    """Refuse settings that need more distinct sentinels than the tokenizer has."""
-    _, num_spans = num_noise_tokens_and_spans(raw_length, noise_density, mean_noise_span_length)
+    """Refuse settings that need more distinct sentinels than the tokenizer has, or more
+    clean stretches between noise spans than there are clean tokens."""
+    num_noise, num_spans = num_noise_tokens_and_spans(
+        raw_length, noise_density, mean_noise_span_length
+    )
+    if raw_length - num_noise < num_spans:
+        raise ValueError(
+            f"span corruption of {raw_length} tokens at noise density {noise_density} and mean "
+            f"span {mean_noise_span_length} makes {num_spans} noise spans, which need a clean "
+            f"token between each two, but only {raw_length - num_noise} tokens are clean; use "
+            "a lower density or a longer mean span"
+        )
     if num_spans > num_sentinels:
         raise ValueError(
             f"span corruption of {raw_length} tokens at noise density {noise_density} and mean "
