@@ -46,9 +46,9 @@ def sample_next(
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and top_p < 1.0:  # 1.0 keeps everything (a float cumsum might not)
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
         probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the tokens strictly more likely already reach p; the top one stays.
@@ -98,15 +98,18 @@ def generate(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     B, T0 = input_ids.shape
-    total = T0 + max_new_tokens
+    # The last new token is returned, never fed back: it takes no position.
+    positions = T0 + max(max_new_tokens - 1, 0)
     cfg = model.cfg
-    if total > cfg.max_seq_len:
+    if positions > cfg.max_seq_len:
         if model.pos_embed is not None:
             raise ValueError(
-                f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-                f"max_seq_len {cfg.max_seq_len} of a model with learned positions"
+                f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) needs {positions} positions, "
+                f"more than max_seq_len {cfg.max_seq_len} of a model with learned positions"
             )
-        log.warning("generating %d positions past max_seq_len %d (RoPE)", total, cfg.max_seq_len)
+        log.warning(
+            "generating %d positions past max_seq_len %d (RoPE)", positions, cfg.max_seq_len
+        )
 
     device = model.output_weight.device
     input_ids = input_ids.to(device)
@@ -137,7 +140,7 @@ def _decode(
     B, T0 = input_ids.shape
     if max_new_tokens == 0:
         return input_ids
-    cache = model.new_kv_cache(B, T0 + max_new_tokens)
+    cache = model.new_kv_cache(B, T0 + max_new_tokens - 1)  # the last token is not fed
     hidden = model.forward_tokens(input_ids, kv_cache=cache)  # (B, T0, d): fills the cache
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     new_tokens = []

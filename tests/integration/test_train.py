@@ -173,6 +173,16 @@ def test_a_run_started_with_relative_paths_evaluates_from_anywhere(
     assert "no checkpoint of step 7 (there are: step_2)" in capsys.readouterr().err
 
 
+def test_a_gpt2_run_shorter_than_the_sample_finishes_with_a_shorter_sample(
+    shards_dir, tokenizer_dir, tmp_path
+):
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=2, model__style="gpt2",
+                  model__max_seq_len=32, log__sample_tokens=100)  # fmt: skip
+    assert Trainer(cfg).fit()["step"] == 2
+    assert (run / "samples.txt").read_text().startswith("--- step 2 ---")
+
+
 def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):

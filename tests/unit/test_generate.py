@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -104,8 +106,13 @@ def test_one_dimensional_prompt_and_mode_restored() -> None:
 def test_learned_positions_refuse_to_run_past_max_seq_len() -> None:
     model = make_model(style="gpt2")
     with pytest.raises(ValueError, match="max_seq_len"):
-        generate(model, prompt(length=40), max_new_tokens=9)
-    assert generate(model, prompt(length=40), max_new_tokens=8, temperature=0).shape == (2, 48)
+        generate(model, prompt(length=40), max_new_tokens=10)
+    # the 9th new token is sampled from position 47 and never fed back: it fits
+    out = generate(model, prompt(length=40), max_new_tokens=9, temperature=0)
+    assert out.shape == (2, 49)
+    with torch.no_grad():  # the same tokens as one forward over the 48 positions
+        hidden = model.forward_tokens(out[:, :-1])
+    assert torch.equal(model.logits(hidden)[:, 39:].argmax(-1), out[:, 40:])
 
 
 def test_rope_generates_past_max_seq_len_consistently() -> None:
@@ -116,6 +123,25 @@ def test_rope_generates_past_max_seq_len_consistently() -> None:
     with torch.no_grad():
         hidden = model.forward_tokens(out[:, :-1], position_ids=None)
     assert torch.equal(model.logits(hidden)[:, 5:].argmax(-1), out[:, 6:])
+
+
+def test_rope_past_the_table_keeps_float32_angles_in_a_bf16_model() -> None:
+    """A model cast to bf16 rounds its frequency buffer; angles past the table are still those
+    of the exact frequencies (bf16 rounding of the result only)."""
+    rope = make_model(max_seq_len=8).rope
+    exact_cos, _ = rope.to(torch.float64)(4000, offset=0)
+    cos, _ = rope.to(torch.bfloat16)(4000, offset=0)
+    assert rope.inv_freq.dtype == torch.bfloat16
+    assert float((cos.double() - exact_cos).abs().max()) < 4e-3  # bf16: 2**-8 near 1
+
+
+def test_top_p_one_keeps_every_token() -> None:
+    """A float cumulative sum reaches 1.0 before the tail ends; top_p=1 must drop nothing."""
+    logits = 3 * torch.randn(4, 50_257, generator=torch.Generator().manual_seed(0))
+    with mock.patch("torch.multinomial", wraps=torch.multinomial) as multinomial:
+        sample_next(logits, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    probs = multinomial.call_args.args[0]
+    assert (probs > 0).all()  # no token was dropped
 
 
 def test_sample_next_support() -> None:

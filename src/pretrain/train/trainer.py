@@ -342,11 +342,14 @@ class Trainer:
         if not (self.dist.is_main or is_fsdp(self.train_module)):
             return
         eos = self.tokenizer.special.eos
+        num_tokens = self.cfg.log.sample_tokens
+        if getattr(self.model, "pos_embed", None) is not None:  # learned positions end
+            num_tokens = min(num_tokens, self.model.cfg.max_seq_len)
         with gathered(self.train_module):
             ids = generate(
                 self.model,
                 torch.tensor([eos]),  # a new document
-                self.cfg.log.sample_tokens,
+                num_tokens,
                 temperature=0.8,
                 top_k=50,
                 eos_id=eos,

@@ -92,6 +92,9 @@ class RotaryEmbedding(nn.Module):
         end = offset + seq_len
         if end <= self.max_seq_len:
             return self.cos[None, offset:end, None], self.sin[None, offset:end, None]
-        positions = torch.arange(offset, end, device=self.inv_freq.device)
-        cos, sin = rope_cos_sin(positions, self.inv_freq.float())
+        device = self.inv_freq.device
+        positions = torch.arange(offset, end, device=device)
+        # From float32 frequencies: the buffer is rounded in a model cast to bf16, and rounded
+        # frequencies drift further from the true angle at every position.
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, self.theta).to(device))
         return cos[None, :, None], sin[None, :, None]
