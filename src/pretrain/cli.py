@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     quick = commands.add_parser("quickstart", help="run the whole path on bundled text")
-    quick.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    quick.add_argument(
+        "--minutes",
+        type=float,
+        default=5.0,
+        help="minutes of training (default 5); preparing the data and evaluating come on top",
+    )
     quick.add_argument("--out", default="runs/quickstart", help="output directory")
     quick.add_argument("--workers", type=int, default=2, help="tokenizer processes")
 
