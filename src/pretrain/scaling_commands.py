@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import shlex
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -135,11 +136,38 @@ def _table(title: str, rows: list[tuple[str, Any]]) -> None:
     console.print(table)
 
 
+def _objective_count(cfg: Any, attention: str, uniform_per_token: float, tokens: float):
+    """The trainer's own count per input token (:mod:`pretrain.scaling.batch_flops`), where it
+    differs from ``6N + 12LHQT``: masked LM, encoder-decoder and XLNet objectives run part of
+    their tokens through part of the weights. Needs the tokenizer (``data.tokenizer``)."""
+    from pretrain.scaling.batch_flops import objective_flops_per_token
+    from pretrain.tokenizer import Tokenizer
+
+    if cfg.model.family == "decoder" and cfg.objective.name == "clm":
+        return {"flops_counted_as": "6N + 12LHQT per token (causal LM; the trainer's count)"}
+    tokenizer_dir = cfg.data.tokenizer
+    if attention != "palm" or not tokenizer_dir or not Path(tokenizer_dir).is_dir():
+        return {
+            "flops_counted_as": "6N + 12LHQT per token, as if every token passed every weight; "
+            "give data.tokenizer for this objective's own count (what the trainer's MFU uses)"
+        }
+    per_token = objective_flops_per_token(cfg, Tokenizer.load(tokenizer_dir))
+    return {
+        "flops_counted_as": f"{cfg.objective.name} batches per input token (the trainer's count; "
+        "the tokenizer's vocabulary)",
+        "flops_per_token_6n_12lhqt": uniform_per_token,
+        "flops_per_token": per_token,
+        "flops": per_token * tokens,
+    }
+
+
 def scaling_flops(args: argparse.Namespace) -> int:
     from pretrain.scaling.flops import PF_DAY, mfu, training_flops
 
     out: dict[str, Any] = {}
-    if args.params is not None and args.config is None and not args.set:
+    if args.params is not None and (args.config is not None or args.set):
+        raise ValueError("give the model either as --params or as --config/--set, not both")
+    if args.params is not None:
         if args.tokens is None:
             raise ValueError("--params needs --tokens (or give --config)")
         n, d = args.params, args.tokens
@@ -168,6 +196,7 @@ def scaling_flops(args: argparse.Namespace) -> int:
         )
         if args.attention != "none":
             out["flops_per_token_6n"] = training_flops(counts.matmul, 1)  # no attention term
+        out.update(_objective_count(cfg, args.attention, counts.flops_per_token, tokens))
     out["pf_days"] = out["flops"] / PF_DAY
     if args.tokens_per_second:
         peak = _peak(args)
@@ -196,7 +225,8 @@ def scaling_plan(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
         return 0
-    table = Table(title=f"plan ({args.num_gpus} x {args.gpu} at {args.mfu:.0%} MFU)")
+    device = f"{args.peak_flops:.3g} FLOP/s" if args.peak_flops else args.gpu
+    table = Table(title=f"plan ({args.num_gpus} x {device} at {args.mfu:.0%} MFU)")
     table.add_column("")
     for name in methods:
         table.add_column(name, justify="right")
@@ -260,6 +290,8 @@ def scaling_fit(args: argparse.Namespace) -> int:
     console.print(table)
     if approach2 is not None:
         console.print(f"Approach 2: N_opt ~ C^{approach2.a:.3f}, D_opt ~ C^{approach2.b:.3f}")
+    else:
+        console.print(f"Approach 2: no fit ({out['approach2']['error']})")
     return 0
 
 

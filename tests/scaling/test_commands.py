@@ -9,9 +9,16 @@ import shlex
 
 import numpy as np
 import pytest
+import torch
 
-from pretrain.cli import main
+from pretrain.cli import EXIT_BAD_INPUT, main
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.data.loader import TokenBatch
+from pretrain.objectives import build_objective
+from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.chinchilla import EPOCH
+from pretrain.scaling.counts import build_meta_model
+from pretrain.tokenizer import Tokenizer
 
 
 def _json(capsys, argv: list[str]) -> dict:
@@ -22,6 +29,29 @@ def _json(capsys, argv: list[str]) -> dict:
 def test_flops_json(capsys):
     out = _json(capsys, ["scaling", "flops", "--params", "174.6e9", "--tokens", "300e9", "--json"])
     assert out["flops"] == pytest.approx(3.14e23, rel=1e-3)  # GPT-3 175B, Table D.1
+
+
+def test_flops_of_an_mlm_config_is_the_trainers_count_per_input_token(capsys, tokenizer_dir):
+    """MFU from ``scaling flops`` divides by what the trainer's does: masked LM projects only
+    its selected positions onto the vocabulary, so it does fewer FLOPs than 6N + 12LHQT."""
+    argv = ["scaling", "flops", "--config", "configs/bert-mlm.yaml", "--set",
+            f"data.tokenizer={tokenizer_dir}", "--tokens-per-second", "1000",
+            "--peak-flops", "1e12", "--json"]  # fmt: skip
+    out = _json(capsys, argv)
+    assert "mlm batches" in out["flops_counted_as"]
+    assert out["flops_per_token"] < out["flops_per_token_6n_12lhqt"]
+    assert out["mfu"] == pytest.approx(1000 * out["flops_per_token"] / 1e12)
+    # what batch_flops gives for a batch the objective draws (masking varies: 2%)
+    cfg = load_config(ExperimentConfig, "configs/bert-mlm.yaml", [])
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    model = build_meta_model(cfg.model, tokenizer.vocab_size, cfg.train.seq_len)
+    objective = build_objective(cfg.objective, tokenizer, cfg.train.seq_len, family="encoder")
+    ids = torch.randint(tokenizer.vocab_size, (8, cfg.train.seq_len + 1))
+    zeros = torch.zeros(8, dtype=torch.long)
+    batch = objective(TokenBatch(ids, torch.zeros_like(ids), zeros, zeros), torch.Generator())
+    per_token = batch_flops(model, batch) / batch.input_ids.numel()
+    assert per_token == pytest.approx(out["flops_per_token"], rel=0.02)
+    assert main([*argv[:-1], "--params", "1e9"]) == EXIT_BAD_INPUT  # one model, not two
 
 
 def test_plan_json(capsys):

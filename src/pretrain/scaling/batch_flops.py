@@ -20,6 +20,7 @@ activations are not counted (as in PaLM's and nanoGPT's MFU).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -137,3 +138,34 @@ def _xlnet(model: nn.Module, batch: ModelBatch) -> tuple[float, float, float]:
 def step_flops(model: nn.Module, batches: list[ModelBatch], world_size: int = 1) -> float:
     """FLOPs of one optimizer step: ``batches`` (one rank's micro-batches) on every rank."""
     return world_size * sum(batch_flops(model, b) for b in batches)
+
+
+def objective_flops_per_token(cfg: Any, tokenizer: Any, num_batches: int = 4) -> float:
+    """Training FLOPs per input token of ``cfg``'s model under its objective, as the trainer
+    counts them (:func:`batch_flops` over micro-batches of random tokens): what its MFU
+    divides by. The model is built on the meta device, so no weight is allocated.
+
+    Args:
+        cfg: an :class:`~pretrain.config.ExperimentConfig`.
+        tokenizer: the run's :class:`~pretrain.tokenizer.Tokenizer` (special ids, vocabulary).
+        num_batches: micro-batches to average over (masking and spans vary per batch).
+    """
+    import torch
+
+    from pretrain.data.loader import TokenBatch
+    from pretrain.objectives import build_objective, loader_seq_len
+    from pretrain.scaling.counts import build_meta_model
+
+    seq_len, batch_size = cfg.train.seq_len, cfg.train.micro_batch_size
+    model = build_meta_model(cfg.model, tokenizer.vocab_size, seq_len)
+    objective = build_objective(cfg.objective, tokenizer, seq_len, family=cfg.model.family)
+    window = loader_seq_len(objective, seq_len) + 1
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    flops = tokens = 0.0
+    for _ in range(num_batches):
+        ids = torch.randint(tokenizer.vocab_size, (batch_size, window), generator=generator)
+        zeros = torch.zeros(batch_size, dtype=torch.long)
+        batch = objective(TokenBatch(ids, torch.zeros_like(ids), zeros, zeros), generator)
+        flops += batch_flops(model, batch)
+        tokens += batch.input_ids.numel()
+    return flops / tokens
