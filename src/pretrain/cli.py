@@ -73,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="pretrain a model from a YAML config")
     train.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply without one")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        choices=["latest", "auto"],
+        help="continue from the latest checkpoint; --resume=auto also starts a new run when "
+        "there is none yet (for restarts under torchrun --max-restarts or a job scheduler)",
+    )
 
     ev = commands.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
     ev.add_argument("--run", required=True, help="run directory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from rich.table import Table
 
@@ -110,10 +111,14 @@ def quickstart(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from pretrain.config import ExperimentConfig, load_config
+    from pretrain.train.checkpoint import list_steps
     from pretrain.train.trainer import Trainer
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
-    summary = Trainer(cfg, resume=args.resume).fit()
+    resume = args.resume == "latest" or (
+        args.resume == "auto" and bool(list_steps(Path(cfg.run.dir) / "checkpoints"))
+    )
+    summary = Trainer(cfg, resume=resume).fit()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
     table = Table(title=f"trained {cfg.model.family} ({cfg.model.size}) -> {cfg.run.dir}")

@@ -471,13 +471,25 @@ class ExperimentConfig:
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each rank, from the token batch size."""
-        per_micro = self.train.micro_batch_size * self.train.seq_len * world_size
-        if self.train.tokens_per_batch % per_micro:
-            raise ConfigError(
-                f"train.tokens_per_batch={self.train.tokens_per_batch} is not a multiple of "
-                f"train.micro_batch_size * train.seq_len * world_size = {per_micro}"
+        train = self.train
+        per_micro = train.micro_batch_size * train.seq_len * world_size
+        if train.tokens_per_batch % per_micro:
+            fits = [
+                m
+                for m in range(train.micro_batch_size, 0, -1)
+                if train.tokens_per_batch % (m * train.seq_len * world_size) == 0
+            ]
+            hint = (
+                f"set train.micro_batch_size={fits[0]}"
+                if fits
+                else f"make train.tokens_per_batch a multiple of {per_micro}"
             )
-        return self.train.tokens_per_batch // per_micro
+            raise ConfigError(
+                f"train.tokens_per_batch={train.tokens_per_batch} is not a multiple of "
+                f"train.micro_batch_size * train.seq_len * world_size = {per_micro} "
+                f"({world_size} rank{'s' if world_size > 1 else ''}): {hint}"
+            )
+        return train.tokens_per_batch // per_micro
 
     def validate(self) -> ExperimentConfig:
         """Checks that need several keys; raises :class:`ConfigError` naming them."""

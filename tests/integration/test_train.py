@@ -183,6 +183,18 @@ def test_a_gpt2_run_shorter_than_the_sample_finishes_with_a_shorter_sample(
     assert (run / "samples.txt").read_text().startswith("--- step 2 ---")
 
 
+def test_resume_auto_starts_a_new_run_then_continues_it(shards_dir, tokenizer_dir, tmp_path):
+    """One command for the first launch and every restart (torchrun --max-restarts, Slurm)."""
+    run = tmp_path / "run"
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=4)
+    assert main(["train", *args, "--resume=auto"]) == 0  # nothing to resume: a new run
+    assert list_steps(run / "checkpoints") == [4]
+    longer = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
+    assert main(["train", *longer, "--resume=auto"]) == 0  # continues from step 4
+    assert [s for s, _ in _losses(run)] == list(range(1, 9))
+    assert main(["train", *longer]) == EXIT_BAD_INPUT  # without it, an existing run is refused
+
+
 def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):

@@ -15,6 +15,7 @@ The wrapped module is the trainer's :class:`~pretrain.train.loss_module.ModelWit
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
@@ -65,8 +66,15 @@ def parallelize(
         # A model whose forward leaves some parameters out (XLNet's segment terms when no
         # token types are given) says so; DDP then looks for them after each forward.
         unused = any(getattr(m, "has_unused_parameters", False) for m in module.modules())
+        # Buffers (RoPE tables) are the same on every rank: no broadcast before each forward.
+        # PyTorch 2.13 renamed the option and warns on the old name.
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
         return DistributedDataParallel(
-            module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused
+            module, device_ids=ids, find_unused_parameters=unused, **no_sync
         )
     if cfg.strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh

@@ -108,6 +108,14 @@ class Trainer:
             self.dist: DistEnv = init_distributed(cfg.distributed, self.device)
         except ValueError as e:
             raise TrainingError(str(e)) from None
+        except RuntimeError as e:  # e.g. DistStoreError: a peer never joined
+            rank, _, world = env_world()
+            raise TrainingError(
+                f"rank {rank}: the process group of {world} ranks did not form within "
+                f"distributed.timeout_seconds={cfg.distributed.timeout_seconds:g}; check that "
+                "every rank was launched and reaches MASTER_ADDR:MASTER_PORT. Cause: "
+                f"{str(e).splitlines()[0][:300]}"
+            ) from e
         bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda"
         )
@@ -155,6 +163,9 @@ class Trainer:
             cfg.objective, self.tokenizer, cfg.train.seq_len, family=cfg.model.family
         )
         self.window_seq_len = loader_seq_len(self.objective, cfg.train.seq_len)
+        # One process per machine reads every shard through sha256; the others trust it (a
+        # mismatch stops that process, and its peers then stop at the next collective).
+        self._verify_checksums = cfg.data.verify_checksums and self.dist.local_rank == 0
         # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
         self.generator = torch.Generator().manual_seed(self._objective_seed(0))
         self.loader = TokenLoader(
@@ -165,7 +176,7 @@ class Trainer:
             seed=cfg.train.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            checksum=cfg.data.verify_checksums,
+            checksum=self._verify_checksums,
             tokenizer_hash=self.tokenizer.hash,
         )
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
@@ -403,12 +414,11 @@ class Trainer:
             self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        ce_total, num_label_tokens, task_sums = sum_over_ranks(
-            ce_sum, local_labels, per_task, batches[0].task_names
+        ce_total, num_label_tokens, task_sums, flops = sum_over_ranks(
+            ce_sum, local_labels, per_task, batches[0].task_names, step_flops(self.model, batches)
         )
         loss = ce_total / max(num_label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
-        flops = step_flops(self.model, batches, world)
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -477,7 +487,7 @@ class Trainer:
             split="val",
             shuffle=False,
             num_epochs=1,
-            checksum=cfg.data.verify_checksums,
+            checksum=self._verify_checksums,
             tokenizer_hash=self.tokenizer.hash,
         )
 
