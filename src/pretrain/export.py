@@ -39,6 +39,20 @@ def hf_tokenizer(tokenizer: Tokenizer) -> Any:
     )
 
 
+def _warn_about_prefix_attention(cfg: Any) -> None:
+    """A decoder trained with bidirectional attention over a prefix (prefix LM, UL2) exports to
+    a causal Hugging Face class: same weights, but it attends causally inside the prefix too."""
+    names = {objective.name for objective, _ in cfg.objective.components()}
+    prefixed = names & {"prefix_lm", "ul2"}
+    if cfg.model.family == "decoder" and prefixed:
+        log.warning(
+            "this decoder trained with %s, which attends bidirectionally over the prefix; the "
+            "exported model attends causally everywhere, so wherever a prefix is involved its "
+            "outputs differ from the trained model's",
+            " and ".join(sorted(prefixed)),
+        )
+
+
 def export_hf(
     run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "latest"
 ) -> Path:
@@ -53,6 +67,7 @@ def export_hf(
 
     run = load_run(run_dir, checkpoint)
     hf_model = to_hf(run.model, run.config.model.family)
+    _warn_about_prefix_attention(run.config)
     special = run.tokenizer.special
     hf_model.config.bos_token_id = special.bos
     hf_model.config.eos_token_id = special.eos

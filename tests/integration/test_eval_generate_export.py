@@ -51,6 +51,7 @@ def test_token_byte_lengths_add_up_to_the_text_bytes(shards_dir, tokenizer: Toke
 def test_eval_reports_loss_perplexity_and_bits_per_byte(llama_run, shards_dir, capsys):
     result = _json(capsys, ["eval", "--run", str(llama_run), "--json"])
     assert result["step"] == 8 and result["checkpoint"] == "step_000008"
+    assert result["objective"] == "clm"
     val_tokens = load_manifest(shards_dir)["splits"]["val"]["num_tokens"]
     assert result["tokens"] == (val_tokens - 1) // 32 * 32  # every val window, once
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
@@ -232,3 +233,17 @@ def test_a_flex_run_loads_on_cpu_with_dense_attention(llama_run, tmp_path):
             atol=0,
             rtol=0,
         )
+
+
+def test_exporting_a_prefix_lm_decoder_warns_that_hf_attends_causally(caplog):
+    from pretrain.export import _warn_about_prefix_attention
+
+    mixture = "[{name: clm, weight: 1}, {name: prefix_lm, weight: 1}]"
+    for overrides, warns in [
+        (["--objective.name=prefix_lm"], True),
+        (["--objective.name=mixture", f"--objective.mixture={mixture}"], True),
+        ([], False),
+    ]:
+        caplog.clear()
+        _warn_about_prefix_attention(load_config(ExperimentConfig, None, overrides))
+        assert ("attends causally everywhere" in caplog.text) == warns, overrides

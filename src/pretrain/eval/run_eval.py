@@ -52,6 +52,7 @@ def evaluate_run(
         max_batches,
         accuracy=objective.reports_accuracy,
     )
+    result["objective"] = objective.name
     result["checkpoint"] = run.checkpoint.name
     result["step"] = run.step
     result["data"] = str(data)

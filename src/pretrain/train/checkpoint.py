@@ -270,7 +270,7 @@ def load_checkpoint(
             log.warning("refusing checkpoint %s: %s; trying the previous one", path.name, e)
             continue
         if path != first:
-            log.warning("resuming from %s instead of %s", path.name, first.name)
+            log.warning("using %s instead of %s", path.name, first.name)
         sharded = path / SHARDED_DIR
         has_shards = any(name.startswith(SHARDED_DIR + "/") for name in state["files"])
         return Checkpoint(
