@@ -568,7 +568,8 @@ class ExperimentConfig:
                 "model.init_from takes the architecture from the checkpoint; remove "
                 + ", ".join(f"model.{k}" for k in shape_keys)
             )
-        self.grad_accum_steps()
+        # torchrun's WORLD_SIZE, so the batch is checked (and a fix suggested) for this launch
+        self.grad_accum_steps(int(os.environ.get("WORLD_SIZE", "1")))
         return self
 
     def _validate_optim(self) -> None:
