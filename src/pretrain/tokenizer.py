@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from pretrain import __version__
@@ -155,7 +155,7 @@ class Tokenizer:
         tok = cls(backend, meta={k: meta[k] for k in ("training",) if k in meta})
         if tok.added_special_tokens:
             log.warning(
-                "%s: added %d special tokens it lacked (%s ... %s), ids %d..%d",
+                "%s: added or marked %d special tokens it lacked (%s ... %s), ids %d..%d",
                 file,
                 len(tok.added_special_tokens),
                 tok.added_special_tokens[0],
@@ -167,10 +167,14 @@ class Tokenizer:
 
 
 def _ensure_special_tokens(backend: HFTokenizer) -> list[str]:
-    missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
-    if missing:
-        backend.add_special_tokens(missing)
-    return missing
+    """Add the special tokens a tokenizer lacks, and mark as special the ones it holds as
+    ordinary tokens (a foreign tokenizer.json), so that text never encodes to them and
+    decoding can skip them. Returns the tokens added or marked."""
+    special = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+    fix = [t for t in SPECIAL_TOKENS if t not in special]
+    if fix:
+        backend.add_special_tokens([AddedToken(t, special=True) for t in fix])
+    return fix
 
 
 def tokenizer_hash(backend: HFTokenizer) -> str:
@@ -221,6 +225,8 @@ def train_tokenizer(
     The training corpus is hashed as it streams by; the hash and the settings are kept in the
     tokenizer's metadata so a run can tell which data and settings made its tokenizer.
     """
+    if min_frequency < 0:
+        raise ValueError(f"--min-frequency must be >= 0, got {min_frequency}")
     smallest = NUM_BYTES + len(SPECIAL_TOKENS)
     if vocab_size < smallest:
         raise ValueError(
@@ -290,6 +296,14 @@ def train_tokenizer_from_files(
     tokenizer = train_tokenizer(texts, vocab_size, min_frequency)
     if report.num_kept == 0:
         raise ValueError(f"no documents could be read from {inputs}")
+    if tokenizer.vocab_size < vocab_size:
+        log.warning(
+            "the tokenizer has %d entries, not the %d asked for: the text has no more pairs "
+            "seen at least %d times (more text, or a lower --min-frequency, gives more)",
+            tokenizer.vocab_size,
+            vocab_size,
+            min_frequency,
+        )
     tokenizer.meta["training"]["inputs"] = list(inputs)
     tokenizer.meta["training"]["read_report"] = report.to_dict()
     return tokenizer, report
@@ -299,14 +313,19 @@ def token_byte_lengths(tokenizer: Tokenizer) -> list[int] | None:
     """UTF-8 bytes each token id stands for (0 for special tokens); None if not byte-level.
 
     In a byte-level BPE each character of a token's string is one byte (GPT-2's
-    ``bytes_to_unicode`` alphabet), so the length of the string is the byte count.
+    ``bytes_to_unicode`` alphabet), so the length of the string is the byte count. An added
+    token that is not special (whitespace runs in GPT-NeoX's tokenizer.json) is matched in the
+    raw text, so its content is the text it stands for.
     """
     spec = json.loads(tokenizer.backend.to_str())
     if (spec.get("decoder") or {}).get("type") != "ByteLevel":
         return None
-    special = {t["id"] for t in spec.get("added_tokens", [])}
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
     lengths = [0] * tokenizer.vocab_size
     for token, i in tokenizer.backend.get_vocab(with_added_tokens=False).items():
-        if i not in special:
+        if i not in added and i < len(lengths):
             lengths[i] = len(token)
+    for i, token in added.items():
+        if not token.get("special", True) and i < len(lengths):
+            lengths[i] = len(token["content"].encode("utf-8"))
     return lengths

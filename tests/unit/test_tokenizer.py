@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import pre_tokenizers, trainers
+from tokenizers import AddedToken, pre_tokenizers, trainers
 
 from pretrain.tokenizer import (
     META_FILE,
@@ -18,6 +18,7 @@ from pretrain.tokenizer import (
     SPECIAL_TOKENS,
     Tokenizer,
     build_untrained_bpe,
+    token_byte_lengths,
     train_tokenizer,
 )
 
@@ -108,8 +109,47 @@ def test_foreign_tokenizer_gets_missing_special_tokens_added_and_reported(
     assert tok.special.eos == 1  # kept its existing id
     assert len(tok.added_special_tokens) == len(SPECIAL_TOKENS) - 1
     assert tok.vocab_size == before + len(SPECIAL_TOKENS) - 1
-    assert "added 108 special tokens" in caplog.text
+    assert "added or marked 108 special tokens" in caplog.text
     assert tok.decode(tok.encode("hello there")) == "hello there"
+
+
+def test_our_special_string_held_as_an_ordinary_token_is_marked_special(tmp_path: Path):
+    """A foreign tokenizer.json with ``<|mask|>`` as a plain added token: it keeps its id but
+    becomes special, so the literal text is not encoded to it and decoding can skip it."""
+    backend = build_untrained_bpe()
+    trainer = trainers.BpeTrainer(vocab_size=300)
+    backend.train_from_iterator(["hello there, general kenobi"] * 10, trainer=trainer)
+    backend.add_tokens([AddedToken("<|mask|>", special=False)])
+    mask_id = backend.token_to_id("<|mask|>")
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert tok.special.mask == mask_id and "<|mask|>" in tok.added_special_tokens
+    assert mask_id not in tok.encode("a <|mask|> b")
+    assert tok.decode([mask_id], skip_special_tokens=True) == ""
+
+
+def test_byte_lengths_count_ordinary_added_tokens_by_their_text(tmp_path: Path):
+    """GPT-NeoX adds whitespace runs as ordinary tokens: they stand for their bytes, and bits
+    per byte must count them (only special tokens count 0)."""
+    backend = build_untrained_bpe()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(["hello there, general kenobi"] * 10, trainer=trainer)
+    backend.add_tokens([AddedToken("        ", special=False)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    lengths = token_byte_lengths(tok)
+    text = "hello        there <|mask|> é"
+    ids = tok.encode(text)
+    assert tok.backend.token_to_id("        ") in ids
+    assert sum(lengths[i] for i in ids) == len(text.encode("utf-8"))
+    assert lengths[tok.special.eos] == 0
+
+
+def test_min_frequency_must_not_be_negative():
+    with pytest.raises(ValueError, match="min-frequency must be >= 0"):
+        train_tokenizer(["hello"], 1000, min_frequency=-5)
 
 
 def test_missing_or_invalid_tokenizer_file_is_named(tmp_path: Path):
