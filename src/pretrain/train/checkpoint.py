@@ -65,7 +65,8 @@ class Checkpoint:
 
     path: Path
     step: int
-    model_state: dict[str, torch.Tensor]
+    model_state: dict[str, torch.Tensor] | None
+    """The whole weights; None when a sharded checkpoint was loaded without them."""
     optim_state: dict[str, Any]
     state: dict[str, Any]
     sharded: Path | None = None
@@ -244,9 +245,17 @@ def resolve(root: str | os.PathLike, which: str = "latest") -> Path:
 
 
 def load_checkpoint(
-    root: str | os.PathLike, which: str = "latest", map_location: str | torch.device = "cpu"
+    root: str | os.PathLike,
+    which: str = "latest",
+    map_location: str | torch.device = "cpu",
+    whole_weights: bool = True,
 ) -> Checkpoint:
-    """Load and verify a checkpoint; if ``latest`` is bad, fall back to older good ones."""
+    """Load and verify a checkpoint; if ``latest`` is bad, fall back to older good ones.
+
+    With ``whole_weights=False`` the consolidated ``model.safetensors`` of a sharded (FSDP)
+    checkpoint is verified but not read into memory: a resume reads the shards, and every rank
+    holding a copy of the whole model would need the model's size in host memory per rank.
+    """
     root = Path(root)
     if which == LATEST:
         # Newest renamed directory first: a directory only gets its final name when whole, so
@@ -260,7 +269,10 @@ def load_checkpoint(
     for path in candidates:
         try:
             state = verify_checkpoint(path)
-            model_state = load_file(str(path / MODEL_FILE), device=str(map_location))
+            has_shards = any(name.startswith(SHARDED_DIR + "/") for name in state["files"])
+            model_state = None
+            if whole_weights or not has_shards:
+                model_state = load_file(str(path / MODEL_FILE), device=str(map_location))
             optim_state = torch.load(
                 path / OPTIM_FILE, map_location=map_location, weights_only=True
             )
@@ -272,7 +284,6 @@ def load_checkpoint(
         if path != first:
             log.warning("using %s instead of %s", path.name, first.name)
         sharded = path / SHARDED_DIR
-        has_shards = any(name.startswith(SHARDED_DIR + "/") for name in state["files"])
         return Checkpoint(
             path,
             int(state["step"]),

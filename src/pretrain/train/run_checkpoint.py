@@ -91,7 +91,7 @@ def load_run_checkpoint(
 ) -> Checkpoint:
     """Load the latest good checkpoint's weights and optimizer state into the run's modules;
     returns the checkpoint for the rest of its state (RNG, loader, trainer counters)."""
-    ckpt = load_checkpoint(ckpt_dir, "latest", map_location="cpu")
+    ckpt = load_checkpoint(ckpt_dir, "latest", map_location="cpu", whole_weights=False)
     if ckpt.sharded is not None:
         # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
         load_sharded(ckpt.sharded, loss_module, optimizer)

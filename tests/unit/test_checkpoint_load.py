@@ -1,0 +1,32 @@
+"""Loading a sharded checkpoint for a resume leaves the consolidated weights on disk."""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.train.checkpoint import (
+    SHARDED_DIR,
+    begin_checkpoint,
+    finish_checkpoint,
+    load_checkpoint,
+)
+
+
+def _save(root, sharded: bool):
+    tmp = begin_checkpoint(root, 5)
+    if sharded:  # what FSDP ranks write before rank 0 finishes the directory
+        (tmp / SHARDED_DIR).mkdir()
+        (tmp / SHARDED_DIR / "__0_0.distcp").write_bytes(b"shard")
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    finish_checkpoint(root, 5, tmp, weights, {"rng": {}}, {"trainer": {}}, keep_last=2)
+
+
+def test_a_resume_reads_the_shards_not_the_whole_weights(tmp_path):
+    _save(tmp_path / "sharded", sharded=True)
+    resume = load_checkpoint(tmp_path / "sharded", whole_weights=False)
+    assert resume.model_state is None and resume.sharded == resume.path / SHARDED_DIR
+    full = load_checkpoint(tmp_path / "sharded")  # eval, export: the whole weights
+    assert torch.equal(full.model_state["w"], torch.arange(6.0).reshape(2, 3))
+    # a checkpoint without shards always brings its weights: they are what resumes
+    _save(tmp_path / "whole", sharded=False)
+    assert load_checkpoint(tmp_path / "whole", whole_weights=False).model_state is not None
