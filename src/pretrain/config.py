@@ -146,6 +146,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key!r} must be true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, str):  # "1e3": YAML 1.1 reads it as a string, not a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)

@@ -31,7 +31,7 @@ def sample_next(
     Args:
         logits: next-token logits.
         temperature: divides the logits; ``<= 0`` means argmax (deterministic).
-        top_k: keep only the k most likely tokens.
+        top_k: keep only the k most likely tokens (None or 0: all).
         top_p: keep the smallest set of most likely tokens whose probability reaches p.
         generator: source of randomness, for reproducible sampling.
 
@@ -41,9 +41,9 @@ def sample_next(
     if temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
+    if top_k:  # 0 means off, as in Hugging Face's generate
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -76,7 +76,7 @@ def generate(
         input_ids: (B, T0) prompts of equal length, or (T0,) for one prompt.
         max_new_tokens: tokens to add at most.
         temperature: sampling temperature; ``<= 0`` means greedy.
-        top_k: sample among the k most likely tokens.
+        top_k: sample among the k most likely tokens (None or 0: all).
         top_p: sample from the smallest set of tokens with cumulative probability >= p.
         eos_id: stop a row at this token; generation ends when every row has stopped, and
             stopped rows are padded with ``eos_id``.

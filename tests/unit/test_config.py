@@ -78,6 +78,13 @@ def test_saved_config_loads_back_equal(tmp_path: Path):
     assert load_config(Experiment, tmp_path / "resolved.yaml") == cfg
 
 
+def test_an_integer_written_in_exponent_form_is_an_integer():
+    cfg = load_config(Experiment, None, ["--train.max_steps=1e3"])
+    assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(Experiment, None, ["--train.max_steps=1.5e0"])
+
+
 def test_malformed_override_is_named():
     with pytest.raises(ConfigError, match="'--train.seq_len' must look like --section.key=value"):
         load_config(Experiment, None, ["--train.seq_len"])

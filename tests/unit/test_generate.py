@@ -154,3 +154,6 @@ def test_sample_next_support() -> None:
     assert sample_next(logits, temperature=0).eq(0).all()
     with pytest.raises(ValueError, match="top_p"):
         sample_next(logits, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_next(logits, top_k=-1)
+    assert set(sample_next(logits, top_k=0, generator=g).tolist()) == {0, 1, 2, 3}  # 0: off
