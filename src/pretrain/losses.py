@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pretrain.objectives.base import IGNORE_INDEX
+from pretrain.objectives.base import label_positions as find_label_positions
 
 DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048
 CUDA_VOCAB_MULTIPLE = 64  # CUDA: vocabulary columns padded to this for aligned bf16 GEMMs
@@ -208,9 +208,7 @@ def cross_entropy_sum(
     """
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (B*T, C)
     flat_labels = labels.reshape(-1)
-    rows = label_positions
-    if rows is None:
-        rows = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+    rows = label_positions if label_positions is not None else find_label_positions(labels)
     rows = rows.to(hidden.device)  # no copy when loss_groups put them there already
     h = flat_hidden.index_select(0, rows)  # (N, C) labeled rows only
     y = flat_labels.index_select(0, rows)

@@ -18,6 +18,11 @@ import torch
 IGNORE_INDEX = -100
 
 
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Indices into ``labels.reshape(-1)`` where there is a label (not ``IGNORE_INDEX``)."""
+    return torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
+
+
 def to_device(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
     """``t`` on ``device`` without making the host wait for the work queued there.
 
@@ -133,17 +138,13 @@ class ModelBatch:
         on: the loss then picks its rows without asking the device how many labels there
         are (which waits for the forward), and the copies are queued (:func:`to_device`).
         """
-
-        def positions(labels: torch.Tensor) -> torch.Tensor:
-            return torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
-
         if self.task_ids is None:
-            groups = [(self.objective, None, positions(self.labels))]
+            groups = [(self.objective, None, label_positions(self.labels))]
         else:
             groups = []
             for t in sorted(set(self.task_ids.tolist())):
                 rows = torch.nonzero(self.task_ids == t).squeeze(1)
-                groups.append((self.task_names[t], rows, positions(self.labels[rows])))
+                groups.append((self.task_names[t], rows, label_positions(self.labels[rows])))
         if device is None:
             return groups
         return [
