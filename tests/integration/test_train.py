@@ -179,7 +179,9 @@ def test_a_gpt2_run_shorter_than_the_sample_finishes_with_a_shorter_sample(
     run = tmp_path / "run"
     cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=2, model__style="gpt2",
                   model__max_seq_len=32, log__sample_tokens=100)  # fmt: skip
-    assert Trainer(cfg).fit()["step"] == 2
+    with mock.patch("pretrain.generate.generate", wraps=generate) as sampler:
+        assert Trainer(cfg).fit()["step"] == 2
+    assert sampler.call_args.args[2] == 32  # as many new tokens as 32 positions allow
     assert (run / "samples.txt").read_text().startswith("--- step 2 ---")
 
 

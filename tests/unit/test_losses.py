@@ -204,6 +204,11 @@ def test_label_positions_from_the_batch_give_the_same_loss_per_task():
     itself = list(cross_entropy_by_task(hidden, labels, found, weight, chunk_rows=3))
     for (_, _, total, count, ce), (_, _, total2, count2, ce2) in zip(given, itself, strict=True):
         assert int(count) == int(count2) and torch.equal(total, total2) and torch.equal(ce, ce2)
+    # the loss uses the positions it is given: half of them give half the count
+    halves = [(n, r, p[::2]) for n, r, p in groups]
+    half = list(cross_entropy_by_task(hidden, labels, halves, weight, chunk_rows=3))
+    for (_, _, _, count, _), (_, _, positions) in zip(half, halves, strict=True):
+        assert int(count) == len(positions)
     untracked = ModelBatch(input_ids=batch.input_ids, labels=labels, attention=batch.attention)
     [(name, rows, positions)] = untracked.loss_groups()
     assert name == "clm" and rows is None and len(positions) == int((labels >= 0).sum())
