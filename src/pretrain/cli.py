@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pretrain.data.readers import DocumentError
     from pretrain.data.shards import ShardError
     from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.interrupt import TrainingInterrupted
     from pretrain.train.trainer import TrainingError
 
     expected = (DocumentError, ShardError, CheckpointError, TrainingError, ValueError)
@@ -139,10 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
-    except KeyboardInterrupt as e:
-        if str(e):  # the trainer saved a checkpoint and says how to go on
-            message = str(e)
-        elif args.command == "train":
+    except TrainingInterrupted as e:  # the trainer saved a checkpoint and says how to go on
+        print(f"interrupted; {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if args.command == "train":
             message = "to continue from the last checkpoint, rerun the same command with --resume"
         else:
             message = "rerun the same command to continue where it stopped"

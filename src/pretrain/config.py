@@ -103,6 +103,16 @@ def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` and ``1e3`` (no dot) as strings: those become floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -146,22 +156,14 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key!r} must be true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, str):  # "1e3": YAML 1.1 reads it as a string, not a number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        value = _yaml_number(value)
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ConfigError(f"{key!r} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        value = _yaml_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key!r} must be a number, got {value!r}")
         return float(value)

@@ -125,15 +125,14 @@ def run_quickstart(out: str | Path, minutes: float = 5.0, workers: int = 2) -> d
         )
 
     step_seconds = _seconds_per_step(out)
-    budget = 60 * minutes
-    max_steps = max(1, int(0.92 * budget / step_seconds))  # leave time for the evals
+    max_steps = max(1, int(0.92 * 60 * minutes / step_seconds))  # leave time for the evals
     log.info(
         "3/4 training a tiny decoder for %.1f minutes (~%d steps of %.2f s)",
-        budget / 60,
+        minutes,
         max_steps,
         step_seconds,
     )
-    cfg = quickstart_config(out, max_steps, minutes=budget / 60)
+    cfg = quickstart_config(out, max_steps, minutes=minutes)
     summary = Trainer(cfg).fit()
 
     log.info("4/4 evaluating, sampling and plotting")

@@ -136,7 +136,9 @@ def _xlnet(model: nn.Module, batch: ModelBatch) -> tuple[float, float, float]:
 
 
 def step_flops(model: nn.Module, batches: list[ModelBatch], world_size: int = 1) -> float:
-    """FLOPs of one optimizer step: ``batches`` (one rank's micro-batches) on every rank."""
+    """FLOPs of one optimizer step whose micro-batches are ``batches``, times ``world_size``
+    when every rank runs batches like them (an estimate where ranks mask differently; the
+    trainer sums each rank's own count instead, :func:`pretrain.train.step_sums.sum_over_ranks`)."""
     return world_size * sum(batch_flops(model, b) for b in batches)
 
 

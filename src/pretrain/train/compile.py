@@ -22,14 +22,16 @@ step.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from pretrain.config import TrainConfig
 from pretrain.objectives.base import ModelBatch
 
-COMPILE_SCOPES = ("blocks", "model")
+COMPILE_SCOPES = typing.get_args(typing.get_type_hints(TrainConfig)["compile_scope"])
 
 
 def compile_for_training(

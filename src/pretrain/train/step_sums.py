@@ -40,9 +40,7 @@ def sum_over_ranks(
             torch.tensor([flops, *counts], dtype=torch.float64).to(ce_sum.device),
         ]
     )
-    if comm.active():
-        flat = comm.all_reduce_sum(flat, flat.device)
-    values = flat.tolist()
+    values = comm.all_reduce_sum(flat, flat.device).tolist()  # in one process: no exchange
     k = len(task_names)
     total, task_ces, all_flops, tokens = values[0], values[1 : k + 1], values[k + 1], values[k + 2]
     task_counts = values[k + 3 :]

@@ -64,7 +64,7 @@ class RotaryEmbedding(nn.Module):
         device = self.inv_freq.device
         # Computed in float32 whatever the buffers' dtype, so a bf16 model gets rounded
         # tables rather than tables computed from rounded frequencies.
-        inv_freq = rope_inv_freq(self.head_dim, self.theta).to(device)
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, device)
         self.inv_freq.copy_(inv_freq)
         cos, sin = rope_cos_sin(torch.arange(self.max_seq_len, device=device), inv_freq)
         self.cos.copy_(cos)
@@ -96,5 +96,5 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(offset, end, device=device)
         # From float32 frequencies: the buffer is rounded in a model cast to bf16, and rounded
         # frequencies drift further from the true angle at every position.
-        cos, sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, self.theta).to(device))
+        cos, sin = rope_cos_sin(positions, rope_inv_freq(self.head_dim, self.theta, device))
         return cos[None, :, None], sin[None, :, None]
