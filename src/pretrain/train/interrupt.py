@@ -1,14 +1,21 @@
-"""Ctrl-C during training: finish the step, write a checkpoint, then stop.
+"""Ctrl-C or SIGTERM during training: finish the step, write a checkpoint, then stop.
 
 A ``KeyboardInterrupt`` raised wherever the loop happens to be (inside the optimizer's update,
-say) leaves nothing consistent to save, so everything since the last checkpoint would be lost.
-:class:`StopOnInterrupt` turns the first SIGINT into a request the loop reads between steps;
-the trainer then saves and raises :class:`TrainingInterrupted`. A second Ctrl-C stops at once.
+say) leaves nothing consistent to save, and SIGTERM (a scheduler preempting the job: Slurm,
+Kubernetes, ``timeout``) kills the process outright, so everything since the last checkpoint
+would be lost. :class:`StopOnSignal` turns the first SIGINT or SIGTERM into a request the loop
+reads between steps; the trainer then saves and raises :class:`TrainingInterrupted`. A second
+signal stops at once.
 
-Only a single process does this. Under ``torchrun`` every rank gets the signal at a slightly
-different point of its step, and agreeing on where to stop would cost a collective every step;
-there the interrupt stops the ranks as before and ``--resume`` continues from the last
-checkpoint.
+Under ``torchrun`` every rank gets the signal at a slightly different point of its step, and
+some ranks may not get it at all. Each rank therefore votes in the all-reduce the step already
+makes for its loss sums (:func:`pretrain.train.step_sums.sum_over_ranks`), and all ranks stop
+after the same step, so the checkpoint's collectives line up (Megatron-LM's
+``--exit-signal-handler`` gathers a flag from every rank each iteration for the same reason).
+torchrun forwards the signal it gets to its workers and kills them ``--shutdown_timeout``
+seconds later (30 by default): the time left to finish the step and save. A terminal's Ctrl-C
+reaches a worker twice (from the terminal and from torchrun), so a repeat within
+:data:`REPEAT_WINDOW_SECONDS` is the same request.
 """
 
 from __future__ import annotations
@@ -16,35 +23,47 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 
 log = logging.getLogger(__name__)
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_WINDOW_SECONDS = 1.0
+
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C after saving a checkpoint; the message says how to go on."""
+    """Training stopped on a signal after saving a checkpoint; the message says how to go on."""
 
 
-class StopOnInterrupt:
-    """``with StopOnInterrupt(enabled) as stop:`` ... ``if stop.requested: ...``."""
+class StopOnSignal:
+    """``with StopOnSignal() as stop:`` ... ``if stop.requested: ...``; ``stop.signal_name``
+    is the first signal's name."""
 
     def __init__(self, enabled: bool = True) -> None:
         # Signal handlers can only be set from the main thread.
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
-        self._previous = None
+        self.signal_name = ""
+        self._first_at = 0.0
+        self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopOnInterrupt:
+    def __enter__(self) -> StopOnSignal:
         if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.requested:
+            if now - self._first_at < REPEAT_WINDOW_SECONDS:
+                return  # the same request delivered twice (terminal and torchrun)
             raise KeyboardInterrupt
-        self.requested = True
-        log.warning("interrupt: stopping after this step with a checkpoint (Ctrl-C again to stop "
-                    "now, losing what the last checkpoint does not hold)")  # fmt: skip
+        self.requested, self._first_at = True, now
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop now, "
+                    "losing what the last checkpoint does not hold)", self.signal_name)  # fmt: skip
 
     def __exit__(
         self,
@@ -52,5 +71,6 @@ class StopOnInterrupt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -55,7 +55,7 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
-from pretrain.train.interrupt import StopOnInterrupt, TrainingInterrupted
+from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
@@ -188,6 +188,8 @@ class Trainer:
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
         self._last_saved_step: int | None = None
+        self._signals = StopOnSignal()  # its handlers are set while fit() runs
+        self._deadline: float | None = None  # perf_counter() at train.max_minutes
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
@@ -264,6 +266,9 @@ class Trainer:
         """Train to ``train.max_steps`` (or ``train.max_minutes``); returns a summary."""
         try:
             summary = self._fit()
+        except TrainingInterrupted:  # saved on every rank: leave the process group cleanly
+            self.close()
+            raise
         except RuntimeError as e:
             if self.dist.world_size > 1 and comm.is_collective_failure(e):
                 # Do not leave the process group: its peers are gone; exiting is the cleanup.
@@ -280,28 +285,25 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.perf_counter() - self.state.elapsed_seconds
-        deadline = None if cfg.train.max_minutes is None else started + 60 * cfg.train.max_minutes
+        if cfg.train.max_minutes is not None:
+            self._deadline = started + 60 * cfg.train.max_minutes
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-
-        def out_of_time() -> bool:  # rank 0's clock decides, so all ranks stop at one step
-            if deadline is None or not comm.broadcast_object(time.perf_counter() >= deadline):
-                return False
-            log.info("train.max_minutes reached at step %d", self.state.step)
-            return True
-
-        stopping = out_of_time()
-        interrupt = StopOnInterrupt(enabled=self.dist.world_size == 1)
-        with progress, interrupt:
+        # Resumed after the deadline: rank 0's clock decides, so all ranks agree. During the
+        # loop each step's all-reduce carries the votes (train_step).
+        out_of_time = comm.broadcast_object(self._deadline_passed())
+        stopped_by_signal = False
+        with progress, self._signals:
             progress.start(self.state.step)
-            while self.state.step < cfg.train.max_steps and not stopping:
+            while self.state.step < cfg.train.max_steps and not out_of_time:
                 record = self.train_step()
                 window_tokens += record["step_tokens"]
                 window_flops += record["step_flops"]
                 step = self.state.step
                 self.state.elapsed_seconds = time.perf_counter() - started
-                stopping = interrupt.requested or out_of_time()
+                stopped_by_signal, out_of_time = record["stop_signal"], record["out_of_time"]
+                stopping = stopped_by_signal or out_of_time
                 if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or stopping:
                     now = time.perf_counter()
                     seconds = max(now - window_start, 1e-9)
@@ -310,21 +312,26 @@ class Trainer:
                     record = self._train_record(record, *rates)
                     self.metrics.write(record)
                     progress.update(step, record)
+                if stopped_by_signal:
+                    break
                 paused = time.perf_counter()
                 if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
                     last_val = self.evaluate_and_log()
                 if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                     self.save(last_val)
                 window_start += time.perf_counter() - paused  # tokens/s counts training only
-        final_step = self.state.step
-        if interrupt.requested and final_step < cfg.train.max_steps:  # save, then stop
-            if self._last_saved_step != final_step:
-                self.save(last_val)
-            self.metrics.close()
-            raise TrainingInterrupted(
-                f"stopped after step {final_step}, which is saved in {self.ckpt_dir}; to "
-                "continue, rerun the same command with --resume"
-            )
+            final_step = self.state.step
+            if out_of_time:
+                log.info("train.max_minutes reached at step %d", final_step)
+            if stopped_by_signal and final_step < cfg.train.max_steps:  # save, then stop
+                if self._last_saved_step != final_step:
+                    self.save(last_val)
+                self.metrics.close()
+                comm.barrier()
+                raise TrainingInterrupted(
+                    f"stopped after step {final_step}, which is saved in {self.ckpt_dir}; to "
+                    "continue, rerun the same command with --resume"
+                )
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
         if self._last_saved_step != final_step:
@@ -339,6 +346,9 @@ class Trainer:
             "skipped_steps": self.state.num_skipped_steps,
             "seconds": self.state.elapsed_seconds,
         }
+
+    def _deadline_passed(self) -> bool:
+        return self._deadline is not None and time.perf_counter() >= self._deadline
 
     def _write_plot_and_sample(self) -> None:
         """``plots/loss.png`` and ``samples.txt`` in the run directory (DESIGN.md §5)."""
@@ -414,10 +424,16 @@ class Trainer:
             self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        ce_total, num_label_tokens, task_sums, flops = sum_over_ranks(
-            ce_sum, local_labels, per_task, batches[0].task_names, step_flops(self.model, batches)
+        sums = sum_over_ranks(
+            ce_sum,
+            local_labels,
+            per_task,
+            batches[0].task_names,
+            step_flops(self.model, batches),
+            signal_vote=self._signals.requested,
+            deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
         )
-        loss = ce_total / max(num_label_tokens, 1)
+        loss = sums.ce_sum / max(sums.label_tokens, 1)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
         finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if finite:
@@ -433,9 +449,11 @@ class Trainer:
             "lr": lr,
             "grad_norm": float(grad_norm),
             "step_tokens": step_tokens,
-            "step_flops": flops,
+            "step_flops": sums.flops,
             "skipped": not finite,
-            "tasks": task_losses(task_sums),
+            "tasks": task_losses(sums.tasks),
+            "stop_signal": sums.signal_votes > 0,
+            "out_of_time": sums.deadline_votes > 0,
         }
 
     def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:

@@ -1,0 +1,76 @@
+"""A signal under torchrun (Ctrl-C, or SIGTERM from a scheduler) stops every rank after the
+same step with a checkpoint of it, also when only one rank received it; ``--resume`` then
+finishes the run as if nothing had happened."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pretrain.distributed.env import free_port
+from pretrain.train.checkpoint import list_steps
+from pretrain.train.metrics import read_metrics
+from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+    REPO,
+    STEPS,
+    _assert_same_run,
+    _env,
+    _overrides,
+    _torchrun,
+    single_run,
+)
+
+pytestmark = pytest.mark.distributed
+
+WORKER = str(REPO / "tests" / "distributed" / "signal_in_step.py")
+SIGNAL_AT = 5  # the signal is sent as step 6 begins, after step 5's checkpoint
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sender", "signal_name", "to"),
+    [
+        ("fsdp", 1, "SIGTERM", "self"),  # rank 0 hears nothing: rank 1's vote must stop it
+        ("ddp", 0, "SIGINT", "torchrun"),  # torchrun forwards it to both workers
+    ],
+)
+def test_every_rank_stops_after_one_step_saves_it_and_resume_is_exact(
+    strategy,
+    sender,
+    signal_name,
+    to,
+    single_run,  # noqa: F811 (the fixture imported above)
+    shards_dir,
+    tokenizer_dir,
+    tmp_path,
+):
+    run = tmp_path / "run"
+    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=strategy)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        WORKER,
+        str(sender),
+        str(SIGNAL_AT),
+        signal_name,
+        to,
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    # Where torchrun forwards the signal, it may reach a rank in step 6 or just after it.
+    stopped = max(r["step"] for r in read_metrics(run) if r["split"] == "train")
+    assert SIGNAL_AT < stopped < STEPS, out[-3000:]
+    if to == "self":
+        assert stopped == SIGNAL_AT + 1
+    assert out.count(f"interrupted; stopped after step {stopped}") == 2, out[-3000:]  # each rank
+    assert list_steps(run / "checkpoints") == [SIGNAL_AT, stopped]
+
+    _torchrun(["-m", "pretrain", "train"], [*args, "--resume"])
+    _assert_same_run(run, single_run)  # the same losses, gradient norms and weights

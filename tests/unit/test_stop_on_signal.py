@@ -1,0 +1,36 @@
+"""The stop request: the first SIGINT or SIGTERM asks, the same signal delivered twice at once
+(terminal and torchrun) is still one request, a later one stops at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from pretrain.train import interrupt
+from pretrain.train.interrupt import REPEAT_WINDOW_SECONDS, StopOnSignal
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_is_a_request_and_a_repeat_at_once_is_the_same_one(sig, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(interrupt.time, "monotonic", lambda: clock[0])
+    before = signal.getsignal(sig)
+    with StopOnSignal() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), sig)
+        assert stop.requested and stop.signal_name == sig.name
+        clock[0] += REPEAT_WINDOW_SECONDS / 2
+        os.kill(os.getpid(), sig)  # forwarded by torchrun right after the terminal's
+        assert stop.requested
+        clock[0] += REPEAT_WINDOW_SECONDS
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)  # asked again: stop now
+    assert signal.getsignal(sig) is before  # the handlers are given back
+
+
+def test_disabled_sets_no_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignal(enabled=False):
+        assert signal.getsignal(signal.SIGTERM) is before
