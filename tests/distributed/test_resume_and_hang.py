@@ -37,6 +37,7 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
 pytestmark = pytest.mark.distributed
 
 RECORD = str(REPO / "tests" / "distributed" / "record_samples.py")
+RECORD_HASHES = str(REPO / "tests" / "distributed" / "record_hashes.py")
 SAVED_AT = 5  # checkpoint.every_steps of _overrides: the resume point
 GLOBAL_BATCH = 8  # windows a step (train.tokens_per_batch / train.seq_len)
 
@@ -96,6 +97,35 @@ def test_saved_on_two_ranks_resumes_on_four(
             p.name for p in (run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR).iterdir()
         }
         assert {f"__{r}_0.distcp" for r in range(4)} <= shards
+
+
+def test_rank_0_alone_verifies_and_every_rank_falls_back_to_the_same_checkpoint(
+    single_run,  # noqa: F811 (the fixture imported above)
+    shards_dir,
+    tokenizer_dir,
+    tmp_path,
+):
+    """The latest checkpoint is corrupted without changing its size: rank 0 reads it through
+    sha256 and refuses it, and rank 1, which checks sizes only, resumes from the step rank 0
+    chose, so the run finishes like the uninterrupted one."""
+    run = tmp_path / "run"
+    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="ddp")
+    _torchrun(["-m", "pretrain", "train"], args)
+    bad = run / "checkpoints" / step_dir_name(STEPS) / "optim.pt"
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "hashed"
+    out.mkdir()
+    _torchrun([RECORD_HASHES, str(out)], [*args, "--resume"])
+    hashed = [json.loads((out / f"hashed_rank{r}.json").read_text()) for r in (0, 1)]
+    assert str(bad) in hashed[0]
+    assert hashed[1] == []
+    records = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # 6..10 again, once
+    assert [r["loss"] for r in records] == pytest.approx(_losses(single_run), rel=LOSS_RTOL)
+    a, b = _weights(run), _weights(single_run)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= PARAM_ATOL
 
 
 def test_a_hung_rank_stops_the_other_within_the_timeout(shards_dir, tokenizer_dir, tmp_path):

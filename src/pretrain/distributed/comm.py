@@ -12,6 +12,11 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    """This process's global rank (0 in a single process)."""
+    return dist.get_rank() if active() else 0
+
+
 def all_reduce_sum(value: torch.Tensor | float | int, device: torch.device) -> torch.Tensor:
     """Sum of ``value`` over all ranks, as a float64 tensor on ``device`` (exact for counts).
 

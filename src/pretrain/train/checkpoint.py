@@ -199,8 +199,12 @@ def _prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(root / name, ignore_errors=True)
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Return ``state.json`` of a checkpoint directory, or raise naming the bad file."""
+def verify_checkpoint(path: Path, hash_files: bool = True) -> dict[str, Any]:
+    """Return ``state.json`` of a checkpoint directory, or raise naming the bad file.
+
+    ``hash_files=False`` checks that every file is there with its size, not its sha256: for
+    ranks that load a checkpoint another rank has verified whole.
+    """
     state_path = path / STATE_FILE
     if not state_path.exists():
         raise CheckpointError(f"{state_path}: missing")
@@ -216,7 +220,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{file}: truncated ({file.stat().st_size} bytes, expected {meta['bytes']})"
             )
-        if sha256_file(file) != meta["sha256"]:
+        if hash_files and sha256_file(file) != meta["sha256"]:
             raise CheckpointError(f"{file}: sha256 does not match state.json (corrupted)")
     if not {MODEL_FILE, OPTIM_FILE} <= set(state.get("files", {})):
         raise CheckpointError(f"{state_path}: does not list {MODEL_FILE} and {OPTIM_FILE}")
@@ -249,12 +253,14 @@ def load_checkpoint(
     which: str = "latest",
     map_location: str | torch.device = "cpu",
     whole_weights: bool = True,
+    hash_files: bool = True,
 ) -> Checkpoint:
     """Load and verify a checkpoint; if ``latest`` is bad, fall back to older good ones.
 
     With ``whole_weights=False`` the consolidated ``model.safetensors`` of a sharded (FSDP)
     checkpoint is verified but not read into memory: a resume reads the shards, and every rank
     holding a copy of the whole model would need the model's size in host memory per rank.
+    ``hash_files`` as in :func:`verify_checkpoint`.
     """
     root = Path(root)
     if which == LATEST:
@@ -268,7 +274,7 @@ def load_checkpoint(
     first = candidates[0]
     for path in candidates:
         try:
-            state = verify_checkpoint(path)
+            state = verify_checkpoint(path, hash_files)
             has_shards = any(name.startswith(SHARDED_DIR + "/") for name in state["files"])
             model_state = None
             if whole_weights or not has_shards:

@@ -21,6 +21,7 @@ from pretrain.distributed.parallelize import is_fsdp
 from pretrain.train.checkpoint import (
     SHARDED_DIR,
     Checkpoint,
+    CheckpointError,
     begin_checkpoint,
     finish_checkpoint,
     full_model_state,
@@ -91,7 +92,7 @@ def load_run_checkpoint(
 ) -> Checkpoint:
     """Load the latest good checkpoint's weights and optimizer state into the run's modules;
     returns the checkpoint for the rest of its state (RNG, loader, trainer counters)."""
-    ckpt = load_checkpoint(ckpt_dir, "latest", map_location="cpu", whole_weights=False)
+    ckpt = _load_agreed_checkpoint(ckpt_dir)
     if ckpt.sharded is not None:
         # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
         load_sharded(ckpt.sharded, loss_module, optimizer)
@@ -107,4 +108,31 @@ def load_run_checkpoint(
     else:
         loss_module.model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optim_state["optimizer"])
+    return ckpt
+
+
+def _load_agreed_checkpoint(ckpt_dir: Path) -> Checkpoint:
+    """The latest good checkpoint, the same one on every rank.
+
+    Rank 0 alone reads every file through sha256 and falls back past bad checkpoints; the
+    other ranks load the step it chose, checking only that each file is there with its size.
+    Hashing on every rank would read the whole checkpoint once per rank, and ranks that judged
+    separately could resume from different steps.
+    """
+    if not comm.active():
+        return load_checkpoint(ckpt_dir, "latest", map_location="cpu", whole_weights=False)
+    ckpt, chosen = None, None
+    if comm.rank() == 0:
+        try:
+            ckpt = load_checkpoint(ckpt_dir, "latest", map_location="cpu", whole_weights=False)
+            chosen = ("step", ckpt.path.name)
+        except CheckpointError as e:
+            chosen = ("error", str(e))
+    kind, value = comm.broadcast_object(chosen)
+    if kind == "error":
+        raise CheckpointError(value)
+    if ckpt is None:
+        ckpt = load_checkpoint(
+            ckpt_dir, value, map_location="cpu", whole_weights=False, hash_files=False
+        )
     return ckpt
