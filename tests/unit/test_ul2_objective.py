@@ -71,21 +71,58 @@ def _model_length(denoiser, raw: int, family: str) -> int:
     return 2 + inputs if family == "encoder_decoder" else 2 + inputs + targets
 
 
+def _targets_length(denoiser, raw: int) -> int:
+    """A span denoiser's targets with their EOS: noise tokens, one sentinel a span, EOS."""
+    noise, spans = num_noise_tokens_and_spans(raw, denoiser.density, denoiser.mean_span)
+    return noise + spans + 1
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("seq_len", [16, 64, 200, 512])
-def test_window_is_the_longest_whose_worst_case_fits(family, preset, seq_len):
+def test_each_denoiser_takes_the_longest_window_that_fits(family, preset, seq_len):
     objective = _ul2(seq_len, family, preset)
-    raw = objective.window_length(seq_len)
-    assert max(_model_length(d, raw, family) for d in objective.denoisers) <= seq_len
-    assert max(_model_length(d, raw + 1, family) for d in objective.denoisers) > seq_len
+    denoisers = objective.denoisers
+    # The window every denoiser fits sets the decoder length of encoder-decoder models.
+    shared = min(objective.raw_lengths)
+    assert max(_model_length(d, shared, family) for d in denoisers) <= seq_len
+    assert max(_model_length(d, shared + 1, family) for d in denoisers) > seq_len
+    if family == "encoder_decoder":
+        spans = [_targets_length(d, shared) for d in denoisers if d.mean_span is not None]
+        # the prefix LM's longest targets: the window less its shortest prefix (T5's
+        # random_prefix_noise_mask, at least 1), plus EOS
+        prefix = [shared + 1 - max(round((1 - 2 * d.density) * (shared - 1)), 1)
+                  for d in denoisers if d.mean_span is None]  # fmt: skip
+        assert objective.targets_length == max(spans + prefix)
+    assert objective.window_length(seq_len) == max(objective.raw_lengths)
+    for d, raw in zip(denoisers, objective.raw_lengths, strict=True):
+        assert _model_length(d, raw, family) <= seq_len
+        if d.mean_span is None:  # the prefix LM: fixed by the input length alone
+            assert _model_length(d, raw + 1, family) > seq_len
+            continue
+        assert num_noise_tokens_and_spans(raw, d.density, d.mean_span)[1] <= len(SENTINELS)
+        longer_fits = (
+            _model_length(d, raw + 1, family) <= seq_len
+            and num_noise_tokens_and_spans(raw + 1, d.density, d.mean_span)[1] <= len(SENTINELS)
+            and (family == "decoder" or _targets_length(d, raw + 1) <= objective.targets_length)
+        )
+        assert not longer_fits, d.name
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_decoder_rows_are_filled_whatever_the_denoiser(preset):
+    """One window for all would leave the rows of every denoiser but X(3, 0.5) a fifth pad."""
+    objective = _ul2(256, "decoder", preset)
+    for seed in range(4):
+        batch = objective(_batch(objective, seed), torch.Generator().manual_seed(seed))
+        real = (batch.input_ids != PAD).sum(1)
+        assert (real >= 256 - 2).all(), (batch.task_ids, real)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_example_inverts_and_has_its_denoisers_density(family, preset):
     objective = _ul2(128, family, preset)
-    raw = objective.raw_length
     seen = set()
     for seed in range(12):
         token_batch = _batch(objective, seed)
@@ -98,10 +135,11 @@ def test_each_example_inverts_and_has_its_denoisers_density(family, preset):
             assert torch.equal(batch.decoder_input_ids[:, 1:], shifted)
             assert (batch.decoder_input_ids[:, 0] == PAD).all()
         examples = _examples(objective, batch, family)
-        for row, example in zip(token_batch.tokens, examples, strict=True):
+        for row, i, example in zip(token_batch.tokens, batch.task_ids, examples, strict=True):
             denoiser, mode, inputs, targets = example
             seen.add(denoiser.name)
-            original = row.tolist()
+            raw = objective.raw_lengths[i]
+            original = row[:raw].tolist()  # the denoiser's own window: the first raw tokens
             assert mode == MODES[denoiser.mode]
             if denoiser.mean_span is None:
                 assert inputs + targets == original
@@ -178,5 +216,5 @@ def test_settings_needing_more_sentinels_than_exist_are_refused():
     with pytest.raises(ValueError, match=r"objective\.ul2_rates: denoiser X\(3,0\.5\) makes 171"):
         _ul2(1024, "encoder_decoder")
     without = [1, 1, 0, 1, 1, 1, 1]  # X(3, 0.5) off: the rest fit in 100 sentinels
-    assert _ul2(1024, "encoder_decoder", rates=without).raw_length == 1023
+    assert _ul2(1024, "encoder_decoder", rates=without).raw_lengths[-1] == 1023  # S
     assert [d.name for d in UL2_DENOISERS][2] == "X(3,0.5)"

@@ -18,10 +18,10 @@ mode token (``[R]``, ``[X]``, ``[S]``) first (§3.1.2; U-PaLM §2.3 prepends it 
   (seqio's ``PrefixLMFeatureConverter``): bidirectional attention over the ``1 + len(inputs)``
   prefix, a loss only where the next token is a target, none on the padding.
 
-Fixed shapes: one window length serves every denoiser; it is the longest for which the
-worst-case example of every denoiser with a positive rate fits ``seq_len``
-(:func:`~.ul2_denoisers.plan_ul2`). Shorter examples are padded. Corruption moves tokens, so
-attention is not restricted to documents (as in :mod:`.span`).
+Fixed shapes, filled: each denoiser takes the longest window whose worst-case example fits
+``seq_len`` (and the decoder length), the first tokens of the loader's window, which is the
+longest of them (:func:`~.ul2_denoisers.plan_ul2`). Shorter examples are padded. Corruption
+moves tokens, so attention is not restricted to documents (as in :mod:`.span`).
 
 Per-example record: ``batch.task_ids[b]`` indexes ``batch.task_names`` (the denoiser names,
 :attr:`UL2.denoiser_names`), so the trainer reports the loss per denoiser.
@@ -75,14 +75,16 @@ class UL2:
         self.denoisers = tuple(denoisers)
         self.denoiser_names = tuple(d.name for d in denoisers)
         self.rates = torch.tensor(rates, dtype=torch.float64) / sum(rates)
-        self.raw_length = self.plan.raw_length
+        self.raw_lengths = self.plan.raw_lengths  # per denoiser
+        self.raw_length = self.plan.window_length
         self.targets_length = self.plan.targets_length
         self.mode_ids = {d.mode: mode_ids[d.mode] for d in denoisers}
         self.sentinel_ids = list(sentinel_ids)
         self.eos_id, self.pad_id, self.decoder_start_id = eos_id, pad_id, decoder_start_id
 
     def window_length(self, seq_len: int) -> int:
-        """Raw tokens per example the loader must provide (see :func:`plan_ul2`)."""
+        """Raw tokens per example the loader must provide: the longest denoiser's window
+        (see :func:`plan_ul2`)."""
         return self.raw_length
 
     def corrupt(
@@ -104,8 +106,10 @@ class UL2:
         what = f"UL2 (seq_len {self.seq_len}, {self.family})"
         tokens = noised_windows(batch.tokens, generator, self.raw_length, what)
         ids = torch.multinomial(self.rates, len(tokens), replacement=True, generator=generator)
-        denoisers = [self.denoisers[i] for i in ids.tolist()]
-        pairs = [self.corrupt(row, d, generator) for row, d in zip(tokens, denoisers, strict=True)]
+        pairs = [
+            self.corrupt(row[: self.raw_lengths[i]], self.denoisers[i], generator)
+            for row, i in zip(tokens, ids.tolist(), strict=True)
+        ]
         if self.family == "decoder":
             return self._decoder_batch(pairs, ids, tokens.dtype)
         return self._encoder_decoder_batch(pairs, ids, tokens.dtype)

@@ -19,12 +19,13 @@ Extra Compute", arXiv 2210.11399, §2.3): 50% S with the split point uniform (de
 evenly between X (32, 0.15) and X (3, 0.5) as levanter's ``ul2r.py`` lists them.
 
 Every span denoiser's counts follow from the window length alone (T5's
-``num_noise_tokens_and_spans``), so the longest inputs and targets are known in advance.
+``num_noise_tokens_and_spans``), so the longest inputs and targets are known in advance, and
+each denoiser gets the window that fills the model's input (:func:`plan_ul2`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pretrain.objectives.noise import (
@@ -124,10 +125,24 @@ def model_length(denoiser: Denoiser, raw_length: int, family: str) -> int:
 
 @dataclass(frozen=True)
 class UL2Plan:
-    """Shapes fixed for a configuration: raw tokens per example and the decoder length."""
+    """Shapes fixed for a configuration: raw tokens per example of each denoiser (the loader's
+    window is the longest of them) and the decoder length."""
 
-    raw_length: int
+    raw_lengths: tuple[int, ...]  # per denoiser, in the order given
     targets_length: int  # encoder-decoder: longest targets of the active denoisers
+
+    @property
+    def window_length(self) -> int:
+        return max(self.raw_lengths)
+
+
+def _longest(fits: Callable[[int], bool], start: int, limit: int) -> int:
+    """The longest window from ``start`` (which fits) up to ``limit`` that fits; lengths grow
+    with the window, so the first that does not fit ends the search."""
+    raw_length = start
+    while raw_length < limit and fits(raw_length + 1):
+        raw_length += 1
+    return raw_length
 
 
 def plan_ul2(
@@ -137,30 +152,53 @@ def plan_ul2(
     family: str,
     num_sentinels: int,
 ) -> UL2Plan:
-    """The longest window whose worst-case example (over denoisers with a positive rate) fits
-    ``seq_len``; refuses denoisers that then need more sentinels than exist."""
-    active = [d for d, r in zip(denoisers, rates, strict=True) if r > 0]
+    """Each denoiser's longest window whose example fits the fixed shapes; refuses denoisers
+    that need more sentinels than exist even in the window all of them fit.
+
+    The shapes: model inputs of ``seq_len`` tokens and, for encoder-decoder models, a decoder
+    of ``targets_length``: the longest targets any active denoiser makes from the longest
+    window every active denoiser fits (so the decoder is no longer than one shared window
+    would need). Within them, and within the sentinels there are, each denoiser takes its own
+    longest window: a denoiser that corrupts more (X at rate 0.5) writes more sentinels and
+    targets per raw token, and one shared window, sized for it, would leave the others' rows
+    about a fifth padding (decoder-only, uniform rates). Rows take the first
+    ``raw_lengths[i]`` tokens of the loader's window, as the multi-objective mixture does for
+    its shorter parts.
+    """
+    is_active = [r > 0 for r in rates]
+    active = [d for d, on in zip(denoisers, is_active, strict=True) if on]
     if not active:
         raise ValueError("objective.ul2_rates: at least one rate must be positive")
-
-    def fits(raw_length: int) -> bool:
-        return all(model_length(d, raw_length, family) <= seq_len for d in active)
-
-    if not fits(2):
+    if not all(model_length(d, 2, family) <= seq_len for d in active):
         raise ValueError(f"train.seq_len={seq_len} is too short for UL2 with {family} models")
-    raw_length = 2
-    while raw_length < 4 * seq_len and fits(raw_length + 1):  # lengths grow with the window
-        raw_length += 1
+    limit = 4 * seq_len
+    shared = _longest(
+        lambda n: all(model_length(d, n, family) <= seq_len for d in active), 2, limit
+    )
+    targets_length = max(example_lengths(d, shared)[1] for d in active)
+
+    def fits(d: Denoiser, raw_length: int) -> bool:  # a longer window than `shared` only
+        if model_length(d, raw_length, family) > seq_len:  # while sentinels remain, too
+            return False
+        if d.mean_span is not None:
+            if num_noise_tokens_and_spans(raw_length, d.density, d.mean_span)[1] > num_sentinels:
+                return False
+        return family != "encoder_decoder" or example_lengths(d, raw_length)[1] <= targets_length
+
+    raw_lengths = tuple(
+        _longest(lambda n, d=d: fits(d, n), shared, limit) if on else shared
+        for d, on in zip(denoisers, is_active, strict=True)
+    )
     names = [d.name for d in denoisers]
-    for d in active:
-        if d.mean_span is None:
+    for d, on, raw_length in zip(denoisers, is_active, raw_lengths, strict=True):
+        if not on or d.mean_span is None:
             continue
         _, spans = num_noise_tokens_and_spans(raw_length, d.density, d.mean_span)
         if spans > num_sentinels:
             raise ValueError(
-                f"objective.ul2_rates: denoiser {d.name} makes {spans} noise spans in the "
-                f"{raw_length}-token windows of train.seq_len={seq_len} ({family}), but the "
+                f"objective.ul2_rates: denoiser {d.name} makes {spans} noise spans in its "
+                f"{raw_length}-token windows at train.seq_len={seq_len} ({family}), but the "
                 f"tokenizer has only {num_sentinels} sentinel tokens; give it rate 0 in "
                 f"objective.ul2_rates (order {names}) or lower train.seq_len"
             )
-    return UL2Plan(raw_length, max(example_lengths(d, raw_length)[1] for d in active))
+    return UL2Plan(raw_lengths, targets_length)
