@@ -126,7 +126,7 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resume_continues_exactly(
     with mock.patch.object(Trainer, "train_step", interrupted_in_step_6):
         assert main(["train", *args]) == 130
     err = capsys.readouterr().err
-    assert "stopped after step 6" in err and "rerun the same command with --resume" in err
+    assert "stopped after step 6 on SIGINT" in err and "rerun the same command with --resume" in err
     assert list_steps(run / "checkpoints") == [4, 6]
     assert [s for s, _ in _losses(run)] == [4, 6]  # the last step is logged too
     assert main(["train", *args, "--resume"]) == 0

@@ -49,6 +49,7 @@ class StopOnSignal:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopOnSignal:
+        self.requested, self.signal_name = False, ""
         if self.enabled:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)

@@ -328,9 +328,10 @@ class Trainer:
                     self.save(last_val)
                 self.metrics.close()
                 comm.barrier()
+                cause = self._signals.signal_name or "a signal to another rank"
                 raise TrainingInterrupted(
-                    f"stopped after step {final_step}, which is saved in {self.ckpt_dir}; to "
-                    "continue, rerun the same command with --resume"
+                    f"stopped after step {final_step} on {cause}; the step is saved in "
+                    f"{self.ckpt_dir}; to continue, rerun the same command with --resume"
                 )
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
