@@ -166,3 +166,18 @@ def test_component_keys_override_the_shared_ones():
     assert (wa, wb) == (2.0, 1.0)
     assert (a.noise_density, b.noise_density) == (0.15, 0.5)
     assert a.mean_noise_span_length == b.mean_noise_span_length == 8
+
+
+def test_mixed_per_example_the_decoder_width_does_not_depend_on_the_draw():
+    """A batch that drew only the short-target part still has the longest decoder (shapes
+    stay fixed for the compiled step); mixed per batch, each batch has its part's own."""
+    span = SpanCorruption(48, SENTINELS, EOS, PAD)
+    dense = SpanCorruption(48, SENTINELS, EOS, PAD, noise_density=0.5)
+    assert span.targets_length < dense.targets_length
+    for granularity, width in (("example", dense.targets_length), ("batch", span.targets_length)):
+        mix = ObjectiveMixture(
+            [("r", span, 1.0), ("x", dense, 1e-12)], 48, PAD, granularity=granularity
+        )
+        batch = mix(_batch(mix.window_length(48), 0), torch.Generator().manual_seed(0))
+        assert batch.task_ids.tolist() == [0] * 8  # only "r" drawn
+        assert batch.labels.shape == batch.decoder_input_ids.shape == (8, width)

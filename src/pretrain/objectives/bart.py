@@ -97,6 +97,7 @@ class BARTDenoising:
             raise ValueError(f"BART needs seq_len >= 4 (BOS, two tokens, EOS), got {seq_len}")
         self.seq_len = seq_len
         self.raw_length = seq_len - 2
+        self.targets_length = seq_len  # the decoder's length: BOS, the original, EOS
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.mask_id, self.decoder_start_id = mask_id, decoder_start_id
         self.special = torch.zeros(vocab_size, dtype=torch.bool)
@@ -168,5 +169,5 @@ class BARTDenoising:
             objective=self.name,
             dtype=tokens.dtype,
             inputs_length=self.seq_len,
-            targets_length=self.seq_len,
+            targets_length=self.targets_length,
         )

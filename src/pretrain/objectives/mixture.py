@@ -66,6 +66,10 @@ class ObjectiveMixture:
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         self.seq_len, self.pad_id, self.granularity = seq_len, pad_id, granularity
         self.windows = [window_length(o, seq_len) for o in self.objectives]
+        # Encoder-decoder components fix their decoder length; mixed per example, every batch
+        # takes the longest, so shapes do not depend on which components a batch drew.
+        lengths = [getattr(o, "targets_length", None) for o in self.objectives]
+        self.decoder_length = max(lengths) if None not in lengths else None
         # Global task names: a component, or component/denoiser for UL2-like components.
         self.task_names: tuple[str, ...] = ()
         self.task_offsets = []
@@ -114,14 +118,23 @@ class ObjectiveMixture:
             task_ids[rows] = tasks
         return ModelBatch(
             input_ids=input_ids,
-            labels=_stack(parts, "labels", IGNORE_INDEX, B),
+            labels=_stack(parts, "labels", IGNORE_INDEX, B, self._decoder_width(first)),
             attention=_merge_attention(parts, B, width),
             position_ids=_merge_positions(parts, B),
-            decoder_input_ids=_stack(parts, "decoder_input_ids", self.pad_id, B),
+            decoder_input_ids=_stack(
+                parts, "decoder_input_ids", self.pad_id, B, self._decoder_width(first)
+            ),
             objective=first.objective if len(parts) == 1 else self.name,
             task_ids=task_ids,
             task_names=self.task_names,
         )
+
+    def _decoder_width(self, part: ModelBatch) -> int | None:
+        """The labels' width: the longest decoder of any component where examples mix them
+        (encoder-decoder), else the batch's own (a decoder-only model's labels)."""
+        if part.decoder_input_ids is None or self.granularity == "batch":
+            return None
+        return self.decoder_length
 
 
 def _pad_rows(tensors, parts, fill, B: int, width: int | None = None) -> torch.Tensor:
@@ -132,7 +145,7 @@ def _pad_rows(tensors, parts, fill, B: int, width: int | None = None) -> torch.T
     return out
 
 
-def _stack(parts, field: str, fill: int, B: int) -> torch.Tensor | None:
+def _stack(parts, field: str, fill: int, B: int, width: int | None = None) -> torch.Tensor | None:
     tensors = [getattr(part, field) for _, part, _ in parts]
     if all(t is None for t in tensors):
         return None
@@ -142,7 +155,7 @@ def _stack(parts, field: str, fill: int, B: int) -> torch.Tensor | None:
             f"objective.mixture: components {names} disagree on {field}; mix them with "
             "objective.mixture_granularity=batch"
         )
-    return _pad_rows(tensors, parts, fill, B)
+    return _pad_rows(tensors, parts, fill, B, width)
 
 
 def _merge_positions(parts, B: int) -> torch.Tensor | None:

@@ -99,6 +99,7 @@ class EncoderDecoderPrefixLM:
         if seq_len < 3:
             raise ValueError(f"train.seq_len must be >= 3 for the prefix LM, got {seq_len}")
         self.seq_len, self.noise_density = seq_len, noise_density
+        self.targets_length = seq_len  # the decoder's length
         self.eos_id, self.pad_id, self.decoder_start_id = eos_id, pad_id, decoder_start_id
 
     def window_length(self, seq_len: int) -> int:
@@ -123,5 +124,5 @@ class EncoderDecoderPrefixLM:
             objective=self.name,
             dtype=tokens.dtype,
             inputs_length=self.seq_len,
-            targets_length=self.seq_len,
+            targets_length=self.targets_length,
         )
