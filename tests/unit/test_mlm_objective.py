@@ -54,3 +54,35 @@ def test_mlm_on_a_decoder_is_refused_with_what_would_work():
     works = r"does not train model.family 'decoder'.*\['clm', 'prefix_lm', 'ul2'\]"
     with pytest.raises(ValueError, match=works):
         check_pairing("mlm", "decoder")
+
+
+def test_config_settings_reach_the_masking(tokenizer):
+    """Through ``build_objective``: specials are never selected nor drawn as replacements,
+    80/10/10, BERT's exact count (capped by ``mlm_max_predictions``), positions per document."""
+    from pretrain.data.loader import TokenBatch
+    from pretrain.objectives.clm import positions_within_documents
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 16, 64
+    mask_id = tokenizer.special.mask
+    for cap, per_row in ((None, 5), (3, 3)):  # 15% of the 32 ordinary tokens a row: 5
+        cfg = ObjectiveConfig(name="mlm", exact_count=True, mlm_max_predictions=cap)
+        objective = build_objective(cfg, tokenizer, T)
+        special = torch.tensor(objective.special_ids)
+        tokens = torch.randint(len(special) + 10, tokenizer.vocab_size, (B, T + 1), generator=g)
+        tokens[:, ::2] = special[torch.randint(0, len(special), (B, T // 2 + 1), generator=g)]
+        docs = (torch.arange(T + 1) >= 40).long().expand(B, -1)  # two documents a row
+        token_batch = TokenBatch(tokens, docs, torch.zeros(B, dtype=torch.long), torch.arange(B))
+        masked = kept = total = 0
+        for _ in range(50):
+            batch = objective(token_batch, g)
+            selected = batch.labels != IGNORE_INDEX
+            assert (selected.sum(1) == per_row).all()
+            assert not torch.isin(batch.labels[selected], special).any()
+            replaced = batch.input_ids[selected]
+            assert not torch.isin(replaced[replaced != mask_id], special).any()
+            masked += int((replaced == mask_id).sum())
+            kept += int((replaced == batch.labels[selected]).sum())
+            total += int(selected.sum())
+        assert abs(masked / total - 0.8) < 0.04 and abs(kept / total - 0.1) < 0.03
+        assert torch.equal(batch.position_ids, positions_within_documents(docs[:, :-1]))

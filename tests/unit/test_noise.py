@@ -9,6 +9,7 @@ from pretrain.objectives.noise import (
     check_sentinels,
     noise_span_to_unique_sentinel,
     num_noise_tokens_and_spans,
+    prefix_length_bounds,
     random_composition,
     random_spans_noise_mask,
     span_corruption_lengths,
@@ -95,5 +96,21 @@ def test_span_corruption_is_invertible_over_many_seeds():
 
 def test_too_many_spans_for_the_sentinels_is_refused():
     check_sentinels(568, 0.15, 3.0, 100)  # 28 spans: fine
+    check_sentinels(568, 0.15, 3.0, 28)  # exactly as many sentinels as spans
+    check_sentinels(4, 0.5, 1.0, 2)  # 2 spans over 2 clean tokens: one clean between
+    with pytest.raises(ValueError, match="makes 28 spans, but the tokenizer has only 27"):
+        check_sentinels(568, 0.15, 3.0, 27)
     with pytest.raises(ValueError, match="makes 128 spans, but the tokenizer has only 100"):
         check_sentinels(766, 0.5, 3.0, 100)
+
+
+def test_prefix_bounds_follow_t5s_random_prefix_noise_mask():
+    """Prefix lengths uniform on [round((1 - 2d)(L - 1)), L - 1], at least 1 (T5's
+    ``random_prefix_noise_mask``): UL2's S(0.25) on 11 tokens keeps 5 to 10 as prefix."""
+    assert prefix_length_bounds(11, 0.25) == (5, 10)
+    assert prefix_length_bounds(11, 0.5) == (1, 10)
+    assert prefix_length_bounds(2, 0.25) == (1, 1)
+
+
+def test_high_density_still_leaves_a_clean_token():
+    assert num_noise_tokens_and_spans(10, 0.97, 10.0) == (9, 1)

@@ -241,3 +241,18 @@ def test_span_walk_draws_exactly_what_the_plain_tensor_walk_draws():
         assert torch.equal(g.get_state(), after), trial
     empty = span_targets_xlnet(0, 1, torch.zeros(0, dtype=torch.bool), g)
     assert empty.shape == (0,) and empty.dtype == torch.bool
+
+
+def test_factorization_orders_are_uniform_permutations_shared_by_blocks():
+    """Every position is equally likely first; with ``perm_size`` each block of that many
+    positions takes the same permutation (XLNet's ``_local_perm``)."""
+    g = torch.Generator().manual_seed(0)
+    first = torch.zeros(8)
+    for _ in range(800):
+        order = xlnet_order(8, g)
+        assert sorted(order.tolist()) == list(range(8))
+        first[order[0]] += 1
+    assert first.min() > 60 and first.max() < 140, first  # 100 each, binomial sd ~9.4
+    blocked = xlnet_order(8, g, perm_size=4)
+    assert sorted(blocked[:4].tolist()) == [0, 1, 2, 3]
+    assert torch.equal(blocked[4:], blocked[:4] + 4)

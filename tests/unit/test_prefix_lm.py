@@ -61,3 +61,21 @@ def test_encoder_decoder_prefix_lm_sends_the_prefix_to_the_encoder(seed: int, de
         shifted = [PAD] + batch.labels[b, :-1].tolist()
         expected = [PAD if t == IGNORE_INDEX else t for t in shifted]
         assert batch.decoder_input_ids[b].tolist() == expected
+
+
+def test_decoder_prefix_lm_draws_prefixes_on_one_to_t_and_keeps_documents_apart():
+    from pretrain.objectives.clm import positions_within_documents
+    from pretrain.objectives.prefix_lm import PrefixLM
+
+    B, T = 400, 8
+    tokens = torch.randint(10, 500, (B, T + 1), generator=torch.Generator().manual_seed(0))
+    docs = (torch.arange(T + 1) >= 5).long().expand(B, -1)
+    token_batch = TokenBatch(tokens, docs, torch.zeros(B, dtype=torch.long), torch.arange(B))
+    g = torch.Generator().manual_seed(1)
+    batch = PrefixLM()(token_batch, g)
+    counts = torch.bincount(batch.attention.prefix_lengths, minlength=T + 2)
+    assert counts[0] == counts[T + 1] == 0 and (counts[1 : T + 1] > 25).all(), counts  # ~50
+    assert torch.equal(batch.attention.document_ids, docs[:, :-1])
+    assert torch.equal(batch.position_ids, positions_within_documents(docs[:, :-1]))
+    plain = PrefixLM(document_masking=False)(token_batch, g)
+    assert plain.attention.document_ids is None and plain.position_ids is None

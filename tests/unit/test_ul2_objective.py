@@ -113,10 +113,14 @@ def test_each_denoiser_takes_the_longest_window_that_fits(family, preset, seq_le
 def test_decoder_rows_are_filled_whatever_the_denoiser(preset):
     """One window for all would leave the rows of every denoiser but X(3, 0.5) a fifth pad."""
     objective = _ul2(256, "decoder", preset)
+    padded = 0
     for seed in range(4):
         batch = objective(_batch(objective, seed), torch.Generator().manual_seed(seed))
         real = (batch.input_ids != PAD).sum(1)
         assert (real >= 256 - 2).all(), (batch.task_ids, real)
+        padded += int((real < 256).sum())
+        assert not (batch.labels == PAD).any()  # no label on the padding
+    assert padded > 0  # some rows did end in padding
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -171,6 +175,7 @@ def test_decoder_form_is_a_prefix_lm_over_mode_inputs_and_targets(seed, preset):
         # the loss covers exactly the targets and their EOS, each predicted from the token before
         assert labelled == list(range(prefix - 1, prefix + len(targets)))
         assert batch.labels[b, labelled].tolist() == targets + [EOS]
+        assert not (batch.labels[b] == PAD).any()  # no label on the padding
         assert (batch.input_ids[b, prefix + len(targets) + 1 :] == PAD).all()
         assert mask[b, 0, prefix - 1] and not mask[b, prefix - 1, prefix]  # prefix / causal
 
@@ -218,3 +223,13 @@ def test_settings_needing_more_sentinels_than_exist_are_refused():
     without = [1, 1, 0, 1, 1, 1, 1]  # X(3, 0.5) off: the rest fit in 100 sentinels
     assert _ul2(1024, "encoder_decoder", rates=without).raw_lengths[-1] == 1023  # S
     assert [d.name for d in UL2_DENOISERS][2] == "X(3,0.5)"
+
+
+def test_the_presets_are_the_papers_denoisers():
+    names = [d.name for d in UL2_DENOISERS]
+    assert names == ["R(3,0.15)", "R(8,0.15)", "X(3,0.5)", "X(8,0.5)", "X(64,0.15)",
+                     "X(64,0.5)", "S(0.25)"]  # fmt: skip
+    modes = [d.mode for d in UL2_DENOISERS]
+    assert modes == ["[R]", "[R]", "[X]", "[X]", "[X]", "[X]", "[S]"]
+    denoisers, _ = resolve_preset("uniform", None, prefix_noise_density=0.5)
+    assert [d.name for d in denoisers] == names[:-1] + ["S(0.5)"]  # only S changes
