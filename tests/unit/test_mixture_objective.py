@@ -181,3 +181,17 @@ def test_mixed_per_example_the_decoder_width_does_not_depend_on_the_draw():
         batch = mix(_batch(mix.window_length(48), 0), torch.Generator().manual_seed(0))
         assert batch.task_ids.tolist() == [0] * 8  # only "r" drawn
         assert batch.labels.shape == batch.decoder_input_ids.shape == (8, width)
+
+
+def test_a_part_without_positions_gets_zero_to_t_beside_one_with_them():
+    from pretrain.objectives.clm import positions_within_documents
+
+    parts = [("clm", CausalLM(), 1.0), ("plain", PrefixLM(0.5, document_masking=False), 1.0)]
+    mix = ObjectiveMixture(parts, 32, PAD)
+    tb = _batch(33, 0, B=16, doc_len=20)
+    batch = mix(tb, torch.Generator().manual_seed(0))
+    assert set(batch.task_ids.tolist()) == {0, 1}
+    within = positions_within_documents(tb.document_ids[:, :-1])
+    for b, task in enumerate(batch.task_ids.tolist()):
+        want = within[b] if task == 0 else torch.arange(32)
+        assert torch.equal(batch.position_ids[b], want), (b, task)
