@@ -90,3 +90,27 @@ def test_exact_count_is_capped_at_max_predictions():
             _, labels = _mask(tokens, seed, exact_count=True, max_predictions=cap)
             per_row = (labels != IGNORE_INDEX).sum(1)
             assert torch.equal(per_row, uncapped.clamp(max=cap))
+
+
+def test_a_word_ends_at_a_special_token():
+    """Tokens on both sides of a special are separate words even when ``word_starts`` says the
+    later one continues a word: whole-word masking never joins them."""
+    tokens = _tokens(0)
+    word_starts = torch.zeros_like(tokens, dtype=torch.bool)  # no word starts anywhere
+    apart = 0
+    for seed in range(100):
+        _, labels = _mask(tokens, seed, word_starts=word_starts, probability=0.5)
+        selected = labels != IGNORE_INDEX
+        apart += int((selected[:, 99] != selected[:, 101]).sum())  # EOS at 100
+    assert apart > 0
+
+
+def test_exact_count_holds_with_whole_words():
+    for seed in range(10):
+        tokens = _tokens(seed)
+        g = torch.Generator().manual_seed(2000 + seed)
+        word_starts = torch.rand(tokens.shape, generator=g) < 0.6  # many one-token words
+        candidates = (~torch.isin(tokens, torch.tensor(SPECIALS))).sum(1)
+        _, labels = _mask(tokens, seed, exact_count=True, word_starts=word_starts)
+        per_row = (labels != IGNORE_INDEX).sum(1)
+        assert torch.equal(per_row, torch.round(candidates * 0.15).long())
