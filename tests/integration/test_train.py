@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -319,10 +320,29 @@ def test_nonfinite_steps_are_skipped_then_training_stops(
     assert trainer.state.consecutive_nonfinite == 0
 
     bad_calls.update(range(9, 1000))
+    trainer.cfg.train.max_nonfinite_steps = 3
+    taken = []
     with pytest.raises(TrainingError, match="non-finite for 3 steps in a row"):
-        trainer.cfg.train.max_nonfinite_steps = 3
-        for _ in range(10):
+        while len(taken) < 10:
+            taken.append(trainer.state.step)
             trainer.train_step()
+    assert len(taken) == 3  # the third bad step in a row stops, not the fourth
+
+
+def test_a_step_with_an_infinite_gradient_but_a_finite_loss_is_skipped(
+    shards_dir, tokenizer_dir, tmp_path
+):
+    trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0))
+    trainer.train_step()
+    weight = next(p for p in trainer.model.parameters() if p.dim() == 2)
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    record = trainer.train_step()
+    hook.remove()
+    assert math.isfinite(record["loss"]) and not math.isfinite(record["grad_norm"])
+    assert record["skipped"] and trainer.state.num_skipped_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert not trainer.train_step()["skipped"]
 
 
 def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys):
@@ -526,3 +546,16 @@ def test_mfu_counts_the_batches_flops_over_the_peak(
     assert len(records) == 3
     for r in records:  # mfu / (tokens/s) = FLOPs per token / peak, whatever the timing
         assert r["mfu"] / r["tokens_per_second"] == pytest.approx(per_token / peak, rel=1e-9)
+
+
+def test_schedule_settings_reach_the_logged_learning_rate(shards_dir, tokenizer_dir, tmp_path):
+    """WSD with optim.decay_fraction=0.5 and optim.min_lr_ratio=0.2 over 12 steps: warmup 2,
+    stable to step 6, then 0.2 + 0.8 (1 - sqrt((s - 6) / 6)) of the peak (0-based step s)."""
+    run = tmp_path / "run"
+    overrides = dict(optim__schedule="wsd", optim__decay_fraction=0.5, optim__min_lr_ratio=0.2)
+    Trainer(_config(shards_dir, tokenizer_dir, run, log__every_steps=1, **overrides)).fit()
+    logged = [r["lr"] for r in read_metrics(run) if r["split"] == "train"]
+    peak = 3e-3
+    want = [peak / 2, peak, peak, peak, peak, peak]
+    want += [peak * (0.2 + 0.8 * (1 - ((s - 6) / 6) ** 0.5)) for s in range(6, 12)]
+    assert logged == pytest.approx(want, rel=1e-9)

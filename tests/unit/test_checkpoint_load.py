@@ -30,3 +30,25 @@ def test_a_resume_reads_the_shards_not_the_whole_weights(tmp_path):
     # a checkpoint without shards always brings its weights: they are what resumes
     _save(tmp_path / "whole", sharded=False)
     assert load_checkpoint(tmp_path / "whole", whole_weights=False).model_state is not None
+
+
+def test_without_hashing_a_truncated_or_missing_file_is_still_refused(tmp_path):
+    """The ranks that load the step rank 0 verified check sizes only: a cut file is refused
+    with its name, while a same-size corruption passes them (rank 0's sha256 catches it)."""
+    import pytest
+
+    from pretrain.train.checkpoint import CheckpointError, verify_checkpoint
+
+    _save(tmp_path, sharded=True)
+    path = load_checkpoint(tmp_path).path
+    shard = path / SHARDED_DIR / "__0_0.distcp"
+    shard.write_bytes(b"shxrd")  # same size
+    verify_checkpoint(path, hash_files=False)
+    with pytest.raises(CheckpointError, match="sha256"):
+        verify_checkpoint(path)
+    shard.write_bytes(b"sh")
+    with pytest.raises(CheckpointError, match=r"__0_0\.distcp: truncated \(2 bytes, expected 5\)"):
+        verify_checkpoint(path, hash_files=False)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=r"__0_0\.distcp: missing"):
+        verify_checkpoint(path, hash_files=False)

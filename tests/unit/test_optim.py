@@ -78,3 +78,14 @@ def test_no_decay_on_norms_biases_and_embeddings_even_when_tied():
     opt = build_optimizer(model, lr=1e-3)
     assert isinstance(opt, torch.optim.AdamW)
     assert sum(len(g["params"]) for g in opt.param_groups) == 5  # the tied weight once
+
+
+def test_wsd_decay_fraction_and_the_warmup_bound():
+    """decay_fraction sets the cooldown's length; a cooldown longer than the run after warmup
+    starts when warmup ends (max(warmup, max_steps - decay_steps))."""
+    at = lambda s, f: lr_at(s, schedule="wsd", peak_lr=1.0, warmup_steps=2, max_steps=12,  # noqa: E731
+                            min_lr_ratio=0.2, decay_fraction=f)  # fmt: skip
+    assert at(5, 0.5) == 1.0  # decay of 6 steps starts at step 6
+    assert at(7, 0.5) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 6)))
+    assert at(2, 0.9) == 1.0  # 11 decay steps would start at 1, inside warmup: from 2 on
+    assert at(3, 0.9) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 10)))
