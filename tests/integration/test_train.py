@@ -559,3 +559,20 @@ def test_schedule_settings_reach_the_logged_learning_rate(shards_dir, tokenizer_
     want = [peak / 2, peak, peak, peak, peak, peak]
     want += [peak * (0.2 + 0.8 * (1 - ((s - 6) / 6) ** 0.5)) for s in range(6, 12)]
     assert logged == pytest.approx(want, rel=1e-9)
+
+
+def test_best_points_at_the_lowest_val_loss_and_survives_pruning(
+    shards_dir, tokenizer_dir, tmp_path
+):
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, checkpoint__keep_last=1, eval__every_steps=0)
+    trainer = Trainer(cfg)
+    for step, val_loss in ((1, 5.0), (2, 4.0), (3, 4.5), (4, None)):  # step 4: not evaluated
+        trainer.state.step = step
+        last_val = None if val_loss is None else {"step": step, "loss": val_loss}
+        trainer.save(last_val)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "best").read_text().strip() == "step_000002"
+    assert (ckpts / LATEST).read_text().strip() == "step_000004"
+    assert list_steps(ckpts) == [2, 4]  # keep_last=1, plus the best
+    assert trainer.state.best_val_loss == 4.0
