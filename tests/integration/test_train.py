@@ -207,7 +207,16 @@ def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     assert main(["train", *args, "--model.n_layers=3", "--resume"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "does not fit the configured model" in err and "model.n_layers: 2 -> 3" in err
+    assert "model.d_model" not in err  # only what changed
     assert list_steps(run / "checkpoints") == [4]  # nothing written
+    from pretrain.train.resume_settings import architecture_changes
+
+    other = _config(shards_dir, tokenizer_dir.parent, run, model__n_heads=2)
+    assert architecture_changes(run / "config.yaml", other.with_absolute_paths()) == [
+        f"data.tokenizer: {str(tokenizer_dir.resolve())!r} -> "
+        f"{str(tokenizer_dir.parent.resolve())!r}",
+        "model.n_heads: 4 -> 2",
+    ]
 
 
 def test_resume_takes_optimizer_settings_from_the_config(shards_dir, tokenizer_dir, tmp_path):
