@@ -585,3 +585,10 @@ def test_best_points_at_the_lowest_val_loss_and_survives_pruning(
     assert (ckpts / LATEST).read_text().strip() == "step_000004"
     assert list_steps(ckpts) == [2, 4]  # keep_last=1, plus the best
     assert trainer.state.best_val_loss == 4.0
+
+
+def test_the_last_step_is_logged_between_logging_intervals(shards_dir, tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=6, log__every_steps=4)
+    Trainer(cfg).fit()
+    assert [s for s, _ in _losses(run)] == [4, 6]

@@ -52,3 +52,12 @@ def test_without_hashing_a_truncated_or_missing_file_is_still_refused(tmp_path):
     shard.unlink()
     with pytest.raises(CheckpointError, match=r"__0_0\.distcp: missing"):
         verify_checkpoint(path, hash_files=False)
+
+
+def test_unfinished_and_foreign_directories_are_not_checkpoints(tmp_path):
+    from pretrain.train.checkpoint import list_steps
+
+    _save(tmp_path, sharded=False)
+    (tmp_path / "step_000007.tmp").mkdir()  # a save in progress, or killed
+    (tmp_path / "step_000008_old").mkdir()
+    assert list_steps(tmp_path) == [5]

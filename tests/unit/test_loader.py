@@ -177,3 +177,8 @@ def test_val_split_reads_once_in_order_then_stops(shards_dir: Path):
     n = (len(tokens) - 1) // SEQ_LEN
     assert sum(len(b.tokens) for b in batches) == n
     assert batches[-1].tokens[-1].tolist() == tokens[(n - 1) * SEQ_LEN : n * SEQ_LEN + 1].tolist()
+
+
+def test_a_rank_outside_the_world_is_refused(shards_dir: Path):
+    with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size=2\)"):
+        TokenLoader(shards_dir, SEQ_LEN, 1, rank=2, world_size=2)

@@ -89,3 +89,12 @@ def test_wsd_decay_fraction_and_the_warmup_bound():
     assert at(7, 0.5) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 6)))
     assert at(2, 0.9) == 1.0  # 11 decay steps would start at 1, inside warmup: from 2 on
     assert at(3, 0.9) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 10)))
+
+
+def test_frozen_parameters_are_left_out_of_the_optimizer():
+    model = _Tiny()
+    model.norm.requires_grad_(False)
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    groups = {id(p) for g in (decay, no_decay) for p in g["params"]}
+    assert id(model.norm.weight) not in groups and id(model.norm.bias) not in groups
+    assert len(groups) == 3

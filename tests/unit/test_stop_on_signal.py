@@ -34,3 +34,21 @@ def test_disabled_sets_no_handler():
     before = signal.getsignal(signal.SIGTERM)
     with StopOnSignal(enabled=False):
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_outside_the_main_thread_it_sets_nothing_and_does_not_fail():
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            with StopOnSignal() as stop:
+                assert not stop.enabled
+        except Exception as e:  # signal.signal raises ValueError off the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert errors == []
