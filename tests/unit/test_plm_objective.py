@@ -256,3 +256,20 @@ def test_factorization_orders_are_uniform_permutations_shared_by_blocks():
     blocked = xlnet_order(8, g, perm_size=4)
     assert sorted(blocked[:4].tolist()) == [0, 1, 2, 3]
     assert torch.equal(blocked[4:], blocked[:4] + 4)
+
+
+def test_the_configured_partial_k_and_perm_size_drive_the_draw():
+    """Row by row, the objective draws what span_targets_xlnet and xlnet_order draw with its
+    own partial_k and perm_size, in that order, from the one generator."""
+    B, T = 4, 64
+    obj = PermutationLM(SPECIAL, partial_k=4.0, max_span=3, perm_size=16)
+    tb = token_batch(B, T, seed=5, specials_every=9)
+    batch = obj(tb, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    tokens = tb.tokens[:, :-1]
+    for b in range(B):
+        eligible = ~torch.isin(tokens[b], torch.tensor(SPECIAL))
+        want = span_targets_xlnet(T, obj.num_predict(T), eligible, g, 4.0, 3)
+        xlnet_order(T, g, 16)
+        assert torch.equal(batch.labels[b] != IGNORE_INDEX, want), b
+    assert obj.num_predict(T) == round(T / 4.0)  # partial prediction: 1/K of the window
