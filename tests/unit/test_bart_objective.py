@@ -295,3 +295,16 @@ def test_sentence_end_table_rule():
     texts = ["Hello", ".", " world.", '!"', "?)", "\n", " Mr", "...", " end.\n", "a.b", "…", " ?"]
     expected = [False, True, True, True, True, True, False, True, True, False, True, True]
     assert sentence_end_table(texts).tolist() == expected
+
+
+def test_sentences_end_after_a_run_of_ends_and_the_tail_is_one():
+    """``. \\n`` stays with its sentence; an unterminated tail is a sentence of its own."""
+    DOT, NL = 5, 6
+    ends = torch.zeros(20, dtype=torch.bool)
+    ends[[DOT, NL]] = True
+    tokens = torch.tensor([10, 11, DOT, NL, 12, DOT, 13, 14])
+    got = [s.tolist() for s in split_sentences(tokens, ends[tokens])]
+    assert got == [[10, 11, DOT, NL], [12, DOT], [13, 14]]
+    assert [s.tolist() for s in split_sentences(tokens[:6], ends[tokens[:6]])] == [
+        [10, 11, DOT, NL], [12, DOT]
+    ]  # fmt: skip
