@@ -308,3 +308,18 @@ def test_sentences_end_after_a_run_of_ends_and_the_tail_is_one():
     assert [s.tolist() for s in split_sentences(tokens[:6], ends[tokens[:6]])] == [
         [10, 11, DOT, NL], [12, DOT]
     ]  # fmt: skip
+
+
+def test_permutation_ratio_rounds_the_sentence_count_up():
+    """fairseq shuffles ``ceil(ratio * n)`` sentences: half of 3 is 2, so the order changes
+    about half the time and at most two sentences move."""
+    DOT = 5
+    ends = torch.zeros(20, dtype=torch.bool)
+    ends[DOT] = True
+    tokens = torch.tensor([10, DOT, 11, DOT, 12, DOT])
+    g = torch.Generator().manual_seed(0)
+    moved = []
+    for _ in range(200):
+        _, order = permute_sentences(tokens, ends[tokens], 0.5, g)
+        moved.append(int((order != torch.arange(3)).sum()))
+    assert set(moved) == {0, 2} and 60 < moved.count(2) < 140
