@@ -88,3 +88,34 @@ def test_an_integer_written_in_exponent_form_is_an_integer():
 def test_malformed_override_is_named():
     with pytest.raises(ConfigError, match="'--train.seq_len' must look like --section.key=value"):
         load_config(Experiment, None, ["--train.seq_len"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--train.max_steps=0", "train.max_steps must be >= 1"),
+        ("--optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
+        ("--train.activation_memory_budget=0", r"activation_memory_budget must be in \(0, 1\]"),
+        ("--train.max_minutes=0", "train.max_minutes must be > 0"),
+        ("--optim.lr=0", "optim.lr must be > 0"),
+        ("--optim.betas=[0.9,1.0]", r"optim.betas\[1\] must be in \[0, 1\)"),
+        ("--distributed.timeout_seconds=0", "distributed.timeout_seconds must be > 0"),
+    ],
+)
+def test_experiment_values_at_their_bounds_are_refused_by_key(override, message):
+    from pretrain.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(ExperimentConfig, None, ["--data.train=[x]", override]).validate()
+
+
+def test_experiment_values_at_their_bounds_are_accepted():
+    from pretrain.config import ExperimentConfig
+
+    cfg = load_config(
+        ExperimentConfig,
+        None,
+        ["--data.train=[x]", "--optim.min_lr_ratio=0", "--optim.decay_fraction=1",
+         "--optim.warmup_steps=0", "--optim.betas=[0.0,0.0]"],
+    ).validate()  # fmt: skip
+    assert cfg.optim.min_lr_ratio == 0.0 and cfg.optim.betas == (0.0, 0.0)
