@@ -65,7 +65,9 @@ def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) ->
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # src first: the workers import this checkout's package, also from a copy of the repo
+    # whose editable install points elsewhere; the root for the tests' worker scripts.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
     env.pop("CI", None)  # optional-dependency checks are pytest's, not the workers'
     return env
 

@@ -61,3 +61,19 @@ def test_unfinished_and_foreign_directories_are_not_checkpoints(tmp_path):
     (tmp_path / "step_000007.tmp").mkdir()  # a save in progress, or killed
     (tmp_path / "step_000008_old").mkdir()
     assert list_steps(tmp_path) == [5]
+
+
+def test_a_stale_temporary_directory_does_not_block_the_save(tmp_path):
+    """A crash mid-save leaves step_N.tmp; saving step N again replaces it."""
+    stale = tmp_path / "step_000005.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    _save(tmp_path, sharded=False)
+    assert load_checkpoint(tmp_path).step == 5 and not stale.exists()
+
+
+def test_trainer_state_from_another_version_ignores_unknown_keys():
+    from pretrain.train.state import TrainState
+
+    state = TrainState.from_dict({"step": 3, "a_key_from_a_newer_version": 1})
+    assert state.step == 3

@@ -128,6 +128,10 @@ def test_state_from_other_data_or_settings_is_refused(shards_dir: Path):
         TokenLoader(shards_dir, SEQ_LEN, 2, seed=2).load_state_dict(state)
     with pytest.raises(ValueError, match="other data"):
         TokenLoader(shards_dir, SEQ_LEN + 1, 2, seed=1).load_state_dict(state)
+    blend = dict(seq_len=SEQ_LEN, micro_batch_size=2, seed=1)
+    state = TokenLoader([shards_dir] * 2, weights=[0.5, 0.5], **blend).state_dict()
+    with pytest.raises(ValueError, match="other data"):
+        TokenLoader([shards_dir] * 2, weights=[0.9, 0.1], **blend).load_state_dict(state)
 
 
 def test_blend_realizes_its_weights_within_one_percent(shards_dir: Path):
