@@ -4,19 +4,14 @@ finishes the run as if nothing had happened."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from pretrain.distributed.env import free_port
 from pretrain.train.checkpoint import list_steps
 from pretrain.train.metrics import read_metrics
 from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
     REPO,
     STEPS,
     _assert_same_run,
-    _env,
     _overrides,
     _torchrun,
     single_run,
@@ -47,21 +42,8 @@ def test_every_rank_stops_after_one_step_saves_it_and_resume_is_exact(
 ):
     run = tmp_path / "run"
     args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=strategy)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        WORKER,
-        str(sender),
-        str(SIGNAL_AT),
-        signal_name,
-        to,
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    worker = [WORKER, str(sender), str(SIGNAL_AT), signal_name, to]
+    proc = _torchrun(worker, args, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     # Where torchrun forwards the signal, it may reach a rank in step 6 or just after it.
