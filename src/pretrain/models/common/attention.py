@@ -3,6 +3,8 @@
 * Scaled dot-product attention (Vaswani et al. 2017) through
   ``torch.nn.functional.scaled_dot_product_attention``, so CPU and CUDA pick their fused
   kernels; plain causal attention takes the ``is_causal=True`` path and builds no mask.
+  Eager bf16 on CPU with short sequences takes two explicit GEMMs instead
+  (:mod:`~pretrain.models.common.explicit_attention`), faster there than the flash kernel.
 * Grouped-query attention (GQA; Ainslie et al. 2023): ``n_kv_heads`` key/value heads shared by
   groups of ``n_heads / n_kv_heads`` query heads (``n_kv_heads == 1`` is multi-query).
 * q/k RMSNorm per head before RoPE, as OLMo-2 and Qwen3 do for training stability.
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
 from pretrain.models.common.positions import apply_rotary
 from pretrain.objectives.base import AttentionSpec
 
@@ -185,6 +188,8 @@ class Attention(nn.Module):
             from pretrain.models.common import flex
 
             y = flex.attend(q, k, v, block_mask=mask, enable_gqa=KV != H)
+        elif prefers_explicit(q, k):  # bf16 on CPU: two GEMMs beat SDPA's flash kernel
+            y = explicit_attention(q, k, v, mask=mask, is_causal=is_causal)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H

@@ -1,0 +1,170 @@
+"""The explicit-GEMM attention path (bf16 on CPU) computes what SDPA computes, masks included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.models.common import explicit_attention as ea
+from pretrain.models.common.attention import attention_mask
+from pretrain.models.decoder import DecoderConfig, DecoderLM
+from pretrain.objectives.base import AttentionSpec
+
+B, H, T, HD = 2, 4, 12, 8
+
+
+def qkv(dtype: torch.dtype, kv_heads: int = H, t_keys: int = T, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, HD, generator=g, dtype=torch.float64).to(dtype)
+    k, v = (
+        torch.randn(B, kv_heads, t_keys, HD, generator=g, dtype=torch.float64).to(dtype)
+        for _ in range(2)
+    )
+    return [t.requires_grad_() for t in (q, k, v)]
+
+
+def document_mask() -> torch.Tensor:
+    docs = torch.tensor([[0] * 5 + [1] * 7, [2] * 12])
+    return attention_mask(AttentionSpec(document_ids=docs), T)  # (B, 1, T, T), causal
+
+
+def run(fn, q, k, v, **kw):
+    out = fn(q, k, v, **kw)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
+    q_grad, k_grad, v_grad = torch.autograd.grad(out, (q, k, v), grad)
+    return out, q_grad, k_grad, v_grad
+
+
+CASES = {
+    "causal": lambda: dict(is_causal=True),
+    "bidirectional": lambda: {},
+    "documents": lambda: dict(mask=document_mask()),
+    "prefix": lambda: dict(
+        mask=attention_mask(AttentionSpec(kind="prefix", prefix_lengths=torch.tensor([4, 9])), T)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kv_heads", [H, 2])
+def test_outputs_and_gradients_match_sdpa_in_fp64(case: str, kv_heads: int) -> None:
+    kw = CASES[case]()
+    q, k, v = qkv(torch.float64, kv_heads)
+    ours = run(ea.explicit_attention, q, k, v, **kw)
+    sdpa_kw = dict(kw, enable_gqa=kv_heads != H)
+    if "mask" in sdpa_kw:
+        sdpa_kw["attn_mask"] = sdpa_kw.pop("mask")
+    ref = run(F.scaled_dot_product_attention, q, k, v, **sdpa_kw)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_queries_and_keys_of_different_lengths_use_the_boolean_mask() -> None:
+    # Decoding with a KV cache: 12 new queries over 20 keys, the triangle aligned bottom-right.
+    from pretrain.models.common.attention import cached_causal_mask
+
+    q, k, v = qkv(torch.float64, t_keys=20)
+    mask = cached_causal_mask(T, 8, "cpu")
+    ours = run(ea.explicit_attention, q, k, v, mask=mask)
+    ref = run(F.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bf16_error_is_that_of_sdpa_in_bf16() -> None:
+    q, k, v = qkv(torch.bfloat16)
+    mask = document_mask()
+    exact = run(F.scaled_dot_product_attention, *(t.double() for t in (q, k, v)), attn_mask=mask)
+    ours = run(ea.explicit_attention, q, k, v, mask=mask)
+    sdpa = run(F.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    for name, e, a, b in zip(("out", "dq", "dk", "dv"), exact, ours, sdpa, strict=True):
+        assert a.dtype == torch.bfloat16, name
+        err_ours = (a.double() - e).abs().max().item()
+        err_sdpa = (b.double() - e).abs().max().item()
+        assert err_ours <= 2 * err_sdpa + 1e-2, (name, err_ours, err_sdpa)
+
+
+def test_a_masked_key_has_no_influence_and_gets_no_gradient() -> None:
+    q, k, v = qkv(torch.bfloat16)
+    out = ea.explicit_attention(q, k, v, is_causal=True)
+    # The last key is visible to the last query only: its gradients come from that row alone.
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[:, :, -1] += 5.0
+    v2[:, :, -1] -= 5.0
+    out2 = ea.explicit_attention(q, k2, v2, is_causal=True)
+    assert torch.equal(out[:, :, :-1], out2[:, :, :-1])
+    assert not torch.equal(out[:, :, -1], out2[:, :, -1])
+    # Query 0 sees key 0 only: its output sends no gradient to any later key or value.
+    k1, v1 = k.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+    first = ea.explicit_attention(q.detach(), k1, v1, is_causal=True)[:, :, 0].float().sum()
+    k_grad, v_grad = torch.autograd.grad(first, (k1, v1))
+    assert torch.count_nonzero(k_grad[:, :, 1:]) == 0
+    assert torch.count_nonzero(v_grad[:, :, 1:]) == 0
+    assert torch.count_nonzero(v_grad[:, :, 0]) > 0
+
+
+def test_dispatch_rule() -> None:
+    short = torch.zeros(1, 1, ea.MAX_KEYS, 8, dtype=torch.bfloat16)
+    long = torch.zeros(1, 1, ea.MAX_KEYS + 1, 8, dtype=torch.bfloat16)
+    assert ea.prefers_explicit(short, short)
+    assert not ea.prefers_explicit(long, long)  # long sequences: the flash kernel
+    assert not ea.prefers_explicit(short.float(), short.float())  # fp32: the flash kernel
+
+
+def test_refuses_both_a_mask_and_is_causal_and_float_masks() -> None:
+    q, k, v = qkv(torch.float32)
+    with pytest.raises(ValueError, match="not both"):
+        ea.explicit_attention(q, k, v, mask=document_mask(), is_causal=True)
+    with pytest.raises(TypeError, match="boolean"):
+        ea.explicit_attention(q, k, v, mask=torch.zeros(T, T))
+
+
+def small_decoder(**overrides) -> DecoderLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    return DecoderLM(DecoderConfig(**{**cfg, **overrides})).eval()
+
+
+def bf16_logits(model: DecoderLM, x: torch.Tensor, **kw) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model.logits(model.forward_tokens(x, **kw)).float()
+
+
+def test_decoder_in_bf16_takes_the_explicit_path_and_agrees_with_sdpa(monkeypatch) -> None:
+    model = small_decoder()
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = ea._ExplicitAttention.apply
+    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    explicit = bf16_logits(model, x)
+    assert len(calls) == 2  # one per layer
+    monkeypatch.setattr(ea, "MAX_KEYS", 0)  # every sequence too long: SDPA
+    sdpa = bf16_logits(model, x)
+    assert len(calls) == 2
+    with torch.no_grad():
+        exact = model.logits(model.forward_tokens(x))
+    assert (explicit - exact).abs().max() <= 2 * (sdpa - exact).abs().max() + 2e-2
+
+
+@pytest.mark.parametrize("t", [1, 11, 23])
+def test_decoder_in_bf16_stays_causal(t: int) -> None:
+    model = small_decoder()
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(t))
+    y = x.clone()
+    y[:, t] = (y[:, t] + 1) % 97
+    a, b = bf16_logits(model, x), bf16_logits(model, y)
+    assert torch.equal(a[:, :t], b[:, :t])
+    assert (a[:, t] - b[:, t]).abs().max() > 1e-3
+
+
+def test_decoder_in_bf16_keeps_documents_apart() -> None:
+    model = small_decoder()
+    docs = torch.tensor([[0] * 10 + [1] * 14, [5] * 24])
+    spec = AttentionSpec(document_ids=docs)
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(4))
+    y = x.clone()
+    y[0, :10] = torch.randint(0, 97, (10,), generator=torch.Generator().manual_seed(5))
+    a, b = bf16_logits(model, x, attention=spec), bf16_logits(model, y, attention=spec)
+    assert torch.equal(a[0, 10:], b[0, 10:])
+    assert torch.equal(a[1], b[1])
