@@ -54,6 +54,8 @@ import argparse
 import contextlib
 import math
 import platform
+import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -66,6 +68,7 @@ from pretrain.models.decoder.hf import to_hf
 from pretrain.models.decoder.model import DecoderLM
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.optim import build_optimizer, param_groups
+from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 
 TARGET_RATIO = 1.3
 NOISE_CORES = 0.10  # other processes busier than this during a measurement: warn
@@ -172,6 +175,11 @@ def timed_steps(
     return time.perf_counter() - t0
 
 
+def minor_page_faults() -> int:
+    """Page faults of this process so far that needed no disk (fresh pages being mapped)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def profile(
     step: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]], n: int, label: str, rows: int
 ) -> None:
@@ -211,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=int, default=0, metavar="N", help="also profile N steps per side"
     )
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument(
+        "--glibc-malloc-defaults",
+        action="store_true",
+        help="leave glibc malloc as it is (the trainer tunes it on CPU, so by default this "
+        "process does too, for both sides)",
+    )
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -251,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         f"hf attn_implementation {hf.config._attn_implementation}"
     )
     print(f"batch {B} x seq {T} = {B * T} tokens/step; mode {mode}")
+    malloc = "glibc defaults"
+    if not args.glibc_malloc_defaults and keep_freed_memory_mapped():
+        malloc = "tuned as the trainer tunes it (pretrain.train.cpu_malloc), both sides"
+    print(f"malloc: {malloc}")
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().split()[:3]}", flush=True)
 
@@ -288,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         order = ["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]
         for name in order:
+            faults = minor_page_faults()
             with meter.measure():
                 s = timed_steps(sides[name], batches, args.steps, start)
+            faults = (minor_page_faults() - faults) / args.steps
             times[name].append(s)
             print(
                 f"round {r + 1}: {name:4s} {args.steps} steps {s:.2f} s "
-                f"= {B * T * args.steps / s:,.0f} tok/s",
+                f"= {B * T * args.steps / s:,.0f} tok/s, {faults:,.0f} page faults/step",
                 flush=True,
             )
     last_loss = {name: step(batches[0]) for name, step in sides.items()}
@@ -304,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tps = {name: B * T * args.steps / min(t) for name, t in times.items()}
     ratio = tps["ours"] / tps["hf"]
+    # Each round's pair ran back to back: the median of their ratios shrugs off a slow spell
+    # of the machine that the best of each side can straddle.
+    paired = statistics.median(h / o for o, h in zip(times["ours"], times["hf"], strict=True))
+    print(f"ours / HF per round: median {paired:.2f} over {args.rounds} rounds")
     if args.compile:
         # Compile time: first step minus a measured step (plus any recompiles in warmup).
         for name in sides:

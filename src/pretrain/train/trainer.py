@@ -55,6 +55,7 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
+from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
@@ -98,6 +99,8 @@ class Trainer:
                 "or choose another --run.dir"
             )
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":
+            keep_freed_memory_mapped()  # no page faults on each step's fresh temporaries
         if cfg.model.attention_backend == "flex" and self.device.type != "cuda":
             raise TrainingError(
                 "model.attention_backend=flex trains on CUDA only (PyTorch has no "
