@@ -156,6 +156,28 @@ def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
     assert list_steps(run / "checkpoints") == [3]
 
 
+def test_max_minutes_counts_the_training_time_before_a_resume(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod, "time", mock.Mock(perf_counter=lambda: clock[0]))
+    train_step = Trainer.train_step
+
+    def ten_seconds_a_step(self):
+        clock[0] += 10.0
+        return train_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", ten_seconds_a_step)
+    run = tmp_path / "run"
+    first = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, train__max_steps=2)
+    assert Trainer(first).fit()["step"] == 2  # 20 s of the 30
+    clock[0] = 1000.0  # the process restarts later: wall time between runs does not count
+    again = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, train__max_steps=9)
+    summary = Trainer(again, resume=True).fit()
+    assert summary["step"] == 3  # 10 s more reach the 30 s
+    assert summary["seconds"] == 30.0
+
+
 def test_a_run_started_with_relative_paths_evaluates_from_anywhere(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch, capsys
 ):

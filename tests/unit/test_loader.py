@@ -186,3 +186,30 @@ def test_val_split_reads_once_in_order_then_stops(shards_dir: Path):
 def test_a_rank_outside_the_world_is_refused(shards_dir: Path):
     with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size=2\)"):
         TokenLoader(shards_dir, SEQ_LEN, 1, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("remainder", [0, 1])
+def test_window_count_is_the_most_that_fit_when_the_tokens_divide_evenly_or_not(
+    shards_dir: Path, remainder: int
+):
+    # Windows of T + 1 tokens start every T tokens: n of them need n * T + 1 tokens. With N a
+    # multiple of T that is N / T - 1 windows (the last token of a full N / T-th would be
+    # missing); with N = k * T + 1 it is k, ending exactly at the last token.
+    from pretrain.data.loader import PackedWindows
+
+    tokens, docs = _stream(shards_dir)
+    N = len(tokens)
+    seq_len = next((t for t in range(16, 5000) if N % t == remainder), None)
+    if seq_len is None:
+        pytest.skip(f"no seq_len in [16, 5000) leaves remainder {remainder} of {N} tokens")
+    _, shards = open_split(shards_dir, "train")
+    windows = PackedWindows(shards, seq_len)
+    n = windows.num_windows
+    assert n * seq_len + 1 <= N < (n + 1) * seq_len + 1
+    assert n == (N // seq_len if remainder == 1 else N // seq_len - 1)
+    out_tokens = np.empty(seq_len + 1, dtype=np.int64)
+    out_docs = np.empty(seq_len + 1, dtype=np.int64)
+    windows.read(n - 1, out_tokens, out_docs)
+    last = slice((n - 1) * seq_len, n * seq_len + 1)
+    assert out_tokens.tolist() == tokens[last].tolist()
+    assert out_docs.tolist() == docs[last].tolist()

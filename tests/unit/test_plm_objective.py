@@ -273,3 +273,24 @@ def test_the_configured_partial_k_and_perm_size_drive_the_draw():
         xlnet_order(T, g, 16)
         assert torch.equal(batch.labels[b] != IGNORE_INDEX, want), b
     assert obj.num_predict(T) == round(T / 4.0)  # partial prediction: 1/K of the window
+
+
+def test_target_mapping_keeps_its_width_when_rows_have_few_eligible_tokens():
+    # Rows of 5 and 7 non-special tokens, fewer than T // K = 10 targets: every one is
+    # predicted, and the mapping keeps M = 10 rows (the shape stays the same batch after
+    # batch), its first rows one-hot at the targets in position order, the rest zero.
+    obj = PermutationLM(SPECIAL, mask_id=MASK_ID)
+    tb = token_batch(B=2, T=64, seed=4)
+    eligible = [torch.tensor([3, 17, 18, 40, 63]), torch.tensor([0, 1, 2, 30, 31, 32, 50])]
+    tb.tokens[:, :64] = 0
+    for row, pos in enumerate(eligible):
+        tb.tokens[row, pos] = torch.arange(11, 11 + len(pos))
+    mb = obj(tb, torch.Generator().manual_seed(4))
+    assert mb.target_mapping.shape == (2, 64 // 6, 64)
+    for row, pos in enumerate(eligible):
+        n = len(pos)
+        mapping = mb.target_mapping[row]
+        assert torch.equal(torch.nonzero(mb.labels[row] != IGNORE_INDEX).squeeze(1), pos)
+        assert torch.equal(mapping[:n].argmax(1), pos)
+        assert torch.equal(mapping[:n].sum(1), torch.ones(n))
+        assert not mapping[n:].any()
