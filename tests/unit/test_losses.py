@@ -216,3 +216,25 @@ def test_label_positions_from_the_batch_give_the_same_loss_per_task():
     untracked = ModelBatch(input_ids=batch.input_ids, labels=labels, attention=batch.attention)
     [(name, rows, positions)] = untracked.loss_groups()
     assert name == "clm" and rows is None and len(positions) == int((labels >= 0).sum())
+
+
+def test_compute_dtype_projects_in_that_dtype_also_per_task():
+    # The bf16 projection is what autocast would compute (bf16 operands, fp32 softmax); it is
+    # not the fp32 result, which a compute_dtype silently ignored would give.
+    from pretrain.losses import cross_entropy_by_task
+
+    torch.manual_seed(4)
+    hidden = torch.randn(2, 24, 32)
+    weight = torch.randn(100, 32)
+    labels = torch.randint(0, 100, (2, 24))
+    logits = (hidden.bfloat16() @ weight.bfloat16().t()).float()
+    ref = F.cross_entropy(logits.view(-1, 100), labels.view(-1), reduction="sum")
+    fp32 = F.cross_entropy((hidden @ weight.t()).view(-1, 100), labels.view(-1), reduction="sum")
+    assert abs(ref - fp32) > 1e-2
+    total, _, _ = cross_entropy_sum(hidden, labels, weight, compute_dtype=torch.bfloat16)
+    torch.testing.assert_close(total, ref, rtol=1e-5, atol=0)
+    groups = [("a", torch.tensor([0]), None), ("b", torch.tensor([1]), None)]
+    per_task = list(
+        cross_entropy_by_task(hidden, labels, groups, weight, compute_dtype=torch.bfloat16)
+    )
+    torch.testing.assert_close(sum(t[2] for t in per_task), ref, rtol=1e-5, atol=0)
