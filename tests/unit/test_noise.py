@@ -114,3 +114,13 @@ def test_prefix_bounds_follow_t5s_random_prefix_noise_mask():
 
 def test_high_density_still_leaves_a_clean_token():
     assert num_noise_tokens_and_spans(10, 0.97, 10.0) == (9, 1)
+
+
+def test_a_one_token_sequence_is_counted_as_two_and_cut_back():
+    # T5's random_spans_noise_mask raises the length to 2 to avoid degeneracy, then returns
+    # the first `length` positions: one clean token.
+    assert num_noise_tokens_and_spans(1, 0.15, 3.0) == num_noise_tokens_and_spans(2, 0.15, 3.0)
+    assert num_noise_tokens_and_spans(1, 0.15, 3.0) == (1, 1)
+    for seed in range(5):
+        mask = random_spans_noise_mask(1, 0.15, torch.Generator().manual_seed(seed))
+        assert mask.tolist() == [False]

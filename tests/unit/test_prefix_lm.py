@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,3 +80,20 @@ def test_decoder_prefix_lm_draws_prefixes_on_one_to_t_and_keeps_documents_apart(
     assert torch.equal(batch.position_ids, positions_within_documents(docs[:, :-1]))
     plain = PrefixLM(document_masking=False)(token_batch, g)
     assert plain.attention.document_ids is None and plain.position_ids is None
+
+
+def test_encoder_decoder_prefix_lm_needs_three_positions_and_windows_of_its_length():
+    # seq_len 3: two raw tokens, a prefix of 1 and a suffix of 1, each with its EOS.
+    objective = EncoderDecoderPrefixLM(3, 1, 2, 2)
+    tokens = torch.tensor([[7, 8]])
+    zeros = torch.zeros_like(tokens)
+    batch = objective(TokenBatch(tokens, zeros, zeros[:, 0], zeros[:, 0]), torch.Generator())
+    assert batch.input_ids.tolist() == [[7, 1, 2]]
+    assert batch.labels.tolist() == [[8, 1, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="train.seq_len must be >= 3 for the prefix LM, got 2"):
+        EncoderDecoderPrefixLM(2, 1, 2, 2)
+    wrong = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(
+        ValueError, match=r"prefix LM \(seq_len 3\) needs windows of 2 tokens, got 3"
+    ):
+        objective(TokenBatch(wrong, wrong, wrong[:, 0], wrong[:, 0]), torch.Generator())
