@@ -323,3 +323,18 @@ def test_permutation_ratio_rounds_the_sentence_count_up():
         _, order = permute_sentences(tokens, ends[tokens], 0.5, g)
         moved.append(int((order != torch.arange(3)).sum()))
     assert set(moved) == {0, 2} and 60 < moved.count(2) < 140
+
+
+def test_rotation_starts_at_every_token_with_equal_chance():
+    # Six tokens, 600 draws: each start, the first token (no rotation) and the last included,
+    # comes up about 100 times.
+    from collections import Counter
+
+    from pretrain.objectives.bart_noise import rotate
+
+    window = torch.arange(12, 18)
+    starts = Counter(int(rotate(window, torch.Generator().manual_seed(s))[0]) for s in range(600))
+    assert set(starts) == set(range(12, 18))
+    assert all(60 <= n <= 140 for n in starts.values()), starts
+    assert rotate(torch.tensor([5]), torch.Generator()).tolist() == [5]
+    assert rotate(torch.tensor([], dtype=torch.long), torch.Generator()).tolist() == []
