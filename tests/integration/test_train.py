@@ -178,6 +178,46 @@ def test_max_minutes_counts_the_training_time_before_a_resume(
     assert summary["seconds"] == 30.0
 
 
+def test_accumulated_gradient_is_that_of_the_summed_loss_over_all_label_tokens(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    # Prefix LM: each micro-batch has its own number of label tokens (the suffixes), so the
+    # step's gradient must be d(sum of all cross-entropies / all label tokens), not the mean
+    # of per-micro-batch means.
+    import copy
+
+    from pretrain.losses import cross_entropy_sum
+
+    cfg = _config(
+        shards_dir,
+        tokenizer_dir,
+        tmp_path / "run",
+        objective__name="prefix_lm",
+        train__micro_batch_size=2,
+        train__tokens_per_batch=128,
+        optim__grad_clip=0,  # no clipping: the optimizer sees the raw gradient
+    )
+    trainer = Trainer(cfg)
+    assert trainer.grad_accum == 2
+    reference = copy.deepcopy(trainer.model)
+    taken, grads = [], {}
+    take = trainer.batches.take
+    monkeypatch.setattr(trainer.batches, "take", lambda: taken.extend(take()) or taken)
+    monkeypatch.setattr(
+        trainer.optimizer,
+        "step",
+        lambda: grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()}),
+    )
+    trainer.train_step()
+    assert len(taken) == 2 and taken[0].num_label_tokens != taken[1].num_label_tokens
+    total = sum(
+        cross_entropy_sum(reference(b), b.labels, reference.output_weight)[0] for b in taken
+    )
+    (total / sum(b.num_label_tokens for b in taken)).backward()
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_a_run_started_with_relative_paths_evaluates_from_anywhere(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch, capsys
 ):
