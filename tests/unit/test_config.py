@@ -119,3 +119,30 @@ def test_experiment_values_at_their_bounds_are_accepted():
          "--optim.warmup_steps=0", "--optim.betas=[0.0,0.0]"],
     ).validate()  # fmt: skip
     assert cfg.optim.min_lr_ratio == 0.0 and cfg.optim.betas == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "world", "expected"),
+    [
+        (1024, 1, 4),  # 1024 / (8 x 32)
+        (1024, 2, 2),  # each of 2 ranks: 1024 / (8 x 32 x 2)
+        (320, 1, "set train.micro_batch_size=5"),  # 320 = 2 x 5 x 32: the largest that fits
+        (320, 2, "set train.micro_batch_size=5"),  # 320 = 1 x 5 x 32 x 2
+        (48, 1, "make train.tokens_per_batch a multiple of 256"),  # no micro-batch fits
+        (224, 2, "make train.tokens_per_batch a multiple of 512"),  # 7 x 32 fits one rank only
+    ],
+)
+def test_gradient_accumulation_comes_from_the_token_batch_or_the_error_says_what_fits(
+    tokens, world, expected
+):
+    from pretrain.config import ExperimentConfig
+
+    overrides = ["--train.seq_len=32", "--train.micro_batch_size=8"]
+    cfg = load_config(ExperimentConfig, None, [*overrides, f"--train.tokens_per_batch={tokens}"])
+    if isinstance(expected, int):
+        assert cfg.grad_accum_steps(world) == expected
+        return
+    with pytest.raises(ConfigError) as err:
+        cfg.grad_accum_steps(world)
+    assert f"train.tokens_per_batch={tokens} is not a multiple of" in str(err.value)
+    assert str(err.value).endswith(expected)
