@@ -40,6 +40,12 @@ CASES = {
     "causal": lambda: dict(is_causal=True),
     "bidirectional": lambda: {},
     "documents": lambda: dict(mask=document_mask()),
+    "bidirectional documents": lambda: dict(
+        mask=attention_mask(
+            AttentionSpec(kind="bidirectional", document_ids=torch.tensor([[0] * 7 + [1] * 5] * 2)),
+            T,
+        )
+    ),
     "prefix": lambda: dict(
         mask=attention_mask(AttentionSpec(kind="prefix", prefix_lengths=torch.tensor([4, 9])), T)
     ),
