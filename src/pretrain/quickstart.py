@@ -26,6 +26,7 @@ from pretrain.config import ExperimentConfig, load_config
 from pretrain.data.stats import shard_stats
 from pretrain.data.tokenize import tokenize_to_shards
 from pretrain.tokenizer import train_tokenizer_from_files
+from pretrain.train.cpu_precision import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,9 @@ def bundled_corpus() -> Path:
     return Path(str(resources.files("pretrain") / "assets" / "quickstart.jsonl.gz"))
 
 
-def _cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 or AMX), about 2.5x fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def quickstart_config(out: Path, max_steps: int, minutes: float) -> ExperimentConfig:
     gpu = torch.cuda.is_available()
-    precision = "auto" if gpu or not _cpu_has_fast_bf16() else "bf16"
+    precision = "auto" if gpu or not cpu_has_native_bf16() else "bf16"
     overrides = [
         f"--train.precision={precision}",
         "--model.size=tiny",

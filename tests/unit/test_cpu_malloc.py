@@ -17,8 +17,9 @@ glibc_only = pytest.mark.skipif(
     reason="mallopt settings are glibc's",
 )
 
-# Training steps of a small decoder (forward, chunked loss, backward), counting the page
-# faults of the last six: each step allocates and frees the same activations and gradients.
+# Training steps of a small decoder (forward, chunked loss, backward), each allocating and
+# freeing the same activations and gradients: the median page faults of the last six of
+# twenty steps (tuned, the heap reaches its peak within the first dozen).
 PROBE = """
 import json, resource, sys, torch
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
@@ -33,13 +34,15 @@ x = torch.randint(0, 4096, (4, 257))
 batch = ModelBatch(input_ids=x[:, :-1], labels=x[:, 1:], attention=AttentionSpec())
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for step in range(12):
-    if step == 6:
-        start = faults()
+per_step = []
+for step in range(20):
+    start = faults()
     total, n, _ = cross_entropy_sum(model(batch), batch.labels, model.output_weight)
     (total / n).backward()
     model.zero_grad(set_to_none=True)
-print(json.dumps({"applied": applied, "faults_per_step": (faults() - start) / 6}))
+    per_step.append(faults() - start)
+last = sorted(per_step[14:])
+print(json.dumps({"applied": applied, "faults_per_step": (last[2] + last[3]) / 2}))
 """
 
 
@@ -70,9 +73,9 @@ def test_tuned_malloc_reuses_freed_memory_without_page_faults() -> None:
     default = probe("default")
     tuned = probe("tune")
     assert tuned["applied"] is True
-    # With glibc's defaults thousands of pages are mapped afresh every step (1,675 to 4,160
-    # in three runs when written); tuned, the memory freed by one step serves the next (0.3).
-    assert default["faults_per_step"] > 1000, default
+    # With glibc's defaults thousands of pages are mapped afresh every step (about 2,000 to
+    # 4,000 in runs when written); tuned, the memory freed by one step serves the next (0).
+    assert default["faults_per_step"] > 200, default
     assert tuned["faults_per_step"] < 0.1 * default["faults_per_step"], (tuned, default)
 
 

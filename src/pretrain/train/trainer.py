@@ -56,6 +56,7 @@ from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
+from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
@@ -123,6 +124,7 @@ class Trainer:
             cfg.train.precision == "auto" and self.device.type == "cuda"
         )
         self.autocast_dtype = torch.bfloat16 if bf16 else None
+        warn_if_bf16_is_emulated(self.device, self.autocast_dtype)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
         tokenizer_path = cfg.data.tokenizer
