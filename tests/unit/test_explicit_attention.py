@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pretrain.models.common import explicit_attention as ea
 from pretrain.models.common.attention import attention_mask
 from pretrain.models.decoder import DecoderConfig, DecoderLM
-from pretrain.objectives.base import AttentionSpec
+from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 B, H, T, HD = 2, 4, 12, 8
 
@@ -118,12 +118,27 @@ def test_dispatch_rule() -> None:
     assert not ea.prefers_explicit(short.float(), short.float())  # fp32: the flash kernel
 
 
-def test_refuses_both_a_mask_and_is_causal_and_float_masks() -> None:
+def test_refuses_both_a_mask_and_is_causal() -> None:
     q, k, v = qkv(torch.float32)
     with pytest.raises(ValueError, match="not both"):
         ea.explicit_attention(q, k, v, mask=document_mask(), is_causal=True)
-    with pytest.raises(TypeError, match="boolean"):
-        ea.explicit_attention(q, k, v, mask=torch.zeros(T, T))
+
+
+@pytest.mark.parametrize("bias_shape", [(1, H, T, T), (B, 1, 1, T), (B, H, T, T)])
+def test_a_learned_float_bias_gets_the_gradient_sdpa_gives_it(bias_shape) -> None:
+    # T5: no score scaling, a learned position bias (plus the padding mask) added to scores.
+    q, k, v = qkv(torch.float64)
+    g = torch.Generator().manual_seed(7)
+    bias = torch.randn(bias_shape, generator=g, dtype=torch.float64).requires_grad_()
+    grad = torch.randn(B, H, T, HD, generator=g, dtype=torch.float64)
+    ours = ea.explicit_attention(q, k, v, mask=bias, scale=1.0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    got = torch.autograd.grad(ours, (q, k, v, bias), grad)
+    want = torch.autograd.grad(ref, (q, k, v, bias), grad)
+    for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want, strict=True):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
 def small_decoder(**overrides) -> DecoderLM:
@@ -174,3 +189,44 @@ def test_decoder_in_bf16_keeps_documents_apart() -> None:
     a, b = bf16_logits(model, x, attention=spec), bf16_logits(model, y, attention=spec)
     assert torch.equal(a[0, 10:], b[0, 10:])
     assert torch.equal(a[1], b[1])
+
+
+def test_t5_in_bf16_takes_the_explicit_path_with_the_position_bias_learned(monkeypatch) -> None:
+    from pretrain.losses import cross_entropy_sum
+    from pretrain.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
+
+    torch.manual_seed(0)
+    cfg = EncoderDecoderConfig(vocab_size=97, d_model=32, d_kv=8, n_heads=4, d_ff=64, n_layers=2)
+    model = EncoderDecoderLM(cfg)
+    g = torch.Generator().manual_seed(1)
+    x, dec, labels = (torch.randint(1, 97, (2, n), generator=g) for n in (20, 9, 9))
+    x[1, 15:] = cfg.pad_id  # padding: the mask rides in the float bias
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        batch = ModelBatch(
+            input_ids=x,
+            labels=labels,
+            decoder_input_ids=dec,
+            attention=AttentionSpec("bidirectional"),
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model(batch)
+        total, count, _ = cross_entropy_sum(hidden, labels, model.output_weight)
+        (total / count).backward()
+        return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    calls = []
+    real = ea._ExplicitAttention.apply
+    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    explicit_loss, explicit_grads = step()
+    assert len(calls) == 6  # encoder self, decoder self and cross, two layers each
+    monkeypatch.setattr(ea, "MAX_KEYS", 0)
+    sdpa_loss, sdpa_grads = step()
+    assert len(calls) == 6
+    torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=2e-2, atol=0)
+    for name in ("encoder_position_bias.embed.weight", "decoder_position_bias.embed.weight"):
+        a, b = explicit_grads[name], sdpa_grads[name]
+        assert a.abs().sum() > 0, name
+        cosine = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        assert cosine > 0.99, (name, cosine)

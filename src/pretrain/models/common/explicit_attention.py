@@ -45,12 +45,15 @@ class _ExplicitAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):  # noqa: ANN001, ANN205 (autograd signature)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # (B, H, Tq, Tk)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, Tq, Tk)
+        if scale != 1.0:
+            scores.mul_(scale)
         if bias is not None:
             scores.add_(bias)  # four times faster than masked_fill_ with a boolean mask
         probs = torch.softmax(scores, dim=-1)
         ctx.save_for_backward(q, k, v, probs)
         ctx.scale = scale
+        ctx.bias_shape = None if bias is None else bias.shape
         return torch.matmul(probs, v)  # (B, H, Tq, hd)
 
     @staticmethod
@@ -59,10 +62,15 @@ class _ExplicitAttention(torch.autograd.Function):
         grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, Tq, Tk)
         grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-        grad_scores.mul_(ctx.scale)
-        grad_q = torch.matmul(grad_scores, k)
+        grad_bias = None
+        if ctx.needs_input_grad[3]:  # a learned bias (T5's positions): summed to its shape
+            grad_bias = grad_scores.sum_to_size(ctx.bias_shape)
+        grad_q = torch.matmul(grad_scores, k)  # (B, H, Tq, hd): scaled here, on fewer values
         grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
-        return grad_q, grad_k, grad_v, None, None
+        if ctx.scale != 1.0:
+            grad_q.mul_(ctx.scale)
+            grad_k.mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, grad_bias, None
 
 
 def explicit_attention(
@@ -71,35 +79,38 @@ def explicit_attention(
     v: torch.Tensor,
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """What ``F.scaled_dot_product_attention(q, k, v, mask, is_causal, enable_gqa=True)`` computes.
+    """What ``F.scaled_dot_product_attention(q, k, v, mask, is_causal, scale=scale,
+    enable_gqa=True)`` computes.
 
     Args:
         q: (B, H, Tq, hd) queries.
         k, v: (B, KV, Tk, hd) keys and values; H must be a multiple of KV (grouped-query
             heads are repeated to H here).
-        mask: boolean, broadcastable to (B, H, Tq, Tk), True where a query may see a key.
+        mask: broadcastable to (B, H, Tq, Tk): boolean, True where a query may see a key, or
+            float, added to the scores (and given its gradient when it requires one, as T5's
+            learned position bias does).
         is_causal: key j visible to query i when j <= i (SDPA's top-left alignment); only
             without ``mask``.
+        scale: factor of ``q kᵀ``; None is ``1 / sqrt(hd)``.
 
     Returns:
         (B, H, Tq, hd), in the dtype of ``q``.
 
     Raises:
         ValueError: given both a mask and ``is_causal``.
-        TypeError: given a float mask (SDPA's additive form is not taken here).
     """
     if mask is not None and is_causal:
         raise ValueError("explicit_attention takes a mask or is_causal, not both")
-    if mask is not None and mask.dtype != torch.bool:
-        raise TypeError(f"explicit_attention takes a boolean mask, got {mask.dtype}")
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril_()
-    bias = None
-    if mask is not None:  # 0 where visible, a large negative score where not
+    bias = mask
+    if mask is not None and mask.dtype == torch.bool:  # 0 where visible, very negative not
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
         bias.masked_fill_(~mask, _MASKED_SCORE)
-    return _ExplicitAttention.apply(q, k, v, bias, q.shape[-1] ** -0.5)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _ExplicitAttention.apply(q, k, v, bias, scale)

@@ -40,6 +40,7 @@ from torch import nn
 from pretrain.models.common import flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.autocast import to_autocast_dtype
+from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
@@ -178,7 +179,10 @@ class T5Attention(nn.Module):
             y = flex_attention_scores(q, k, v, bias)  # (B, H, Tq, hd)
         else:
             mask = None if bias is None else bias.to(q.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+            if prefers_explicit(q, k):  # bf16 on CPU: two GEMMs beat SDPA's kernel
+                y = explicit_attention(q, k, v, mask=mask, scale=1.0)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         y = y.transpose(1, 2).reshape(B, Tq, H * hd)  # (B, Tq, H*hd): heads side by side
         return self.o(y)
 
