@@ -23,6 +23,7 @@ import ctypes
 import logging
 import os
 import platform
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ OPT_OUT_ENV = "PRETRAIN_CPU_MALLOC"
 _applied = False
 
 
-def user_chose_allocator(environ: os._Environ | dict[str, str] = os.environ) -> str | None:
+def user_chose_allocator(environ: Mapping[str, str] = os.environ) -> str | None:
     """The setting that says the user tuned or replaced malloc, or None."""
     if environ.get(OPT_OUT_ENV, "1") == "0":
         return f"{OPT_OUT_ENV}=0"

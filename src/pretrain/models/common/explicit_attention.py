@@ -1,15 +1,16 @@
-"""Attention as two explicit matrix products, for short sequences in bf16/fp16 on CPU.
+"""Attention as two explicit matrix products, for short sequences in bf16 on CPU.
 
 ``softmax(q kᵀ · scale + mask) v`` (Vaswani et al. 2017, eq. 1) with the probabilities kept
 for the backward pass, which then needs no recomputation and no mask: a masked pair has
 probability 0, so its score gradient ``p · (dp - Σ p·dp)`` is 0 too.
 
 Why beside SDPA: on CPU, PyTorch's flash-attention kernel for bf16 is slower than the two
-bf16 GEMMs this does, for sequences up to about a thousand keys (2 threads, 4 heads of 64,
-forward + backward: T 256, 16.7 ms against 9.1 ms; T 512, 27.4 against 16.5; T 1024, 31.8
-against 29.7; in fp32 the flash kernel wins from T 256 on; see ``docs/benchmarks.md``). It
-stores the ``(B, H, T, T)`` probabilities, as Hugging Face's "eager" attention does, so it is
-used only up to :data:`MAX_KEYS` keys, where they stay small next to the activations.
+bf16 GEMMs this does, for sequences up to about a thousand keys. ``bench/bench_cpu_attention.py``
+(2 threads, 4 heads of 64, B x T = 2048, causal, forward + backward): T 256, 15.8 ms against
+6.9; T 512, 25.7 against 13.4; T 1024, 30.7 against 27.2; in fp32 the flash kernel wins from
+T 256 on (``docs/benchmarks.md``). This path stores the ``(B, H, T, T)`` probabilities, as
+Hugging Face's "eager" attention does, so it takes at most :data:`MAX_KEYS` keys, where they
+stay small next to the activations.
 """
 
 from __future__ import annotations
