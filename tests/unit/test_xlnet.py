@@ -174,3 +174,32 @@ def test_skipping_the_last_content_output_leaves_the_query_stream_unchanged(posi
     torch.testing.assert_close(g_skip, g, atol=0, rtol=0)
     with pytest.raises(ValueError, match="query stream"):
         model.streams(*args, query_stream=False, content_output=False)
+
+
+@POSITIONS
+def test_in_bf16_on_cpu_the_query_stream_still_never_sees_its_own_token(
+    position_encoding, monkeypatch
+):
+    # bf16 on CPU runs both streams through the explicit-GEMM attention, position and segment
+    # scores and the permutation mask in its float bias.
+    from pretrain.models.common import explicit_attention as ea
+
+    calls = []
+    real = ea._ExplicitAttention.apply
+    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    model, batch = make_model(position_encoding), plm_batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(batch)
+        assert len(calls) == 3  # 2 layers' query streams, the first layer's content stream
+        b = 0
+        targets = torch.nonzero(batch.labels[b] != IGNORE_INDEX).squeeze(1).tolist()
+        for i in targets:
+            h2 = model(type(batch)(**{**batch.__dict__, "input_ids": perturbed(batch, b, i)}))
+            assert torch.equal(hidden[b, i], h2[b, i]), i
+        monkeypatch.setattr(ea, "MAX_KEYS", 0)  # the SDPA path, for comparison
+        sdpa = model(batch)
+    with torch.no_grad():
+        exact = model(batch)
+    err_explicit = (hidden.float() - exact).abs().max()
+    err_sdpa = (sdpa.float() - exact).abs().max()
+    assert err_explicit <= 2 * err_sdpa + 2e-2, (err_explicit, err_sdpa)

@@ -35,6 +35,7 @@ from torch import nn
 
 from pretrain.models.common import flex as common_flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
+from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
 from pretrain.models.common.init import init_normal
 from pretrain.models.common.positions import apply_rotary, rope_cos_sin, rope_inv_freq
 from pretrain.models.common.recompute import recomputed
@@ -213,7 +214,11 @@ class TwoStreamAttention(nn.Module):
                     bias = torch.zeros(B, 1, M, T, dtype=q.dtype, device=q.device)
                 bias = bias.masked_fill(rule.masked[:, None], MASKED_SCORE)
             mask = None if bias is None else bias.to(q.dtype)
-            y = F.scaled_dot_product_attention(q_c, k, v, attn_mask=mask)  # (B, H, M, hd)
+            q_c = q_c.to(v.dtype)  # + r_w_bias made it fp32 under autocast; SDPA casts it too
+            if prefers_explicit(q_c, k):  # bf16 on CPU: two GEMMs beat SDPA's kernel
+                y = explicit_attention(q_c, k, v, mask=mask)  # (B, H, M, hd)
+            else:
+                y = F.scaled_dot_product_attention(q_c, k, v, attn_mask=mask)  # (B, H, M, hd)
         return y.transpose(1, 2).reshape(B, M, H * hd)
 
     def forward(
