@@ -136,9 +136,9 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resume_continues_exactly(
     assert all(loss == expected[s] for s, loss in _losses(run))
 
 
-def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
-    shards_dir, tokenizer_dir, tmp_path, monkeypatch
-):
+@pytest.fixture
+def ten_second_steps(monkeypatch) -> list[float]:
+    """The trainer's clock, as a one-item list the test may set; each step takes 10 s of it."""
     clock = [0.0]
     monkeypatch.setattr(trainer_mod, "time", mock.Mock(perf_counter=lambda: clock[0]))
     train_step = Trainer.train_step
@@ -148,6 +148,12 @@ def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
         return train_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", ten_seconds_a_step)
+    return clock
+
+
+def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
+    shards_dir, tokenizer_dir, tmp_path, ten_second_steps
+):
     run = tmp_path / "run"
     cfg = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, log__every_steps=4)
     summary = Trainer(cfg).fit()
@@ -157,21 +163,12 @@ def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
 
 
 def test_max_minutes_counts_the_training_time_before_a_resume(
-    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+    shards_dir, tokenizer_dir, tmp_path, ten_second_steps
 ):
-    clock = [0.0]
-    monkeypatch.setattr(trainer_mod, "time", mock.Mock(perf_counter=lambda: clock[0]))
-    train_step = Trainer.train_step
-
-    def ten_seconds_a_step(self):
-        clock[0] += 10.0
-        return train_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", ten_seconds_a_step)
     run = tmp_path / "run"
     first = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, train__max_steps=2)
     assert Trainer(first).fit()["step"] == 2  # 20 s of the 30
-    clock[0] = 1000.0  # the process restarts later: wall time between runs does not count
+    ten_second_steps[0] = 1000.0  # restarted later: the time between runs does not count
     again = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, train__max_steps=9)
     summary = Trainer(again, resume=True).fit()
     assert summary["step"] == 3  # 10 s more reach the 30 s
