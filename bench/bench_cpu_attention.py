@@ -1,9 +1,10 @@
-"""Causal attention on CPU, forward + backward: SDPA's kernel against the explicit-GEMM path.
+"""Causal attention on CPU, forward + backward: SDPA's kernels against the explicit-GEMM path.
 
 ``pretrain.models.common.explicit_attention`` takes over from
 ``F.scaled_dot_product_attention`` (what Hugging Face models call by default) for eager bf16
-on CPU up to ``MAX_KEYS`` keys. This prints both at a few sequence lengths with the tokens per
-call fixed (B x T = 2048), in fp32 and bf16, so the threshold can be checked on a machine.
+on CPU up to ``MAX_KEYS`` keys. This prints SDPA's default (flash) kernel, SDPA's own
+explicit "math" backend and ours at a few sequence lengths with the tokens per call fixed
+(B x T = 2048), in fp32 and bf16, so the threshold can be checked on a machine.
 
 Run from the repository root::
 
@@ -19,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from machine import cpu_model, git_commit
 from pretrain.models.common.explicit_attention import MAX_KEYS, explicit_attention
@@ -26,6 +28,11 @@ from pretrain.models.common.explicit_attention import MAX_KEYS, explicit_attenti
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -64,17 +71,21 @@ def main() -> None:
         f"commit {git_commit()}, cpu {cpu_model()}, torch {torch.__version__}, threads "
         f"{args.threads}, heads {args.heads} x {args.head_dim}, MAX_KEYS {MAX_KEYS}"
     )
-    print("| dtype | B x T | SDPA fwd + bwd ms | explicit fwd + bwd ms | SDPA / explicit |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        "| dtype | B x T | SDPA fwd + bwd ms | SDPA math fwd + bwd ms | explicit fwd + bwd ms "
+        "| SDPA / explicit |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
     for dtype in (torch.float32, torch.bfloat16):
         for seq in (128, 256, 512, 1024):
             shape = (args.tokens // seq, args.heads, seq, args.head_dim)
             a = median_ms(sdpa, shape, dtype, args.reps)
+            m = median_ms(sdpa_math, shape, dtype, args.reps)
             b = median_ms(explicit, shape, dtype, args.reps)
             name = str(dtype).removeprefix("torch.")
             print(
                 f"| {name} | {shape[0]} x {seq} | {a[0]:.1f} + {a[1]:.1f} | "
-                f"{b[0]:.1f} + {b[1]:.1f} | {sum(a) / sum(b):.2f} |",
+                f"{m[0]:.1f} + {m[1]:.1f} | {b[0]:.1f} + {b[1]:.1f} | {sum(a) / sum(b):.2f} |",
                 flush=True,
             )
 

@@ -84,3 +84,13 @@ def merge_span_corruption(
     for t in inputs:
         merged += hidden[t] if t in sentinels else [t]
     return merged
+
+
+def count_explicit_attention_calls(monkeypatch) -> list[int]:
+    """A list that grows by one each time the explicit-GEMM attention path runs."""
+    from pretrain.models.common import explicit_attention as ea
+
+    calls: list[int] = []
+    real = ea._ExplicitAttention.apply
+    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls

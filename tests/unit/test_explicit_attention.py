@@ -10,6 +10,7 @@ from pretrain.models.common import explicit_attention as ea
 from pretrain.models.common.attention import attention_mask
 from pretrain.models.decoder import DecoderConfig, DecoderLM
 from pretrain.objectives.base import AttentionSpec, ModelBatch
+from tests.helpers import count_explicit_attention_calls
 
 B, H, T, HD = 2, 4, 12, 8
 
@@ -155,9 +156,7 @@ def bf16_logits(model: DecoderLM, x: torch.Tensor, **kw) -> torch.Tensor:
 def test_decoder_in_bf16_takes_the_explicit_path_and_agrees_with_sdpa(monkeypatch) -> None:
     model = small_decoder()
     x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
-    calls = []
-    real = ea._ExplicitAttention.apply
-    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    calls = count_explicit_attention_calls(monkeypatch)
     explicit = bf16_logits(model, x)
     assert len(calls) == 2  # one per layer
     monkeypatch.setattr(ea, "MAX_KEYS", 0)  # every sequence too long: SDPA
@@ -216,9 +215,7 @@ def test_t5_in_bf16_takes_the_explicit_path_with_the_position_bias_learned(monke
         (total / count).backward()
         return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    calls = []
-    real = ea._ExplicitAttention.apply
-    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    calls = count_explicit_attention_calls(monkeypatch)
     explicit_loss, explicit_grads = step()
     assert len(calls) == 6  # encoder self, decoder self and cross, two layers each
     monkeypatch.setattr(ea, "MAX_KEYS", 0)

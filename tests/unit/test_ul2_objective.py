@@ -120,6 +120,7 @@ def test_decoder_rows_are_filled_whatever_the_denoiser(preset):
         assert (real >= 256 - 2).all(), (batch.task_ids, real)
         padded += int((real < 256).sum())
         assert not (batch.labels == PAD).any()  # no label on the padding
+        assert (batch.labels[batch.input_ids == PAD] == IGNORE_INDEX).all()
     assert padded > 0  # some rows did end in padding
 
 

@@ -10,6 +10,7 @@ from pretrain.losses import cross_entropy_sum
 from pretrain.models.xlnet import XLNetConfig, XLNetLM, xlnet_config
 from pretrain.objectives.base import IGNORE_INDEX
 from pretrain.objectives.plm import PermutationLM
+from tests.helpers import count_explicit_attention_calls
 
 VOCAB, T = 200, 36
 
@@ -184,18 +185,23 @@ def test_in_bf16_on_cpu_the_query_stream_still_never_sees_its_own_token(
     # scores and the permutation mask in its float bias.
     from pretrain.models.common import explicit_attention as ea
 
-    calls = []
-    real = ea._ExplicitAttention.apply
-    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    calls = count_explicit_attention_calls(monkeypatch)
     model, batch = make_model(position_encoding), plm_batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = model(batch)
         assert len(calls) == 3  # 2 layers' query streams, the first layer's content stream
         b = 0
+        perm = ~batch.attention.permutation_allowed()
         targets = torch.nonzero(batch.labels[b] != IGNORE_INDEX).squeeze(1).tolist()
+        seen_later = 0
         for i in targets:
             h2 = model(type(batch)(**{**batch.__dict__, "input_ids": perturbed(batch, b, i)}))
             assert torch.equal(hidden[b, i], h2[b, i]), i
+            later = [j for j in targets if not perm[b, j, i]]  # targets after i in the order
+            if later:  # ... do see the token
+                assert not torch.equal(hidden[b, later], h2[b, later]), (i, later)
+                seen_later += 1
+        assert seen_later > 0
         monkeypatch.setattr(ea, "MAX_KEYS", 0)  # the SDPA path, for comparison
         sdpa = model(batch)
     with torch.no_grad():
