@@ -5,12 +5,13 @@ for the backward pass, which then needs no recomputation and no mask: a masked p
 probability 0, so its score gradient ``p · (dp - Σ p·dp)`` is 0 too.
 
 Why beside SDPA: on CPU, PyTorch's flash-attention kernel for bf16 is slower than the two
-bf16 GEMMs this does, for sequences up to about a thousand keys. ``bench/bench_cpu_attention.py``
-(2 threads, 4 heads of 64, B x T = 2048, causal, forward + backward): T 256, 15.8 ms against
-6.9; T 512, 25.7 against 13.4; T 1024, 30.7 against 27.2; in fp32 the flash kernel wins from
-T 256 on (``docs/benchmarks.md``). This path stores the ``(B, H, T, T)`` probabilities, as
-Hugging Face's "eager" attention does, so it takes at most :data:`MAX_KEYS` keys, where they
-stay small next to the activations.
+bf16 GEMMs this does, for sequences up to about a thousand keys, and SDPA's own explicit
+"math" backend is no faster than the flash kernel there. ``bench/bench_cpu_attention.py``
+(2 threads, 4 heads of 64, B x T = 2048, causal, forward + backward, medians): T 256, flash
+17.5 ms, math 18.0, this 9.2; T 512, 28.5 / 34.4 / 17.5; T 1024, 32.8 / 100.5 / 31.3; in
+fp32 the flash kernel wins from T 256 on (``docs/benchmarks.md``). This path stores the
+``(B, H, T, T)`` probabilities, as Hugging Face's "eager" attention does, so it takes at most
+:data:`MAX_KEYS` keys, where they stay small next to the activations.
 """
 
 from __future__ import annotations
