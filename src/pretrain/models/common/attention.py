@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
+from pretrain.models.common.heads_layout import rotary_heads
 from pretrain.models.common.positions import apply_rotary
+from pretrain.models.common.rms_norm import RMSNorm
 from pretrain.objectives.base import AttentionSpec
 
 # Added to the score of a pair that may not attend, where a float bias carries the mask (T5's
@@ -146,8 +148,8 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
 
     def forward(
         self,
@@ -171,6 +173,12 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2KV, hd)
+        if self.q_norm is None and kv_cache is None and mask is None and prefers_explicit(qkv, qkv):
+            # bf16 on CPU: head-major q, k, v (RoPE applied) straight from the projection,
+            # laid out for the explicit attention's batched GEMMs
+            q, k, v = rotary_heads(qkv, H, KV, rope)  # (B, H|KV, T, hd)
+            y = explicit_attention(q, k, v, is_causal=is_causal)
+            return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
         qk, v = qkv.split([H + KV, KV], dim=2)  # (B, T, H + KV, hd), (B, T, KV, hd)
         if self.q_norm is not None:
             q, k = qk.split([H, KV], dim=2)  # (B, T, H|KV, hd)

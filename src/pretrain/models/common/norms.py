@@ -2,7 +2,9 @@
 
 RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization") for Llama-style
 models and per-head q/k normalization (as OLMo-2 and Qwen3); LayerNorm with bias (Ba et al.
-2016) for GPT-2-style models. Both are the ``torch.nn`` modules, so fused kernels apply.
+2016) for GPT-2-style models. LayerNorm is the ``torch.nn`` module (fused kernels on CPU and
+CUDA); RMSNorm is :class:`pretrain.models.common.rms_norm.RMSNorm`, ``nn.RMSNorm`` with a
+backward of few passes in eager mode on CPU.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from typing import Literal
 
 from torch import nn
 
+from pretrain.models.common.rms_norm import RMSNorm
+
 NormKind = Literal["rms", "layer"]
 
 
 def make_norm(kind: NormKind, dim: int, eps: float, bias: bool = True) -> nn.Module:
     """An RMSNorm (no bias, ever) or a LayerNorm (``bias`` as asked) over the last ``dim``."""
     if kind == "rms":
-        return nn.RMSNorm(dim, eps=eps)
+        return RMSNorm(dim, eps=eps)
     if kind == "layer":
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     raise ValueError(f"unknown norm kind {kind!r}; valid: 'rms', 'layer'")

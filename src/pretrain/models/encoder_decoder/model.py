@@ -41,6 +41,7 @@ from pretrain.models.common import flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.autocast import to_autocast_dtype
 from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
+from pretrain.models.common.rms_norm import RMSNorm
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
@@ -209,9 +210,9 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = T5Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = GatedGeluMLP(cfg)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -224,11 +225,11 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = T5Attention(cfg)
-        self.cross_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.cross_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.cross_attn = T5Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = GatedGeluMLP(cfg)
 
     def forward(
@@ -257,8 +258,8 @@ class EncoderDecoderLM(nn.Module):
             [EncoderBlock(cfg) for _ in range(cfg.n_layers)]
             + [DecoderBlock(cfg) for _ in range(cfg.n_decoder_layers)]
         )
-        self.encoder_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.decoder_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.encoder_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.decoder_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.init_weights()
 
