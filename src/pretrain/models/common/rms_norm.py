@@ -26,20 +26,26 @@ class _RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):  # noqa: ANN001, ANN205 (autograd signature)
-        acc = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(acc)
-        width = x.shape[-1]
-        # r = 1 / sqrt(mean(x²) + eps) from one reduction pass; (..., 1)
-        rstd = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_()
-        rstd = rstd.div_(width).add_(eps).rsqrt_()
-        x_hat = xf * rstd
-        out = x_hat if weight is None else x_hat * weight.to(acc)
+        with torch.autocast(x.device.type, enabled=False):  # CPU autocast lowers vecdot
+            acc = torch.promote_types(x.dtype, torch.float32)
+            xf = x.to(acc)
+            width = x.shape[-1]
+            # r = 1 / sqrt(mean(x²) + eps); (..., 1). vecdot sums x² as pow(2).mean() does.
+            rstd = torch.linalg.vecdot(xf, xf, dim=-1).unsqueeze(-1)
+            rstd = rstd.div_(width).add_(eps).rsqrt_()
+            x_hat = xf * rstd
+            out = x_hat if weight is None else x_hat * weight.to(acc)
         ctx.save_for_backward(x_hat, rstd, weight)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x_hat, rstd, weight = ctx.saved_tensors
+        with torch.autocast(x_hat.device.type, enabled=False):
+            return _RMSNormFunction._backward(ctx, grad_out, x_hat, rstd, weight)
+
+    @staticmethod
+    def _backward(ctx, grad_out, x_hat, rstd, weight):  # noqa: ANN001, ANN205
         width = x_hat.shape[-1]
         dy = grad_out.to(x_hat.dtype)
         grad_weight = None
