@@ -91,6 +91,7 @@ def count_explicit_attention_calls(monkeypatch) -> list[int]:
     from pretrain.models.common import explicit_attention as ea
 
     calls: list[int] = []
-    real = ea._ExplicitAttention.apply
-    monkeypatch.setattr(ea._ExplicitAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    for function in (ea._ExplicitAttention, ea._CausalBlockAttention):
+        real = function.apply
+        monkeypatch.setattr(function, "apply", lambda *a, real=real: calls.append(1) or real(*a))
     return calls

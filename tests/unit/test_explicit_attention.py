@@ -15,6 +15,15 @@ from tests.helpers import count_explicit_attention_calls
 B, H, T, HD = 2, 4, 12, 8
 
 
+@pytest.fixture(autouse=True, params=["one block", "blocks of 5"])
+def causal_block(request, monkeypatch) -> int:
+    """Every test runs with causal attention in one block (T <= CAUSAL_BLOCK) and in query
+    blocks of 5 (5, 5 and 2 rows for T = 12: :class:`_CausalBlockAttention`)."""
+    block = ea.CAUSAL_BLOCK if request.param == "one block" else 5
+    monkeypatch.setattr(ea, "CAUSAL_BLOCK", block)
+    return block
+
+
 def qkv(dtype: torch.dtype, kv_heads: int = H, t_keys: int = T, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, T, HD, generator=g, dtype=torch.float64).to(dtype)
@@ -79,12 +88,14 @@ def test_queries_and_keys_of_different_lengths_use_the_boolean_mask() -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_bf16_error_is_that_of_sdpa_in_bf16() -> None:
+@pytest.mark.parametrize("case", ["documents", "causal"])
+def test_bf16_error_is_that_of_sdpa_in_bf16(case: str) -> None:
     q, k, v = qkv(torch.bfloat16)
-    mask = document_mask()
-    exact = run(F.scaled_dot_product_attention, *(t.double() for t in (q, k, v)), attn_mask=mask)
-    ours = run(ea.explicit_attention, q, k, v, mask=mask)
-    sdpa = run(F.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    kw = dict(is_causal=True) if case == "causal" else dict(attn_mask=document_mask())
+    exact = run(F.scaled_dot_product_attention, *(t.double() for t in (q, k, v)), **kw)
+    ours_kw = dict(kw) if case == "causal" else dict(mask=kw["attn_mask"])
+    ours = run(ea.explicit_attention, q, k, v, **ours_kw)
+    sdpa = run(F.scaled_dot_product_attention, q, k, v, **kw)
     for name, e, a, b in zip(("out", "dq", "dk", "dv"), exact, ours, sdpa, strict=True):
         assert a.dtype == torch.bfloat16, name
         err_ours = (a.double() - e).abs().max().item()
@@ -111,12 +122,29 @@ def test_a_masked_key_has_no_influence_and_gets_no_gradient() -> None:
     assert torch.count_nonzero(v_grad[:, :, 0]) > 0
 
 
+def test_causal_blocks_skip_the_keys_after_each_block(causal_block: int) -> None:
+    """In blocks, query rows [s, e) keep probabilities for keys [0, e) only, and the path is
+    taken exactly when the sequence is longer than one block."""
+    q, k, v = qkv(torch.float64)
+    out = ea.explicit_attention(q, k, v, is_causal=True)
+    saved = out.grad_fn.saved_tensors[3:]  # q, k, v, then the probabilities
+    blocks = [(s, min(s + causal_block, T)) for s in range(0, T, causal_block)]
+    assert [p.shape[-2:] for p in saved] == [(e - s, e) for s, e in blocks]
+    blocked = type(out.grad_fn).__name__.startswith("_CausalBlockAttention")
+    assert blocked == (T > causal_block)
+    if blocked:
+        assert sum(p.numel() for p in saved) < B * H * T * T
+
+
 def test_dispatch_rule() -> None:
     short = torch.zeros(1, 1, ea.MAX_KEYS, 8, dtype=torch.bfloat16)
     long = torch.zeros(1, 1, ea.MAX_KEYS + 1, 8, dtype=torch.bfloat16)
     assert ea.prefers_explicit(short, short)
     assert not ea.prefers_explicit(long, long)  # long sequences: the flash kernel
     assert not ea.prefers_explicit(short.float(), short.float())  # fp32: the flash kernel
+    assert ea.prefers_explicit(short.float(), short.float(), causal=True)  # but blocked causal
+    assert not ea.prefers_explicit(short.float()[:, :, :1], short.float(), causal=True)  # cache
+    assert not ea.prefers_explicit(long.float(), long.float(), causal=True)
 
 
 def test_refuses_both_a_mask_and_is_causal() -> None:

@@ -41,9 +41,13 @@ def test_outputs_and_gradient_equal_the_composed_operations(rope_kind):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
     weights = [torch.randn_like(t) for t in want]
-    grad = torch.autograd.grad(sum((t * w).sum() for t, w in zip(got, weights)), qkv)[0]
-    grad_want = torch.autograd.grad(sum((t * w).sum() for t, w in zip(want, weights)), qkv)[0]
+    grad = torch.autograd.grad(weighted_sum(got, weights), qkv)[0]
+    grad_want = torch.autograd.grad(weighted_sum(want, weights), qkv)[0]
     torch.testing.assert_close(grad, grad_want, rtol=0, atol=1e-12)
+
+
+def weighted_sum(tensors, weights) -> torch.Tensor:
+    return sum((t * w).sum() for t, w in zip(tensors, weights, strict=True))
 
 
 @pytest.mark.parametrize("used", [0, 1, 2])

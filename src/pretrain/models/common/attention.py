@@ -3,8 +3,10 @@
 * Scaled dot-product attention (Vaswani et al. 2017) through
   ``torch.nn.functional.scaled_dot_product_attention``, so CPU and CUDA pick their fused
   kernels; plain causal attention takes the ``is_causal=True`` path and builds no mask.
-  Eager bf16 on CPU with short sequences takes two explicit GEMMs instead
-  (:mod:`~pretrain.models.common.explicit_attention`), faster there than the flash kernel.
+  Eager CPU with short sequences (bf16, or fp32 causal) takes explicit GEMMs instead
+  (:mod:`~pretrain.models.common.explicit_attention`), faster there than the flash kernel;
+  without a mask or a cache, q, k and v then come from the projection already rotated and
+  head-major (:mod:`~pretrain.models.common.heads_layout`).
 * Grouped-query attention (GQA; Ainslie et al. 2023): ``n_kv_heads`` key/value heads shared by
   groups of ``n_heads / n_kv_heads`` query heads (``n_kv_heads == 1`` is multi-query).
 * q/k RMSNorm per head before RoPE, as OLMo-2 and Qwen3 do for training stability.
@@ -173,9 +175,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2KV, hd)
-        if self.q_norm is None and kv_cache is None and mask is None and prefers_explicit(qkv, qkv):
-            # bf16 on CPU: head-major q, k, v (RoPE applied) straight from the projection,
-            # laid out for the explicit attention's batched GEMMs
+        explicit = kv_cache is None and mask is None and prefers_explicit(qkv, qkv, is_causal)
+        if explicit and self.q_norm is None:
+            # eager CPU: head-major q, k, v (RoPE applied) straight from the projection, laid
+            # out for the explicit attention's batched GEMMs
             q, k, v = rotary_heads(qkv, H, KV, rope)  # (B, H|KV, T, hd)
             y = explicit_attention(q, k, v, is_causal=is_causal)
             return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
@@ -196,7 +199,7 @@ class Attention(nn.Module):
             from pretrain.models.common import flex
 
             y = flex.attend(q, k, v, block_mask=mask, enable_gqa=KV != H)
-        elif prefers_explicit(q, k):  # bf16 on CPU: two GEMMs beat SDPA's flash kernel
+        elif prefers_explicit(q, k, is_causal and mask is None):  # CPU: GEMMs beat SDPA's kernel
             y = explicit_attention(q, k, v, mask=mask, is_causal=is_causal)
         else:
             y = F.scaled_dot_product_attention(

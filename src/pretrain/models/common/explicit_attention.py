@@ -1,16 +1,18 @@
-"""Attention as two explicit matrix products, for short sequences in bf16 on CPU.
+"""Attention as explicit matrix products, for short sequences on CPU in eager mode.
 
 ``softmax(q kᵀ · scale + mask) v`` (Vaswani et al. 2017, eq. 1) with the probabilities kept
 for the backward pass, which then needs no recomputation and no mask: a masked pair has
-probability 0, so its score gradient ``p · (dp - Σ p·dp)`` is 0 too.
+probability 0, so its score gradient ``p · (dp - Σ p·dp)`` is 0 too. Causal self-attention
+longer than :data:`CAUSAL_BLOCK` goes by blocks of queries, each against the keys up to its
+last query only (:class:`_CausalBlockAttention`), which skips most of the masked half of the
+products.
 
-Why beside SDPA: on CPU, PyTorch's flash-attention kernel for bf16 is slower than the two
-bf16 GEMMs this does, for sequences up to about a thousand keys, and SDPA's own explicit
-"math" backend is no faster than the flash kernel there. ``bench/bench_cpu_attention.py``
-(2 threads, 4 heads of 64, B x T = 2048, causal, forward + backward, medians): T 256, flash
-17.5 ms, math 18.0, this 9.2; T 512, 28.5 / 34.4 / 17.5; T 1024, 32.8 / 100.5 / 31.3; in
-fp32 the flash kernel wins from T 256 on (``docs/benchmarks.md``). This path stores the
-``(B, H, T, T)`` probabilities, as Hugging Face's "eager" attention does, so it takes at most
+Why beside SDPA: on CPU, PyTorch's flash-attention kernel for bf16 is slower than the bf16
+GEMMs this does, for sequences up to about a thousand keys, and SDPA's own explicit "math"
+backend is no faster than the flash kernel there. In fp32 the flash kernel is as fast as the
+plain products from 256 keys on, but not as the blocked causal ones. Figures from
+``bench/bench_cpu_attention.py`` are in ``docs/benchmarks.md``. This path stores the
+probabilities, as Hugging Face's "eager" attention does, so it takes at most
 :data:`MAX_KEYS` keys, where they stay small next to the activations.
 """
 
@@ -21,24 +23,34 @@ import torch
 MAX_KEYS = 512
 """Longest key sequence the explicit path takes; longer ones go to SDPA's flash kernel."""
 
+CAUSAL_BLOCK = 128
+"""Query rows per block of causal attention over more keys than this (see
+:class:`_CausalBlockAttention`)."""
+
 # Added to the score of a pair that may not attend: finite, so a row with nothing visible is
 # uniform rather than NaN, and still finite in bf16 (not in fp16, hence bf16 only).
 _MASKED_SCORE = -1e30
 
 
-def prefers_explicit(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where :func:`explicit_attention` beats SDPA: eager bf16 on CPU, short keys.
+def prefers_explicit(q: torch.Tensor, k: torch.Tensor, causal: bool = False) -> bool:
+    """True where :func:`explicit_attention` beats SDPA on CPU in eager mode, keys up to
+    :data:`MAX_KEYS`: any attention in bf16; in fp32 causal self-attention (queries and keys
+    the same length: blocked, see :class:`_CausalBlockAttention`) only, since for other
+    masks SDPA's fp32 flash kernel is as fast from 256 keys on (``docs/benchmarks.md``).
 
     Compiled graphs keep SDPA (Inductor has its own attention lowering on CPU; not measured
     against this).
     """
-    return (
-        q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and k.dtype == q.dtype
-        and k.shape[-2] <= MAX_KEYS
-        and not torch.compiler.is_compiling()
-    )
+    if (
+        q.device.type != "cpu"
+        or k.dtype != q.dtype
+        or k.shape[-2] > MAX_KEYS
+        or torch.compiler.is_compiling()
+    ):
+        return False
+    if q.dtype == torch.bfloat16:
+        return True
+    return q.dtype == torch.float32 and causal and q.shape[-2] == k.shape[-2]
 
 
 class _ExplicitAttention(torch.autograd.Function):
@@ -75,6 +87,60 @@ class _ExplicitAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, grad_bias, None
 
 
+class _CausalBlockAttention(torch.autograd.Function):
+    """Causal attention by query blocks: block ``[s, e)`` attends to keys ``[0, e)`` only.
+
+    The keys after a block's last query are masked for all of its queries, so their scores
+    are never computed: with blocks of ``T / n`` queries the products cost ``(n + 1) / 2n`` of
+    the full ``T x T`` ones (3/4 for two blocks, 5/8 for four), forward and backward. Only the
+    diagonal square of each block needs the causal mask. Keys and values get gradient from
+    several blocks, summed in fp32 and rounded once.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, block):  # noqa: ANN001, ANN205 (autograd signature)
+        T = q.shape[-2]
+        tri = torch.full((block, block), _MASKED_SCORE, dtype=q.dtype, device=q.device).triu_(1)
+        outs, probs = [], []
+        for start in range(0, T, block):
+            end = min(start + block, T)
+            scores = torch.matmul(q[..., start:end, :], k[..., :end, :].transpose(-1, -2))
+            if scale != 1.0:
+                scores.mul_(scale)
+            scores[..., start:end].add_(tri[: end - start, : end - start])
+            p = torch.softmax(scores, dim=-1)  # (B, H, end - start, end)
+            outs.append(torch.matmul(p, v[..., :end, :]))
+            probs.append(p)
+        ctx.save_for_backward(q, k, v, *probs)
+        ctx.scale, ctx.block = scale, block
+        return torch.cat(outs, dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        q, k, v, *probs = ctx.saved_tensors
+        grad_q = torch.empty_like(q)
+        grad_k = grad_v = None
+        for i in reversed(range(len(probs))):  # the last block reaches every key: it assigns
+            p = probs[i]
+            start = i * ctx.block
+            end = start + p.shape[-2]
+            d_out = grad_out[..., start:end, :]
+            gv = torch.matmul(p.transpose(-1, -2), d_out)
+            grad_p = torch.matmul(d_out, v[..., :end, :].transpose(-1, -2))
+            grad_scores = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+            grad_q[..., start:end, :] = torch.matmul(grad_scores, k[..., :end, :])
+            gk = torch.matmul(grad_scores.transpose(-1, -2), q[..., start:end, :])
+            if grad_k is None:
+                grad_k, grad_v = gk, gv
+            else:
+                grad_k[..., :end, :] += gk
+                grad_v[..., :end, :] += gv
+        if ctx.scale != 1.0:
+            grad_q.mul_(ctx.scale)
+            grad_k.mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, None, None
+
+
 def explicit_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -108,11 +174,13 @@ def explicit_attention(
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if is_causal and q.shape[-2] == k.shape[-2] and q.shape[-2] > CAUSAL_BLOCK:
+        return _CausalBlockAttention.apply(q, k, v, scale, CAUSAL_BLOCK)
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril_()
     bias = mask
     if mask is not None and mask.dtype == torch.bool:  # 0 where visible, very negative not
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
         bias.masked_fill_(~mask, _MASKED_SCORE)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
     return _ExplicitAttention.apply(q, k, v, bias, scale)
