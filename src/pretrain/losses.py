@@ -85,11 +85,16 @@ def chunk_loss_and_grad(
     Returns:
         ``(ce_sum, z_sum, grad)`` with ``grad = softmax * (1 + 2 z lse) - onehot(y)`` in the
         dtype of ``logits`` (None when ``need_grad`` is False). Pure, so ``torch.compile`` can
-        fuse it into a few passes over the chunk on CUDA.
+        fuse it into a few passes over the chunk on CUDA; in eager mode on CPU, with a
+        gradient, it is :func:`softmax_loss_and_grad` (one pass fewer) where that applies.
     """
     acc = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if bias is not None:
         acc = acc + bias
+    if need_grad and acc.device.type == "cpu" and not torch.compiler.is_compiling():
+        from_softmax = softmax_loss_and_grad(acc, targets, z_loss_coef, logits.dtype)
+        if from_softmax is not None:
+            return from_softmax
     logp = acc.log_softmax(dim=-1)  # (n, V)
     target_logp = logp.gather(1, targets)  # (n, 1)
     ce = -target_logp.sum()
@@ -105,6 +110,35 @@ def chunk_loss_and_grad(
         grad *= 1.0 + 2.0 * z_loss_coef * lse
     grad.scatter_add_(1, targets, torch.full_like(target_logp, -1.0))
     return ce, z_sum, grad.to(logits.dtype)
+
+
+MIN_TARGET_PROB = 1e-30
+"""Below this softmax probability of a target (a loss above 69 nats on that token),
+:func:`softmax_loss_and_grad` hands the chunk back to ``log_softmax``: ``log`` of an fp32
+probability near the bottom of its range loses precision, and 0 has none."""
+
+
+def softmax_loss_and_grad(
+    acc: torch.Tensor, targets: torch.Tensor, z_loss_coef: float, grad_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`chunk_loss_and_grad` for eager CPU from one ``softmax`` pass instead of
+    ``log_softmax`` then ``exp``: the loss of a row is ``-log p[y]`` (and ``log Z = l[y] -
+    log p[y]``), one fewer pass over the ``(n, V)`` fp32 chunk. Returns None, to take the
+    ``log_softmax`` path, where some target's probability is below :data:`MIN_TARGET_PROB`
+    (a data-dependent check: a host sync on CUDA, so CPU only)."""
+    probs = acc.softmax(dim=-1)  # (n, V)
+    target_prob = probs.gather(1, targets)  # (n, 1)
+    if not bool((target_prob >= MIN_TARGET_PROB).all()):
+        return None
+    target_logp = target_prob.log()
+    ce = -target_logp.sum()
+    z_sum = torch.zeros((), dtype=acc.dtype, device=acc.device)
+    if z_loss_coef:
+        lse = acc.gather(1, targets) - target_logp  # (n, 1): log Z
+        z_sum = (lse * lse).sum()
+        probs *= 1.0 + 2.0 * z_loss_coef * lse
+    probs.scatter_add_(1, targets, torch.full_like(target_prob, -1.0))
+    return ce, z_sum, probs.to(grad_dtype)
 
 
 @functools.cache

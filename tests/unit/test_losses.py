@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain import losses
 from pretrain.losses import cross_entropy_sum
 from pretrain.objectives.base import IGNORE_INDEX
 
@@ -238,3 +239,33 @@ def test_compute_dtype_projects_in_that_dtype_also_per_task():
         cross_entropy_by_task(hidden, labels, groups, weight, compute_dtype=torch.bfloat16)
     )
     torch.testing.assert_close(sum(t[2] for t in per_task), ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_cpu_softmax_path_equals_the_log_softmax_path(monkeypatch, z: float):
+    """Eager CPU takes the loss from ``softmax`` (``-log p[y]``); forcing every chunk back to
+    ``log_softmax`` (a threshold above any probability) gives the same loss and gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(9, 40, dtype=torch.float64) * 4
+    targets = torch.randint(0, 40, (9, 1))
+    assert losses.softmax_loss_and_grad(logits, targets, z, torch.float64) is not None
+    fast = losses.chunk_loss_and_grad(logits, targets, None, z, True)
+    monkeypatch.setattr(losses, "MIN_TARGET_PROB", 2.0)
+    assert losses.softmax_loss_and_grad(logits, targets, z, torch.float64) is None
+    slow = losses.chunk_loss_and_grad(logits, targets, None, z, True)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_target_whose_probability_underflows_still_gets_its_exact_loss():
+    """fp32 softmax gives the target 0 when its logit is 200 below another: the chunk goes
+    through log_softmax, and the loss is 200 (not inf), the gradient that of fp64."""
+    logits = torch.zeros(3, 8)
+    logits[1, 5] = 200.0  # row 1's target is 0, whose probability is exp(-200) ~ 1e-87
+    targets = torch.tensor([[2], [0], [7]])
+    ce, _, grad = losses.chunk_loss_and_grad(logits, targets, None, 0.0, True)
+    ref_logits = logits.double().requires_grad_()
+    ref = F.cross_entropy(ref_logits, targets[:, 0], reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    assert torch.isfinite(ce) and abs(float(ce) - float(ref)) < 1e-4
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-6, atol=1e-6)
