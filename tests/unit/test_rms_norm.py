@@ -89,3 +89,27 @@ def test_state_dict_is_nn_rmsnorm_s():
     assert norm.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(3, 8)
     torch.testing.assert_close(norm(x), plain(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_norm_that_feeds_a_linear_returns_the_autocast_dtype_with_the_same_result():
+    """Under autocast the linear casts the norm's output to bf16 first; a ``feeds_linear``
+    norm hands it over in bf16 already: output and every gradient are bit for bit the same."""
+    torch.manual_seed(0)
+    results = []
+    for feeds_linear in (False, True):
+        torch.manual_seed(0)
+        norm = RMSNorm(32, eps=1e-5, feeds_linear=feeds_linear)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+        linear = nn.Linear(32, 16)
+        x = torch.randn(4, 5, 32, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            normed = norm(x)
+            out = linear(normed)
+        assert normed.dtype == (torch.bfloat16 if feeds_linear else torch.float32)
+        out.float().square().sum().backward()
+        assert x.grad.dtype == torch.float32
+        results.append((out, x.grad, norm.weight.grad, linear.weight.grad))
+        assert norm(x).dtype == torch.float32  # no autocast: the input's dtype
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

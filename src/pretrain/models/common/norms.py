@@ -18,10 +18,15 @@ from pretrain.models.common.rms_norm import RMSNorm
 NormKind = Literal["rms", "layer"]
 
 
-def make_norm(kind: NormKind, dim: int, eps: float, bias: bool = True) -> nn.Module:
-    """An RMSNorm (no bias, ever) or a LayerNorm (``bias`` as asked) over the last ``dim``."""
+def make_norm(
+    kind: NormKind, dim: int, eps: float, bias: bool = True, feeds_linear: bool = False
+) -> nn.Module:
+    """An RMSNorm (no bias, ever) or a LayerNorm (``bias`` as asked) over the last ``dim``.
+
+    ``feeds_linear``: the output goes into linear layers only (see :class:`RMSNorm`).
+    """
     if kind == "rms":
-        return RMSNorm(dim, eps=eps)
+        return RMSNorm(dim, eps=eps, feeds_linear=feeds_linear)
     if kind == "layer":
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     raise ValueError(f"unknown norm kind {kind!r}; valid: 'rms', 'layer'")

@@ -22,11 +22,11 @@ from torch import nn
 
 
 class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm over the last dimension in fp32 (fp64 stays fp64), output in the input's dtype,
-    as ``nn.RMSNorm`` does."""
+    """RMSNorm over the last dimension in fp32 (fp64 stays fp64), output in ``out_dtype``;
+    the input's gradient in the input's dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, eps):  # noqa: ANN001, ANN205 (autograd signature)
+    def forward(ctx, x, weight, eps, out_dtype):  # noqa: ANN001, ANN205 (autograd signature)
         with torch.autocast(x.device.type, enabled=False):  # CPU autocast lowers vecdot
             acc = torch.promote_types(x.dtype, torch.float32)
             xf = x.to(acc)
@@ -37,7 +37,8 @@ class _RMSNormFunction(torch.autograd.Function):
             x_hat = xf * rstd
             out = x_hat if weight is None else x_hat * weight.to(acc)
         ctx.save_for_backward(x_hat, rstd, weight)
-        return out.to(x.dtype)
+        ctx.x_dtype = x.dtype
+        return out.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
@@ -57,17 +58,33 @@ class _RMSNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             mean_g_xhat = torch.linalg.vecdot(g, x_hat, dim=-1).unsqueeze(-1)  # (..., 1)
             grad_x = torch.addcmul(g, x_hat, mean_g_xhat, value=-1.0 / width).mul_(rstd)
-            grad_x = grad_x.to(grad_out.dtype)
-        return grad_x, grad_weight, None
+            grad_x = grad_x.to(ctx.x_dtype)
+        return grad_x, grad_weight, None, None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """:class:`_RMSNormFunction` over the last dimension of ``x``."""
-    return _RMSNormFunction.apply(x, weight, eps)
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """:class:`_RMSNormFunction` over the last dimension of ``x``; the result in
+    ``out_dtype`` (None: the dtype of ``x``, as ``nn.RMSNorm``)."""
+    return _RMSNormFunction.apply(x, weight, eps, out_dtype or x.dtype)
 
 
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` over one last dimension, through :func:`rms_norm` in eager mode on CPU."""
+    """``nn.RMSNorm`` over one last dimension, through :func:`rms_norm` in eager mode on CPU.
+
+    ``feeds_linear``: the output goes only into linear layers (a block's pre-norm), which
+    under autocast cast it to the autocast dtype first. The norm then returns it in that
+    dtype already: the same values (one rounding either way), without the separate cast
+    and its backward, each a pass over the activations.
+    """
+
+    def __init__(self, *args, feeds_linear: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.feeds_linear = feeds_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -77,4 +94,7 @@ class RMSNorm(nn.RMSNorm):
             or self.eps is None
         ):
             return super().forward(x)
-        return rms_norm(x, self.weight, self.eps)
+        out_dtype = None
+        if self.feeds_linear and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return rms_norm(x, self.weight, self.eps, out_dtype)

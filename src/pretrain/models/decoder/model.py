@@ -39,7 +39,9 @@ class Block(nn.Module):
     def __init__(self, cfg: DecoderConfig, layer_idx: int) -> None:
         super().__init__()
         norm_kind = "rms" if cfg.style == "llama" else "layer"
-        self.attn_norm = make_norm(norm_kind, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
+        self.attn_norm = make_norm(
+            norm_kind, cfg.d_model, cfg.norm_eps, bias=cfg.bias, feeds_linear=True
+        )
         self.attn = Attention(
             cfg.d_model,
             cfg.n_heads,
@@ -49,7 +51,9 @@ class Block(nn.Module):
             norm_eps=cfg.norm_eps,
             layer_idx=layer_idx,
         )
-        self.mlp_norm = make_norm(norm_kind, cfg.d_model, cfg.norm_eps, bias=cfg.bias)
+        self.mlp_norm = make_norm(
+            norm_kind, cfg.d_model, cfg.norm_eps, bias=cfg.bias, feeds_linear=True
+        )
         mlp_cls = SwiGLU if cfg.style == "llama" else GeluMLP
         self.mlp = mlp_cls(cfg.d_model, cfg.d_ff, bias=cfg.bias)
 

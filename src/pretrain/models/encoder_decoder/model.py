@@ -210,9 +210,9 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, feeds_linear=True)
         self.attn = T5Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, feeds_linear=True)
         self.mlp = GatedGeluMLP(cfg)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -225,11 +225,11 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: EncoderDecoderConfig) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, feeds_linear=True)
         self.attn = T5Attention(cfg)
-        self.cross_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.cross_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, feeds_linear=True)
         self.cross_attn = T5Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, feeds_linear=True)
         self.mlp = GatedGeluMLP(cfg)
 
     def forward(
