@@ -94,7 +94,10 @@ class _CausalBlockAttention(torch.autograd.Function):
     are never computed: with blocks of ``T / n`` queries the products cost ``(n + 1) / 2n`` of
     the full ``T x T`` ones (3/4 for two blocks, 5/8 for four), forward and backward. Only the
     diagonal square of each block needs the causal mask. Keys and values get gradient from
-    several blocks, summed in fp32 and rounded once.
+    several blocks: the last block, which reaches every key, writes it, and the earlier ones
+    add theirs to the leading keys, in the inputs' dtype (at T 512 in bf16, four blocks, the
+    errors against fp64 were those of SDPA's bf16 kernel: rms 6.4e-4 against 6.3e-4 for the
+    keys' gradient, 6.5e-4 against 7.4e-4 for the values').
     """
 
     @staticmethod
