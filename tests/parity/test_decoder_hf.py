@@ -160,3 +160,30 @@ def test_from_hf_upcasts_bf16_checkpoints_to_fp32_master_weights() -> None:
     kept = from_hf(hf, dtype=None)
     assert kept.embed.weight.dtype == torch.bfloat16
     assert torch.equal(kept.embed.weight, hf.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-tied", "gpt2-tied"])
+def test_sequences_longer_than_a_causal_block_match_hf(monkeypatch, name: str) -> None:
+    """Past ``CAUSAL_BLOCK`` (128) queries, CPU attention goes by query blocks that skip the
+    keys after each block: logits, loss and the tied embedding's gradient still equal HF's."""
+    from pretrain.models.common import explicit_attention as ea
+
+    blocked: list[int] = []
+    real = ea._CausalBlockAttention.apply
+    monkeypatch.setattr(ea._CausalBlockAttention, "apply", lambda *a: blocked.append(1) or real(*a))
+    model = make_model(**CASES[name], max_seq_len=320)
+    hf = to_hf(model)
+    x = torch.randint(0, VOCAB, (2, 300), generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, VOCAB, (2, 300), generator=torch.Generator().manual_seed(6))
+
+    ours = model.logits(model.forward_tokens(x))
+    theirs = hf(x).logits
+    assert len(blocked) == model.cfg.n_layers
+    assert (ours - theirs).abs().max().item() < 1e-5
+    ours_loss = torch.nn.functional.cross_entropy(ours.flatten(0, 1), y.flatten())
+    hf_loss = torch.nn.functional.cross_entropy(theirs.flatten(0, 1), y.flatten())
+    ours_loss.backward()
+    hf_loss.backward()
+    assert abs(ours_loss.item() - hf_loss.item()) < 1e-6
+    grad, hf_grad = model.output_weight.grad, hf.get_output_embeddings().weight.grad
+    torch.testing.assert_close(grad, hf_grad, rtol=1e-4, atol=1e-6)
