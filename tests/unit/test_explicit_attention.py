@@ -187,7 +187,7 @@ def test_decoder_in_bf16_takes_the_explicit_path_and_agrees_with_sdpa(monkeypatc
     calls = count_explicit_attention_calls(monkeypatch)
     explicit = bf16_logits(model, x)
     assert len(calls) == 2  # one per layer
-    monkeypatch.setattr(ea, "MAX_KEYS", 0)  # every sequence too long: SDPA
+    monkeypatch.setattr(ea, "MAX_KEYS", x.shape[1] - 1)  # one key too many: SDPA
     sdpa = bf16_logits(model, x)
     assert len(calls) == 2
     with torch.no_grad():

@@ -175,7 +175,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2KV, hd)
-        explicit = kv_cache is None and mask is None and prefers_explicit(qkv, qkv, is_causal)
+        heads = qkv.transpose(1, 2)  # (B, H + 2KV, T, hd): the sequence where the rule reads it
+        explicit = kv_cache is None and mask is None and prefers_explicit(heads, heads, is_causal)
         if explicit and self.q_norm is None:
             # eager CPU: head-major q, k, v (RoPE applied) straight from the projection, laid
             # out for the explicit attention's batched GEMMs
