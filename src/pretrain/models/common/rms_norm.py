@@ -11,8 +11,8 @@ CPU, computes it through :class:`_RMSNormFunction`: the forward keeps the normal
 
     dw = Σ_rows dy ⊙ x̂,    g = dy ⊙ w,    dx = r · (g - x̂ · mean(g ⊙ x̂))
 
-with one product, one row reduction and one fused multiply-add over the activations besides
-the two for ``dw``. Compiled graphs keep ``nn.RMSNorm`` (Inductor fuses it on its own).
+in a product, a row reduction, a fused multiply-add and a scaling over the activations, plus
+two passes for ``dw``. Compiled graphs keep ``nn.RMSNorm`` (Inductor fuses it on its own).
 """
 
 from __future__ import annotations
