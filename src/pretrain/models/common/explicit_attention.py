@@ -53,34 +53,48 @@ def prefers_explicit(q: torch.Tensor, k: torch.Tensor, causal: bool = False) -> 
     return q.dtype == torch.float32 and causal and q.shape[-2] == k.shape[-2]
 
 
+def _attend(q, k, v, scale: float, bias, bias_from: int = 0):  # noqa: ANN001, ANN202
+    """One block's forward: ``(softmax(q kᵀ·scale + bias) v, probabilities)``; ``bias`` is
+    added to the score columns from ``bias_from`` on."""
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, Tq, Tk)
+    if scale != 1.0:
+        scores.mul_(scale)
+    if bias is not None:
+        scores[..., bias_from:].add_(bias)  # four times faster than masked_fill_ with a bool mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, v), probs  # (B, H, Tq, hd), (B, H, Tq, Tk)
+
+
+def _attend_backward(grad_out, q, k, v, probs):  # noqa: ANN001, ANN202
+    """One block's backward: gradients of the scores, q, k and v, all in the inputs' dtype
+    (the softmax kernels accumulate in fp32 inside); q's and k's are not yet scaled (the
+    caller scales them once, on fewer values than the scores)."""
+    grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
+    grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, Tq, Tk)
+    grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+    grad_q = torch.matmul(grad_scores, k)
+    grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
+    return grad_scores, grad_q, grad_k, grad_v
+
+
 class _ExplicitAttention(torch.autograd.Function):
-    """Forward saves ``q, k, v`` and the probabilities; backward is four matrix products, all
-    in the inputs' dtype (the softmax kernels accumulate in fp32 inside)."""
+    """Forward saves ``q, k, v`` and the probabilities; backward is four matrix products."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):  # noqa: ANN001, ANN205 (autograd signature)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, Tq, Tk)
-        if scale != 1.0:
-            scores.mul_(scale)
-        if bias is not None:
-            scores.add_(bias)  # four times faster than masked_fill_ with a boolean mask
-        probs = torch.softmax(scores, dim=-1)
+        out, probs = _attend(q, k, v, scale, bias)
         ctx.save_for_backward(q, k, v, probs)
         ctx.scale = scale
         ctx.bias_shape = None if bias is None else bias.shape
-        return torch.matmul(probs, v)  # (B, H, Tq, hd)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         q, k, v, probs = ctx.saved_tensors
-        grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, Tq, Tk)
-        grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_scores, grad_q, grad_k, grad_v = _attend_backward(grad_out, q, k, v, probs)
         grad_bias = None
         if ctx.needs_input_grad[3]:  # a learned bias (T5's positions): summed to its shape
             grad_bias = grad_scores.sum_to_size(ctx.bias_shape)
-        grad_q = torch.matmul(grad_scores, k)  # (B, H, Tq, hd): scaled here, on fewer values
-        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
         if ctx.scale != 1.0:
             grad_q.mul_(ctx.scale)
             grad_k.mul_(ctx.scale)
@@ -107,12 +121,15 @@ class _CausalBlockAttention(torch.autograd.Function):
         outs, probs = [], []
         for start in range(0, T, block):
             end = min(start + block, T)
-            scores = torch.matmul(q[..., start:end, :], k[..., :end, :].transpose(-1, -2))
-            if scale != 1.0:
-                scores.mul_(scale)
-            scores[..., start:end].add_(tri[: end - start, : end - start])
-            p = torch.softmax(scores, dim=-1)  # (B, H, end - start, end)
-            outs.append(torch.matmul(p, v[..., :end, :]))
+            out, p = _attend(
+                q[..., start:end, :],
+                k[..., :end, :],
+                v[..., :end, :],
+                scale,
+                tri[: end - start, : end - start],  # the diagonal square: keys [start, end)
+                bias_from=start,
+            )  # p: (B, H, end - start, end)
+            outs.append(out)
             probs.append(p)
         ctx.save_for_backward(q, k, v, *probs)
         ctx.scale, ctx.block = scale, block
@@ -124,15 +141,16 @@ class _CausalBlockAttention(torch.autograd.Function):
         grad_q = torch.empty_like(q)
         grad_k = grad_v = None
         for i in reversed(range(len(probs))):  # the last block reaches every key: it assigns
-            p = probs[i]
             start = i * ctx.block
-            end = start + p.shape[-2]
-            d_out = grad_out[..., start:end, :]
-            gv = torch.matmul(p.transpose(-1, -2), d_out)
-            grad_p = torch.matmul(d_out, v[..., :end, :].transpose(-1, -2))
-            grad_scores = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
-            grad_q[..., start:end, :] = torch.matmul(grad_scores, k[..., :end, :])
-            gk = torch.matmul(grad_scores.transpose(-1, -2), q[..., start:end, :])
+            end = start + probs[i].shape[-2]
+            _, gq, gk, gv = _attend_backward(
+                grad_out[..., start:end, :],
+                q[..., start:end, :],
+                k[..., :end, :],
+                v[..., :end, :],
+                probs[i],
+            )
+            grad_q[..., start:end, :] = gq
             if grad_k is None:
                 grad_k, grad_v = gk, gv
             else:
