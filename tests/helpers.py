@@ -86,12 +86,13 @@ def merge_span_corruption(
     return merged
 
 
-def count_explicit_attention_calls(monkeypatch) -> list[int]:
-    """A list that grows by one each time the explicit-GEMM attention path runs."""
+def count_explicit_attention_calls(monkeypatch, *functions) -> list[int]:
+    """A list that grows by one each time the explicit-GEMM attention path runs (or, given
+    ``functions``, each time one of those autograd Functions of it runs)."""
     from pretrain.models.common import explicit_attention as ea
 
     calls: list[int] = []
-    for function in (ea._ExplicitAttention, ea._CausalBlockAttention):
+    for function in functions or (ea._ExplicitAttention, ea._CausalBlockAttention):
         real = function.apply
         monkeypatch.setattr(function, "apply", lambda *a, real=real: calls.append(1) or real(*a))
     return calls

@@ -10,7 +10,7 @@ import torch
 from pretrain.generate import generate
 from pretrain.models.decoder import DecoderConfig, DecoderLM
 from pretrain.models.decoder.hf import from_hf, hf_config, to_hf
-from tests.helpers import perturb_norms_and_biases
+from tests.helpers import count_explicit_attention_calls, perturb_norms_and_biases
 
 transformers = pytest.importorskip("transformers")
 
@@ -168,9 +168,7 @@ def test_sequences_longer_than_a_causal_block_match_hf(monkeypatch, name: str) -
     keys after each block: logits, loss and the tied embedding's gradient still equal HF's."""
     from pretrain.models.common import explicit_attention as ea
 
-    blocked: list[int] = []
-    real = ea._CausalBlockAttention.apply
-    monkeypatch.setattr(ea._CausalBlockAttention, "apply", lambda *a: blocked.append(1) or real(*a))
+    blocked = count_explicit_attention_calls(monkeypatch, ea._CausalBlockAttention)
     model = make_model(**CASES[name], max_seq_len=320)
     hf = to_hf(model)
     x = torch.randint(0, VOCAB, (2, 300), generator=torch.Generator().manual_seed(5))

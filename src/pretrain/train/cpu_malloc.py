@@ -5,7 +5,7 @@ chunks) every time. With glibc's defaults a block above the mmap threshold (128 
 raised on the fly up to 32 MiB) is a fresh ``mmap`` and a freed heap top beyond the trim
 threshold goes back to the kernel, so the next step touches new pages and takes a page fault
 per 4 KiB. Measured on the `tiny` decoder in bf16 (2 threads, separate processes, three
-alternating pairs): the median step went from 312-336 ms to 246-272 ms, page faults from
+alternating pairs): the median step went from 313-336 ms to 247-272 ms, page faults from
 thousands per step to almost none; in fp32 the step time did not change. This is the job
 Intel's CPU launchers (``torch.backends.xeon.run_cpu``) give tcmalloc or jemalloc through
 ``LD_PRELOAD``; two ``mallopt`` calls do it for glibc in-process: the mmap threshold at its
