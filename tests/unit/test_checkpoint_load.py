@@ -68,8 +68,11 @@ def test_a_stale_temporary_directory_does_not_block_the_save(tmp_path):
     stale = tmp_path / "step_000005.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
+    (stale / "leftover.bin").write_bytes(b"from the crashed save")
     _save(tmp_path, sharded=False)
-    assert load_checkpoint(tmp_path).step == 5 and not stale.exists()
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.step == 5 and not stale.exists()
+    assert not (loaded.path / "leftover.bin").exists()  # replaced, not written into
 
 
 def test_trainer_state_from_another_version_ignores_unknown_keys():

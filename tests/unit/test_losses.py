@@ -248,8 +248,15 @@ def test_cpu_softmax_path_equals_the_log_softmax_path(monkeypatch, z: float):
     torch.manual_seed(0)
     logits = torch.randn(9, 40, dtype=torch.float64) * 4
     targets = torch.randint(0, 40, (9, 1))
-    assert losses.softmax_loss_and_grad(logits, targets, z, torch.float64) is not None
+    from_softmax = losses.softmax_loss_and_grad(logits, targets, z, torch.float64)
+    assert from_softmax is not None
+    used = []
+    real = losses.softmax_loss_and_grad
+    monkeypatch.setattr(losses, "softmax_loss_and_grad", lambda *a: used.append(1) or real(*a))
     fast = losses.chunk_loss_and_grad(logits, targets, None, z, True)
+    assert used == [1]  # eager CPU with a gradient: the chunk went through the softmax path
+    for a, b in zip(fast, from_softmax, strict=True):
+        assert torch.equal(a, b)
     monkeypatch.setattr(losses, "MIN_TARGET_PROB", 2.0)
     assert losses.softmax_loss_and_grad(logits, targets, z, torch.float64) is None
     slow = losses.chunk_loss_and_grad(logits, targets, None, z, True)
