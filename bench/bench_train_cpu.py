@@ -107,9 +107,17 @@ def autocast(bf16: bool) -> contextlib.AbstractContextManager:
 
 
 def ours_step_fn(
-    model: DecoderLM, bf16: bool, compile_model: bool, compile_scope: str = "blocks"
+    model: DecoderLM,
+    bf16: bool,
+    compile_model: bool,
+    compile_scope: str = "blocks",
+    loss_seconds: list[float] | None = None,
 ) -> Callable:
-    """``Trainer.train_step`` for one micro-batch, minus the schedule and the logging."""
+    """``Trainer.train_step`` for one micro-batch, minus the schedule and the logging.
+
+    ``loss_seconds``, when given, gets the time of each ``cross_entropy_sum`` call (which
+    also computes the loss's gradients).
+    """
     from pretrain.losses import cross_entropy_sum
     from pretrain.train.compile import compile_for_training
 
@@ -123,6 +131,7 @@ def ours_step_fn(
         [(_, _, positions)] = batch.loss_groups()  # on the host, as the trainer does
         with autocast(bf16):
             hidden = step_model(batch)
+        loss_start = time.perf_counter()
         total, _, ce = cross_entropy_sum(
             hidden,
             batch.labels,
@@ -131,6 +140,8 @@ def ours_step_fn(
             compiled=compile_model,
             label_positions=positions,
         )
+        if loss_seconds is not None:
+            loss_seconds.append(time.perf_counter() - loss_start)
         (total / max(num_label_tokens, 1)).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         loss = float(ce) / max(num_label_tokens, 1)
@@ -220,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument(
+        "--time-loss",
+        action="store_true",
+        help="also print the median time of our loss call (forward and gradients) per step",
+    )
+    p.add_argument(
         "--glibc-malloc-defaults",
         action="store_true",
         help="leave glibc malloc as it is (the trainer tunes it on CPU, so by default this "
@@ -278,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # Inputs and targets as contiguous (B, T) tensors, as a data loader hands them over.
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
+    loss_seconds: list[float] | None = [] if args.time_loss else None
     sides = {
-        "ours": ours_step_fn(ours, args.bf16, args.compile, args.compile_scope),
+        "ours": ours_step_fn(ours, args.bf16, args.compile, args.compile_scope, loss_seconds),
         "hf": hf_step_fn(hf, args.bf16, args.compile),
     }
 
@@ -328,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     # of the machine that the best of each side can straddle.
     paired = statistics.median(h / o for o, h in zip(times["ours"], times["hf"], strict=True))
     print(f"ours / HF per round: median {paired:.2f} over {args.rounds} rounds")
+    if loss_seconds is not None:
+        timed = loss_seconds[-args.steps * args.rounds - 1 : -1]  # the timed rounds' steps
+        median_ms = statistics.median(timed) * 1e3
+        print(f"ours: loss call median {median_ms:.1f} ms over {len(timed)} steps")
     if args.compile:
         # Compile time: first step minus a measured step (plus any recompiles in warmup).
         for name in sides:
