@@ -22,8 +22,10 @@ One training step, timed whole, on each side:
   targets without shifting again (passing the (B, T + 1) tokens as ``labels`` would run a
   T + 1 forward instead). ``use_cache=False`` keeps HF from building a KV cache it does not
   need, as HF's gradient-checkpointing path does. Then ``loss.backward()``, the same
-  clipping and ``torch.optim.AdamW(pretrain.optim.param_groups(hf, 0.1), ...)`` with the
-  same hyperparameters, and ``zero_grad(set_to_none=True)``.
+  clipping and ``torch.optim.AdamW(pretrain.optim.param_groups(hf, 0.1), ..., fused=True)``
+  (the ``Trainer``'s default optimizer from PyTorch 2.8) with the same hyperparameters, and
+  ``zero_grad(set_to_none=True)``. Ours is fused as well. Before 2026-11-27 both sides ran
+  the for-loop AdamW on the CPU.
 
 Modes: eager fp32 (default), ``--compile`` (``torch.compile`` of each model, default mode:
 ours block by block with its loss chunks compiled, as the trainer does with
@@ -156,8 +158,10 @@ def ours_step_fn(
 def hf_step_fn(hf, bf16: bool, compile_model: bool) -> Callable:
     """A Hugging Face training step: model forward with its own causal-LM loss."""
     step_model = torch.compile(hf) if compile_model else hf
+    # Fused, as Hugging Face's Trainer defaults to (``adamw_torch_fused`` from PyTorch 2.8);
+    # our build_optimizer picks the same kernel on the CPU.
     optimizer = torch.optim.AdamW(
-        param_groups(hf, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=None
+        param_groups(hf, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=True
     )
 
     def step(xy: tuple[torch.Tensor, torch.Tensor]) -> float:

@@ -18,9 +18,10 @@ once per cross-entropy chunk size (0: the device default), reusing one compiled 
 
 Both sides start from the same weights (HF is built by ``to_hf`` from ours) and train on the
 same batches, made by our objective from random tokens and cycled: forward, loss, backward,
-clip 1.0, AdamW (fused on CUDA), ``zero_grad``. Ours is the trainer's path: ``model(batch)``
-under bf16 autocast, then ``cross_entropy_sum`` (bf16 projection, only labeled rows, the
-per-chunk softmax compiled when the side is). HF computes its own loss under the same
+clip 1.0, fused AdamW (on the CPU too since 2026-11-27, as HF's ``Trainer`` defaults to),
+``zero_grad``. Ours is the trainer's path: ``model(batch)`` under bf16 autocast, then
+``cross_entropy_sum`` (bf16 projection, only labeled rows, the per-chunk softmax compiled
+when the side is). HF computes its own loss under the same
 autocast: ``LlamaForCausalLM``/``GPT2LMHeadModel`` with ``labels=``/``shift_labels=``,
 ``BertForMaskedLM`` with ``labels`` (-100 off the selected positions),
 ``T5ForConditionalGeneration`` with ``labels`` and ``decoder_input_ids``, ``XLNetLMHeadModel``
@@ -159,11 +160,10 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    fused = device.type == "cuda"
-    ours_opt = build_optimizer(ours, lr=3e-4, fused=fused)
-    hf_opt = torch.optim.AdamW(
-        param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=fused or None
-    )
+    # Fused AdamW on both sides and both devices: build_optimizer picks it, and Hugging
+    # Face's Trainer defaults to it (``adamw_torch_fused`` from PyTorch 2.8).
+    ours_opt = build_optimizer(ours, lr=3e-4)
+    hf_opt = torch.optim.AdamW(param_groups(hf, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=True)
     mode = None if args.compile_mode == "default" else args.compile_mode
     sides = args.sides.split(",")
     eager = [s for s in sides if s == "ours_eager" or s.startswith("ours_eager_chunk")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.optim import build_optimizer, lr_at, param_groups
+from pretrain.optim import build_optimizer, fused_adamw_applies, lr_at, param_groups
 
 PEAK = 1e-3
 
@@ -98,3 +98,37 @@ def test_frozen_parameters_are_left_out_of_the_optimizer():
     groups = {id(p) for g in (decay, no_decay) for p in g["params"]}
     assert id(model.norm.weight) not in groups and id(model.norm.bias) not in groups
     assert len(groups) == 3
+
+
+def test_cpu_parameters_get_the_fused_adamw_with_the_for_loop_updates():
+    """On a CPU the fused kernel is chosen, and twenty steps with a changing lr, weight decay on
+    one group only and fresh gradients leave the weights the plain for-loop AdamW leaves."""
+    torch.manual_seed(0)
+    fused_model, loop_model = _Tiny(), _Tiny()
+    loop_model.load_state_dict(fused_model.state_dict())
+    start = {name: a.detach().clone() for name, a in fused_model.named_parameters()}
+    fused = build_optimizer(fused_model, lr=1e-2)
+    loop = build_optimizer(loop_model, lr=1e-2, fused=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for step in range(20):
+        for model in (fused_model, loop_model):
+            torch.manual_seed(step)
+            model.zero_grad(set_to_none=True)
+            model.head(
+                model.norm(model.proj(model.embed(torch.arange(10))))
+            ).square().sum().backward()
+        for opt in (fused, loop):
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 * (step + 1) / 20
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters(), strict=True):
+        assert (a - start[name]).abs().max() > 1e-3, name  # it moved
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_fused_adamw_needs_one_device_type_that_has_it_and_floating_parameters():
+    cpu = torch.zeros(2)
+    assert fused_adamw_applies([cpu, torch.zeros(3, dtype=torch.float64)])
+    assert not fused_adamw_applies([cpu, torch.zeros(2, device="meta")])
+    assert not fused_adamw_applies([torch.zeros(2, device="meta")])
+    assert not fused_adamw_applies([cpu, torch.zeros(2, dtype=torch.int64)])
