@@ -25,15 +25,23 @@ import torch
 
 from pretrain.objectives.base import label_positions as find_label_positions
 
-DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048
+DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048 (vocabulary 4096)
+CPU_CHUNK_BYTES = 31 << 20  # CPU: one chunk's fp32 logits stay below glibc's mmap threshold
 CUDA_VOCAB_MULTIPLE = 64  # CUDA: vocabulary columns padded to this for aligned bf16 GEMMs
 CUDA_CHUNK_BYTES = 1 << 30  # CUDA: rows per chunk so one chunk's fp32 logits take about 1 GiB
 
 
 def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
-    """Label rows per chunk: small on CPU (cache), large on CUDA (fewer, fuller launches)."""
+    """Label rows per chunk: small on CPU (cache), large on CUDA (fewer, fuller launches).
+
+    On a CPU, at most :data:`DEFAULT_CHUNK_ROWS`, and fewer where a chunk's fp32 logits would
+    reach :data:`CPU_CHUNK_BYTES`: glibc serves a block over its mmap threshold (32 MiB at
+    most, :mod:`pretrain.train.cpu_malloc`) with fresh pages every time, and the page faults
+    cost more than the smaller chunks (T5's vocabulary of 32128: 512 rows, 66 MB a chunk, took
+    the loss from 70 to 88-114 ms; ``docs/benchmarks.md``).
+    """
     if device.type != "cuda":
-        return DEFAULT_CHUNK_ROWS
+        return max(1, min(DEFAULT_CHUNK_ROWS, CPU_CHUNK_BYTES // (4 * vocab_size)))
     rows = CUDA_CHUNK_BYTES // (4 * vocab_size)
     return max(DEFAULT_CHUNK_ROWS, rows // DEFAULT_CHUNK_ROWS * DEFAULT_CHUNK_ROWS)
 
@@ -187,8 +195,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             torch.mm(g, w, out=grad_hidden[start : start + chunk_rows])
             if g.dtype == acc_dtype:
                 grad_weight.addmm_(g[:, :V].t(), h)
-            else:
-                grad_weight += (g.t() @ h)[:V].to(acc_dtype)
+            else:  # bf16 product added into fp32 in one pass (no fp32 copy of it first)
+                grad_weight += (g.t() @ h)[:V]
             del g
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)

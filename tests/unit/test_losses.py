@@ -145,9 +145,13 @@ def test_compiled_chunks_match_eager_chunks(with_bias: bool):
 
 
 def test_default_chunk_rows_keep_cpu_chunks_small_and_cuda_chunks_near_one_gib():
-    from pretrain.losses import DEFAULT_CHUNK_ROWS, default_chunk_rows
+    from pretrain.losses import CPU_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, default_chunk_rows
 
-    assert default_chunk_rows(torch.device("cpu"), 50257) == DEFAULT_CHUNK_ROWS
+    assert default_chunk_rows(torch.device("cpu"), 4096) == DEFAULT_CHUNK_ROWS
+    for vocab in (32128, 50257, 128256, 10**8):  # fp32 chunks below glibc's mmap threshold
+        rows = default_chunk_rows(torch.device("cpu"), vocab)
+        assert 1 <= rows < DEFAULT_CHUNK_ROWS and (rows == 1 or rows * vocab * 4 < 32 << 20)
+        assert (rows + 1) * vocab * 4 > CPU_CHUNK_BYTES
     rows = default_chunk_rows(torch.device("cuda"), 50257)
     assert rows % DEFAULT_CHUNK_ROWS == 0 and rows * 50257 * 4 <= 1 << 30
     assert (rows + DEFAULT_CHUNK_ROWS) * 50257 * 4 > 1 << 30
