@@ -65,6 +65,7 @@ from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.train.compile import COMPILE_SCOPES, compile_for_training
+from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -352,6 +353,12 @@ def parse_args(add_arguments=None) -> argparse.Namespace:
         default=1.0,
         help="ours compiled: train.activation_memory_budget (1.0: PyTorch's default)",
     )
+    p.add_argument(
+        "--glibc-malloc-defaults",
+        action="store_true",
+        help="on a CPU, leave glibc malloc as it is (the trainer tunes it there, so by default "
+        "this process does too, for both sides)",
+    )
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument(
         "--compile-mode",
@@ -391,6 +398,10 @@ def parse_args(add_arguments=None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
+    malloc = ""
+    if device.type == "cpu":  # as bench_train_cpu.py: what the trainer does, for both sides
+        tuned = not args.glibc_malloc_defaults and keep_freed_memory_mapped()
+        malloc = ", malloc " + ("tuned as the trainer tunes it" if tuned else "glibc defaults")
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     ours, hf, objective = build_models(args, device)
@@ -404,7 +415,7 @@ def main() -> None:
         f"{args.size}{'' if args.style is None else ' ' + args.style} "
         f"({ours.num_params():,} params), batch {args.batch} x {args.seq_len}, {args.precision}, "
         f"compile mode {args.compile_mode}, ours compiled by {args.compile_scope}, "
-        f"sdpa {args.sdpa_backend}"
+        f"sdpa {args.sdpa_backend}{malloc}"
     )
     print(header, flush=True)
     positions = {id(b): torch.nonzero(b.labels.reshape(-1) != IGNORE_INDEX)[:, 0] for b in batches}
