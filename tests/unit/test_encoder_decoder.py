@@ -104,6 +104,43 @@ def test_pad_tokens_are_masked_and_an_all_pad_row_is_finite() -> None:
     assert torch.allclose(hidden[:1], alone, atol=1e-5)  # trailing pads change nothing
 
 
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_unpadded_inputs_keep_one_position_bias_for_the_batch(monkeypatch, precision) -> None:
+    """Without pad keys on a CPU the encoder adds the (1, H, T, T) position bias itself (its
+    gradient summed over the batch by the attention) rather than a (B, H, T, T) copy with a
+    mask in it: the same outputs and gradients, whether SDPA (fp32) or the explicit GEMMs
+    (bf16) attend. With padding the mask is still built."""
+    import pretrain.models.encoder_decoder.model as t5
+
+    real_bias, real_visible = t5.additive_bias, t5.all_visible_on_cpu
+    masks = []  # the mask each additive_bias call was given
+    monkeypatch.setattr(t5, "additive_bias", lambda b, a: masks.append(a) or real_bias(b, a))
+    x, dec = ids(8, (3, 12)), ids(9, (3, 5))
+    batch = ModelBatch(x, dec, AttentionSpec("bidirectional"), decoder_input_ids=dec)
+    encoder_masks, results = [], []
+    for shortcut in (True, False):
+        if not shortcut:
+            monkeypatch.setattr(t5, "all_visible_on_cpu", lambda keys: False)
+        model = small()
+        masks.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+            hidden = model(batch)
+        encoder_masks.append(masks[0])
+        hidden.float().square().sum().backward()
+        table = model.encoder_position_bias.embed.weight
+        results.append((hidden.detach(), table.grad, model.blocks[0].attn.q.weight.grad))
+    assert encoder_masks[0] is None and encoder_masks[1].shape == (3, 1, 1, 12)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(t5, "all_visible_on_cpu", real_visible)
+    x[1, 9:] = 0
+    masks.clear()
+    with torch.no_grad():
+        small()(ModelBatch(x, dec, AttentionSpec("bidirectional"), decoder_input_ids=dec))
+    assert masks[0].shape == (3, 1, 1, 12) and not masks[0][1, 0, 0, 9:].any()
+    assert real_visible(x != 0) is False and real_visible(x.clamp(min=1) != 0) is True
+
+
 def test_forward_needs_decoder_input_ids() -> None:
     model = small()
     x = ids(7, (1, 4))

@@ -100,6 +100,13 @@ class RelativePositionBias(nn.Module):
         return self.embed(bucket).permute(2, 0, 1).unsqueeze(0)  # (1, H, q_len, k_len)
 
 
+def all_visible_on_cpu(keys: torch.Tensor) -> bool:
+    """Whether every key of ``keys`` (bool) is visible, asked only where the answer costs no
+    device sync (eager, on a CPU): the position bias then stays ``(1, H, T, T)`` instead of a
+    ``(B, H, T, T)`` tensor with the pad mask in it, and its gradient too."""
+    return keys.device.type == "cpu" and not torch.compiler.is_compiling() and bool(keys.all())
+
+
 def additive_bias(
     position_bias: torch.Tensor | None, allowed: torch.Tensor | None
 ) -> torch.Tensor | None:
@@ -348,8 +355,9 @@ class EncoderDecoderLM(nn.Module):
         if allowed is None and spec.kind == "causal":
             idx = torch.arange(T, device=input_ids.device)
             allowed = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
-        keys = keys[:, None, None, :]  # (B, 1, 1, T)
-        allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
+        if allowed is not None or not all_visible_on_cpu(keys):
+            keys = keys[:, None, None, :]  # (B, 1, 1, T)
+            allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
         bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B, H, T, T)
         bias = to_autocast_dtype(bias)
         x = self.embed(input_ids)  # (B, T, d_model)
