@@ -37,8 +37,8 @@ def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
     On a CPU, at most :data:`DEFAULT_CHUNK_ROWS`, and fewer where a chunk's fp32 logits would
     reach :data:`CPU_CHUNK_BYTES`: glibc serves a block over its mmap threshold (32 MiB at
     most, :mod:`pretrain.train.cpu_malloc`) with fresh pages every time, and the page faults
-    cost more than the smaller chunks (T5's vocabulary of 32128: 512 rows, 66 MB a chunk, took
-    the loss from 70 to 88-114 ms; ``docs/benchmarks.md``).
+    cost more than the smaller chunks (T5 ``tiny``'s 464 label rows and 32128 words: 80 ms in
+    one 60 MB chunk, 68 ms in 252-row chunks; ``bench/bench_cpu_loss_optim.py``).
     """
     if device.type != "cuda":
         return max(1, min(DEFAULT_CHUNK_ROWS, CPU_CHUNK_BYTES // (4 * vocab_size)))

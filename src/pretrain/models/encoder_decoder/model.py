@@ -358,7 +358,7 @@ class EncoderDecoderLM(nn.Module):
         if allowed is not None or not all_visible_on_cpu(keys):
             keys = keys[:, None, None, :]  # (B, 1, 1, T)
             allowed = keys if allowed is None else allowed & keys  # (B, 1, T|1, T)
-        bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B, H, T, T)
+        bias = additive_bias(self.encoder_position_bias(T, T), allowed)  # (B|1, H, T, T)
         bias = to_autocast_dtype(bias)
         x = self.embed(input_ids)  # (B, T, d_model)
         for block in self.encoder_blocks:
