@@ -108,8 +108,8 @@ def test_pad_tokens_are_masked_and_an_all_pad_row_is_finite() -> None:
 def test_unpadded_inputs_keep_one_position_bias_for_the_batch(monkeypatch, precision) -> None:
     """Without pad keys on a CPU the encoder adds the (1, H, T, T) position bias itself (its
     gradient summed over the batch by the attention) rather than a (B, H, T, T) copy with a
-    mask in it: the same outputs and gradients, whether SDPA (fp32) or the explicit GEMMs
-    (bf16) attend. With padding the mask is still built."""
+    mask in it: the same outputs and gradients, in fp32 and in bf16. With padding the mask is
+    still built."""
     import pretrain.models.encoder_decoder.model as t5
 
     real_bias, real_visible = t5.additive_bias, t5.all_visible_on_cpu

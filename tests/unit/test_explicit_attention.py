@@ -150,6 +150,13 @@ def test_dispatch_rule() -> None:
     assert not ea.prefers_explicit(short, short.float())  # q and k of different dtypes
     on_meta = short.to("meta")  # any device but the CPU: its own kernels
     assert not ea.prefers_explicit(on_meta, on_meta, causal=True)
+    # fp32 with a float mask that needs a gradient: SDPA would run its math backend
+    f32 = short.float()
+    learned = torch.zeros(1, 1, ea.MAX_KEYS, ea.MAX_KEYS, requires_grad=True)
+    assert ea.prefers_explicit(f32, f32, mask=learned)
+    assert not ea.prefers_explicit(f32, f32, mask=learned.detach())  # the flash kernel
+    assert not ea.prefers_explicit(f32, f32, mask=learned.detach() > 0)
+    assert not ea.prefers_explicit(long.float(), long.float(), mask=learned)
 
 
 def test_compiled_graphs_keep_sdpa(monkeypatch) -> None:
@@ -230,7 +237,22 @@ def test_decoder_in_bf16_keeps_documents_apart() -> None:
     assert torch.equal(a[1], b[1])
 
 
-def test_t5_in_bf16_takes_the_explicit_path_with_the_position_bias_learned(monkeypatch) -> None:
+def test_sdpa_runs_its_math_backend_for_a_mask_that_needs_a_gradient() -> None:
+    """Why fp32 attention with a learned bias takes the explicit path (``prefers_explicit``):
+    PyTorch's CPU flash kernel has no mask gradient, so SDPA falls back to composite ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = (t.float().requires_grad_() for t in qkv(torch.float32))
+    for learned, kernel in ((True, "attention_math"), (False, "flash_attention_for_cpu")):
+        bias = torch.zeros(1, H, T, T, requires_grad=learned)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=bias).sum().backward()
+        ran = sorted(e.key for e in prof.key_averages() if "_scaled_dot_product" in e.key)
+        assert f"aten::_scaled_dot_product_{kernel}" in ran, (learned, ran)
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float32])
+def test_t5_takes_the_explicit_path_with_the_position_bias_learned(monkeypatch, precision) -> None:
     from pretrain.losses import cross_entropy_sum
     from pretrain.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
 
@@ -249,7 +271,7 @@ def test_t5_in_bf16_takes_the_explicit_path_with_the_position_bias_learned(monke
             decoder_input_ids=dec,
             attention=AttentionSpec("bidirectional"),
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
             hidden = model(batch)
         total, count, _ = cross_entropy_sum(hidden, labels, model.output_weight)
         (total / count).backward()
@@ -257,10 +279,17 @@ def test_t5_in_bf16_takes_the_explicit_path_with_the_position_bias_learned(monke
 
     calls = count_explicit_attention_calls(monkeypatch)
     explicit_loss, explicit_grads = step()
-    assert len(calls) == 6  # encoder self, decoder self and cross, two layers each
+    # bf16: every attention; fp32: the encoder's and the decoder's self-attention, whose bias
+    # is learned (cross-attention's pad mask is not: SDPA's flash kernel), two layers each
+    assert len(calls) == (6 if precision == torch.bfloat16 else 4)
     monkeypatch.setattr(ea, "MAX_KEYS", 0)
     sdpa_loss, sdpa_grads = step()
-    assert len(calls) == 6
+    assert len(calls) == (6 if precision == torch.bfloat16 else 4)
+    if precision == torch.float32:  # the same arithmetic as SDPA's math backend
+        torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=1e-6, atol=0)
+        for name, grad in explicit_grads.items():
+            torch.testing.assert_close(grad, sdpa_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        return
     torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=2e-2, atol=0)
     for name in ("encoder_position_bias.embed.weight", "decoder_position_bias.embed.weight"):
         a, b = explicit_grads[name], sdpa_grads[name]

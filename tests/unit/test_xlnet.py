@@ -188,10 +188,39 @@ def test_explicit_attention_path_gets_the_whole_bias_as_sdpa_does(position_encod
     with torch.no_grad():
         sdpa = model(batch)
         calls = count_explicit_attention_calls(monkeypatch)
-        monkeypatch.setattr(xlnet_model, "prefers_explicit", lambda q, k, causal=False: True)
+        monkeypatch.setattr(xlnet_model, "prefers_explicit", lambda *args, **kwargs: True)
         explicit = model(batch)
     assert len(calls) == 3  # 2 layers' query streams, the first layer's content stream
     torch.testing.assert_close(explicit, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_training_with_txl_scores_takes_the_explicit_path_with_sdpa_gradients(monkeypatch):
+    """In fp32 the Transformer-XL position scores make a bias that needs a gradient, which
+    SDPA's CPU flash kernel lacks: the explicit path takes the streams, with SDPA's (math
+    backend) loss and gradients."""
+    from pretrain.models.common import explicit_attention as ea
+
+    model, batch = make_model("txl").train(), plm_batch()
+    calls = count_explicit_attention_calls(monkeypatch)
+
+    def step():
+        model.zero_grad()
+        hidden = model(batch)
+        total, count, _ = cross_entropy_sum(hidden, batch.labels, model.output_weight)
+        (total / count).backward()
+        params = model.named_parameters()
+        return total.detach(), {n: p.grad.clone() for n, p in params if p.grad is not None}
+
+    explicit_loss, explicit_grads = step()
+    assert len(calls) == 3  # 2 layers' query streams, the first layer's content stream
+    monkeypatch.setattr(ea, "MAX_KEYS", 0)
+    sdpa_loss, sdpa_grads = step()
+    assert len(calls) == 3
+    torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=1e-6, atol=0)
+    assert explicit_grads.keys() == sdpa_grads.keys()
+    assert explicit_grads["blocks.0.attn.pos.weight"].abs().sum() > 0  # through the bias
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(grad, sdpa_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @POSITIONS

@@ -32,11 +32,16 @@ CAUSAL_BLOCK = 128
 _MASKED_SCORE = -1e30
 
 
-def prefers_explicit(q: torch.Tensor, k: torch.Tensor, causal: bool = False) -> bool:
+def prefers_explicit(
+    q: torch.Tensor, k: torch.Tensor, causal: bool = False, mask: torch.Tensor | None = None
+) -> bool:
     """True where :func:`explicit_attention` beats SDPA on CPU in eager mode, keys up to
-    :data:`MAX_KEYS`: any attention in bf16; in fp32 causal self-attention (queries and keys
-    the same length: blocked, see :class:`_CausalBlockAttention`) only, since for other
-    masks SDPA's fp32 flash kernel is as fast from 256 keys on (``docs/benchmarks.md``).
+    :data:`MAX_KEYS`: any attention in bf16; in fp32, causal self-attention (queries and keys
+    the same length: blocked, see :class:`_CausalBlockAttention`), and attention whose float
+    ``mask`` needs a gradient (T5's learned position bias, XLNet's relative position scores).
+    SDPA's fp32 flash kernel is as fast as the plain products for other masks from 256 keys
+    on (``docs/benchmarks.md``), but it has no gradient for a mask, so for such a mask SDPA
+    runs its "math" backend, which is the same products in more passes.
 
     Compiled graphs keep SDPA (Inductor has its own attention lowering on CPU; not measured
     against this).
@@ -50,7 +55,10 @@ def prefers_explicit(q: torch.Tensor, k: torch.Tensor, causal: bool = False) -> 
         return False
     if q.dtype == torch.bfloat16:
         return True
-    return q.dtype == torch.float32 and causal and q.shape[-2] == k.shape[-2]
+    if q.dtype != torch.float32:
+        return False
+    learned_mask = mask is not None and mask.is_floating_point() and mask.requires_grad
+    return learned_mask or (causal and q.shape[-2] == k.shape[-2])
 
 
 def _attend(q, k, v, scale: float, bias, bias_from: int = 0):  # noqa: ANN001, ANN202

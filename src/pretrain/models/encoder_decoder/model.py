@@ -187,7 +187,7 @@ class T5Attention(nn.Module):
             y = flex_attention_scores(q, k, v, bias)  # (B, H, Tq, hd)
         else:
             mask = None if bias is None else bias.to(q.dtype)
-            if prefers_explicit(q, k):  # bf16 on CPU: two GEMMs beat SDPA's kernel
+            if prefers_explicit(q, k, mask=mask):  # CPU: two GEMMs beat SDPA's kernel
                 y = explicit_attention(q, k, v, mask=mask, scale=1.0)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)

@@ -215,7 +215,7 @@ class TwoStreamAttention(nn.Module):
                 bias = bias.masked_fill(rule.masked[:, None], MASKED_SCORE)
             mask = None if bias is None else bias.to(q.dtype)
             q_c = q_c.to(v.dtype)  # + r_w_bias made it fp32 under autocast; SDPA casts it too
-            if prefers_explicit(q_c, k):  # bf16 on CPU: two GEMMs beat SDPA's kernel
+            if prefers_explicit(q_c, k, mask=mask):  # CPU: two GEMMs beat SDPA's kernel
                 y = explicit_attention(q_c, k, v, mask=mask)  # (B, H, M, hd)
             else:
                 y = F.scaled_dot_product_attention(q_c, k, v, attn_mask=mask)  # (B, H, M, hd)
