@@ -65,11 +65,10 @@ def build_optimizer(
     ``docs/benchmarks.md``); its updates equal the for-loop's to rounding
     (``tests/unit/test_optim.py``).
     """
+    groups = param_groups(model, weight_decay)
     if fused is None:
-        fused = fused_adamw_applies(model.parameters())
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None
-    )
+        fused = fused_adamw_applies(p for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 FUSED_ADAMW_DEVICES = frozenset({"cuda", "cpu"})

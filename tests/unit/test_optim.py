@@ -126,6 +126,12 @@ def test_cpu_parameters_get_the_fused_adamw_with_the_for_loop_updates():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_frozen_parameters_elsewhere_do_not_stop_the_fused_adamw():
+    model = _Tiny()
+    model.norm.to("meta").requires_grad_(False)  # not trained: not the optimizer's concern
+    assert build_optimizer(model, lr=1e-3).defaults["fused"]
+
+
 def test_fused_adamw_needs_one_device_type_that_has_it_and_floating_parameters():
     cpu = torch.zeros(2)
     assert fused_adamw_applies([cpu, torch.zeros(3, dtype=torch.float64)])
