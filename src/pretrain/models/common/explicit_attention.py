@@ -10,8 +10,9 @@ products.
 Why beside SDPA: on CPU, PyTorch's flash-attention kernel for bf16 is slower than the bf16
 GEMMs this does, for sequences up to about a thousand keys, and SDPA's own explicit "math"
 backend is no faster than the flash kernel there. In fp32 the flash kernel is as fast as the
-plain products from 256 keys on, but not as the blocked causal ones. Figures from
-``bench/bench_cpu_attention.py`` are in ``docs/benchmarks.md``. This path stores the
+plain products from 256 keys on, but not as the blocked causal ones, and it has no gradient
+for a float mask: SDPA then runs its "math" backend (T5's learned bias, XLNet's scores).
+Figures from ``bench/bench_cpu_attention.py`` are in ``docs/benchmarks.md``. This path stores the
 probabilities, as Hugging Face's "eager" attention does, so it takes at most
 :data:`MAX_KEYS` keys, where they stay small next to the activations.
 """
