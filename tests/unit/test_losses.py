@@ -159,14 +159,17 @@ def test_default_chunk_rows_keep_cpu_chunks_small_and_cuda_chunks_near_one_gib()
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_vocabulary_padding_changes_nothing(monkeypatch, with_bias: bool):
-    """The CUDA path pads V to a multiple of 64 (-inf logits): loss and grads are unchanged."""
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+def test_vocabulary_padding_changes_nothing(monkeypatch, with_bias: bool, compute_dtype):
+    """The CUDA path pads V to a multiple of 64 (-inf logits): loss and grads are unchanged,
+    also with the bf16 projection (whose weight gradient is summed into fp32 per chunk)."""
     import pretrain.losses as losses
 
     torch.manual_seed(2)
-    hidden = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(37, dtype=torch.float64, requires_grad=True) if with_bias else None
+    dtype = torch.float64 if compute_dtype is None else torch.float32
+    hidden = torch.randn(2, 9, 16, dtype=dtype, requires_grad=True)
+    weight = torch.randn(37, 16, dtype=dtype, requires_grad=True)
+    bias = torch.randn(37, dtype=dtype, requires_grad=True) if with_bias else None
     labels = torch.randint(0, 37, (2, 9))
     labels[0, 0] = IGNORE_INDEX
     params = [hidden, weight] + ([bias] if with_bias else [])
@@ -174,12 +177,14 @@ def test_vocabulary_padding_changes_nothing(monkeypatch, with_bias: bool):
     for multiple in (1, 64):
         monkeypatch.setattr(losses, "vocab_multiple", lambda device, m=multiple: m)
         total, _, ce = cross_entropy_sum(
-            hidden, labels, weight, 1e-2, chunk_rows=4, output_bias=bias
-        )
+            hidden, labels, weight, 1e-2, chunk_rows=4, output_bias=bias,
+            compute_dtype=compute_dtype,
+        )  # fmt: skip
         results.append((total.detach(), ce, *torch.autograd.grad(total, params)))
+    tol = 1e-12 if compute_dtype is None else 1e-6
     for unpadded, padded in zip(*results, strict=True):
         assert padded.shape == unpadded.shape
-        torch.testing.assert_close(padded, unpadded, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(padded, unpadded, rtol=tol, atol=tol)
     w, b = losses.padded_output(weight, None, 64, torch.float64)
     assert w.shape == (64, 16) and (w[37:] == 0).all() and torch.isinf(b[37:]).all()
 
