@@ -130,8 +130,10 @@ def test_unpadded_inputs_keep_one_position_bias_for_the_batch(monkeypatch, preci
         table = model.encoder_position_bias.embed.weight
         results.append((hidden.detach(), table.grad, model.blocks[0].attn.q.weight.grad))
     assert encoder_masks[0] is None and encoder_masks[1].shape == (3, 1, 1, 12)
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if precision == torch.float32 else 1e-2  # bf16: sums rounded in another order
+    for a, b in zip(*results, strict=True):  # the table's gradient is ~1e-6: relative
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
     monkeypatch.setattr(t5, "all_visible_on_cpu", real_visible)
     x[1, 9:] = 0
     masks.clear()

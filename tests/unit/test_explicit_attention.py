@@ -288,7 +288,10 @@ def test_t5_takes_the_explicit_path_with_the_position_bias_learned(monkeypatch, 
     if precision == torch.float32:  # the same arithmetic as SDPA's math backend
         torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=1e-6, atol=0)
         for name, grad in explicit_grads.items():
-            torch.testing.assert_close(grad, sdpa_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+            scale = sdpa_grads[name].abs().max().item()  # position tables' are small
+            torch.testing.assert_close(
+                grad, sdpa_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name
+            )
         return
     torch.testing.assert_close(explicit_loss, sdpa_loss, rtol=2e-2, atol=0)
     for name in ("encoder_position_bias.embed.weight", "decoder_position_bias.embed.weight"):

@@ -220,7 +220,8 @@ def test_fp32_training_with_txl_scores_takes_the_explicit_path_with_sdpa_gradien
     assert explicit_grads.keys() == sdpa_grads.keys()
     assert explicit_grads["blocks.0.attn.pos.weight"].abs().sum() > 0  # through the bias
     for name, grad in explicit_grads.items():
-        torch.testing.assert_close(grad, sdpa_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        scale = sdpa_grads[name].abs().max().item()
+        torch.testing.assert_close(grad, sdpa_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 @POSITIONS
