@@ -59,9 +59,12 @@ def test_flex_gradients_match_the_dense_mask(flex_backward_on_cpu, spec_kind: st
     prefix = torch.tensor([20, 50]) if kind == "prefix" else None
     spec = AttentionSpec(kind, document_ids=_docs(B, T), prefix_lengths=prefix)
     grads = []
-    for model in (sdpa, flex):
-        model.forward_tokens(x, attention=spec).square().mean().backward()
+    probe = torch.randn(B, T, 64)  # a random projection: the output's mean square, after the
+    for model in (sdpa, flex):  # final norm, is constant and its gradient only rounding noise
+        (model.forward_tokens(x, attention=spec) * probe).sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name, want in grads[0].items():
-        torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)
+        scale = want.abs().max().item()
+        assert scale > 1e-4, name
+        torch.testing.assert_close(grads[1][name], want, atol=1e-4 * scale, rtol=1e-4, msg=name)
