@@ -96,3 +96,14 @@ def count_explicit_attention_calls(monkeypatch, *functions) -> list[int]:
         real = function.apply
         monkeypatch.setattr(function, "apply", lambda *a, real=real: calls.append(1) or real(*a))
     return calls
+
+
+def projected_sum(out: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """``sum(out * r)`` for a fixed random ``r``: a scalar with a real gradient everywhere.
+
+    The mean square of a model's output is no such loss when the output is normed (RMSNorm or
+    LayerNorm with unit weight): each position's mean square is then a constant, and every
+    gradient before the norm is rounding noise (~1e-9) that any absolute tolerance passes.
+    """
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return (out.float() * probe.to(out.device)).sum()

@@ -12,6 +12,7 @@ from torch._dynamo.utils import counters
 from pretrain.models.encoder_decoder import EncoderDecoderLM, encoder_decoder_config
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.train.compile import compile_for_training
+from tests.helpers import projected_sum
 from tests.unit.test_xlnet import make_model, plm_batch
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
@@ -23,7 +24,7 @@ def graphs_and_grads(model: nn.Module, batch: ModelBatch) -> tuple[int, torch.Te
     counters.clear()
     run = compile_for_training(model, "blocks", backend="aot_eager")
     out = run(batch)
-    out.float().square().mean().backward()
+    projected_sum(out).backward()
     grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
     return counters["stats"]["unique_graphs"], out, grads
 
@@ -31,14 +32,16 @@ def graphs_and_grads(model: nn.Module, batch: ModelBatch) -> tuple[int, torch.Te
 def assert_same_as_eager(model: nn.Module, batch: ModelBatch, expected_graphs: int) -> None:
     eager = copy.deepcopy(model)
     out = eager(batch)
-    out.float().square().mean().backward()
+    projected_sum(out).backward()
     graphs, compiled_out, grads = graphs_and_grads(model, batch)
     assert graphs == expected_graphs
     torch.testing.assert_close(compiled_out, out, rtol=1e-5, atol=1e-6)
     expected = {k: p.grad for k, p in eager.named_parameters() if p.grad is not None}
     assert grads.keys() == expected.keys()
     for k in expected:
-        torch.testing.assert_close(grads[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+        scale = expected[k].abs().max().item()
+        assert scale > 1e-4, k
+        torch.testing.assert_close(grads[k], expected[k], rtol=1e-4, atol=1e-4 * scale, msg=k)
 
 
 def test_xlnet_blocks_share_a_graph_the_last_one_its_own():

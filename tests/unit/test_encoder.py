@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pretrain.models.encoder import SIZES, EncoderConfig, EncoderLM, encoder_config
 from pretrain.objectives.base import AttentionSpec, ModelBatch
+from tests.helpers import projected_sum
 
 VOCAB = 256
 BIDI = AttentionSpec("bidirectional")
@@ -130,9 +131,9 @@ def test_init_follows_bert() -> None:
 def test_pad_row_gets_no_input_gradient_and_init_weights_redraws() -> None:
     model = make_model(pad_id=0).train()
     x = torch.tensor([[5, 6, 0, 0]])
-    model.encode(x).pow(2).sum().backward()  # the input side only: the output side is tied
+    projected_sum(model.encode(x)).backward()  # the input side only: the output side is tied
     assert torch.equal(model.embed.weight.grad[0], torch.zeros(64))
-    assert model.embed.weight.grad[5].abs().sum() > 0
+    assert model.embed.weight.grad[5].abs().sum() > 1e-3
     with torch.device("meta"):
         lazy = EncoderLM(model.cfg)
     lazy.to_empty(device="cpu")

@@ -14,6 +14,7 @@ from pretrain.models.encoder_decoder import (
 )
 from pretrain.models.encoder_decoder.model import relative_position_bucket
 from pretrain.objectives.base import AttentionSpec, ModelBatch
+from tests.helpers import projected_sum
 
 VOCAB = 128
 
@@ -126,7 +127,7 @@ def test_unpadded_inputs_keep_one_position_bias_for_the_batch(monkeypatch, preci
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
             hidden = model(batch)
         encoder_masks.append(masks[0])
-        hidden.float().square().sum().backward()
+        projected_sum(hidden).backward()
         table = model.encoder_position_bias.embed.weight
         results.append((hidden.detach(), table.grad, model.blocks[0].attn.q.weight.grad))
     assert encoder_masks[0] is None and encoder_masks[1].shape == (3, 1, 1, 12)
