@@ -107,3 +107,12 @@ def projected_sum(out: torch.Tensor, seed: int = 1) -> torch.Tensor:
     """
     probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
     return (out.float() * probe.to(out.device)).sum()
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: float, msg: str = ""):
+    """``actual`` equals ``expected`` within ``tol`` relative to each element and to the size of
+    ``expected`` (its largest magnitude), which must not be negligible: an absolute tolerance
+    alone passes anything when gradients are small (position tables' are ~1e-6)."""
+    scale = expected.abs().max().item()
+    assert scale > 1e-4, f"{msg}: the expected values are negligible ({scale:.1e})"
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=msg or None)
