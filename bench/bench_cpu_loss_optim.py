@@ -20,31 +20,31 @@ A benchmark, not a test: it prints medians and never fails on them.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from machine import cpu_model, git_commit
+from machine import (
+    add_malloc_flag,
+    cpu_model,
+    git_commit,
+    minor_page_faults,
+    tune_malloc_as_the_trainer,
+)
 from pretrain.losses import cross_entropy_sum, default_chunk_rows
-from pretrain.train.cpu_malloc import keep_freed_memory_mapped
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median_ms_and_faults(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
     for _ in range(3):
         fn()
-    times, faults = [], minor_faults()
+    times, faults = [], minor_page_faults()
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), (minor_faults() - faults) / repeats
+    return 1e3 * statistics.median(times), (minor_page_faults() - faults) / repeats
 
 
 def time_loss(rows: int, d_model: int, vocab: int, chunks: list[int], repeats: int) -> None:
@@ -100,13 +100,14 @@ def main() -> None:
     p.add_argument("--params", type=float, default=15.9, help="AdamW: millions of parameters")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
+    add_malloc_flag(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tuned = keep_freed_memory_mapped()  # as the trainer does on a CPU
+    malloc = tune_malloc_as_the_trainer(args)
     print(
         f"commit {git_commit()}, cpu {cpu_model()}, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}, malloc {'tuned as the trainer' if tuned else 'defaults'}\n"
+        f"{torch.get_num_threads()}, malloc {malloc}\n"
     )
     chunks = [int(c) for c in args.chunks.split(",") if c]
     time_loss(args.rows, args.d_model, args.vocab, chunks, args.repeats)

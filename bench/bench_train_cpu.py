@@ -56,7 +56,6 @@ import argparse
 import contextlib
 import math
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -64,13 +63,20 @@ from collections.abc import Callable
 
 import torch
 
-from machine import busy_cpu_seconds, cpu_model, git_commit, usable_cores
+from machine import (
+    add_malloc_flag,
+    busy_cpu_seconds,
+    cpu_model,
+    git_commit,
+    minor_page_faults,
+    tune_malloc_as_the_trainer,
+    usable_cores,
+)
 from pretrain.models.decoder.configs import decoder_config
 from pretrain.models.decoder.hf import to_hf
 from pretrain.models.decoder.model import DecoderLM
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 from pretrain.optim import build_optimizer, param_groups
-from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 
 TARGET_RATIO = 1.3
 NOISE_CORES = 0.10  # other processes busier than this during a measurement: warn
@@ -190,11 +196,6 @@ def timed_steps(
     return time.perf_counter() - t0
 
 
-def minor_page_faults() -> int:
-    """Page faults of this process so far that needed no disk (fresh pages being mapped)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def profile(
     step: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]], n: int, label: str, rows: int
 ) -> None:
@@ -239,12 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print the median time of our loss call (forward and gradients) per step",
     )
-    p.add_argument(
-        "--glibc-malloc-defaults",
-        action="store_true",
-        help="leave glibc malloc as it is (the trainer tunes it on CPU, so by default this "
-        "process does too, for both sides)",
-    )
+    add_malloc_flag(p)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -285,10 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         f"hf attn_implementation {hf.config._attn_implementation}"
     )
     print(f"batch {B} x seq {T} = {B * T} tokens/step; mode {mode}")
-    malloc = "glibc defaults"
-    if not args.glibc_malloc_defaults and keep_freed_memory_mapped():
-        malloc = "tuned as the trainer tunes it (pretrain.train.cpu_malloc), both sides"
-    print(f"malloc: {malloc}")
+    print(f"malloc: {tune_malloc_as_the_trainer(args)}, both sides")
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().split()[:3]}", flush=True)
 

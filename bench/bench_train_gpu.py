@@ -50,7 +50,7 @@ import time
 import torch
 import torch._functorch.config as functorch_config
 
-from machine import git_commit
+from machine import add_malloc_flag, git_commit, tune_malloc_as_the_trainer
 from pretrain.data.loader import TokenBatch
 from pretrain.losses import cross_entropy_sum
 from pretrain.models.decoder.configs import decoder_config
@@ -65,7 +65,6 @@ from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.train.compile import COMPILE_SCOPES, compile_for_training
-from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -353,12 +352,7 @@ def parse_args(add_arguments=None) -> argparse.Namespace:
         default=1.0,
         help="ours compiled: train.activation_memory_budget (1.0: PyTorch's default)",
     )
-    p.add_argument(
-        "--glibc-malloc-defaults",
-        action="store_true",
-        help="on a CPU, leave glibc malloc as it is (the trainer tunes it there, so by default "
-        "this process does too, for both sides)",
-    )
+    add_malloc_flag(p)  # on a CPU only
     p.add_argument("--loss-chunks", default="", help="comma list of chunk rows; 0 = default")
     p.add_argument(
         "--compile-mode",
@@ -400,8 +394,7 @@ def main() -> None:
     device = torch.device(args.device)
     malloc = ""
     if device.type == "cpu":  # as bench_train_cpu.py: what the trainer does, for both sides
-        tuned = not args.glibc_malloc_defaults and keep_freed_memory_mapped()
-        malloc = ", malloc " + ("tuned as the trainer tunes it" if tuned else "glibc defaults")
+        malloc = f", malloc {tune_malloc_as_the_trainer(args)}"
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     ours, hf, objective = build_models(args, device)

@@ -1,12 +1,17 @@
-"""Machine facts and a CPU-noise probe shared by the bench scripts (run from the repo root as
-``python bench/NAME.py``, which puts this folder on the import path)."""
+"""Machine facts, a CPU-noise probe and the CPU allocator setting shared by the bench scripts
+(run from the repo root as ``python bench/NAME.py``, which puts this folder on the import
+path)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import resource
 import subprocess
 from pathlib import Path
+
+from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,3 +56,25 @@ def busy_cpu_seconds() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_page_faults() -> int:
+    """Page faults of this process so far that needed no disk (fresh pages being mapped)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--glibc-malloc-defaults",
+        action="store_true",
+        help="leave glibc malloc as it is (the trainer tunes it on a CPU, so by default this "
+        "process does too, for every side it measures)",
+    )
+
+
+def tune_malloc_as_the_trainer(args: argparse.Namespace) -> str:
+    """Apply :func:`pretrain.train.cpu_malloc.keep_freed_memory_mapped` unless
+    ``--glibc-malloc-defaults``; returns what the header should say."""
+    if not args.glibc_malloc_defaults and keep_freed_memory_mapped():
+        return "tuned as the trainer tunes it (pretrain.train.cpu_malloc)"
+    return "glibc defaults"

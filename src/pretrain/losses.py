@@ -24,9 +24,10 @@ from collections.abc import Iterator
 import torch
 
 from pretrain.objectives.base import label_positions as find_label_positions
+from pretrain.train.cpu_malloc import MMAP_THRESHOLD_BYTES
 
 DEFAULT_CHUNK_ROWS = 512  # CPU: fits in cache; measured faster than 2048 (vocabulary 4096)
-CPU_CHUNK_BYTES = 31 << 20  # CPU: one chunk's fp32 logits stay below glibc's mmap threshold
+CPU_CHUNK_BYTES = MMAP_THRESHOLD_BYTES - (1 << 20)  # CPU: a chunk's fp32 logits, below it
 CUDA_VOCAB_MULTIPLE = 64  # CUDA: vocabulary columns padded to this for aligned bf16 GEMMs
 CUDA_CHUNK_BYTES = 1 << 30  # CUDA: rows per chunk so one chunk's fp32 logits take about 1 GiB
 
@@ -35,10 +36,11 @@ def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
     """Label rows per chunk: small on CPU (cache), large on CUDA (fewer, fuller launches).
 
     On a CPU, at most :data:`DEFAULT_CHUNK_ROWS`, and fewer where a chunk's fp32 logits would
-    reach :data:`CPU_CHUNK_BYTES`: glibc serves a block over its mmap threshold (32 MiB at
-    most, :mod:`pretrain.train.cpu_malloc`) with fresh pages every time, and the page faults
-    cost more than the smaller chunks (T5 ``tiny``'s 464 label rows and 32128 words: 80 ms in
-    one 60 MB chunk, 68 ms in 252-row chunks; ``bench/bench_cpu_loss_optim.py``).
+    reach :data:`CPU_CHUNK_BYTES`, 1 MiB under the mmap threshold that
+    :mod:`pretrain.train.cpu_malloc` sets: glibc serves a larger block with fresh pages every
+    time, and the page faults cost more than the smaller chunks (T5 ``tiny``'s 464 label rows
+    and 32128 words: 80 ms in one 60 MB chunk, 68 ms in 252-row chunks, measured at b29b150;
+    ``bench/bench_cpu_loss_optim.py``).
     """
     if device.type != "cuda":
         return max(1, min(DEFAULT_CHUNK_ROWS, CPU_CHUNK_BYTES // (4 * vocab_size)))

@@ -61,7 +61,7 @@ def build_optimizer(
     device type that has it (CUDA, and the CPU since PyTorch 2.4): one pass per tensor
     instead of a dozen elementwise ops each. Hugging Face's ``Trainer`` picks it the same way
     (``adamw_torch_fused`` by default from PyTorch 2.8). On a CPU it took an AdamW step over
-    15.9M parameters from 25.9 to 8.6 ms (``bench/bench_cpu_loss_optim.py``,
+    15.9M parameters from 25.9 to 8.6 ms (at b29b150; ``bench/bench_cpu_loss_optim.py``,
     ``docs/benchmarks.md``); its updates equal the for-loop's to rounding
     (``tests/unit/test_optim.py``).
     """

@@ -144,6 +144,24 @@ def test_compiled_chunks_match_eager_chunks(with_bias: bool):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
+def test_cpu_loss_takes_the_default_chunks_for_a_large_vocabulary(monkeypatch):
+    """Without ``chunk_rows`` the CPU loss cuts a 32128-word vocabulary's rows into chunks of
+    :func:`default_chunk_rows` (fp32 logits under the allocator's mmap threshold)."""
+    vocab, rows = 32128, 600
+    chunk = losses.default_chunk_rows(torch.device("cpu"), vocab)
+    seen = []
+    real = losses.chunk_loss_and_grad
+    monkeypatch.setattr(
+        losses,
+        "chunk_loss_and_grad",
+        lambda logits, *a: seen.append(len(logits)) or real(logits, *a),
+    )
+    hidden = torch.randn(rows, 8, requires_grad=True)
+    total, _, _ = cross_entropy_sum(hidden, torch.randint(0, vocab, (rows,)), torch.randn(vocab, 8))
+    total.backward()
+    assert chunk < 512 and seen == [chunk, chunk, rows - 2 * chunk]
+
+
 def test_default_chunk_rows_keep_cpu_chunks_small_and_cuda_chunks_near_one_gib():
     from pretrain.losses import CPU_CHUNK_BYTES, DEFAULT_CHUNK_ROWS, default_chunk_rows
 

@@ -4,9 +4,12 @@ A training step allocates and frees the same large temporaries (activations, gra
 chunks) every time. With glibc's defaults a block above the mmap threshold (128 KiB at first,
 raised on the fly up to 32 MiB) is a fresh ``mmap`` and a freed heap top beyond the trim
 threshold goes back to the kernel, so the next step touches new pages and takes a page fault
-per 4 KiB. Measured on the `tiny` decoder in bf16 (2 threads, separate processes, three
-alternating pairs): the median step went from 313-336 ms to 247-272 ms, page faults from
-thousands per step to almost none; in fp32 the step time did not change. This is the job
+per 4 KiB. Measured on the `tiny` decoder in bf16 (2 threads, ``bench/bench_train_cpu.py``
+with and without ``--glibc-malloc-defaults``, two alternating pairs of processes, at bba2be1;
+``docs/benchmarks.md``): page faults went from 611-5,924 to 0-461 per step, but the step time
+did not change beyond the noise (228-265 ms against 221-272 ms). It did in session 9's code
+(about 320 against 260 ms, an unlogged probe), before the loss and norms took fewer passes
+and the loss chunks stayed under the threshold. This is the job
 Intel's CPU launchers (``torch.backends.xeon.run_cpu``) give tcmalloc or jemalloc through
 ``LD_PRELOAD``; two ``mallopt`` calls do it for glibc in-process: the mmap threshold at its
 largest (32 MiB on 64-bit) and no trimming, so memory freed by one step is reused by the next

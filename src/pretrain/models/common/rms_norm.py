@@ -4,8 +4,7 @@ of few passes.
 ``y = x / sqrt(mean(x²) + eps) * w``. On CUDA, ``torch.nn.RMSNorm`` dispatches to a fused
 kernel. On CPU (PyTorch 2.13) it is a chain of elementwise operations (``pow``, ``mean``,
 ``add``, ``rsqrt``, two ``mul``) whose backward autograd builds from about ten more passes over
-the activations (about 6% of a bf16 ``tiny`` training step in a profile whose output was
-not kept).
+the activations.
 :class:`RMSNorm` keeps the module (same parameter, same ``state_dict``) and, in eager mode on
 CPU, computes it through :class:`_RMSNormFunction`: the forward keeps the normalized input
 ``x̂ = x · r`` (``r = 1 / sqrt(mean(x²) + eps)``) and the backward is
