@@ -114,7 +114,9 @@ def _assert_flex_matches_dense(dense, flex, batch: ModelBatch, flex_forward=None
     """Same loss (1e-4) and every gradient within 1e-3 relative, through both backends.
     ``flex_forward`` runs the flex model (``torch.compile(flex)``); default: ``flex`` itself."""
     losses = []
-    for model, forward in ((dense, dense), (flex, flex_forward or flex)):
+    # not `flex_forward or flex`: a compiled module has no truth value (it raises on len())
+    flex_forward = flex if flex_forward is None else flex_forward
+    for model, forward in ((dense, dense), (flex, flex_forward)):
         total, n, _ = cross_entropy_sum(
             forward(batch),
             batch.labels,
