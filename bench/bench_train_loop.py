@@ -13,6 +13,12 @@ of the ``tokens_per_second`` the trainer logs after ``--skip`` steps (compile an
 
 Arguments after ``--`` are passed to ``pretrain train`` as overrides. Evaluation is off and the
 only checkpoint is the final one. This is a benchmark, not a test.
+
+It also says where the host's time goes in each step (medians after ``--skip``): queuing the
+step (``Trainer.queue_step``; drawing the next step's batches is part of it and also shown
+alone) and waiting for the device to finish the step before (``PendingSums.result``). A wait
+near zero means the host is the bottleneck: the device finishes each step before the host has
+queued the next one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from machine import git_commit
@@ -30,6 +37,28 @@ from pretrain.data.tokenize import tokenize_to_shards
 from pretrain.quickstart import bundled_corpus
 from pretrain.tokenizer import train_tokenizer_from_files
 from pretrain.train.metrics import read_metrics
+from pretrain.train.step_batches import StepBatches
+from pretrain.train.step_sums import PendingSums
+from pretrain.train.trainer import Trainer
+
+
+def timed(cls: type, name: str, seconds: list[float]) -> None:
+    """Wrap ``cls.name`` so each call appends its wall time to ``seconds``."""
+    real = getattr(cls, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    setattr(cls, name, wrapper)
+
+
+def median_ms(seconds: list[float], skip: int) -> float | None:
+    kept = seconds[skip:]
+    return round(1e3 * statistics.median(kept), 2) if kept else None
 
 
 def prepare_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
@@ -73,6 +102,10 @@ def main() -> None:
         "--log.every_steps=1", "--log.progress=false", "--log.tensorboard=false",
         "--log.sample_tokens=0",
     ]  # fmt: skip
+    host = {"queue_step": [], "draw_ahead": [], "wait_for_device": []}
+    timed(Trainer, "queue_step", host["queue_step"])
+    timed(StepBatches, "draw_ahead", host["draw_ahead"])
+    timed(PendingSums, "result", host["wait_for_device"])  # the first call waits, later are cached
     code = pretrain_main(["train", "--config", args.config, *overrides, *extra])
     if code != 0:
         raise SystemExit(f"pretrain train exited with {code}")
@@ -92,6 +125,7 @@ def main() -> None:
         "tokens_per_second": statistics.median(rates) if rates else None,
         "mfu": statistics.median(mfus) if mfus else None,
         "first_loss": records[0]["loss"],
+        "host_ms_per_step": {name: median_ms(v, args.skip) for name, v in host.items()},
     }
     print(json.dumps(result))
 

@@ -28,17 +28,17 @@ def crash_then_resume(
 
     ``after_crash`` runs between the two, to check what the crash left behind.
     """
-    real_step = Trainer.train_step
+    real_step = Trainer.queue_step
 
     def crashing_step(self):
         if self.state.step == crash_before_step - 1:
             raise KeyboardInterrupt("simulated crash")
         return real_step(self)
 
-    monkeypatch.setattr(Trainer, "train_step", crashing_step)
+    monkeypatch.setattr(Trainer, "queue_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         Trainer(make_config()).fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.setattr(Trainer, "queue_step", real_step)
     if after_crash is not None:
         after_crash()
     Trainer(make_config(), resume=True).fit()

@@ -386,7 +386,8 @@ class TrainConfig:
     micro_batch_size: int = 8
     max_steps: int = 1000
     max_minutes: float | None = None
-    """Stop (with a final checkpoint) when this much wall time has passed."""
+    """Stop (with a final checkpoint) when this much wall time has passed: after the step
+    queued next, as the clock is read with each step's loss sums (``Trainer.queue_step``)."""
     seed: int = 0
     device: str = "auto"
     compile: bool = False

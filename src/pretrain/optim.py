@@ -88,6 +88,25 @@ def fused_adamw_applies(params: Iterable[torch.Tensor]) -> bool:
     )
 
 
+def skips_updates_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` can skip its update on the device: a ``found_inf`` tensor
+    set on the optimizer makes PyTorch's fused kernels leave the parameters, the moments and
+    the step count as they were where it holds 1. This is the contract ``torch.amp.GradScaler``
+    uses (``_step_supports_amp_scaling``); the trainer uses it to skip a non-finite step
+    without the host reading the loss first."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
+    """``optimizer.step()``, skipped on the device where ``nonfinite`` (a float32 0-d tensor
+    on the parameters' device) is 1; needs :func:`skips_updates_on_device`."""
+    optimizer.found_inf = nonfinite  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf  # type: ignore[attr-defined]
+
+
 def lr_at(
     step: int,
     *,

@@ -22,14 +22,14 @@ def main() -> None:
     trainer = Trainer(load_config(ExperimentConfig, None, sys.argv[2:]))
     counters.clear()
     graphs_after_each_step: list[int] = []
-    train_step = trainer.train_step
+    queue_step = trainer.queue_step
 
     def counting_step():
-        record = train_step()
+        queued = queue_step()
         graphs_after_each_step.append(counters["stats"]["unique_graphs"])
-        return record
+        return queued
 
-    trainer.train_step = counting_step
+    trainer.queue_step = counting_step
     trainer.fit()
     blocks = trainer.model.blocks
     facts = {

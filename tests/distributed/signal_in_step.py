@@ -21,14 +21,14 @@ from pretrain.train.trainer import Trainer
 def run() -> int:
     rank, step, name, to = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     sig = getattr(signal, name)
-    train_step = Trainer.train_step
+    queue_step = Trainer.queue_step
 
     def signalling(self):
         if self.dist.rank == rank and self.state.step == step:
             os.kill(os.getpid() if to == "self" else os.getppid(), sig)
-        return train_step(self)
+        return queue_step(self)
 
-    with mock.patch.object(Trainer, "train_step", signalling):
+    with mock.patch.object(Trainer, "queue_step", signalling):
         return main(["train", *sys.argv[5:]])
 
 

@@ -188,6 +188,43 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
 
 
+@pytest.mark.parametrize("objective", ["clm", "plm"])
+def test_queuing_a_training_step_never_waits_for_the_device(
+    objective: str, shards_dir, tokenizer_dir, tmp_path
+):
+    """``Trainer.queue_step`` (batches to the device, forward, loss, backward, clipping, the
+    step's sums and the optimizer's update, skipped on the device if non-finite) runs with
+    CUDA's sync debug mode set to raise: nothing in it makes the host wait, so the device
+    always has the next step queued while the host reads the one before."""
+    overrides = {
+        "model.family": "xlnet" if objective == "plm" else "decoder",
+        "model.size": "debug",
+        "objective.name": objective,
+        "data.train": f"[{shards_dir}]",
+        "data.val": "null",
+        "data.tokenizer": str(tokenizer_dir),
+        "train.seq_len": 128,
+        "train.micro_batch_size": 4,
+        "train.tokens_per_batch": 1024,  # two micro-batches a step
+        "train.max_steps": 10,
+        "train.device": "cuda",
+        "log.progress": False,
+        "log.tensorboard": False,
+        "run.dir": str(tmp_path / objective),
+    }
+    cfg = load_config(ExperimentConfig, None, [f"--{k}={v}" for k, v in overrides.items()])
+    trainer = Trainer(cfg)
+    trainer.train_step()  # the first step creates the optimizer's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        queued = [trainer.queue_step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    records = [trainer._account(q) for q in queued]
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in records)
+
+
 @pytest.mark.parametrize("compiled", [None, "model", "blocks"])
 @pytest.mark.parametrize("position_encoding", ["txl", "rope"])
 def test_xlnet_flex_forward_and_backward_match_dense(position_encoding, compiled):

@@ -111,25 +111,25 @@ def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
 def test_ctrl_c_finishes_the_step_saves_it_and_resume_continues_exactly(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):
-    """The first SIGINT stops training after the step it arrives in, with a checkpoint of that
-    step (none was due) and its train record; ``--resume`` then gives the uninterrupted
-    losses."""
+    """The first SIGINT stops training after the step following the one it arrives in (the
+    trainer reads a step's votes once the next step is queued), with a checkpoint of that step
+    (none was due) and its train record; ``--resume`` then gives the uninterrupted losses."""
     straight, run = tmp_path / "straight", tmp_path / "run"
     Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
     args = _overrides(shards_dir, tokenizer_dir, run, log__every_steps=4)
-    train_step = Trainer.train_step
+    queue_step = Trainer.queue_step
 
     def interrupted_in_step_6(self):
         if self.state.step == 5:
             os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of step 6
-        return train_step(self)
+        return queue_step(self)
 
-    with mock.patch.object(Trainer, "train_step", interrupted_in_step_6):
+    with mock.patch.object(Trainer, "queue_step", interrupted_in_step_6):
         assert main(["train", *args]) == 130
     err = capsys.readouterr().err
-    assert "stopped after step 6 on SIGINT" in err and "rerun the same command with --resume" in err
-    assert list_steps(run / "checkpoints") == [4, 6]
-    assert [s for s, _ in _losses(run)] == [4, 6]  # the last step is logged too
+    assert "stopped after step 7 on SIGINT" in err and "rerun the same command with --resume" in err
+    assert list_steps(run / "checkpoints") == [4, 7]
+    assert [s for s, _ in _losses(run)] == [4, 7]  # the last step is logged too
     assert main(["train", *args, "--resume"]) == 0
     assert _losses(run)[-1] == _losses(straight)[-1]
     expected = dict(_losses(straight))
@@ -141,13 +141,13 @@ def ten_second_steps(monkeypatch) -> list[float]:
     """The trainer's clock, as a one-item list the test may set; each step takes 10 s of it."""
     clock = [0.0]
     monkeypatch.setattr(trainer_mod, "time", mock.Mock(perf_counter=lambda: clock[0]))
-    train_step = Trainer.train_step
+    queue_step = Trainer.queue_step
 
     def ten_seconds_a_step(self):
         clock[0] += 10.0
-        return train_step(self)
+        return queue_step(self)
 
-    monkeypatch.setattr(Trainer, "train_step", ten_seconds_a_step)
+    monkeypatch.setattr(Trainer, "queue_step", ten_seconds_a_step)
     return clock
 
 
@@ -155,11 +155,12 @@ def test_max_minutes_stops_at_a_step_with_its_record_and_checkpoint(
     shards_dir, tokenizer_dir, tmp_path, ten_second_steps
 ):
     run = tmp_path / "run"
-    cfg = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, log__every_steps=4)
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, log__every_steps=5)
     summary = Trainer(cfg).fit()
-    assert summary["step"] == 3  # 30 s: the deadline is seen after step 3
-    assert [s for s, _ in _losses(run)] == [3]  # logged although 3 is not a multiple of 4
-    assert list_steps(run / "checkpoints") == [3]
+    # 30 s: the deadline passes with step 3, whose vote is read once step 4 is queued
+    assert summary["step"] == 4
+    assert [s for s, _ in _losses(run)] == [4]  # logged although 4 is not a multiple of 5
+    assert list_steps(run / "checkpoints") == [4]
 
 
 def test_max_minutes_counts_the_training_time_before_a_resume(
@@ -171,8 +172,8 @@ def test_max_minutes_counts_the_training_time_before_a_resume(
     ten_second_steps[0] = 1000.0  # restarted later: the time between runs does not count
     again = _config(shards_dir, tokenizer_dir, run, train__max_minutes=0.5, train__max_steps=9)
     summary = Trainer(again, resume=True).fit()
-    assert summary["step"] == 3  # 10 s more reach the 30 s
-    assert summary["seconds"] == 30.0
+    assert summary["step"] == 4  # 10 s more reach the 30 s at step 3, read after step 4
+    assert summary["seconds"] == 40.0
 
 
 def test_accumulated_gradient_is_that_of_the_summed_loss_over_all_label_tokens(
@@ -362,6 +363,20 @@ def test_corrupt_or_truncated_latest_checkpoint_falls_back_to_the_previous(
     assert (root / LATEST).read_text().strip() == "step_000012"
 
 
+def _optimizer_state(trainer: Trainer) -> list[torch.Tensor]:
+    """Every tensor of the optimizer's state (moments, step counts), copied."""
+    return [
+        t.clone()
+        for state in trainer.optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    ]
+
+
+def _same_state(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_nonfinite_steps_are_skipped_then_training_stops(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):
@@ -381,10 +396,13 @@ def test_nonfinite_steps_are_skipped_then_training_stops(
     trainer.train_step()
     trainer.train_step()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = _optimizer_state(trainer)
     record = trainer.train_step()
     assert record["skipped"] and trainer.state.num_skipped_steps == 1
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert _same_state(moments, _optimizer_state(trainer))  # moments and step count too
     assert not trainer.train_step()["skipped"]
+    assert not _same_state(moments, _optimizer_state(trainer))
     assert trainer.state.consecutive_nonfinite == 0
 
     bad_calls.update(range(9, 1000))
@@ -411,6 +429,75 @@ def test_a_step_with_an_infinite_gradient_but_a_finite_loss_is_skipped(
     assert record["skipped"] and trainer.state.num_skipped_steps == 1
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert not trainer.train_step()["skipped"]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_step_is_skipped_by_either_optimizer_path(
+    fused, shards_dir, tokenizer_dir, tmp_path
+):
+    """The fused AdamW skips on the device (``found_inf``); the for-loop AdamW cannot, so the
+    trainer reads the step's values first and does not call it. Either way nothing moves."""
+    from pretrain.optim import build_optimizer, skips_updates_on_device
+
+    cfg = _config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0)
+    trainer = Trainer(cfg)
+    trainer.optimizer = build_optimizer(
+        trainer.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), fused=fused
+    )
+    assert skips_updates_on_device(trainer.optimizer) == fused
+    trainer.train_step()
+    weight = next(p for p in trainer.model.parameters() if p.dim() == 2)
+    hook = weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = _optimizer_state(trainer)
+    assert trainer.train_step()["skipped"]
+    hook.remove()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert _same_state(moments, _optimizer_state(trainer))
+    assert not trainer.train_step()["skipped"]
+    assert not _same_state(moments, _optimizer_state(trainer))
+
+
+def test_fit_reads_a_step_once_the_next_is_queued_and_at_once_before_saving(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    """The host never waits for a step before queuing the next one, except where the step's
+    weights are evaluated or saved (every 4 steps here) and at the end: what the trainer did,
+    in order."""
+    from pretrain.train.step_sums import PendingSums
+
+    events: list[str] = []
+    queue_step, result = Trainer.queue_step, PendingSums.result
+    evaluate, save = Trainer.evaluate_and_log, Trainer.save
+
+    def queue(self):
+        queued = queue_step(self)
+        events.append(f"queue {queued.step}")
+        return queued
+
+    def read(self):
+        if self._result is None:
+            events.append("read")
+        return result(self)
+
+    monkeypatch.setattr(Trainer, "queue_step", queue)
+    monkeypatch.setattr(PendingSums, "result", read)
+    monkeypatch.setattr(Trainer, "evaluate_and_log", lambda t: events.append("eval") or evaluate(t))
+    monkeypatch.setattr(Trainer, "save", lambda t, v: events.append("save") or save(t, v))
+    cfg = _config(shards_dir, tokenizer_dir, tmp_path / "run", train__max_steps=6)
+    Trainer(cfg).fit()
+    steps = [e for e in events if e.startswith("queue")]
+    assert steps == [f"queue {i}" for i in range(1, 7)]
+    reads = [i for i, e in enumerate(events) if e == "read"]
+    assert len(reads) == 6  # each step read once
+    assert events[: events.index("eval")] == [
+        "queue 1", "queue 2", "read", "queue 3", "read", "queue 4", "read", "read"
+    ]  # fmt: skip
+    assert events[events.index("eval") :][:8] == [
+        "eval", "save", "queue 5", "queue 6", "read", "read", "eval", "save"
+    ]  # fmt: skip
+    records = [r["step"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert records == [1, 2, 3, 4, 5, 6]
 
 
 def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys):

@@ -1,7 +1,11 @@
-"""The step's sums in one vector: each value lands back in its own slot."""
+"""The step's sums in one vector: each value lands back in its own slot, and the flag that
+skips a non-finite update on the device agrees with the values read on the host."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from pretrain.train.step_sums import sum_over_ranks
@@ -10,12 +14,18 @@ from pretrain.train.step_sums import sum_over_ranks
 def test_sums_come_back_in_their_slots_in_one_process():
     per_task = {"b": [torch.tensor(6.0), 4], "d": [torch.tensor(1.5), 1]}
     sums = sum_over_ranks(
-        torch.tensor(7.5), 5, per_task, ("a", "b", "c", "d"), flops=3.0e12, deadline_vote=True
-    )
-    assert (sums.ce_sum, sums.label_tokens, sums.flops) == (7.5, 5, 3.0e12)
+        torch.tensor(7.5),
+        5,
+        per_task,
+        ("a", "b", "c", "d"),
+        flops=3.0e12,
+        deadline_vote=True,
+        grad_norm=torch.tensor(0.25),
+    ).result()
+    assert (sums.ce_sum, sums.label_tokens, sums.flops, sums.grad_norm) == (7.5, 5, 3.0e12, 0.25)
     assert sums.tasks == {"b": [6.0, 4], "d": [1.5, 1]}  # tasks no rank drew are left out
     assert (sums.signal_votes, sums.deadline_votes) == (0, 1)
-    assert sum_over_ranks(torch.tensor(0.0), 0, {}, (), signal_vote=True).signal_votes == 1
+    assert sum_over_ranks(torch.tensor(0.0), 0, {}, (), signal_vote=True).result().signal_votes == 1
 
 
 def test_two_ranks_add_up_slot_by_slot_and_keep_a_task_drawn_without_labels(monkeypatch):
@@ -29,7 +39,30 @@ def test_two_ranks_add_up_slot_by_slot_and_keep_a_task_drawn_without_labels(monk
     # Rank 0 sees rank 1's vector added to its own, as the all-reduce would leave it.
     monkeypatch.setattr(comm, "all_reduce_sum", lambda flat, device: flat + rank1)
     per_task = {"b": [torch.tensor(6.0), 4], "d": [torch.tensor(0.0), 0]}  # d drawn, no labels
-    sums = sum_over_ranks(torch.tensor(6.0), 4, per_task, names, flops=2.0, signal_vote=True)
-    assert (sums.ce_sum, sums.label_tokens, sums.flops) == (8.0, 6, 3.0)
+    norm = torch.tensor(3.0)  # the same on every rank: not summed
+    pending = sum_over_ranks(
+        torch.tensor(6.0), 4, per_task, names, flops=2.0, signal_vote=True, grad_norm=norm
+    )
+    sums = pending.result()
+    assert (sums.ce_sum, sums.label_tokens, sums.flops, sums.grad_norm) == (8.0, 6, 3.0, 3.0)
     assert sums.tasks == {"b": [8.0, 6], "d": [0.0, 0]}
     assert (sums.signal_votes, sums.deadline_votes) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("ce_sum", "grad_norm", "nonfinite"),
+    [
+        (1.0, 2.0, 0.0),
+        (float("nan"), 2.0, 1.0),
+        (float("inf"), 2.0, 1.0),
+        (1.0, float("inf"), 1.0),
+        (1.0, float("nan"), 1.0),
+        (3.0e38, 2.0, 0.0),  # large but finite in fp32
+    ],
+)
+def test_the_device_flag_marks_a_non_finite_loss_or_gradient_norm(ce_sum, grad_norm, nonfinite):
+    pending = sum_over_ranks(torch.tensor(ce_sum), 1, {}, (), grad_norm=torch.tensor(grad_norm))
+    assert pending.nonfinite.dtype == torch.float32 and pending.nonfinite.dim() == 0
+    assert pending.nonfinite.item() == nonfinite
+    sums = pending.result()
+    assert (math.isfinite(sums.ce_sum) and math.isfinite(sums.grad_norm)) == (nonfinite == 0.0)

@@ -5,7 +5,8 @@ say) leaves nothing consistent to save, and SIGTERM (a scheduler preempting the 
 Kubernetes, ``timeout``) kills the process outright, so everything since the last checkpoint
 would be lost. :class:`StopOnSignal` turns the first SIGINT or SIGTERM into a request the loop
 reads between steps; the trainer then saves and raises :class:`TrainingInterrupted`. A second
-signal stops at once.
+signal stops at once. The request travels with a step's loss sums, which the trainer reads once
+the next step is queued, so training stops after the step that follows the signal's.
 
 Under ``torchrun`` every rank gets the signal at a slightly different point of its step, and
 some ranks may not get it at all. Each rank therefore votes in the all-reduce the step already
@@ -13,7 +14,7 @@ makes for its loss sums (:func:`pretrain.train.step_sums.sum_over_ranks`), and a
 after the same step, so the checkpoint's collectives line up (Megatron-LM's
 ``--exit-signal-handler`` gathers a flag from every rank each iteration for the same reason).
 torchrun forwards the signal it gets to its workers and kills them ``--shutdown_timeout``
-seconds later (30 by default): the time left to finish the step and save. A terminal's Ctrl-C
+seconds later (30 by default): the time left to finish two steps and save. A terminal's Ctrl-C
 reaches a worker twice (from the terminal and from torchrun), so a repeat within
 :data:`REPEAT_WINDOW_SECONDS` is the same request.
 """

@@ -1,4 +1,14 @@
-"""A step's loss sums and label counts, added up over data-parallel ranks in one all-reduce."""
+"""A step's loss sums and label counts, added up over data-parallel ranks in one all-reduce,
+and brought to the host without stopping the device.
+
+The trainer reads a step's sums only after it has queued the next step
+(:meth:`pretrain.train.trainer.Trainer.fit`): reading them at once would make the host wait
+for the step to finish, and the device would then wait, idle, for the host to queue the next
+one. So :func:`sum_over_ranks` starts a copy to pinned host memory and returns; the values are
+read by :meth:`PendingSums.result`, which waits for that copy only. Whether the step's update is
+skipped (a non-finite loss or gradient) is decided on the device
+(:attr:`PendingSums.nonfinite`), as PyTorch's ``GradScaler`` decides for its fused optimizers.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +28,41 @@ class StepSums(NamedTuple):
     flops: float
     signal_votes: int  # ranks that received a stop signal (SIGINT, SIGTERM)
     deadline_votes: int  # ranks whose clock passed train.max_minutes
+    grad_norm: float  # the clipped gradients' norm before clipping (the same on every rank)
+
+
+class PendingSums:
+    """The step's summed values on their way to the host.
+
+    Args:
+        reduced: the all-reduced float64 vector (:func:`sum_over_ranks` lays out its slots).
+        grad_norm: the gradient norm, the same on every rank, so not summed.
+        task_names: the objective's tasks, in their slot order.
+    """
+
+    def __init__(self, reduced: torch.Tensor, grad_norm: torch.Tensor, task_names: tuple):
+        readout = torch.cat([reduced, grad_norm.detach().reshape(1).to(reduced)])
+        self.task_names = task_names
+        self.nonfinite = (~torch.isfinite(readout[[0, -1]])).any().to(torch.float32)
+        """1.0 where the summed loss or the gradient norm is not finite, else 0.0: a tensor on
+        the device, for an optimizer that skips its update there (``found_inf``)."""
+        self._ready: torch.cuda.Event | None = None
+        if readout.device.type == "cuda":  # a queued copy; result() waits for it alone
+            host = torch.empty(readout.shape, dtype=readout.dtype, pin_memory=True)
+            self._readout = host.copy_(readout, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._readout = readout
+        self._result: StepSums | None = None
+
+    def result(self) -> StepSums:
+        """The values, once the device has computed them (waits for that, not for later work)."""
+        if self._result is None:
+            if self._ready is not None:
+                self._ready.synchronize()
+            self._result = _unpack(self._readout.tolist(), self.task_names)
+        return self._result
 
 
 def sum_over_ranks(
@@ -28,9 +73,11 @@ def sum_over_ranks(
     flops: float = 0.0,
     signal_vote: bool = False,
     deadline_vote: bool = False,
-) -> StepSums:
+    grad_norm: torch.Tensor | None = None,
+) -> PendingSums:
     """The step's cross-entropy sum, label tokens, ``{task: [ce sum, label tokens]}`` (for
-    the tasks some rank drew), training FLOPs and votes to stop, each summed over all ranks.
+    the tasks some rank drew), training FLOPs and votes to stop, each summed over all ranks,
+    with the gradient norm beside them; :meth:`PendingSums.result` reads them.
 
     Args:
         ce_sum: this rank's cross-entropy sum over the step's micro-batches (a 0-d tensor).
@@ -40,12 +87,15 @@ def sum_over_ranks(
         flops: this rank's training FLOPs in the step (ranks differ where masking does).
         signal_vote: this rank received SIGINT or SIGTERM (:mod:`pretrain.train.interrupt`).
         deadline_vote: this rank's clock says the run is out of time.
+        grad_norm: the step's gradient norm (a 0-d tensor), default 0.
 
     Each task has fixed slots in one float64 vector ``[ce, ce per task..., flops, signal
     votes, deadline votes, label tokens, (label tokens, drawn) per task...]``: float64 keeps
     the counts exact, one all-reduce sums everything, and no rank pickles a dictionary every
     step. Every rank reads the same sums, so a vote from any rank stops all of them after
-    the same step. In a single process nothing is communicated.
+    the same step. In a single process nothing is communicated. The host's numbers reach the
+    device by a queued copy from pinned memory: an ordinary copy to CUDA waits for all the
+    work queued before it.
     """
     zero = ce_sum.new_zeros(())
     ces = [per_task.get(name, (zero, 0))[0].detach() for name in task_names]
@@ -53,15 +103,24 @@ def sum_over_ranks(
     for name in task_names:
         counts += [per_task[name][1], 1] if name in per_task else [0, 0]
     host_values = torch.tensor([flops, signal_vote, deadline_vote, *counts], dtype=torch.float64)
-    flat = torch.cat([torch.stack([ce_sum.detach(), *ces]).double(), host_values.to(ce_sum.device)])
-    values = comm.all_reduce_sum(flat, flat.device).tolist()  # in one process: no exchange
+    if ce_sum.device.type == "cuda":
+        host_values = host_values.pin_memory()
+    on_device = host_values.to(ce_sum.device, non_blocking=True)
+    flat = torch.cat([torch.stack([ce_sum.detach(), *ces]).double(), on_device])
+    reduced = comm.all_reduce_sum(flat, flat.device)  # in one process: no exchange
+    return PendingSums(reduced, zero if grad_norm is None else grad_norm, task_names)
+
+
+def _unpack(values: list[float], task_names: tuple[str, ...]) -> StepSums:
     k = len(task_names)
     total, task_ces = values[0], values[1 : k + 1]
     all_flops, signals, deadlines, tokens = values[k + 1 : k + 5]
-    task_counts = values[k + 5 :]
+    task_counts = values[k + 5 : -1]
     sums = {
         name: [task_ces[i], int(task_counts[2 * i])]
         for i, name in enumerate(task_names)
         if task_counts[2 * i + 1] > 0
     }
-    return StepSums(total, int(tokens), sums, all_flops, int(signals), int(deadlines))
+    return StepSums(
+        total, int(tokens), sums, all_flops, int(signals), int(deadlines), grad_norm=values[-1]
+    )

@@ -9,6 +9,14 @@ Loss normalization (DESIGN.md §3): each micro-batch's loss *sum* is divided by 
 label tokens of the whole step, so every label token weighs the same however the tokens are
 spread over micro-batches (torchtitan's ``global_valid_tokens``).
 
+No wait between steps: :meth:`Trainer.queue_step` queues a whole step on the device and
+returns; :meth:`Trainer.fit` reads its loss, gradient norm and the ranks' votes to stop only
+once the next step is queued (:mod:`pretrain.train.step_sums`), so the device never idles
+while the host prepares a step. A non-finite step is skipped on the device by the fused AdamW
+(``found_inf``, PyTorch's ``GradScaler`` contract; OLMo-core's skip-step optimizers decide on
+the device for the same reason). Steps that are evaluated or checkpointed, and the last, are
+read at once.
+
 Exact resume: a checkpoint holds the weights, the optimizer, the loader position, the
 objective's random generator and the trainer's counters; the schedule is a pure function of the
 step. On CPU the losses after ``--resume`` are bit-identical to an uninterrupted run's.
@@ -30,7 +38,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch._functorch.config as functorch_config
@@ -49,7 +57,7 @@ from pretrain.distributed.parallelize import (
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.models.spec import build_model
 from pretrain.objectives import build_objective, loader_seq_len
-from pretrain.optim import build_optimizer, lr_at
+from pretrain.optim import build_optimizer, lr_at, skips_updates_on_device, step_unless
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
@@ -65,7 +73,7 @@ from pretrain.train.resume_settings import architecture_changes, configured_hype
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
-from pretrain.train.step_sums import sum_over_ranks
+from pretrain.train.step_sums import PendingSums, StepSums, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,21 @@ MODEL_CONFIG_FILE = "model_config.json"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (diverged, or the run directory is not in a usable state)."""
+
+
+class QueuedStep(NamedTuple):
+    """An optimizer step queued on the device (:meth:`Trainer.queue_step`)."""
+
+    step: int  # the step number once it is taken (1 for the first)
+    tokens_seen: int  # tokens trained on up to and including this step
+    lr: float
+    step_tokens: int
+    sums: PendingSums  # its loss, gradient norm and votes, read by result()
+
+
+def _finite(sums: StepSums) -> bool:
+    """Whether a step's summed loss and its gradient norm are finite (else it is skipped)."""
+    return math.isfinite(sums.ce_sum) and math.isfinite(sums.grad_norm)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -294,37 +317,57 @@ class Trainer:
             self._deadline = started + 60 * cfg.train.max_minutes
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
-        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+        window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
         # Resumed after the deadline: rank 0's clock decides, so all ranks agree. During the
-        # loop each step's all-reduce carries the votes (train_step).
+        # loop each step's all-reduce carries the votes (queue_step).
         out_of_time = comm.broadcast_object(self._deadline_passed())
         stopped_by_signal = False
+
+        def read(queued: QueuedStep) -> None:  # count, log, and take the ranks' votes to stop
+            nonlocal stopped_by_signal, out_of_time
+            record = self._account(queued)
+            window["tokens"] += record["step_tokens"]
+            window["flops"] += record["step_flops"]
+            stopped_by_signal |= record["stop_signal"]
+            out_of_time |= record["out_of_time"]
+            step = queued.step
+            last = step == self.state.step and (stopped_by_signal or out_of_time)  # nothing after
+            if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or last:
+                now = time.perf_counter()
+                seconds = max(now - window["start"], 1e-9)
+                rates = window["tokens"] / seconds, window["flops"] / seconds
+                window.update(tokens=0, flops=0.0, start=now)
+                record = self._train_record(queued, record, *rates)
+                self.metrics.write(record)
+                progress.update(step, record)
+
         with progress, self._signals:
             progress.start(self.state.step)
-            while self.state.step < cfg.train.max_steps and not out_of_time:
-                record = self.train_step()
-                window_tokens += record["step_tokens"]
-                window_flops += record["step_flops"]
+            unread: QueuedStep | None = None  # queued on the device, its values not yet read
+            while self.state.step < cfg.train.max_steps and not (out_of_time or stopped_by_signal):
+                queued = self.queue_step()
+                if unread is not None:  # the step before, read while this one runs
+                    read(unread)
+                unread = queued
                 step = self.state.step
+                evaluates = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
+                saves = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
+                if not (evaluates or saves or stopped_by_signal or out_of_time):
+                    continue
+                read(unread)  # the weights of this step are evaluated or saved, nothing later
+                unread = None
                 self.state.elapsed_seconds = time.perf_counter() - started
-                stopped_by_signal, out_of_time = record["stop_signal"], record["out_of_time"]
-                stopping = stopped_by_signal or out_of_time
-                if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or stopping:
-                    now = time.perf_counter()
-                    seconds = max(now - window_start, 1e-9)
-                    rates = window_tokens / seconds, window_flops / seconds
-                    window_tokens, window_flops, window_start = 0, 0.0, now
-                    record = self._train_record(record, *rates)
-                    self.metrics.write(record)
-                    progress.update(step, record)
                 if stopped_by_signal:
                     break
                 paused = time.perf_counter()
-                if cfg.eval.every_steps and step % cfg.eval.every_steps == 0:
+                if evaluates:
                     last_val = self.evaluate_and_log()
-                if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                if saves:
                     self.save(last_val)
-                window_start += time.perf_counter() - paused  # tokens/s counts training only
+                window["start"] += time.perf_counter() - paused  # tokens/s counts training only
+            if unread is not None:
+                read(unread)
+            self.state.elapsed_seconds = time.perf_counter() - started
             final_step = self.state.step
             if out_of_time:
                 log.info("train.max_minutes reached at step %d", final_step)
@@ -389,7 +432,17 @@ class Trainer:
             f.write(f"--- step {self.state.step} ---\n{text}\n")
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns what to log."""
+        """One optimizer step, read back at once (:meth:`queue_step`, then its values)."""
+        return self._account(self.queue_step())
+
+    def queue_step(self) -> QueuedStep:
+        """One optimizer step over ``grad_accum`` micro-batches, queued on the device.
+
+        The host does not wait for the device here (where the optimizer skips non-finite
+        updates on the device, :func:`~pretrain.optim.skips_updates_on_device`): the loss, the
+        gradient norm and the ranks' votes come back through :meth:`QueuedStep.result`, which
+        :meth:`fit` calls once the next step is queued. Else the values are read before the
+        update, which then runs only if they are finite."""
         cfg = self.cfg
         lr = lr_at(
             self.state.step,
@@ -430,7 +483,7 @@ class Trainer:
             self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        sums = sum_over_ranks(
+        pending = sum_over_ranks(
             ce_sum,
             local_labels,
             per_task,
@@ -438,23 +491,32 @@ class Trainer:
             step_flops(self.model, batches),
             signal_vote=self._signals.requested,
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
+            grad_norm=grad_norm,
         )
-        loss = sums.ce_sum / max(sums.label_tokens, 1)
-        step_tokens = sum(b.input_ids.numel() for b in batches) * world
-        finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
-        if finite:
+        if skips_updates_on_device(self.optimizer):
+            step_unless(self.optimizer, pending.nonfinite)
+        elif _finite(pending.result()):
             self.optimizer.step()
-            self.state.consecutive_nonfinite = 0
-        else:
-            self._skip_nonfinite(loss, float(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)
+        step_tokens = sum(b.input_ids.numel() for b in batches) * world
         self.state.step += 1
         self.state.tokens_seen += step_tokens
+        return QueuedStep(self.state.step, self.state.tokens_seen, lr, step_tokens, pending)
+
+    def _account(self, queued: QueuedStep) -> dict[str, Any]:
+        """Read a queued step's values, count it if it was skipped; returns what to log."""
+        sums = queued.sums.result()
+        loss = sums.ce_sum / max(sums.label_tokens, 1)
+        finite = _finite(sums)
+        if finite:
+            self.state.consecutive_nonfinite = 0
+        else:
+            self._skip_nonfinite(queued.step, loss, sums.grad_norm)
         return {
             "loss": loss,
-            "lr": lr,
-            "grad_norm": float(grad_norm),
-            "step_tokens": step_tokens,
+            "lr": queued.lr,
+            "grad_norm": sums.grad_norm,
+            "step_tokens": queued.step_tokens,
             "step_flops": sums.flops,
             "skipped": not finite,
             "tasks": task_losses(sums.tasks),
@@ -462,13 +524,13 @@ class Trainer:
             "out_of_time": sums.deadline_votes > 0,
         }
 
-    def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
+    def _skip_nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
         self.state.consecutive_nonfinite += 1
         self.state.num_skipped_steps += 1
         limit = self.cfg.train.max_nonfinite_steps
         log.warning(
             "step %d: non-finite loss %s or gradient norm %s; the update is skipped (%d in a row)",
-            self.state.step + 1,
+            step,
             loss,
             grad_norm,
             self.state.consecutive_nonfinite,
@@ -476,23 +538,27 @@ class Trainer:
         if self.state.consecutive_nonfinite >= limit:
             raise TrainingError(
                 f"the loss or gradients were non-finite for {limit} steps in a row (last at step "
-                f"{self.state.step + 1}); training stopped. Lower optim.lr, raise "
+                f"{step}); training stopped. Lower optim.lr, raise "
                 "optim.warmup_steps, set objective.z_loss=1e-4, or resume from an earlier "
                 "checkpoint"
             )
 
     def _train_record(
-        self, record: dict[str, Any], tokens_per_second: float, flops_per_second: float
+        self,
+        queued: QueuedStep,
+        record: dict[str, Any],
+        tokens_per_second: float,
+        flops_per_second: float,
     ) -> dict[str, Any]:
         mfu = None
         if self.peak_flops:  # the FLOPs of all ranks over the peak of all their devices
             mfu = flops_per_second / (self.peak_flops * self.dist.world_size)
         return {
-            "step": self.state.step,
+            "step": queued.step,
             "split": "train",
             "loss": record["loss"],
             "lr": record["lr"],
-            "tokens": self.state.tokens_seen,
+            "tokens": queued.tokens_seen,
             "grad_norm": record["grad_norm"],
             "tokens_per_second": tokens_per_second,
             "mfu": mfu,
