@@ -25,8 +25,10 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, keep the log, print 
 clm_gpt2() { part clm_gpt2 "${1:-120}" $BENCH --objective clm --sides "${2:-ours,ours_eagerloss,ours_chunk512,hf}" --loss-chunks 512; }
 mlm_bert() { part mlm_bert "${1:-100}" $BENCH --objective mlm --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
 span_t5() { part span_t5 "${1:-120}" $BENCH --objective span --sides "${2:-ours,ours_eagerloss,hf,hf_eager}"; }
-pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider; }
-pytest_gpu_flex() { part pytest_gpu_flex "${1:-110}" $PY -m pytest -q -m gpu tests/gpu -k flex -p no:cacheprovider; }
+pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -p no:cacheprovider; }
+# -v: each test's name and outcome as it ends, so a part cut by its limit still says which failed
+pytest_gpu_flex() { part pytest_gpu_flex "${1:-110}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k flex -p no:cacheprovider; }
+pytest_gpu_sync() { part pytest_gpu_sync "${1:-60}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k never_waits -p no:cacheprovider; }
 clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
 # XLNet: each side in its own process, so each peak is its own (HF eager needs ~71 GiB)
 plm_xlnet() { part plm_xlnet "${1:-120}" $BENCH --objective plm --sides "${2:-ours}"; }
@@ -49,6 +51,7 @@ clm_gpt2_chunks() { part clm_gpt2_chunks "${1:-100}" $BENCH --objective clm --lo
 clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-backend cudnn --sides "${2:-ours}"; }
 # the trainer's own loop (loader, objective on the host, step) at the benchmark's shape
 train_loop_plm() { part train_loop_plm "${1:-150}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope; }
+train_loop_clm() { part train_loop_clm "${1:-120}" $PY bench/bench_train_loop.py --config configs/tiny-clm.yaml --size gpt2-small --seq-len 1024 --batch 16 --steps 60 --work /tmp/train_loop -- --objective.document_masking=false; }
 train_loop_span() { part train_loop_span "${1:-150}" $PY bench/bench_train_loop.py --config configs/t5-span.yaml --size t5-v1_1-base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"

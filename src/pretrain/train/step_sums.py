@@ -43,7 +43,9 @@ class PendingSums:
     def __init__(self, reduced: torch.Tensor, grad_norm: torch.Tensor, task_names: tuple):
         readout = torch.cat([reduced, grad_norm.detach().reshape(1).to(reduced)])
         self.task_names = task_names
-        self.nonfinite = (~torch.isfinite(readout[[0, -1]])).any().to(torch.float32)
+        # readout[0] and readout[-1] as views: a list index would be copied to the device
+        finite = torch.isfinite(readout[0]) & torch.isfinite(readout[-1])
+        self.nonfinite = (~finite).to(torch.float32)
         """1.0 where the summed loss or the gradient norm is not finite, else 0.0: a tensor on
         the device, for an optimizer that skips its update there (``found_inf``)."""
         self._ready: torch.cuda.Event | None = None
