@@ -179,8 +179,12 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
         budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
         compiled_ours = budget(compiled_ours)
 
+    cudagraphs = mode in ("reduce-overhead", "max-autotune")  # the modes with CUDA graphs
+
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):
+            if cudagraphs:  # a new step: the graphs may overwrite the last step's outputs
+                torch.compiler.cudagraph_mark_step_begin()
             positions = label_positions[id(batch)]
             with autocast():
                 hidden = model(batch)
@@ -204,6 +208,8 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
 
     def hf_step(model, collator_form: bool = False):
         def step(batch: ModelBatch):
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             labels = batch.labels.contiguous()
             kwargs = {"input_ids": batch.input_ids.contiguous(), "labels": labels}
             if args.objective == "clm":
@@ -294,7 +300,10 @@ def measure(step, batches, args, device) -> dict:
 
 
 def profile(step, batches, steps: int, device, rows: int = 25) -> str:
-    """The kernels of ``steps`` more steps of a side, by self time on the device."""
+    """The kernels of ``steps`` more steps of a side, by self time on the device; on CUDA also
+    the host's ops by their own time (where launching a step goes, and how long the host
+    waited for the device at the end), and the wall time per step beside the kernels' sum.
+    Kernel time well below the wall time means gaps: the device waited for the host."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -304,10 +313,26 @@ def profile(step, batches, steps: int, device, rows: int = 25) -> str:
         activities.append(ProfilerActivity.CUDA)
         sort = "self_cuda_time_total"
     with torch_profile(activities=activities) as prof:
+        start = time.perf_counter()
         for i in range(steps):
             step(batches[i % len(batches)])
         sync(device)
-    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+        wall_ms = 1e3 * (time.perf_counter() - start) / steps
+    averages = prof.key_averages()
+    out = averages.table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+    if device.type == "cuda":
+        from torch.autograd import DeviceType
+
+        host = averages.table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70
+        )
+        kernel_us = sum(
+            e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA
+        )
+        out += f"\n--- the host's own time ---\n{host}"
+        kernel_ms = kernel_us / 1e3 / steps
+        out += f"\nper step: wall {wall_ms:.1f} ms (profiled), kernels {kernel_ms:.1f} ms"
+    return out
 
 
 def parse_args(add_arguments=None) -> argparse.Namespace:

@@ -41,6 +41,7 @@ plm_xlnet_rope_budget() { part plm_xlnet_rope_budget "${1:-100}" $BENCH --object
 plm_xlnet_flex_budget() { part plm_xlnet_flex_budget "${1:-120}" $BENCH --objective plm --attention-backend flex --memory-budget 0.8 --sides "${2:-ours}"; }
 plm_xlnet_flex_input() { part plm_xlnet_flex_input "${1:-120}" $BENCH --objective plm --attention-backend flex --flex-layout input --sides "${2:-ours}"; }
 plm_xlnet_rope_model() { part plm_xlnet_rope_model "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --compile-scope model --sides "${2:-ours}"; }
+plm_xlnet_rope_cudagraphs() { part plm_xlnet_rope_cudagraphs "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --compile-mode reduce-overhead --sides "${2:-ours}"; }
 plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --attention-backend flex --position-encoding rope --sides "${2:-ours}"; }
 span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attention-backend flex --sides "${2:-ours}"; }
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
