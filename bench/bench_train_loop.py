@@ -15,10 +15,11 @@ Arguments after ``--`` are passed to ``pretrain train`` as overrides. Evaluation
 only checkpoint is the final one. This is a benchmark, not a test.
 
 It also says where the host's time goes in each step (medians after ``--skip``): queuing the
-step (``Trainer.queue_step``; drawing the next step's batches is part of it and also shown
-alone) and waiting for the device to finish the step before (``PendingSums.result``). A wait
-near zero means the host is the bottleneck: the device finishes each step before the host has
-queued the next one.
+step (``Trainer.queue_step``), within it taking the step's batches (from the worker process,
+``data.batch_worker``, or drawn before) and drawing the next step's in the training process
+(with ``data.batch_worker=none``), and waiting for the device to finish the step before
+(``PendingSums.result``). A wait near zero means the host is the bottleneck: the device
+finishes each step before the host has queued the next one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pretrain.cli import main as pretrain_main
 from pretrain.data.tokenize import tokenize_to_shards
 from pretrain.quickstart import bundled_corpus
 from pretrain.tokenizer import train_tokenizer_from_files
+from pretrain.train.batch_worker import WorkerStepBatches
 from pretrain.train.metrics import read_metrics
 from pretrain.train.step_batches import StepBatches
 from pretrain.train.step_sums import PendingSums
@@ -102,8 +104,10 @@ def main() -> None:
         "--log.every_steps=1", "--log.progress=false", "--log.tensorboard=false",
         "--log.sample_tokens=0",
     ]  # fmt: skip
-    host = {"queue_step": [], "draw_ahead": [], "wait_for_device": []}
+    host = {"queue_step": [], "take_batches": [], "draw_ahead": [], "wait_for_device": []}
     timed(Trainer, "queue_step", host["queue_step"])
+    timed(StepBatches, "take", host["take_batches"])
+    timed(WorkerStepBatches, "take", host["take_batches"])
     timed(StepBatches, "draw_ahead", host["draw_ahead"])
     timed(PendingSums, "result", host["wait_for_device"])  # the first call waits, later are cached
     code = pretrain_main(["train", "--config", args.config, *overrides, *extra])

@@ -128,11 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     from pretrain.data.readers import DocumentError
     from pretrain.data.shards import ShardError
+    from pretrain.train.batch_worker import BatchWorkerError
     from pretrain.train.checkpoint import CheckpointError
     from pretrain.train.interrupt import TrainingInterrupted
     from pretrain.train.trainer import TrainingError
 
-    expected = (DocumentError, ShardError, CheckpointError, TrainingError, ValueError)
+    expected = (
+        DocumentError, ShardError, CheckpointError, TrainingError, BatchWorkerError, ValueError
+    )  # fmt: skip
     try:
         return _dispatch(args)
     except (*expected, FileNotFoundError, ImportError) as e:

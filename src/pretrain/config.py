@@ -219,6 +219,12 @@ class DataConfig:
     """A shard directory whose val split is evaluated."""
     tokenizer: str | None = None
     verify_checksums: bool = True
+    batch_worker: typing.Literal["none", "process"] = "none"
+    """Where the objective turns token windows into training batches: ``none``, the training
+    process (between queuing a step and reading the one before); ``process``, a worker process
+    drawing a few steps ahead (``pretrain.train.batch_worker``), which pays off for costly
+    objectives (span corruption, BART, UL2, XLNet) where the host limits the step. The batches
+    are the same either way."""
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):

@@ -67,6 +67,10 @@ class StepBatches:
             raise ahead
         return self._draw() if ahead is None else ahead
 
+    def close(self) -> None:
+        """Nothing to stop (:class:`~pretrain.train.batch_worker.WorkerStepBatches` has a
+        process to stop)."""
+
     def data_state(self) -> tuple[dict[str, Any], torch.Tensor]:
         """(loader state, generator state) after the batches taken so far, not after those
         drawn ahead: what a checkpoint stores."""

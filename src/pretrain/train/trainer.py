@@ -56,11 +56,11 @@ from pretrain.distributed.parallelize import (
 )
 from pretrain.eval.perplexity import evaluate, task_losses
 from pretrain.models.spec import build_model
-from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.optim import build_optimizer, lr_at, skips_updates_on_device, step_unless
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
+from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import CheckpointError, list_steps
 from pretrain.train.compile import compile_for_training
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
@@ -187,30 +187,36 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
-        self.objective = build_objective(
-            cfg.objective, self.tokenizer, cfg.train.seq_len, family=cfg.model.family
-        )
-        self.window_seq_len = loader_seq_len(self.objective, cfg.train.seq_len)
-        # One process per machine reads every shard through sha256; the others trust it (a
-        # mismatch stops that process, and its peers then stop at the next collective).
-        self._verify_checksums = cfg.data.verify_checksums and self.dist.local_rank == 0
-        # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
-        self.generator = torch.Generator().manual_seed(self._objective_seed(0))
-        self.loader = TokenLoader(
-            cfg.data.train,
-            self.window_seq_len,
-            cfg.train.micro_batch_size,
-            weights=cfg.data.weights,
+        source = BatchSource(
+            train=tuple(cfg.data.train),
+            weights=None if cfg.data.weights is None else tuple(cfg.data.weights),
+            micro_batch_size=cfg.train.micro_batch_size,
+            seq_len=cfg.train.seq_len,
             seed=cfg.train.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            checksum=self._verify_checksums,
-            tokenizer_hash=self.tokenizer.hash,
+            tokenizer_dir=str(tokenizer_path),
+            objective=cfg.objective,
+            family=cfg.model.family,
         )
+        # One process per machine reads every shard through sha256; the others trust it (a
+        # mismatch stops that process, and its peers then stop at the next collective).
+        self._verify_checksums = cfg.data.verify_checksums and self.dist.local_rank == 0
+        self.objective, self.loader = source.build(self.tokenizer, self._verify_checksums)
+        self.window_seq_len = self.loader.seq_len
+        # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
+        self.generator = torch.Generator().manual_seed(self._objective_seed(0))
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
-        self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
+        if cfg.data.batch_worker == "process":
+            self.batches = WorkerStepBatches(
+                source,
+                lambda: (self.loader.state_dict(), self.generator.get_state()),
+                self.grad_accum,
+            )
+        else:
+            self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         reports_bpb = self.objective.reports_bits_per_byte
         lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
@@ -280,7 +286,9 @@ class Trainer:
         log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
 
     def close(self) -> None:
-        """Leave the process group (the trainer created it)."""
+        """Stop the batch worker, if any, and leave the process group (the trainer created
+        it)."""
+        self.batches.close()
         shutdown()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -307,6 +315,8 @@ class Trainer:
                     f"checkpoint with --resume. Cause: {str(e).splitlines()[0][:300]}"
                 ) from e
             raise
+        finally:
+            self.batches.close()  # no worker process left drawing for a run that stopped
         self.close()
         return summary
 

@@ -1,0 +1,219 @@
+"""The training batches drawn in a worker process, ahead of the steps that take them.
+
+Turning token windows into ModelBatches (masks, spans, permutations) costs the host up to
+13 ms for a 32 x 512 batch on one core (``docs/benchmarks.md``, "Host time of the
+objectives"), much of it in Python, which holds the interpreter lock. On a GPU the host also
+launches every kernel of a step; where that launching is the bottleneck, each millisecond of
+drawing is a millisecond the step takes longer, and a thread would not help (it shares the
+lock). So :class:`WorkerStepBatches` draws in a separate process, as PyTorch's ``DataLoader``
+does with ``num_workers``: one process, started with ``spawn``, which opens the same shards
+and builds the same objective (:class:`BatchSource`) from the trainer's loader position and
+generator state, and sends each step's batches through shared memory, a few steps ahead, as
+one buffer (:mod:`pretrain.train.packed_tensors`).
+
+Taking a step's batches from the worker still costs the trainer 1.5-2.4 ms on 2 CPU cores
+(32 x 512; ``docs/benchmarks.md``, "Batches from a worker process"), against 0.1 (CLM), 1.7
+(MLM) and 7-13 ms (span corruption, BART, UL2, XLNet) to draw them in place. So the worker is
+off unless ``data.batch_worker=process`` asks for it: it pays where the objective is costly and
+the host, not the device, limits the step.
+
+One process and one generator, in order: the batches are exactly those drawn in the trainer's
+own process (:class:`~pretrain.train.step_batches.StepBatches`), and a checkpoint stores the
+data state after the batches taken, not after those drawn ahead, so exact resume holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from pretrain.config import ObjectiveConfig
+from pretrain.data.loader import TokenLoader
+from pretrain.objectives import build_objective, loader_seq_len
+from pretrain.objectives.base import ModelBatch
+from pretrain.tokenizer import Tokenizer
+from pretrain.train.packed_tensors import pack, unpack
+
+DataState = tuple[dict[str, Any], torch.Tensor]
+"""(loader state, objective generator state): where the next batch starts."""
+
+POLL_SECONDS = 1.0
+"""How often :meth:`WorkerStepBatches.take` checks that the worker is alive while it waits."""
+
+STOP_SECONDS = 10.0
+"""How long :meth:`WorkerStepBatches.close` waits for the worker to exit after SIGTERM."""
+
+
+class BatchWorkerError(RuntimeError):
+    """The worker process failed or died; the message says why (and where, for bad data)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSource:
+    """Everything that decides the training batches, small enough to send to a process.
+
+    :meth:`build` is how the trainer makes its objective and loader too, so the worker's are
+    the same by construction.
+    """
+
+    train: tuple[str, ...]
+    weights: tuple[float, ...] | None
+    micro_batch_size: int
+    seq_len: int
+    seed: int
+    rank: int
+    world_size: int
+    tokenizer_dir: str
+    objective: ObjectiveConfig
+    family: str
+
+    def build(self, tokenizer: Tokenizer, checksum: bool) -> tuple[Any, TokenLoader]:
+        """(objective, training loader at its first sample)."""
+        objective = build_objective(self.objective, tokenizer, self.seq_len, family=self.family)
+        loader = TokenLoader(
+            list(self.train),
+            loader_seq_len(objective, self.seq_len),
+            self.micro_batch_size,
+            weights=None if self.weights is None else list(self.weights),
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            checksum=checksum,
+            tokenizer_hash=tokenizer.hash,
+        )
+        return objective, loader
+
+
+def _draw_forever(
+    source: BatchSource, start: DataState, per_step: int, out: mp.Queue
+) -> None:  # pragma: no cover - runs in the worker process (its effects are tested)
+    """The worker: put ``("batches", *pack(([ModelBatch] * per_step, DataState after them)))``
+    for each step, in order, until the process is stopped; ``("error", message)`` on a
+    failure."""
+    try:
+        torch.set_num_threads(1)
+        # Shared memory by name: the default hands over a file descriptor through this
+        # process's resource-sharer thread, which waits for the lock this loop holds (the
+        # trainer then waited 6-15 ms a step, against about 2 ms).
+        mp.set_sharing_strategy("file_system")
+        # The trainer's process verified the shards' checksums when it opened them.
+        objective, loader = source.build(Tokenizer.load(source.tokenizer_dir), checksum=False)
+        loader.load_state_dict(start[0])
+        generator = torch.Generator()
+        generator.set_state(start[1])
+        while True:
+            batches = [objective(next(loader), generator) for _ in range(per_step)]
+            state = (loader.state_dict(), generator.get_state())
+            out.put(("batches", *pack((batches, state))))  # one shared buffer, not one a tensor
+    except BaseException as e:  # noqa: BLE001 - reported to the trainer, which raises it
+        out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+class WorkerStepBatches:
+    """:class:`~pretrain.train.step_batches.StepBatches` whose drawing runs in a worker process.
+
+    Args:
+        source: what the batches are made from.
+        start: gives the data state to start from; called when the first step is taken, so
+            a checkpoint restored into the trainer's loader and generator counts.
+        per_step: micro-batches per optimizer step.
+        ahead: steps the worker may draw before they are taken.
+    """
+
+    def __init__(
+        self,
+        source: BatchSource,
+        start: Callable[[], DataState],
+        per_step: int,
+        ahead: int = 2,
+    ) -> None:
+        self.source = source
+        self._start = start
+        self.per_step = per_step
+        self.ahead = ahead
+        self._process: mp.Process | None = None
+        self._queue: mp.Queue | None = None
+        self._state: DataState | None = None  # after the batches taken so far
+
+    def _launch(self) -> None:
+        if self._state is None:
+            self._state = self._start()
+        context = mp.get_context("spawn")  # a forked CUDA process is not usable
+        self._queue = context.Queue(maxsize=self.ahead)
+        self._process = context.Process(
+            target=_draw_forever,
+            args=(self.source, self._state, self.per_step, self._queue),
+            name="pretrain-batches",
+            daemon=True,  # never outlives the trainer
+        )
+        self._process.start()
+
+    def draw_ahead(self) -> None:
+        """Nothing to do: the worker draws ahead on its own."""
+
+    def take(self) -> list[ModelBatch]:
+        """The next step's batches, waiting for the worker if it has not drawn them yet.
+
+        Raises:
+            BatchWorkerError: the worker failed (its error and traceback in the message) or
+                exited.
+        """
+        if self._process is None:
+            self._launch()
+        while True:
+            try:
+                item = self._queue.get(timeout=POLL_SECONDS)
+                break
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise self._exited() from None
+            except (OSError, EOFError) as e:  # a dead worker cannot hand over its batches
+                self._wait_for_exit(POLL_SECONDS)
+                raise self._exited() from e
+        if item[0] == "error":
+            self.close()
+            raise BatchWorkerError(f"the batch worker process failed: {item[1]}")
+        batches, (loader_state, generator_state) = unpack(*item[1:])
+        # its own copy: a view of the shared buffer would be saved with the whole buffer, and
+        # Generator.set_state reads a state tensor from the start of its storage
+        self._state = (loader_state, generator_state.clone())
+        return batches
+
+    def _wait_for_exit(self, seconds: float) -> None:
+        """Until the worker has exited, at most ``seconds``. Not ``join()``: the shared-memory
+        manager the worker started keeps a copy of the pipe ``join()`` waits on, so ``join()``
+        would wait out its timeout."""
+        deadline = time.monotonic() + seconds
+        while self._process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _exited(self) -> BatchWorkerError:
+        return BatchWorkerError(
+            f"the batch worker process exited (code {self._process.exitcode}) without an error "
+            "message; it may have been killed (out of memory?). Resume with --resume, or set "
+            "data.batch_worker=none to draw in the training process"
+        )
+
+    def data_state(self) -> DataState:
+        """(loader state, generator state) after the batches taken so far: what a checkpoint
+        stores."""
+        return self._start() if self._state is None else self._state
+
+    def close(self) -> None:
+        """Stop the worker. The batches it drew ahead are dropped; a later :meth:`take`
+        starts another worker where the taken ones ended."""
+        if self._process is not None:
+            self._process.terminate()
+            self._wait_for_exit(STOP_SECONDS)
+            self._process = None
+        if self._queue is not None:
+            self._queue.close()
+            self._queue.cancel_join_thread()
+            self._queue = None

@@ -1,0 +1,127 @@
+"""Batches drawn in a worker process (``data.batch_worker=process``): the same batches as the
+training process draws, the same losses and exact resume, and a clear error when the worker
+fails or dies."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+
+import pytest
+import torch
+
+from pretrain.config import ExperimentConfig, ObjectiveConfig, load_config
+from pretrain.train.batch_worker import BatchSource, BatchWorkerError, WorkerStepBatches
+from pretrain.train.step_batches import StepBatches
+from pretrain.train.trainer import Trainer
+from tests.helpers import crash_then_resume
+from tests.helpers import losses as _losses
+from tests.integration.test_train import _overrides
+
+
+def _config(shards_dir, tokenizer_dir, run_dir, worker: str, **extra) -> ExperimentConfig:
+    args = _overrides(shards_dir, tokenizer_dir, run_dir, data__batch_worker=worker, **extra)
+    return load_config(ExperimentConfig, None, args)
+
+
+def _same(a, b) -> bool:
+    """Equal ModelBatches (tensors element by element, nested dataclasses field by field)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if dataclasses.is_dataclass(a):
+        return type(a) is type(b) and all(
+            _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+        )
+    return a == b
+
+
+def _same_state(a, b) -> bool:
+    return a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # causal LM on the decoder
+        {"model__family": "encoder", "objective__name": "mlm"},  # random masks
+    ],
+)
+def test_the_worker_draws_the_batches_of_the_training_process(
+    extra, shards_dir, tokenizer_dir, tmp_path
+):
+    inline = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", "none", **extra))
+    worker = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "b", "process", **extra))
+    assert isinstance(inline.batches, StepBatches)
+    assert isinstance(worker.batches, WorkerStepBatches)
+    assert inline.grad_accum == worker.grad_accum == 2
+    try:
+        assert _same_state(inline.batches.data_state(), worker.batches.data_state())
+        for _ in range(4):
+            inline.batches.draw_ahead()  # as the trainer does; the worker draws on its own
+            expected, got = inline.batches.take(), worker.batches.take()
+            assert len(expected) == len(got) == 2
+            assert all(_same(x, y) for x, y in zip(expected, got, strict=True))
+            assert _same_state(inline.batches.data_state(), worker.batches.data_state())
+    finally:
+        worker.close()
+
+
+def test_training_with_the_worker_matches_and_resumes_exactly(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    straight = tmp_path / "straight"
+    Trainer(_config(shards_dir, tokenizer_dir, straight, "none")).fit()
+    crashed = tmp_path / "crashed"
+    # Crashes before step 6, after step 4's checkpoint; resumes with a new worker from there.
+    crash_then_resume(
+        lambda: _config(shards_dir, tokenizer_dir, crashed, "process"), 6, monkeypatch
+    )
+    assert _losses(crashed) == _losses(straight)  # bit for bit, every step
+    assert len(_losses(straight)) == 12
+
+
+def _source(tokenizer_dir, shards_dir) -> BatchSource:
+    return BatchSource(
+        train=(str(shards_dir),),
+        weights=None,
+        micro_batch_size=2,
+        seq_len=32,
+        seed=0,
+        rank=0,
+        world_size=1,
+        tokenizer_dir=str(tokenizer_dir),
+        objective=ObjectiveConfig(name="clm"),
+        family="decoder",
+    )
+
+
+def test_a_failing_worker_raises_its_error_in_the_trainer(shards_dir, tokenizer_dir, tmp_path):
+    source = dataclasses.replace(
+        _source(tokenizer_dir, shards_dir), tokenizer_dir=str(tmp_path / "no_tokenizer")
+    )
+    start = ({"num_samples_consumed": 0}, torch.Generator().get_state())
+    batches = WorkerStepBatches(source, lambda: start, per_step=1)
+    with pytest.raises(BatchWorkerError, match="no_tokenizer"):
+        batches.take()
+    batches.close()
+
+
+def test_a_killed_worker_is_reported_not_waited_for(shards_dir, tokenizer_dir):
+    from pretrain.data.loader import TokenLoader
+    from pretrain.tokenizer import Tokenizer
+
+    source = _source(tokenizer_dir, shards_dir)
+    _, loader = source.build(Tokenizer.load(tokenizer_dir), checksum=False)
+    assert isinstance(loader, TokenLoader)
+    start = (loader.state_dict(), torch.Generator().get_state())
+    batches = WorkerStepBatches(source, lambda: start, per_step=1, ahead=1)
+    try:
+        assert len(batches.take()) == 1
+        os.kill(batches._process.pid, signal.SIGKILL)
+        batches._wait_for_exit(10)
+        with pytest.raises(BatchWorkerError, match=r"exited \(code -9\)"):
+            for _ in range(4):  # what it put in the queue before dying comes first
+                batches.take()
+    finally:
+        batches.close()
