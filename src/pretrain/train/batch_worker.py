@@ -1,21 +1,25 @@
 """The training batches drawn in a worker process, ahead of the steps that take them.
 
-Turning token windows into ModelBatches (masks, spans, permutations) costs the host up to
-13 ms for a 32 x 512 batch on one core (``docs/benchmarks.md``, "Host time of the
-objectives"), much of it in Python, which holds the interpreter lock. On a GPU the host also
-launches every kernel of a step; where that launching is the bottleneck, each millisecond of
-drawing is a millisecond the step takes longer, and a thread would not help (it shares the
-lock). So :class:`WorkerStepBatches` draws in a separate process, as PyTorch's ``DataLoader``
-does with ``num_workers``: one process, started with ``spawn``, which opens the same shards
-and builds the same objective (:class:`BatchSource`) from the trainer's loader position and
-generator state, and sends each step's batches through shared memory, a few steps ahead, as
-one buffer (:mod:`pretrain.train.packed_tensors`).
+Turning token windows into ModelBatches (masks, spans, permutations) costs the host 9-21 ms
+for a 32 x 512 batch on one core for span corruption, UL2, XLNet and BART
+(``docs/benchmarks.md``, "Batches from a worker process"), much of it in Python, which holds
+the interpreter lock. On a GPU the host also launches every kernel of a step; where that
+launching is the bottleneck, each millisecond of drawing is a millisecond the step takes
+longer, and a thread would not help (it shares the lock). So :class:`WorkerStepBatches`
+draws in a separate process, as PyTorch's ``DataLoader`` does with ``num_workers``: one
+process, started with ``spawn``, which opens the same shards and builds the same objective
+(:class:`BatchSource`) from the trainer's loader position and generator state, and sends each
+step's batches through shared memory, a few steps ahead, as one buffer
+(:mod:`pretrain.train.packed_tensors`).
 
-Taking a step's batches from the worker still costs the trainer 1.5-2.4 ms on 2 CPU cores
-(32 x 512; ``docs/benchmarks.md``, "Batches from a worker process"), against 0.1 (CLM), 1.7
-(MLM) and 7-13 ms (span corruption, BART, UL2, XLNet) to draw them in place. So the worker is
-off unless ``data.batch_worker=process`` asks for it: it pays where the objective is costly and
-the host, not the device, limits the step.
+Taking a micro-batch from the worker still costs the trainer 1.4-2.2 ms (same page), against
+0.5 (CLM) and 2.0 ms (MLM) to draw it in place. So the worker is off unless
+``data.batch_worker=process`` asks for it: it pays where the objective is costly and the host,
+not the device, limits the step.
+
+The worker is started with ``spawn`` (a forked copy of a process that holds a CUDA context
+is not safe), so, as with ``DataLoader`` workers, a script that trains through the Python
+API must start training under ``if __name__ == "__main__":``; ``pretrain train`` does.
 
 One process and one generator, in order: the batches are exactly those drawn in the trainer's
 own process (:class:`~pretrain.train.step_batches.StepBatches`), and a checkpoint stores the

@@ -1,12 +1,10 @@
 """Any picklable object holding tensors, sent between processes as one buffer.
 
 ``torch.multiprocessing`` moves each tensor of a queued object into its own shared-memory
-block and hands the receiver one file descriptor per block, over a socket: for the five
-tensors of an XLNet batch that took the receiving process 6-15 ms (``docs/benchmarks.md``,
-"Batches from a worker process"), about what drawing the batch costs. :func:`pack` instead
-copies every tensor into one flat byte tensor (one block, one descriptor) and pickles the rest
-of the object with the tensors replaced by their place in it; :func:`unpack` rebuilds the
-object around views of that buffer, without copying.
+block and hands the receiver one descriptor or name per block, each a round trip.
+:func:`pack` instead copies every tensor into one flat byte tensor (one block) and pickles
+the rest of the object with the tensors replaced by their place in it; :func:`unpack`
+rebuilds the object around views of that buffer, without copying.
 """
 
 from __future__ import annotations
