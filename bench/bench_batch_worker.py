@@ -45,12 +45,8 @@ def median_ms(seconds: list[float]) -> float:
 def measure(name: str, tokenizer_dir: Path, shards: Path, args) -> dict:
     source = BatchSource(
         train=(str(shards),),
-        weights=None,
         micro_batch_size=args.batch,
         seq_len=args.seq_len,
-        seed=0,
-        rank=0,
-        world_size=1,
         tokenizer_dir=str(tokenizer_dir),
         objective=ObjectiveConfig(name=name),
         family=FAMILY[name],

@@ -84,12 +84,8 @@ def test_training_with_the_worker_matches_and_resumes_exactly(
 def _source(tokenizer_dir, shards_dir) -> BatchSource:
     return BatchSource(
         train=(str(shards_dir),),
-        weights=None,
         micro_batch_size=2,
         seq_len=32,
-        seed=0,
-        rank=0,
-        world_size=1,
         tokenizer_dir=str(tokenizer_dir),
         objective=ObjectiveConfig(name="clm"),
         family="decoder",

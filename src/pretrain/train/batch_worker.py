@@ -68,15 +68,15 @@ class BatchSource:
     """
 
     train: tuple[str, ...]
-    weights: tuple[float, ...] | None
     micro_batch_size: int
     seq_len: int
-    seed: int
-    rank: int
-    world_size: int
     tokenizer_dir: str
     objective: ObjectiveConfig
     family: str
+    weights: tuple[float, ...] | None = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def build(self, tokenizer: Tokenizer, checksum: bool) -> tuple[Any, TokenLoader]:
         """(objective, training loader at its first sample)."""
