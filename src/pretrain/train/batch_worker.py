@@ -29,10 +29,11 @@ data state after the batches taken, not after those drawn ahead, so exact resume
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
+import signal
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,9 @@ from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.objectives.base import ModelBatch
 from pretrain.tokenizer import Tokenizer
 from pretrain.train.packed_tensors import pack, unpack
+from pretrain.train.step_batches import StepBatches
+
+log = logging.getLogger(__name__)
 
 DataState = tuple[dict[str, Any], torch.Tensor]
 """(loader state, objective generator state): where the next batch starts."""
@@ -52,11 +56,11 @@ POLL_SECONDS = 1.0
 """How often :meth:`WorkerStepBatches.take` checks that the worker is alive while it waits."""
 
 STOP_SECONDS = 10.0
-"""How long :meth:`WorkerStepBatches.close` waits for the worker to exit after SIGTERM."""
+"""How long :meth:`WorkerStepBatches.close` waits for the worker to exit after SIGKILL."""
 
 
 class BatchWorkerError(RuntimeError):
-    """The worker process failed or died; the message says why (and where, for bad data)."""
+    """The worker process raised an error; the message says which (and where, for bad data)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,9 @@ def _draw_forever(
     for each step, in order, until the process is stopped; ``("error", message)`` on a
     failure."""
     try:
+        # Ctrl-C in a terminal reaches every process of the group; the trainer decides how to
+        # stop (it finishes its steps, saves, then stops this process).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(1)
         # Shared memory by name: the default hands over a file descriptor through this
         # process's resource-sharer thread, which waits for the lock this loop holds (the
@@ -123,32 +130,32 @@ def _draw_forever(
 class WorkerStepBatches:
     """:class:`~pretrain.train.step_batches.StepBatches` whose drawing runs in a worker process.
 
+    If the worker dies (killed: out of memory, or a SIGTERM sent to every process of the job),
+    the trainer's own process draws the rest, from where the batches taken so far ended, with
+    a warning: the same batches, and the run goes on (or stops cleanly on that SIGTERM). An
+    error the worker raised (bad data, say) is raised here instead.
+
     Args:
         source: what the batches are made from.
-        start: gives the data state to start from; called when the first step is taken, so
-            a checkpoint restored into the trainer's loader and generator counts.
-        per_step: micro-batches per optimizer step.
+        inline: the trainer's own drawing (its loader, objective and generator, at the data
+            state to start from); read when the first step is taken, so a checkpoint restored
+            into them counts, and used if the worker dies.
         ahead: steps the worker may draw before they are taken.
     """
 
-    def __init__(
-        self,
-        source: BatchSource,
-        start: Callable[[], DataState],
-        per_step: int,
-        ahead: int = 2,
-    ) -> None:
+    def __init__(self, source: BatchSource, inline: StepBatches, ahead: int = 2) -> None:
         self.source = source
-        self._start = start
-        self.per_step = per_step
+        self.inline = inline
+        self.per_step = inline.per_step
         self.ahead = ahead
         self._process: mp.Process | None = None
         self._queue: mp.Queue | None = None
         self._state: DataState | None = None  # after the batches taken so far
+        self._worker_died = False  # then `inline` draws
 
     def _launch(self) -> None:
         if self._state is None:
-            self._state = self._start()
+            self._state = self.inline.data_state()
         context = mp.get_context("spawn")  # a forked CUDA process is not usable
         self._queue = context.Queue(maxsize=self.ahead)
         self._process = context.Process(
@@ -160,15 +167,18 @@ class WorkerStepBatches:
         self._process.start()
 
     def draw_ahead(self) -> None:
-        """Nothing to do: the worker draws ahead on its own."""
+        """Nothing to do while the worker draws ahead on its own."""
+        if self._worker_died:
+            self.inline.draw_ahead()
 
     def take(self) -> list[ModelBatch]:
         """The next step's batches, waiting for the worker if it has not drawn them yet.
 
         Raises:
-            BatchWorkerError: the worker failed (its error and traceback in the message) or
-                exited.
+            BatchWorkerError: the worker raised an error (its traceback in the message).
         """
+        if self._worker_died:
+            return self.inline.take()
         if self._process is None:
             self._launch()
         while True:
@@ -177,10 +187,10 @@ class WorkerStepBatches:
                 break
             except queue.Empty:
                 if not self._process.is_alive():
-                    raise self._exited() from None
-            except (OSError, EOFError) as e:  # a dead worker cannot hand over its batches
+                    return self._draw_here_from_now_on()
+            except (OSError, EOFError):  # a dead worker cannot hand over its batches
                 self._wait_for_exit(POLL_SECONDS)
-                raise self._exited() from e
+                return self._draw_here_from_now_on()
         if item[0] == "error":
             self.close()
             raise BatchWorkerError(f"the batch worker process failed: {item[1]}")
@@ -190,6 +200,18 @@ class WorkerStepBatches:
         self._state = (loader_state, generator_state.clone())
         return batches
 
+    def _draw_here_from_now_on(self) -> list[ModelBatch]:
+        log.warning(
+            "the batch worker process exited (code %s) without an error; this process draws "
+            "the batches from here on (the same ones)",
+            self._process.exitcode,
+        )
+        self.close()
+        self.inline.loader.load_state_dict(self._state[0])
+        self.inline.generator.set_state(self._state[1])
+        self._worker_died = True
+        return self.inline.take()
+
     def _wait_for_exit(self, seconds: float) -> None:
         """Until the worker has exited, at most ``seconds``. Not ``join()``: the shared-memory
         manager the worker started keeps a copy of the pipe ``join()`` waits on, so ``join()``
@@ -198,23 +220,18 @@ class WorkerStepBatches:
         while self._process.exitcode is None and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _exited(self) -> BatchWorkerError:
-        return BatchWorkerError(
-            f"the batch worker process exited (code {self._process.exitcode}) without an error "
-            "message; it may have been killed (out of memory?). Resume with --resume, or set "
-            "data.batch_worker=none to draw in the training process"
-        )
-
     def data_state(self) -> DataState:
         """(loader state, generator state) after the batches taken so far: what a checkpoint
         stores."""
-        return self._start() if self._state is None else self._state
+        if self._worker_died or self._state is None:
+            return self.inline.data_state()
+        return self._state
 
     def close(self) -> None:
         """Stop the worker. The batches it drew ahead are dropped; a later :meth:`take`
         starts another worker where the taken ones ended."""
         if self._process is not None:
-            self._process.terminate()
+            self._process.kill()
             self._wait_for_exit(STOP_SECONDS)
             self._process = None
         if self._queue is not None:

@@ -209,14 +209,9 @@ class Trainer:
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
-            self.batches = WorkerStepBatches(
-                source,
-                lambda: (self.loader.state_dict(), self.generator.get_state()),
-                self.grad_accum,
-            )
-        else:
-            self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
+            self.batches = WorkerStepBatches(source, self.batches)
         reports_bpb = self.objective.reports_bits_per_byte
         lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
