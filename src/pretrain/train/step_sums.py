@@ -28,7 +28,7 @@ class StepSums(NamedTuple):
     flops: float
     signal_votes: int  # ranks that received a stop signal (SIGINT, SIGTERM)
     deadline_votes: int  # ranks whose clock passed train.max_minutes
-    grad_norm: float  # the clipped gradients' norm before clipping (the same on every rank)
+    grad_norm: float  # the gradients' total norm, before clipping (the same on every rank)
 
 
 class PendingSums:
