@@ -53,6 +53,7 @@ clm_gpt2_cudnn() { part clm_gpt2_cudnn "${1:-90}" $BENCH --objective clm --sdpa-
 # the trainer's own loop (loader, objective on the host, step) at the benchmark's shape
 train_loop_plm() { part train_loop_plm "${1:-150}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope; }
 train_loop_plm_worker() { part train_loop_plm_worker "${1:-150}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope --data.batch_worker=process; }
+train_loop_plm_cudagraphs() { part train_loop_plm_cudagraphs "${1:-180}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope --train.compile_mode=reduce-overhead; }
 train_loop_clm() { part train_loop_clm "${1:-120}" $PY bench/bench_train_loop.py --config configs/tiny-clm.yaml --size gpt2-small --seq-len 1024 --batch 16 --steps 60 --work /tmp/train_loop -- --objective.document_masking=false; }
 train_loop_span() { part train_loop_span "${1:-150}" $PY bench/bench_train_loop.py --config configs/t5-span.yaml --size t5-v1_1-base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }

@@ -400,6 +400,13 @@ class TrainConfig:
     compile_scope: typing.Literal["blocks", "model"] = "blocks"
     """With ``compile``: ``blocks`` compiles each block once for the whole stack (fast to
     compile), ``model`` the whole forward as one graph (``pretrain.train.compile``)."""
+    compile_mode: typing.Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
+    """With ``compile``: ``torch.compile``'s mode. ``reduce-overhead`` and ``max-autotune``
+    replay each compiled graph on CUDA as a CUDA graph (one launch for its kernels), for steps
+    that wait on the host launching them; the ``max-autotune`` modes also time kernel
+    variants while compiling (much longer compiles)."""
     activation_memory_budget: float = 1.0
     """With ``compile``: the share of the activations the compiled step may keep for its
     backward (``torch._functorch.config.activation_memory_budget``). Below 1, AOTAutograd
@@ -554,6 +561,11 @@ class ExperimentConfig:
         budget = self.train.activation_memory_budget
         if not 0 < budget <= 1:
             raise ConfigError(f"train.activation_memory_budget must be in (0, 1], got {budget}")
+        if self.train.compile_mode != "default" and not self.train.compile:
+            raise ConfigError(
+                f"train.compile_mode={self.train.compile_mode} applies to compiled steps only; "
+                "set train.compile=true or leave it at default"
+            )
         if budget < 1 and not self.train.compile:
             raise ConfigError(
                 "train.activation_memory_budget applies to compiled steps only; set "

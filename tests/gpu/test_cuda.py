@@ -155,13 +155,16 @@ def test_t5_attention_bias_gradient_under_bf16_matches_fp32():
         assert float(ref.norm()) > 0 and _rel_err(got, ref) < 5e-2
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize(
+    ("backend", "mode"), [("sdpa", "default"), ("flex", "default"), ("sdpa", "reduce-overhead")]
+)
 def test_compiled_bf16_training_on_cuda_lowers_the_loss(
-    backend: str, shards_dir, tokenizer_dir, tmp_path
+    backend: str, mode: str, shards_dir, tokenizer_dir, tmp_path
 ):
     overrides = {
         "model.size": "debug",
         "model.attention_backend": backend,
+        "train.compile_mode": mode,  # reduce-overhead: CUDA graphs
         "data.train": f"[{shards_dir}]",
         "data.val": str(shards_dir),
         "data.tokenizer": str(tokenizer_dir),
@@ -178,7 +181,7 @@ def test_compiled_bf16_training_on_cuda_lowers_the_loss(
         "checkpoint.every_steps": 40,
         "log.progress": False,
         "log.tensorboard": False,
-        "run.dir": str(tmp_path / backend),
+        "run.dir": str(tmp_path / f"{backend}-{mode}"),
     }
     cfg = load_config(ExperimentConfig, None, [f"--{k}={v}" for k, v in overrides.items()])
     trainer = Trainer(cfg)

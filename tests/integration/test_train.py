@@ -500,6 +500,35 @@ def test_fit_reads_a_step_once_the_next_is_queued_and_at_once_before_saving(
     assert records == [1, 2, 3, 4, 5, 6]
 
 
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    seen = []
+    real = trainer_mod.compile_for_training
+    monkeypatch.setattr(
+        trainer_mod,
+        "compile_for_training",
+        lambda model, scope, mode=None: seen.append((scope, mode)) or real(model, scope, mode),
+    )
+    cfg = _config(
+        shards_dir,
+        tokenizer_dir,
+        tmp_path / "a",
+        train__compile=True,
+        train__compile_mode="reduce-overhead",
+        eval__every_steps=0,
+    )
+    trainer = Trainer(cfg)
+    assert seen == [("blocks", "reduce-overhead")]
+    assert not trainer._marks_cudagraph_steps  # CUDA graphs are a CUDA thing
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    trainer._marks_cudagraph_steps = True  # as on CUDA
+    for _ in range(2):
+        trainer.train_step()
+    assert marks == [1, 1]  # once a step, before its micro-batches
+
+
 def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys):
     args = _overrides(shards_dir, tokenizer_dir, tmp_path / "r")
     assert main(["train", *args, "--optim.lrr=1"]) == EXIT_BAD_INPUT

@@ -96,6 +96,7 @@ def test_malformed_override_is_named():
         ("--train.max_steps=0", "train.max_steps must be >= 1"),
         ("--optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
         ("--train.activation_memory_budget=0", r"activation_memory_budget must be in \(0, 1\]"),
+        ("--train.compile_mode=reduce-overhead", "applies to compiled steps only"),
         ("--train.max_minutes=0", "train.max_minutes must be > 0"),
         ("--optim.lr=0", "optim.lr must be > 0"),
         ("--optim.betas=[0.9,1.0]", r"optim.betas\[1\] must be in \[0, 1\)"),

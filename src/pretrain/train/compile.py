@@ -32,6 +32,8 @@ from pretrain.config import TrainConfig
 from pretrain.objectives.base import ModelBatch
 
 COMPILE_SCOPES = typing.get_args(typing.get_type_hints(TrainConfig)["compile_scope"])
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+"""``torch.compile`` modes that replay compiled graphs as CUDA graphs."""
 
 
 def compile_for_training(

@@ -62,7 +62,7 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import CheckpointError, list_steps
-from pretrain.train.compile import compile_for_training
+from pretrain.train.compile import CUDA_GRAPH_MODES, compile_for_training
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
@@ -162,8 +162,15 @@ class Trainer:
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.step_model = self.model
+        # CUDA graphs replay into the same output memory: each step must say it is a new one
+        self._marks_cudagraph_steps = (
+            cfg.train.compile
+            and cfg.train.compile_mode in CUDA_GRAPH_MODES
+            and self.device.type == "cuda"
+        )
         if cfg.train.compile:
-            self.step_model = compile_for_training(self.model, cfg.train.compile_scope)
+            mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+            self.step_model = compile_for_training(self.model, cfg.train.compile_scope, mode)
         if cfg.train.activation_memory_budget < 1:  # read by AOTAutograd when it compiles
             budget = functorch_config.patch(
                 activation_memory_budget=cfg.train.activation_memory_budget
@@ -460,6 +467,8 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self._marks_cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         batches = self.batches.take()
         world = self.dist.world_size
         local_labels = sum(b.num_label_tokens for b in batches)
