@@ -136,3 +136,22 @@ def test_a_killed_worker_hands_over_to_this_process_with_the_same_batches(
         assert "exited (code -9)" in caplog.text and batches._worker_died
     finally:
         batches.close()
+
+
+def test_a_worker_stopped_and_started_again_goes_on_where_the_taken_batches_ended(
+    shards_dir, tokenizer_dir
+):
+    """close() drops what the worker drew ahead; the next take() starts a new worker from the
+    data state after the batches taken, so nothing is skipped or repeated."""
+    source = _source(tokenizer_dir, shards_dir)
+    reference = _inline(source, tokenizer_dir)
+    batches = WorkerStepBatches(source, _inline(source, tokenizer_dir), ahead=2)
+    try:
+        for restart in (False, True, False, True):
+            if restart:
+                batches.close()
+            got, expected = batches.take(), reference.take()
+            assert all(_same(x, y) for x, y in zip(got, expected, strict=True))
+            assert _same_state(batches.data_state(), reference.data_state())
+    finally:
+        batches.close()
