@@ -136,11 +136,18 @@ def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
     return run
 
 
+@pytest.mark.parametrize("batch_worker", ["none", "process"])  # drawn by each rank, or its worker
 def test_ddp_equals_one_process_with_twice_the_accumulation(
-    single_run, shards_dir, tokenizer_dir, tmp_path
+    batch_worker, single_run, shards_dir, tokenizer_dir, tmp_path
 ):
     run = tmp_path / "ddp"
-    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="ddp")
+    args = _overrides(
+        shards_dir,
+        tokenizer_dir,
+        run,
+        distributed__strategy="ddp",
+        data__batch_worker=batch_worker,
+    )
     _torchrun(["-m", "pretrain", "train"], args)
     diffs = _assert_same_run(run, single_run)
     print("ddp vs single:", diffs)
