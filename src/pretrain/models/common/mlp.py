@@ -4,7 +4,9 @@
   ``down(silu(gate(x)) * up(x))``. Gate and up are one fused matrix so one matmul feeds both.
 * :class:`GeluMLP` as in GPT-2 (Radford et al. 2019): ``down(gelu_tanh(up(x)))``.
 
-Both name their residual output projection ``down`` so the scaled init finds it.
+Both name their residual output projection ``down`` so the scaled init finds it. Compiled,
+their activation is recomputed in the backward rather than kept
+(:func:`~pretrain.models.common.recompute.recomputed_when_compiled`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pretrain.models.common.recompute import recomputed_when_compiled
 
 
 def swiglu_hidden_dim(d_model: int, multiple_of: int = 256) -> int:
@@ -29,7 +33,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, d_ff) each
-        return self.down(F.silu(gate) * up)
+        return self.down(recomputed_when_compiled(_silu_gate, gate, up))
 
 
 class GeluMLP(nn.Module):
@@ -39,5 +43,13 @@ class GeluMLP(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(recomputed_when_compiled(self.activation, self.up(x)))
+
+    @staticmethod
+    def activation(h: torch.Tensor) -> torch.Tensor:
         # tanh approximation: what GPT-2 was trained with (HF "gelu_new").
-        return self.down(F.gelu(self.up(x), approximate="tanh"))
+        return F.gelu(h, approximate="tanh")
+
+
+def _silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up

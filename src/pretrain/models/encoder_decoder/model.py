@@ -41,6 +41,7 @@ from pretrain.models.common import flex
 from pretrain.models.common.attention import MASKED_SCORE, attention_mask
 from pretrain.models.common.autocast import to_autocast_dtype
 from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
+from pretrain.models.common.recompute import recomputed_when_compiled
 from pretrain.models.common.rms_norm import RMSNorm
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
 from pretrain.objectives.base import AttentionSpec, ModelBatch
@@ -209,7 +210,11 @@ class GatedGeluMLP(nn.Module):
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
+        return self.down(recomputed_when_compiled(_gelu_gate, self.gate(x), self.up(x)))
+
+
+def _gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate="tanh") * up
 
 
 class EncoderBlock(nn.Module):
