@@ -225,7 +225,8 @@ def test_queuing_a_training_step_never_waits_for_the_device(
     finally:
         torch.cuda.set_sync_debug_mode("default")
     records = [trainer._account(q) for q in queued]
-    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in records)
+    # about ln(vocabulary) at the start; a pinned buffer read before its copy landed holds 0
+    assert all(3 < r["loss"] < 12 and not r["skipped"] for r in records)
 
 
 @pytest.mark.parametrize("compiled", [None, "model", "blocks"])

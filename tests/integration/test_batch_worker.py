@@ -9,6 +9,8 @@ import dataclasses
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -155,3 +157,48 @@ def test_a_worker_stopped_and_started_again_goes_on_where_the_taken_batches_ende
             assert _same_state(batches.data_state(), reference.data_state())
     finally:
         batches.close()
+
+
+ORPHAN = """
+import os, signal, sys, torch
+from pretrain.config import ObjectiveConfig
+from pretrain.tokenizer import Tokenizer
+from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
+from pretrain.train.step_batches import StepBatches
+
+if __name__ == "__main__":
+    shards, tokenizer = sys.argv[1], sys.argv[2]
+    source = BatchSource(train=(shards,), micro_batch_size=2, seq_len=32, tokenizer_dir=tokenizer,
+                         objective=ObjectiveConfig(name="clm"), family="decoder")
+    objective, loader = source.build(Tokenizer.load(tokenizer), checksum=False)
+    batches = WorkerStepBatches(source, StepBatches(loader, objective, torch.Generator(), 1))
+    batches.take()
+    print(batches._process.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all, as the OOM killer does
+"""
+
+
+def test_a_worker_whose_trainer_was_killed_exits(shards_dir, tokenizer_dir, tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(shards_dir), str(tokenizer_dir)],
+        stdout=subprocess.PIPE,  # the worker inherits it: read a line, not to the end
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    with proc.stdout:
+        pid = int(proc.stdout.readline().split()[0])
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid), f"worker {pid} outlived its trainer"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -415,6 +415,42 @@ def test_nonfinite_steps_are_skipped_then_training_stops(
     assert len(taken) == 3  # the third bad step in a row stops, not the fourth
 
 
+def test_fit_counts_skipped_steps_in_its_records_and_checkpoints(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    """Through fit(), which reads each step once the next is queued: the records and the
+    checkpoints count the skipped steps of their own step, not of the one queued after."""
+    from pretrain.train.checkpoint import step_dir_name
+
+    real_ce = losses_mod.cross_entropy_sum
+    calls = {"n": 0}
+    bad_calls = {5, 6, 7, 8, 13, 14}  # the micro-batches of steps 3, 4 and 7 (two a step)
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        total, count, ce = real_ce(*args, **kwargs)
+        if calls["n"] in bad_calls:
+            return total * float("nan"), count, ce * float("nan")
+        return total, count, ce
+
+    monkeypatch.setattr(losses_mod, "cross_entropy_sum", sometimes_nan)
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=8, eval__every_steps=0)
+    Trainer(cfg).fit()
+    records = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 2, 2, 2, 3, 3]
+    assert [r["tokens"] for r in records] == [256 * s for s in range(1, 9)]
+    states = {
+        step: json.loads((run / "checkpoints" / step_dir_name(step) / "state.json").read_text())
+        for step in (4, 8)
+    }
+    assert states[4]["trainer"]["num_skipped_steps"] == 2
+    assert states[4]["trainer"]["consecutive_nonfinite"] == 2
+    assert states[8]["trainer"]["num_skipped_steps"] == 3
+    assert states[8]["trainer"]["consecutive_nonfinite"] == 0
+
+
 def test_a_step_with_an_infinite_gradient_but_a_finite_loss_is_skipped(
     shards_dir, tokenizer_dir, tmp_path
 ):

@@ -70,3 +70,25 @@ def test_bad_scope_and_a_model_without_blocks_are_refused():
         compile_for_training(make_model(), "layers")
     with pytest.raises(ValueError, match="Linear has no .blocks.*compile_scope=model"):
         compile_for_training(nn.Linear(2, 2), "blocks")
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "accum", "refused"),
+    [
+        ("reduce-overhead", "cuda", 2, True),
+        ("max-autotune", "cuda", 4, True),
+        ("reduce-overhead", "cuda", 1, False),  # one micro-batch a step: nothing accumulates
+        ("max-autotune-no-cudagraphs", "cuda", 4, False),
+        ("default", "cuda", 4, False),
+        ("reduce-overhead", "cpu", 4, False),  # no CUDA graphs on the CPU
+    ],
+)
+def test_cuda_graphs_are_refused_where_gradients_accumulate(mode, device, accum, refused):
+    from pretrain.config import ConfigError
+    from pretrain.train.compile import refuse_cuda_graphs_with_accumulation
+
+    if refused:
+        with pytest.raises(ConfigError, match=f"train.compile_mode={mode}.*{accum} a step"):
+            refuse_cuda_graphs_with_accumulation(mode, device, accum)
+    else:
+        refuse_cuda_graphs_with_accumulation(mode, device, accum)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import signal
 import time
@@ -119,10 +120,18 @@ def _draw_forever(
         loader.load_state_dict(start[0])
         generator = torch.Generator()
         generator.set_state(start[1])
+        parent = os.getppid()
         while True:
             batches = [objective(next(loader), generator) for _ in range(per_step)]
             state = (loader.state_dict(), generator.get_state())
-            out.put(("batches", *pack((batches, state))))  # one shared buffer, not one a tensor
+            item = ("batches", *pack((batches, state)))  # one shared buffer, not one a tensor
+            while True:  # a full queue: the trainer is busy, or gone (killed with SIGKILL)
+                try:
+                    out.put(item, timeout=POLL_SECONDS)
+                    break
+                except queue.Full:
+                    if os.getppid() != parent:  # orphaned: nobody will read this
+                        os._exit(0)
     except BaseException as e:  # noqa: BLE001 - reported to the trainer, which raises it
         out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
@@ -187,7 +196,11 @@ class WorkerStepBatches:
                 break
             except queue.Empty:
                 if not self._process.is_alive():
-                    return self._draw_here_from_now_on()
+                    try:  # what it put just before it exited (an error, say)
+                        item = self._queue.get(timeout=POLL_SECONDS)
+                        break
+                    except (queue.Empty, OSError, EOFError):
+                        return self._draw_here_from_now_on()
             except (OSError, EOFError):  # a dead worker cannot hand over its batches
                 self._wait_for_exit(POLL_SECONDS)
                 return self._draw_here_from_now_on()

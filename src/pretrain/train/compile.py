@@ -28,12 +28,29 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pretrain.config import TrainConfig
+from pretrain.config import ConfigError, TrainConfig
 from pretrain.objectives.base import ModelBatch
 
 COMPILE_SCOPES = typing.get_args(typing.get_type_hints(TrainConfig)["compile_scope"])
 CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 """``torch.compile`` modes that replay compiled graphs as CUDA graphs."""
+
+
+def refuse_cuda_graphs_with_accumulation(mode: str, device_type: str, grad_accum: int) -> None:
+    """Raise where CUDA graphs would replay more than one micro-batch a step: CUDA graph trees
+    hand out a micro-batch's parameter gradients in graph memory that the next replay
+    overwrites (pytorch/pytorch#169545, #96693), so accumulated gradients would be wrong.
+
+    Raises:
+        ConfigError: naming ``train.compile_mode`` and what to change.
+    """
+    if mode in CUDA_GRAPH_MODES and device_type == "cuda" and grad_accum > 1:
+        raise ConfigError(
+            f"train.compile_mode={mode} replays CUDA graphs, which do not accumulate gradients "
+            f"over micro-batches ({grad_accum} a step here): make train.micro_batch_size x "
+            "ranks x train.seq_len equal train.tokens_per_batch, or set "
+            "train.compile_mode=default"
+        )
 
 
 def compile_for_training(

@@ -53,7 +53,9 @@ class PendingSums:
             host = torch.empty(readout.shape, dtype=readout.dtype, pin_memory=True)
             self._readout = host.copy_(readout, non_blocking=True)
             self._ready = torch.cuda.Event()
-            self._ready.record()
+            # on the stream of the copy's device, not the current device's (cuda:1 alone
+            # in a process does not make cuda:1 the current device)
+            self._ready.record(torch.cuda.current_stream(readout.device))
         else:
             self._readout = readout
         self._result: StepSums | None = None

@@ -62,7 +62,11 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import CheckpointError, list_steps
-from pretrain.train.compile import CUDA_GRAPH_MODES, compile_for_training
+from pretrain.train.compile import (
+    CUDA_GRAPH_MODES,
+    compile_for_training,
+    refuse_cuda_graphs_with_accumulation,
+)
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
@@ -216,6 +220,10 @@ class Trainer:
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        if cfg.train.compile:
+            refuse_cuda_graphs_with_accumulation(
+                cfg.train.compile_mode, self.device.type, self.grad_accum
+            )
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
             self.batches = WorkerStepBatches(source, self.batches)
@@ -452,7 +460,7 @@ class Trainer:
 
         The host does not wait for the device here (where the optimizer skips non-finite
         updates on the device, :func:`~pretrain.optim.skips_updates_on_device`): the loss, the
-        gradient norm and the ranks' votes come back through :meth:`QueuedStep.result`, which
+        gradient norm and the ranks' votes come back through ``QueuedStep.sums.result()``, which
         :meth:`fit` calls once the next step is queued. Else the values are read before the
         update, which then runs only if they are finite."""
         cfg = self.cfg
