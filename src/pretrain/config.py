@@ -405,8 +405,9 @@ class TrainConfig:
     ] = "default"
     """With ``compile``: ``torch.compile``'s mode. ``reduce-overhead`` and ``max-autotune``
     replay each compiled graph on CUDA as a CUDA graph (one launch for its kernels), for steps
-    that wait on the host launching them; the ``max-autotune`` modes also time kernel
-    variants while compiling (much longer compiles)."""
+    that wait on the host launching them, and are refused where gradients accumulate over
+    micro-batches; the ``max-autotune`` modes also time kernel variants while compiling (much
+    longer compiles)."""
     activation_memory_budget: float = 1.0
     """With ``compile``: the share of the activations the compiled step may keep for its
     backward (``torch._functorch.config.activation_memory_budget``). Below 1, AOTAutograd
