@@ -64,7 +64,7 @@ from pretrain.objectives.span import SpanCorruption
 from pretrain.optim import build_optimizer, param_groups
 from pretrain.scaling.batch_flops import batch_flops
 from pretrain.scaling.flops import peak_flops
-from pretrain.train.compile import COMPILE_SCOPES, compile_for_training
+from pretrain.train.compile import COMPILE_SCOPES, CUDA_GRAPH_MODES, compile_for_training
 
 DEFAULTS = {  # objective: (size, vocab, batch, seq_len); the reference shapes
     "clm": ("gpt2-small", 50257, 16, 1024),
@@ -179,7 +179,7 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
         budget = functorch_config.patch(activation_memory_budget=args.memory_budget)
         compiled_ours = budget(compiled_ours)
 
-    cudagraphs = mode in ("reduce-overhead", "max-autotune")  # the modes with CUDA graphs
+    cudagraphs = mode in CUDA_GRAPH_MODES
 
     def ours_step(model, compiled: bool, chunk_rows: int | None):
         def step(batch: ModelBatch):

@@ -363,6 +363,23 @@ def test_corrupt_or_truncated_latest_checkpoint_falls_back_to_the_previous(
     assert (root / LATEST).read_text().strip() == "step_000012"
 
 
+def _nan_losses_on_calls(monkeypatch, bad_calls: set[int]) -> set[int]:
+    """Make the training loss NaN on the given calls of ``cross_entropy_sum`` (counted from
+    1, one a micro-batch); returns the set, which the caller may grow."""
+    real_ce = losses_mod.cross_entropy_sum
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        total, count, ce = real_ce(*args, **kwargs)
+        if calls["n"] in bad_calls:
+            return total * float("nan"), count, ce * float("nan")
+        return total, count, ce
+
+    monkeypatch.setattr(losses_mod, "cross_entropy_sum", sometimes_nan)
+    return bad_calls
+
+
 def _optimizer_state(trainer: Trainer) -> list[torch.Tensor]:
     """Every tensor of the optimizer's state (moments, step counts), copied."""
     return [
@@ -380,18 +397,7 @@ def _same_state(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def test_nonfinite_steps_are_skipped_then_training_stops(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):
-    real_ce = losses_mod.cross_entropy_sum
-    calls = {"n": 0}
-    bad_calls = {5, 6}  # micro-batches of step 3 (two per step)
-
-    def sometimes_nan(*args, **kwargs):
-        calls["n"] += 1
-        total, count, ce = real_ce(*args, **kwargs)
-        if calls["n"] in bad_calls:
-            return total * float("nan"), count, ce * float("nan")
-        return total, count, ce
-
-    monkeypatch.setattr(losses_mod, "cross_entropy_sum", sometimes_nan)
+    bad_calls = _nan_losses_on_calls(monkeypatch, {5, 6})  # step 3's two micro-batches
     trainer = Trainer(_config(shards_dir, tokenizer_dir, tmp_path / "a", eval__every_steps=0))
     trainer.train_step()
     trainer.train_step()
@@ -422,18 +428,7 @@ def test_fit_counts_skipped_steps_in_its_records_and_checkpoints(
     checkpoints count the skipped steps of their own step, not of the one queued after."""
     from pretrain.train.checkpoint import step_dir_name
 
-    real_ce = losses_mod.cross_entropy_sum
-    calls = {"n": 0}
-    bad_calls = {5, 6, 7, 8, 13, 14}  # the micro-batches of steps 3, 4 and 7 (two a step)
-
-    def sometimes_nan(*args, **kwargs):
-        calls["n"] += 1
-        total, count, ce = real_ce(*args, **kwargs)
-        if calls["n"] in bad_calls:
-            return total * float("nan"), count, ce * float("nan")
-        return total, count, ce
-
-    monkeypatch.setattr(losses_mod, "cross_entropy_sum", sometimes_nan)
+    _nan_losses_on_calls(monkeypatch, {5, 6, 7, 8, 13, 14})  # steps 3, 4 and 7 (two a step)
     run = tmp_path / "run"
     cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=8, eval__every_steps=0)
     Trainer(cfg).fit()

@@ -40,5 +40,8 @@ def test_a_batch_comes_back_equal_with_every_tensor_a_view_of_one_buffer():
     assert torch.equal(got_extra["half"], extra["half"])
     base = flat.untyped_storage().data_ptr()
     assert all(t.untyped_storage().data_ptr() == base for t in (got.input_ids, got_extra["mask"]))
-    # and the whole thing pickles as torch.multiprocessing would send it
-    assert pickle.loads(pickle.dumps((structure, flat, layout)))[0] == structure
+    # and the whole thing survives pickling, as a queue sends it, and unpacks the same
+    sent = pickle.loads(pickle.dumps((structure, flat, layout)))
+    (again, _, _) = unpack(*sent)
+    assert torch.equal(again[0].target_mapping, batch.target_mapping)
+    assert torch.equal(again[1].labels, batch.labels)

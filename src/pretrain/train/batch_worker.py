@@ -1,6 +1,6 @@
 """The training batches drawn in a worker process, ahead of the steps that take them.
 
-Turning token windows into ModelBatches (masks, spans, permutations) costs the host 9-21 ms
+Turning token windows into ModelBatches (masks, spans, permutations) costs the host 8.6-21 ms
 for a 32 x 512 batch on one core for span corruption, UL2, XLNet and BART
 (``docs/benchmarks.md``, "Batches from a worker process"), much of it in Python, which holds
 the interpreter lock. On a GPU the host also launches every kernel of a step; where that
@@ -112,8 +112,8 @@ def _draw_forever(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(1)
         # Shared memory by name: the default hands over a file descriptor through this
-        # process's resource-sharer thread, which waits for the lock this loop holds (the
-        # trainer then waited 6-15 ms a step, against about 2 ms).
+        # process's resource-sharer thread, which waits for the lock this loop holds (several
+        # times slower a take in an exploration run, not logged: docs/benchmarks.md).
         mp.set_sharing_strategy("file_system")
         # The trainer's process verified the shards' checksums when it opened them.
         objective, loader = source.build(Tokenizer.load(source.tokenizer_dir), checksum=False)
