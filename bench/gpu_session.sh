@@ -56,6 +56,8 @@ train_loop_plm_worker() { part train_loop_plm_worker "${1:-150}" $PY bench/bench
 train_loop_plm_cudagraphs() { part train_loop_plm_cudagraphs "${1:-180}" $PY bench/bench_train_loop.py --config configs/xlnet-plm.yaml --size base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop -- --model.position_encoding=rope --train.compile_mode=reduce-overhead; }
 train_loop_clm() { part train_loop_clm "${1:-120}" $PY bench/bench_train_loop.py --config configs/tiny-clm.yaml --size gpt2-small --seq-len 1024 --batch 16 --steps 60 --work /tmp/train_loop -- --objective.document_masking=false; }
 train_loop_span() { part train_loop_span "${1:-150}" $PY bench/bench_train_loop.py --config configs/t5-span.yaml --size t5-v1_1-base --seq-len 512 --batch 32 --steps 40 --work /tmp/train_loop; }
+# host time of the eager block masks, torch's create_block_mask against ours (queued, then synced)
+block_masks() { part block_masks "${1:-60}" bash -c "$PY bench/bench_block_masks.py --device cuda && $PY bench/bench_block_masks.py --device cuda --sync"; }
 clm_docs_flex() { part clm_docs_flex "${1:-35}" $BENCH --objective clm --doc-len 512 --attention-backend flex --sides ours; }
 if [ $# -eq 0 ]; then  # the whole session; else the parts named, e.g. "clm_gpt2 80 ours,hf"
     clm_gpt2; mlm_bert; span_t5; pytest_gpu; clm_llama; clm_docs_flex

@@ -16,6 +16,7 @@ import functools
 import torch
 
 from pretrain.models.common.autocast import to_autocast_dtype
+from pretrain.models.common.flex_block_mask import build_block_mask
 from pretrain.objectives.base import AttentionSpec
 
 
@@ -45,8 +46,6 @@ def block_mask(
     ``keys`` ``(B, T)`` bool, when given, also hides the keys where it is False (padding).
     ``device``: where the mask lives when no tensor of ``spec`` or ``keys`` says it.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
     docs = spec.document_ids
     prefix = spec.prefix_lengths
     kind = spec.kind
@@ -67,18 +66,17 @@ def block_mask(
     refs = [t for t in (docs, prefix, keys) if t is not None]
     B = refs[0].shape[0] if refs else None
     device = refs[0].device if refs else device
-    return create_block_mask(mask_mod, B, None, seq_len, seq_len, device=device)
+    return build_block_mask(mask_mod, B, seq_len, seq_len, device)
 
 
 def key_mask(keys: torch.Tensor, q_len: int):
     """A ``BlockMask`` of ``q_len`` queries over the keys where ``keys`` ``(B, Tk)`` is True."""
-    from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         return keys[b, kv_idx]
 
     B, Tk = keys.shape
-    return create_block_mask(mask_mod, B, None, q_len, Tk, device=keys.device)
+    return build_block_mask(mask_mod, B, q_len, Tk, keys.device)
 
 
 @functools.cache

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from pretrain.models.common import flex
+from pretrain.models.common.flex_block_mask import build_block_mask
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,6 @@ def stream_rules(
         layout: ``(B, T)`` position of each content row and key (:func:`factorization_layout`),
             or None for input order.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
     B = batch_size
     # (B, T) tables the kernels index, materialized (not stride-0 views)
     input_pos = torch.arange(seq_len, device=device).repeat(B, 1)
@@ -115,8 +114,8 @@ def stream_rules(
         def query_mod(b, h, q_idx, kv_idx):
             return ~valid[b, q_idx] | (row_rank[b, q_idx] > key_rank[b, kv_idx])
 
-        content_mask = create_block_mask(content_mod, B, None, seq_len, seq_len, device=device)
-        query_mask = create_block_mask(query_mod, B, None, M, seq_len, device=device)
+        content_mask = build_block_mask(content_mod, B, seq_len, seq_len, device)
+        query_mask = build_block_mask(query_mod, B, M, seq_len, device)
     row_types = key_types = None
     if token_types is not None:
         row_types = token_types.gather(1, query_pos)
