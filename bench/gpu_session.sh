@@ -46,6 +46,10 @@ plm_xlnet_rope() { part plm_xlnet_rope "${1:-120}" $BENCH --objective plm --atte
 span_t5_flex() { part span_t5_flex "${1:-120}" $BENCH --objective span --attention-backend flex --sides "${2:-ours}"; }
 span_t5_profile() { part span_t5_profile "${1:-120}" $BENCH --objective span --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
 clm_gpt2_profile() { part clm_gpt2_profile "${1:-90}" $BENCH --objective clm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
+mlm_bert_profile() { part mlm_bert_profile "${1:-90}" $BENCH --objective mlm --steps 5 --warmup 3 --profile-steps 3 --sides "${2:-ours}"; }
+mlm_bert_cudagraphs() { part mlm_bert_cudagraphs "${1:-100}" $BENCH --objective mlm --compile-mode reduce-overhead --sides "${2:-ours}"; }
+clm_gpt2_cudagraphs() { part clm_gpt2_cudagraphs "${1:-100}" $BENCH --objective clm --compile-mode reduce-overhead --sides "${2:-ours}"; }
+span_t5_flex_cudagraphs() { part span_t5_flex_cudagraphs "${1:-150}" $BENCH --objective span --attention-backend flex --compile-mode reduce-overhead --sides "${2:-ours}"; }
 clm_gpt2_autotune() { part clm_gpt2_autotune "${1:-240}" $BENCH --objective clm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 mlm_bert_autotune() { part mlm_bert_autotune "${1:-240}" $BENCH --objective mlm --compile-mode max-autotune-no-cudagraphs --sides "${2:-ours}"; }
 clm_gpt2_chunks() { part clm_gpt2_chunks "${1:-100}" $BENCH --objective clm --loss-chunks 8192,16384 --sides "${2:-ours,ours_chunk8192,ours_chunk16384}"; }
