@@ -133,9 +133,13 @@ def _assert_flex_matches_dense(dense, flex, batch: ModelBatch, flex_forward=None
         assert _rel_err(p_flex.grad, p_dense.grad) < 1e-3, name
 
 
-def test_t5_attention_bias_gradient_under_bf16_matches_fp32():
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_t5_attention_bias_gradient_under_bf16_matches_fp32(backend: str):
+    """SDPA: the memory-efficient kernel's bias gradient; flex: the score_mod's captured bias,
+    whose gradient the kernel sums over the batch with atomic adds."""
     torch.manual_seed(0)
-    model = EncoderDecoderLM(encoder_decoder_config("debug", 500, pad_id=0)).to(CUDA)
+    cfg = encoder_decoder_config("debug", 500, pad_id=0, attention_backend=backend)
+    model = EncoderDecoderLM(cfg).to(CUDA)
     batch = _t5_batch(4, 96, 30, pad_from=80)
     labels = batch.labels
     bias_params = [
