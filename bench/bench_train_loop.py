@@ -19,12 +19,15 @@ step (``Trainer.queue_step``), within it taking the step's batches (from the wor
 ``data.batch_worker``, or drawn before) and drawing the next step's in the training process
 (with ``data.batch_worker=none``), and waiting for the device to finish the step before
 (``PendingSums.result``). A wait near zero means the host is the bottleneck: the device
-finishes each step before the host has queued the next one.
+finishes each step before the host has queued the next one. ``gc`` counts Python's garbage
+collections during the timed steps by generation, their milliseconds per step and the longest
+(``train.gc_every_steps``); ``gc_before`` the same for setting up and the first ``--skip``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import statistics
@@ -56,6 +59,33 @@ def timed(cls: type, name: str, seconds: list[float]) -> None:
             seconds.append(time.perf_counter() - start)
 
     setattr(cls, name, wrapper)
+
+
+class GcPauses:
+    """Python's garbage collections during the run: when, which generation, how long."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int, float]] = []  # (start, generation, seconds)
+        self._start = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            seconds = time.perf_counter() - self._start
+            self.pauses.append((self._start, info["generation"], seconds))
+
+    def summary(self, since: float, until: float, steps: int) -> dict:
+        """Collections that started between ``since`` and ``until``: ``steps`` steps."""
+        kept = [(gen, s) for start, gen, s in self.pauses if since <= start < until]
+        by_gen = {gen: [s for g, s in kept if g == gen] for gen in (0, 1, 2)}
+        return {
+            "collections": {gen: len(v) for gen, v in by_gen.items()},
+            "ms_by_generation": {gen: round(1e3 * sum(v), 1) for gen, v in by_gen.items()},
+            "ms_per_step": round(1e3 * sum(s for _, s in kept) / max(1, steps), 3),
+            "longest_ms": round(1e3 * max((s for _, s in kept), default=0.0), 2),
+        }
 
 
 def median_ms(seconds: list[float], skip: int) -> float | None:
@@ -110,6 +140,9 @@ def main() -> None:
     timed(WorkerStepBatches, "take", host["take_batches"])
     timed(StepBatches, "draw_ahead", host["draw_ahead"])
     timed(PendingSums, "result", host["wait_for_device"])  # the first call waits, later are cached
+    gc_pauses, queued_at = GcPauses(), []
+    queue_step = Trainer.queue_step
+    Trainer.queue_step = lambda self: (queue_step(self), queued_at.append(time.perf_counter()))[0]
     code = pretrain_main(["train", "--config", args.config, *overrides, *extra])
     if code != 0:
         raise SystemExit(f"pretrain train exited with {code}")
@@ -130,6 +163,11 @@ def main() -> None:
         "mfu": statistics.median(mfus) if mfus else None,
         "first_loss": records[0]["loss"],
         "host_ms_per_step": {name: median_ms(v, args.skip) for name, v in host.items()},
+        # the timed steps: from the end of queuing step --skip to that of the last step
+        "gc_before": gc_pauses.summary(0.0, queued_at[args.skip - 1], args.skip),  # setup too
+        "gc": gc_pauses.summary(
+            queued_at[args.skip - 1], queued_at[-1], len(queued_at) - args.skip - 1
+        ),
     }
     print(json.dumps(result))
 

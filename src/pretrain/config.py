@@ -416,6 +416,10 @@ class TrainConfig:
     """auto: bf16 autocast on CUDA, fp32 on CPU."""
     max_nonfinite_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    gc_every_steps: int = 50
+    """Python's automatic garbage collector is off during training; generations 0 and 1 are
+    collected after every this many steps instead (``pretrain.train.garbage_collection``).
+    0 leaves the automatic collector on."""
 
 
 @dataclasses.dataclass
@@ -549,6 +553,7 @@ class ExperimentConfig:
             "eval.every_steps": self.eval.every_steps,
             "checkpoint.every_steps": self.checkpoint.every_steps,
             "optim.warmup_steps": self.optim.warmup_steps,
+            "train.gc_every_steps": self.train.gc_every_steps,
             "optim.grad_clip": self.optim.grad_clip,
             "optim.weight_decay": self.optim.weight_decay,
             "objective.z_loss": self.objective.z_loss,

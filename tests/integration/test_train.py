@@ -531,6 +531,46 @@ def test_fit_reads_a_step_once_the_next_is_queued_and_at_once_before_saving(
     assert records == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("every", [3, 0])
+def test_fit_collects_garbage_on_its_schedule(
+    every, shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    """With ``train.gc_every_steps`` the steps run with the automatic collector off and
+    generations 0 and 1 are collected after every that many steps; 0 leaves it on."""
+    import gc
+
+    events: list[str] = []
+    queue_step = Trainer.queue_step
+
+    def queue(self):
+        queued = queue_step(self)
+        events.append(f"step {queued.step} gc {'on' if gc.isenabled() else 'off'}")
+        return queued
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 1 and not gc.isenabled():
+            events.append("collect 1")
+
+    monkeypatch.setattr(Trainer, "queue_step", queue)
+    gc.callbacks.append(record)
+    try:
+        cfg = _config(
+            shards_dir, tokenizer_dir, tmp_path / "run", train__max_steps=7,
+            train__gc_every_steps=every, eval__every_steps=0, checkpoint__every_steps=0,
+        )  # fmt: skip
+        Trainer(cfg).fit()
+    finally:
+        gc.callbacks.remove(record)
+    assert gc.isenabled()
+    if every:
+        assert events == [
+            "step 1 gc off", "step 2 gc off", "step 3 gc off", "collect 1", "step 4 gc off",
+            "step 5 gc off", "step 6 gc off", "collect 1", "step 7 gc off",
+        ]  # fmt: skip
+    else:
+        assert events == [f"step {i} gc on" for i in range(1, 8)]
+
+
 def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):

@@ -69,6 +69,7 @@ from pretrain.train.compile import (
 )
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
+from pretrain.train.garbage_collection import ScheduledGarbageCollection
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.metrics import MetricsWriter, NoMetrics
@@ -147,6 +148,11 @@ class Trainer:
                 "every rank was launched and reaches MASTER_ADDR:MASTER_PORT. Cause: "
                 f"{str(e).splitlines()[0][:300]}"
             ) from e
+        self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        if cfg.train.compile:  # before the model is built: a wrong setting fails at once
+            refuse_cuda_graphs_with_accumulation(
+                cfg.train.compile_mode, self.device.type, self.grad_accum
+            )
         bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda"
         )
@@ -219,11 +225,6 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self._objective_seed(0))
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = self.val_loader() if cfg.data.val else None
-        self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
-        if cfg.train.compile:
-            refuse_cuda_graphs_with_accumulation(
-                cfg.train.compile_mode, self.device.type, self.grad_accum
-            )
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
             self.batches = WorkerStepBatches(source, self.batches)
@@ -361,7 +362,8 @@ class Trainer:
                 self.metrics.write(record)
                 progress.update(step, record)
 
-        with progress, self._signals:
+        collector = ScheduledGarbageCollection(cfg.train.gc_every_steps)
+        with progress, self._signals, collector:
             progress.start(self.state.step)
             unread: QueuedStep | None = None  # queued on the device, its values not yet read
             while self.state.step < cfg.train.max_steps and not (out_of_time or stopped_by_signal):
@@ -370,6 +372,7 @@ class Trainer:
                     read(unread)
                 unread = queued
                 step = self.state.step
+                collector.after_step(step)  # while the device runs the step just queued
                 evaluates = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
                 saves = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
                 if not (evaluates or saves or stopped_by_signal or out_of_time):
