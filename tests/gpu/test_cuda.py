@@ -135,8 +135,9 @@ def _assert_flex_matches_dense(dense, flex, batch: ModelBatch, flex_forward=None
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_t5_attention_bias_gradient_under_bf16_matches_fp32(backend: str):
-    """SDPA: the memory-efficient kernel's bias gradient; flex: the score_mod's captured bias,
-    whose gradient the kernel sums over the batch with atomic adds."""
+    """SDPA: the memory-efficient kernel's bias gradient; flex: the gradient of the bf16 bias
+    the score_mod reads, which the kernel's backward sums over the batch (in float32, by
+    atomic adds, in recent PyTorch: ``zeros_and_scatter_lowering``)."""
     torch.manual_seed(0)
     cfg = encoder_decoder_config("debug", 500, pad_id=0, attention_backend=backend)
     model = EncoderDecoderLM(cfg).to(CUDA)

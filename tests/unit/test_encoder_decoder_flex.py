@@ -85,31 +85,3 @@ def test_flex_gradients_match_the_dense_path(flex_backward_on_cpu, kind):
     assert "encoder_position_bias.embed.weight" in grads[1]
     for name, want in grads[0].items():
         assert_close_to_scale(grads[1][name], want, 1e-4, name)
-
-
-def test_the_position_bias_stays_float32_under_autocast(monkeypatch):
-    """The score_mod's bias is float32 under bf16 autocast (its gradient is summed over the
-    batch by atomic adds into the bias's dtype), while q, k and v reach the kernel in bf16."""
-    from pretrain.models.common import flex as common_flex
-    from pretrain.models.encoder_decoder import model as t5_model
-
-    seen, attend = [], common_flex.attend
-
-    def spy(q, k, v, **kwargs):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return attend(q, k, v, **kwargs)
-
-    biases, scores_fn = [], t5_model.flex_attention_scores
-
-    def spy_scores(q, k, v, scores):
-        biases.append(None if scores.bias is None else scores.bias.dtype)
-        return scores_fn(q, k, v, scores)
-
-    monkeypatch.setattr(common_flex, "attend", spy)
-    monkeypatch.setattr(t5_model, "flex_attention_scores", spy_scores)
-    _, flex = twins()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        flex(batch(SPECS["bidirectional"]))
-    # per layer: encoder self; decoder self and cross (no bias)
-    assert biases == [torch.float32] * 2 + [torch.float32, None] * 2
-    assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen)

@@ -126,10 +126,7 @@ class FlexScores:
     Attributes:
         block_mask: the ``BlockMask`` (pad keys, causality, documents); None: nothing hidden.
         bias: ``(H, Tq, Tk)`` relative position bias added by a ``score_mod`` (its gradient
-            flows back through the kernel), or None (cross-attention). It stays float32 under
-            autocast: the kernel adds it to float32 scores, and its backward sums the gradient
-            over the batch into a tensor of the bias's dtype with atomic adds, which in bf16
-            (8 bits of mantissa) would round at every one of the B additions.
+            flows back through the kernel), or None (cross-attention).
     """
 
     block_mask: object | None
@@ -353,7 +350,7 @@ class EncoderDecoderLM(nn.Module):
         spec = attention if attention is not None else AttentionSpec(kind="bidirectional")
         keys = input_ids != self.cfg.pad_id  # (B, T): visible keys
         if self.uses_flex(spec):
-            position = self.encoder_position_bias(T, T)[0]  # (H, T, T), float32: see FlexScores
+            position = to_autocast_dtype(self.encoder_position_bias(T, T))[0]  # (H, T, T)
             scores = FlexScores(flex.block_mask(spec, T, keys=keys), position)
             x = self.embed(input_ids)
             for block in self.encoder_blocks:
@@ -414,7 +411,7 @@ class EncoderDecoderLM(nn.Module):
         position bias as a ``score_mod``; cross-attention hides pad keys by block mask."""
         T = decoder_input_ids.shape[1]
         device = decoder_input_ids.device
-        position = self.decoder_position_bias(T, T)[0]  # (H, T, T), float32: see FlexScores
+        position = to_autocast_dtype(self.decoder_position_bias(T, T))[0]  # (H, T, T)
         causal = flex.block_mask(AttentionSpec(kind="causal"), T, device=device)
         self_scores = FlexScores(causal, position)
         cross_scores = None
