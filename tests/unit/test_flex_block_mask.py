@@ -121,3 +121,18 @@ def test_xlnet_stream_rules_match_create_block_mask(layout: bool):
     assert_same_block_mask(query.block_mask, create_block_mask(query_mod, B, None, M, T, "cpu"))
     if layout:  # the layout leaves few partial blocks, so full blocks are exercised too
         assert int(content.block_mask.full_kv_num_blocks.sum()) > 0
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_the_builder_traces_into_one_graph():
+    """A whole model compiled as one graph (``train.compile_scope=model``) builds its masks
+    inside the graph: the builder must trace without a graph break and give the same mask."""
+    gen = torch.Generator().manual_seed(3)
+    docs = _documents(2, 256, gen)
+    keys = torch.rand(2, 256, generator=gen) > 0.2
+
+    def build(docs, keys):
+        return flex.block_mask(AttentionSpec("bidirectional", document_ids=docs), 256, keys=keys)
+
+    compiled = torch.compile(build, backend="aot_eager", fullgraph=True)
+    assert_same_block_mask(compiled(docs, keys), build(docs, keys))
