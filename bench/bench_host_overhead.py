@@ -4,9 +4,10 @@ A GPU step can only be as fast as the host queues it. To see what the framework 
 (Python, dispatch, the compiled graphs' guards and wrappers, autograd, clipping, the
 optimizer), this times the trainer's step on the CPU on a model whose tensors are tiny (GPT-2
 style, 12 layers of width 32, 16 tokens), so the kernels take next to nothing and what remains
-is overhead. Per phase, milliseconds per step, for each compile scope (``eager``; ``blocks``:
-each block compiled, the trainer's default; ``model``: one graph), in the same run. On a GPU
-the kernel launches add to these; the order between the scopes is what carries over.
+is overhead. Per phase, the median milliseconds over the steps, for each compile scope
+(``eager``; ``blocks``: each block compiled, the trainer's default; ``model``: one graph), in
+the same run. On a GPU the kernel launches add to these; the order between the scopes is what
+carries over.
 
     python bench/bench_host_overhead.py [--layers 12] [--steps 50] [--scopes eager,blocks,model]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -40,7 +42,7 @@ def time_scope(scope: str, layers: int, steps: int) -> dict[str, float]:
     forward = model if scope == "eager" else compile_for_training(model, scope)
     tokens = torch.randint(0, vocab, (1, 16))
     batch = ModelBatch(tokens, tokens, AttentionSpec("causal"))
-    totals = dict.fromkeys(PHASES, 0.0)
+    times: dict[str, list[float]] = {phase: [] for phase in PHASES}
 
     def step(record: bool) -> None:
         marks = [time.perf_counter()]
@@ -59,13 +61,13 @@ def time_scope(scope: str, layers: int, steps: int) -> dict[str, float]:
         marks.append(time.perf_counter())
         if record:
             for phase, start, end in zip(PHASES, marks, marks[1:], strict=False):
-                totals[phase] += end - start
+                times[phase].append(end - start)
 
     for _ in range(5):  # compile and warm up
         step(False)
     for _ in range(steps):
         step(True)
-    result = {phase: round(1e3 * t / steps, 2) for phase, t in totals.items()}
+    result = {phase: round(1e3 * statistics.median(t), 2) for phase, t in times.items()}
     result["step"] = round(sum(result.values()), 2)
     return result
 
@@ -78,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# commit {git_commit()}, torch {torch.__version__}, {cpu_model()}, one thread, "
-          f"{args.layers} layers, mean of {args.steps} steps, ms per step")  # fmt: skip
+          f"{args.layers} layers, median of {args.steps} steps, ms per step")  # fmt: skip
     print(f"{'scope':8s}" + "".join(f"{p:>10s}" for p in (*PHASES, "step")))
     for scope in args.scopes.split(","):
         r = time_scope(scope, args.layers, args.steps)
