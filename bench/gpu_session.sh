@@ -28,7 +28,7 @@ span_t5() { part span_t5 "${1:-120}" $BENCH --objective span --sides "${2:-ours,
 pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -p no:cacheprovider; }
 # -v: each test's name and outcome as it ends, so a part cut by its limit still says which failed
 pytest_gpu_flex() { part pytest_gpu_flex "${1:-110}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k flex -p no:cacheprovider; }
-pytest_gpu_sync() { part pytest_gpu_sync "${1:-60}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k never_waits -p no:cacheprovider; }
+pytest_gpu_sync() { part pytest_gpu_sync "${1:-60}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k "never_waits or broadcast_block_masks" -p no:cacheprovider; }
 clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
 # XLNet: each side in its own process, so each peak is its own (HF eager needs ~71 GiB)
 plm_xlnet() { part plm_xlnet "${1:-120}" $BENCH --objective plm --sides "${2:-ours}"; }
