@@ -3,8 +3,8 @@
 ``torch.nn.attention.flex_attention.create_block_mask`` evaluates the ``mask_mod`` under four
 nested ``torch.vmap`` calls and derives the backward's block lists through two more vmapped
 functions. Its kernels are small, but the host work is not: on this project's CPU VM (torch
-2.13, one thread) a 128 x 128 mask, whose arithmetic is negligible, takes 6.9 ms against
-0.24 ms here (``docs/benchmarks.md``, "Block masks without vmap"). The models build their
+2.13, one thread) a 128 x 128 mask, whose arithmetic is negligible, takes 6.9-9.5 ms against
+0.24-0.32 ms here (``docs/benchmarks.md``, "Block masks without vmap"). The models build their
 masks eagerly every forward (XLNet two, T5 up to three), so on a GPU that host time sits
 between the device's steps whenever the host is the bottleneck.
 
