@@ -163,12 +163,12 @@ def main() -> None:
         "mfu": statistics.median(mfus) if mfus else None,
         "first_loss": records[0]["loss"],
         "host_ms_per_step": {name: median_ms(v, args.skip) for name, v in host.items()},
-        # the timed steps: from the end of queuing step --skip to that of the last step
-        "gc_before": gc_pauses.summary(0.0, queued_at[args.skip - 1], args.skip),  # setup too
-        "gc": gc_pauses.summary(
-            queued_at[args.skip - 1], queued_at[-1], len(queued_at) - args.skip - 1
-        ),
     }
+    if 0 < args.skip < len(queued_at):
+        # the timed steps: from the end of queuing step --skip to that of the last step
+        start = queued_at[args.skip - 1]
+        result["gc_before"] = gc_pauses.summary(0.0, start, args.skip)  # setting up too
+        result["gc"] = gc_pauses.summary(start, queued_at[-1], len(queued_at) - args.skip - 1)
     print(json.dumps(result))
 
 

@@ -1,8 +1,9 @@
 """Python's garbage collector on the training loop's schedule instead of its own.
 
-CPython collects generation 0 after every 700 net allocations of container objects, generation
-1 after every 10 of those, and generation 2 (every object the process holds: modules, compiled
-graphs, the tokenizer, ...) after every 10 of generation 1 once enough objects have piled up.
+CPython (3.12 and 3.13, by default) collects generation 0 after every 700 net allocations of
+container objects, generation 1 after every 10 of those, and generation 2 (every object the
+process holds: modules, compiled graphs, the tokenizer, ...) after every 10 of generation 1
+once enough objects have piled up.
 A full collection stalls the host for as long as it takes to walk the heap: 160-220 ms in the
 trainer on the CPU VM (``docs/benchmarks.md``, "Garbage collection in the loop"), longer than
 a whole XLNet-base step on an H100. Under data parallelism a pause on one rank holds every
