@@ -326,30 +326,10 @@ def test_batches_reach_cuda_intact_through_pinned_queued_copies(objective):
     assert torch.equal(positions.cpu(), torch.nonzero(cpu_batch.labels.reshape(-1) >= 0)[:, 0])
 
 
-def test_broadcast_block_masks_equal_create_block_mask_on_cuda():
+@pytest.mark.parametrize("layout", [False, True])
+def test_broadcast_block_masks_equal_create_block_mask_on_cuda(layout: bool):
     """The models' block-mask builder (flex_block_mask.py) gives ``create_block_mask``'s
     tensors on CUDA too (its stable sort and reductions run there), for XLNet's two streams."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    from tests.unit.test_flex_block_mask import check_xlnet_stream_rules
 
-    from pretrain.models.xlnet.flex import factorization_layout, stream_rules
-    from tests.unit.test_flex_block_mask import assert_same_block_mask
-
-    g = torch.Generator().manual_seed(0)
-    B, T, M = 4, 512, 85
-    key_rank = torch.stack([torch.randperm(T, generator=g) for _ in range(B)]) - (T - M)
-    key_rank = key_rank.clamp(min=-1).to(CUDA)
-    query_pos = torch.stack([torch.randperm(T, generator=g)[:M] for _ in range(B)]).to(CUDA)
-    valid = torch.ones(B, M, dtype=torch.bool, device=CUDA)
-    layout = factorization_layout(key_rank)
-    content, query = stream_rules(B, T, CUDA, key_rank, key_rank, query_pos, valid, None, layout)
-    k_rank = key_rank.gather(1, layout)
-    row_rank = key_rank.gather(1, query_pos)
-
-    def content_mod(b, h, q_idx, kv_idx):
-        return (q_idx == kv_idx) | (k_rank[b, q_idx] > k_rank[b, kv_idx])
-
-    def query_mod(b, h, q_idx, kv_idx):
-        return ~valid[b, q_idx] | (row_rank[b, q_idx] > k_rank[b, kv_idx])
-
-    assert_same_block_mask(content.block_mask, create_block_mask(content_mod, B, None, T, T, CUDA))
-    assert_same_block_mask(query.block_mask, create_block_mask(query_mod, B, None, M, T, CUDA))
+    check_xlnet_stream_rules(layout, CUDA)

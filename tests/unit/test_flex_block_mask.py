@@ -91,21 +91,19 @@ def test_one_hidden_pair_makes_its_block_partial():
     assert got.kv_num_blocks.tolist() == [[[1, 0]]]  # query block 0: key block 1 is partial
 
 
-@pytest.mark.parametrize("layout", [False, True])
-def test_xlnet_stream_rules_match_create_block_mask(layout: bool):
-    """Both streams of a random factorization order with 85 target rows, one a padding row."""
+def check_xlnet_stream_rules(layout: bool, device: torch.device) -> None:
+    """Both streams of a random factorization order with 85 target rows, one a padding row,
+    built on ``device``, against ``create_block_mask`` there (the GPU tests call this too)."""
     gen = torch.Generator().manual_seed(7)
     B, T, M = 2, 512, 85
     key_rank = torch.stack([torch.randperm(T, generator=gen) for _ in range(B)]) - 300
-    key_rank = key_rank.clamp(min=-1)  # context tokens share rank -1
+    key_rank = key_rank.clamp(min=-1).to(device)  # context tokens share rank -1
     query_rank = key_rank.clone()
-    query_pos = torch.stack([torch.randperm(T, generator=gen)[:M] for _ in range(B)])
-    valid = torch.ones(B, M, dtype=torch.bool)
+    query_pos = torch.stack([torch.randperm(T, generator=gen)[:M] for _ in range(B)]).to(device)
+    valid = torch.ones(B, M, dtype=torch.bool, device=device)
     valid[1, -1] = False
     order = factorization_layout(key_rank) if layout else None
-    content, query = stream_rules(
-        B, T, torch.device("cpu"), query_rank, key_rank, query_pos, valid, None, order
-    )
+    content, query = stream_rules(B, T, device, query_rank, key_rank, query_pos, valid, None, order)
     q_rank, k_rank = query_rank, key_rank
     if order is not None:
         q_rank, k_rank = query_rank.gather(1, order), key_rank.gather(1, order)
@@ -117,10 +115,16 @@ def test_xlnet_stream_rules_match_create_block_mask(layout: bool):
     def query_mod(b, h, q_idx, kv_idx):
         return ~valid[b, q_idx] | (row_rank[b, q_idx] > k_rank[b, kv_idx])
 
-    assert_same_block_mask(content.block_mask, create_block_mask(content_mod, B, None, T, T, "cpu"))
-    assert_same_block_mask(query.block_mask, create_block_mask(query_mod, B, None, M, T, "cpu"))
+    expected = create_block_mask(content_mod, B, None, T, T, device)
+    assert_same_block_mask(content.block_mask, expected)
+    assert_same_block_mask(query.block_mask, create_block_mask(query_mod, B, None, M, T, device))
     if layout:  # the layout leaves few partial blocks, so full blocks are exercised too
         assert int(content.block_mask.full_kv_num_blocks.sum()) > 0
+
+
+@pytest.mark.parametrize("layout", [False, True])
+def test_xlnet_stream_rules_match_create_block_mask(layout: bool):
+    check_xlnet_stream_rules(layout, torch.device("cpu"))
 
 
 @pytest.mark.usefixtures("fresh_dynamo")

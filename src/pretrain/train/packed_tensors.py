@@ -66,6 +66,6 @@ def unpack(
     """The object :func:`pack` packed, its tensors views of ``flat``."""
     views = []
     for start, shape, dtype in layout:
-        size = shape.numel() * torch.empty((), dtype=dtype).element_size()
+        size = shape.numel() * dtype.itemsize
         views.append(flat[start : start + size].view(dtype).view(shape))
     return _TensorsIn(io.BytesIO(structure), views).load()
