@@ -131,8 +131,11 @@ def train(args: argparse.Namespace) -> int:
         table.add_row("val loss", f"{summary['val']['loss']:.4f}")
         bpb = summary["val"]["bits_per_byte"]
         table.add_row("val bits/byte", "n/a" if bpb is None else f"{bpb:.4f}")
-    if summary["skipped_steps"]:
-        table.add_row("skipped steps (non-finite)", str(summary["skipped_steps"]))
+    nonfinite = summary["skipped_steps"] - summary["spike_steps"]
+    if nonfinite:
+        table.add_row("skipped steps (non-finite)", str(nonfinite))
+    if summary["spike_steps"]:
+        table.add_row("skipped steps (spikes)", str(summary["spike_steps"]))
     console.print(table)
     return 0
 

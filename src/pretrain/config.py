@@ -416,6 +416,14 @@ class TrainConfig:
     """auto: bf16 autocast on CUDA, fp32 on CPU."""
     max_nonfinite_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    spike_sigma: float = 0.0
+    """Skip the update of a step whose loss, or gradient norm before clipping, lies more than
+    this many standard deviations above the mean of the last ``spike_window_steps`` steps
+    (``pretrain.train.loss_spikes``; OLMo-core uses 6). 0: no spike is skipped (non-finite
+    steps always are)."""
+    spike_window_steps: int = 128
+    """With ``spike_sigma``: how many earlier steps the mean and deviation cover; nothing is
+    skipped for a spike before half of them were taken."""
     gc_every_steps: int = 50
     """Python's automatic garbage collector is off during training; generations 0 and 1 are
     collected after every this many steps instead (``pretrain.train.garbage_collection``).
@@ -554,6 +562,7 @@ class ExperimentConfig:
             "checkpoint.every_steps": self.checkpoint.every_steps,
             "optim.warmup_steps": self.optim.warmup_steps,
             "train.gc_every_steps": self.train.gc_every_steps,
+            "train.spike_sigma": self.train.spike_sigma,
             "optim.grad_clip": self.optim.grad_clip,
             "optim.weight_decay": self.optim.weight_decay,
             "objective.z_loss": self.objective.z_loss,
@@ -564,6 +573,10 @@ class ExperimentConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.train.spike_window_steps < 2:
+            raise ConfigError(
+                f"train.spike_window_steps must be >= 2, got {self.train.spike_window_steps}"
+            )
         budget = self.train.activation_memory_budget
         if not 0 < budget <= 1:
             raise ConfigError(f"train.activation_memory_budget must be in (0, 1], got {budget}")

@@ -201,9 +201,10 @@ def test_queuing_a_training_step_never_waits_for_the_device(
     objective: str, shards_dir, tokenizer_dir, tmp_path
 ):
     """``Trainer.queue_step`` (batches to the device, forward, loss, backward, clipping, the
-    step's sums and the optimizer's update, skipped on the device if non-finite) runs with
-    CUDA's sync debug mode set to raise: nothing in it makes the host wait, so the device
-    always has the next step queued while the host reads the one before."""
+    step's sums, the spike check and the optimizer's update, skipped on the device if
+    non-finite or a spike) runs with CUDA's sync debug mode set to raise: nothing in it makes
+    the host wait, so the device always has the next step queued while the host reads the one
+    before."""
     overrides = {
         "model.family": "xlnet" if objective == "plm" else "decoder",
         "model.size": "debug",
@@ -216,6 +217,7 @@ def test_queuing_a_training_step_never_waits_for_the_device(
         "train.tokens_per_batch": 1024,  # two micro-batches a step
         "train.max_steps": 10,
         "train.device": "cuda",
+        "train.spike_sigma": 6,  # the spike check's device work is queued too
         "log.progress": False,
         "log.tensorboard": False,
         "run.dir": str(tmp_path / objective),

@@ -62,7 +62,30 @@ def test_two_ranks_add_up_slot_by_slot_and_keep_a_task_drawn_without_labels(monk
 )
 def test_the_device_flag_marks_a_non_finite_loss_or_gradient_norm(ce_sum, grad_norm, nonfinite):
     pending = sum_over_ranks(torch.tensor(ce_sum), 1, {}, (), grad_norm=torch.tensor(grad_norm))
-    assert pending.nonfinite.dtype == torch.float32 and pending.nonfinite.dim() == 0
-    assert pending.nonfinite.item() == nonfinite
+    assert pending.skip.dtype == torch.float32 and pending.skip.dim() == 0
+    assert pending.skip.item() == nonfinite
     sums = pending.result()
     assert (math.isfinite(sums.ce_sum) and math.isfinite(sums.grad_norm)) == (nonfinite == 0.0)
+
+
+def test_the_spike_check_sees_the_mean_loss_and_its_answer_comes_back():
+    """The detector gets the step's loss per label token (the ce sum over the label count
+    slot, past the task slots) and its gradient norm; a spike sets the device flag."""
+    from pretrain.train.loss_spikes import SpikeDetector
+
+    spikes = SpikeDetector(6.0, window=8, device="cpu")
+    for i in range(8):
+        spikes.check(torch.tensor(3.0 + 0.01 * (i % 2)), torch.tensor(1.0))
+    tasks = {"a": [torch.tensor(120.0), 40]}
+
+    def step(ce_sum: float, grad_norm: float):
+        pending = sum_over_ranks(
+            torch.tensor(ce_sum), 100, tasks, ("a", "b"), grad_norm=torch.tensor(grad_norm),
+            spikes=spikes,
+        )  # fmt: skip
+        return pending.skip.item(), pending.result().spike
+
+    assert step(300.5, 1.0) == (0.0, False)  # a mean loss of 3.005
+    assert step(400.0, 1.0) == (1.0, True)
+    assert step(300.0, 3.0) == (1.0, True)
+    assert step(float("nan"), 1.0) == (1.0, False)  # skipped as non-finite, not as a spike

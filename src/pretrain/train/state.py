@@ -14,6 +14,9 @@ class TrainState:
     best_val_loss: float | None = None
     consecutive_nonfinite: int = 0
     num_skipped_steps: int = 0
+    """Steps whose update was skipped: non-finite, or spikes."""
+    num_spike_steps: int = 0
+    """Of those, the steps skipped as spikes (``train.spike_sigma``)."""
     elapsed_seconds: float = 0.0
     last_eval_step: int | None = None
 

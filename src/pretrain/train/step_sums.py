@@ -6,8 +6,9 @@ The trainer reads a step's sums only after it has queued the next step
 for the step to finish, and the device would then wait, idle, for the host to queue the next
 one. So :func:`sum_over_ranks` starts a copy to pinned host memory and returns; the values are
 read by :meth:`PendingSums.result`, which waits for that copy only. Whether the step's update is
-skipped (a non-finite loss or gradient) is decided on the device
-(:attr:`PendingSums.nonfinite`), as PyTorch's ``GradScaler`` decides for its fused optimizers.
+skipped (a non-finite loss or gradient, or a spike: :mod:`pretrain.train.loss_spikes`) is
+decided on the device (:attr:`PendingSums.skip`), as PyTorch's ``GradScaler`` decides for its
+fused optimizers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from pretrain.distributed import comm
+from pretrain.train.loss_spikes import SpikeDetector
 
 
 class StepSums(NamedTuple):
@@ -29,6 +31,7 @@ class StepSums(NamedTuple):
     signal_votes: int  # ranks that received a stop signal (SIGINT, SIGTERM)
     deadline_votes: int  # ranks whose clock passed train.max_minutes
     grad_norm: float  # the gradients' total norm, before clipping (the same on every rank)
+    spike: bool = False  # the loss or the gradient norm spiked (the update was skipped)
 
 
 class PendingSums:
@@ -38,16 +41,25 @@ class PendingSums:
         reduced: the all-reduced float64 vector (:func:`sum_over_ranks` lays out its slots).
         grad_norm: the gradient norm, the same on every rank, so not summed.
         task_names: the objective's tasks, in their slot order.
+        spike: 1.0 where the step spiked, else 0.0 (a 0-d tensor; None: no spike check).
     """
 
-    def __init__(self, reduced: torch.Tensor, grad_norm: torch.Tensor, task_names: tuple):
-        readout = torch.cat([reduced, grad_norm.detach().reshape(1).to(reduced)])
+    def __init__(
+        self,
+        reduced: torch.Tensor,
+        grad_norm: torch.Tensor,
+        task_names: tuple,
+        spike: torch.Tensor | None = None,
+    ):
+        spike = reduced.new_zeros(()) if spike is None else spike
+        readout = torch.cat([reduced, grad_norm.detach().reshape(1).to(reduced), spike.reshape(1)])
         self.task_names = task_names
-        # readout[0] and readout[-1] as views: a list index would be copied to the device
-        finite = torch.isfinite(readout[0]) & torch.isfinite(readout[-1])
-        self.nonfinite = (~finite).to(torch.float32)
-        """1.0 where the summed loss or the gradient norm is not finite, else 0.0: a tensor on
-        the device, for an optimizer that skips its update there (``found_inf``)."""
+        # readout[0] and readout[-2] as views: a list index would be copied to the device
+        finite = torch.isfinite(readout[0]) & torch.isfinite(readout[-2])
+        self.skip = ((~finite) | (readout[-1] > 0)).to(torch.float32)
+        """1.0 where the summed loss or the gradient norm is not finite or the step spiked,
+        else 0.0: a tensor on the device, for an optimizer that skips its update there
+        (``found_inf``)."""
         self._ready: torch.cuda.Event | None = None
         if readout.device.type == "cuda":  # a queued copy; result() waits for it alone
             host = torch.empty(readout.shape, dtype=readout.dtype, pin_memory=True)
@@ -78,6 +90,7 @@ def sum_over_ranks(
     signal_vote: bool = False,
     deadline_vote: bool = False,
     grad_norm: torch.Tensor | None = None,
+    spikes: SpikeDetector | None = None,
 ) -> PendingSums:
     """The step's cross-entropy sum, label tokens, ``{task: [ce sum, label tokens]}`` (for
     the tasks some rank drew), training FLOPs and votes to stop, each summed over all ranks,
@@ -92,6 +105,7 @@ def sum_over_ranks(
         signal_vote: this rank received SIGINT or SIGTERM (:mod:`pretrain.train.interrupt`).
         deadline_vote: this rank's clock says the run is out of time.
         grad_norm: the step's gradient norm (a 0-d tensor), default 0.
+        spikes: checks the step's mean loss and gradient norm for a spike (and records them).
 
     Each task has fixed slots in one float64 vector ``[ce, ce per task..., flops, signal
     votes, deadline votes, label tokens, (label tokens, drawn) per task...]``: float64 keeps
@@ -112,19 +126,31 @@ def sum_over_ranks(
     on_device = host_values.to(ce_sum.device, non_blocking=True)
     flat = torch.cat([torch.stack([ce_sum.detach(), *ces]).double(), on_device])
     reduced = comm.all_reduce_sum(flat, flat.device)  # in one process: no exchange
-    return PendingSums(reduced, zero if grad_norm is None else grad_norm, task_names)
+    grad_norm = zero if grad_norm is None else grad_norm
+    spike = None
+    if spikes is not None:  # every rank holds the same sums, so decides the same
+        mean_loss = reduced[0] / reduced[len(task_names) + 4].clamp(min=1)
+        spike = spikes.check(mean_loss, grad_norm)
+    return PendingSums(reduced, grad_norm, task_names, spike)
 
 
 def _unpack(values: list[float], task_names: tuple[str, ...]) -> StepSums:
     k = len(task_names)
     total, task_ces = values[0], values[1 : k + 1]
     all_flops, signals, deadlines, tokens = values[k + 1 : k + 5]
-    task_counts = values[k + 5 : -1]
+    task_counts = values[k + 5 : -2]
     sums = {
         name: [task_ces[i], int(task_counts[2 * i])]
         for i, name in enumerate(task_names)
         if task_counts[2 * i + 1] > 0
     }
     return StepSums(
-        total, int(tokens), sums, all_flops, int(signals), int(deadlines), grad_norm=values[-1]
+        total,
+        int(tokens),
+        sums,
+        all_flops,
+        int(signals),
+        int(deadlines),
+        grad_norm=values[-2],
+        spike=values[-1] > 0,
     )

@@ -12,14 +12,16 @@ spread over micro-batches (torchtitan's ``global_valid_tokens``).
 No wait between steps: :meth:`Trainer.queue_step` queues a whole step on the device and
 returns; :meth:`Trainer.fit` reads its loss, gradient norm and the ranks' votes to stop only
 once the next step is queued (:mod:`pretrain.train.step_sums`), so the device never idles
-while the host prepares a step. A non-finite step is skipped on the device by the fused AdamW
-(``found_inf``, PyTorch's ``GradScaler`` contract; OLMo-core's skip-step optimizers decide on
-the device for the same reason). Steps that are evaluated or checkpointed, and the last, are
-read at once.
+while the host prepares a step. A non-finite step, and with ``train.spike_sigma`` one whose loss
+or gradient norm spikes (:mod:`pretrain.train.loss_spikes`), is skipped on the device by the
+fused AdamW (``found_inf``, PyTorch's ``GradScaler`` contract; OLMo-core's skip-step optimizers
+decide on the device for the same reason). Steps that are evaluated or checkpointed, and the
+last, are read at once.
 
 Exact resume: a checkpoint holds the weights, the optimizer, the loader position, the
-objective's random generator and the trainer's counters; the schedule is a pure function of the
-step. On CPU the losses after ``--resume`` are bit-identical to an uninterrupted run's.
+objective's random generator, the trainer's counters and the spike window; the schedule is a
+pure function of the step. On CPU the losses after ``--resume`` are bit-identical to an
+uninterrupted run's.
 
 Data parallel (``torchrun --nproc_per_node=N -m pretrain train ... --distributed.strategy=ddp``
 or ``fsdp``; see docs/scaling-out.md): each rank reads its own stride of the samples, runs
@@ -72,6 +74,7 @@ from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
 from pretrain.train.garbage_collection import ScheduledGarbageCollection
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
+from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
 from pretrain.train.resume_settings import architecture_changes, configured_hyperparameters
@@ -102,6 +105,11 @@ class QueuedStep(NamedTuple):
 def _finite(sums: StepSums) -> bool:
     """Whether a step's summed loss and its gradient norm are finite (else it is skipped)."""
     return math.isfinite(sums.ce_sum) and math.isfinite(sums.grad_norm)
+
+
+def _applies(sums: StepSums) -> bool:
+    """Whether a step's update is taken: finite, and no spike."""
+    return _finite(sums) and not sums.spike
 
 
 def resolve_device(name: str) -> torch.device:
@@ -232,6 +240,11 @@ class Trainer:
         lengths = token_byte_lengths(self.tokenizer) if reports_bpb else None
         self.token_bytes = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
         self.state = TrainState()
+        self.spikes = None
+        if cfg.train.spike_sigma > 0:
+            self.spikes = SpikeDetector(
+                cfg.train.spike_sigma, cfg.train.spike_window_steps, self.device
+            )
         self._last_saved_step: int | None = None
         self._signals = StopOnSignal()  # its handlers are set while fit() runs
         self._deadline: float | None = None  # perf_counter() at train.max_minutes
@@ -294,6 +307,11 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt.optim_state["rng"]["cuda"], self.device)
         self.loader.load_state_dict(ckpt.state["loader"])
         self.state = TrainState.from_dict(ckpt.state["trainer"])
+        if self.spikes is not None and ckpt.state.get("spikes"):
+            try:
+                self.spikes.load_state_dict(ckpt.state["spikes"])
+            except ValueError as e:
+                log.warning("%s; the spike window starts empty", e)
         log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
 
     def close(self) -> None:
@@ -416,6 +434,7 @@ class Trainer:
             "tokens": self.state.tokens_seen,
             "val": last_val,
             "skipped_steps": self.state.num_skipped_steps,
+            "spike_steps": self.state.num_spike_steps,
             "seconds": self.state.elapsed_seconds,
         }
 
@@ -517,10 +536,11 @@ class Trainer:
             signal_vote=self._signals.requested,
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
             grad_norm=grad_norm,
+            spikes=self.spikes,
         )
         if skips_updates_on_device(self.optimizer):
-            step_unless(self.optimizer, pending.nonfinite)
-        elif _finite(pending.result()):
+            step_unless(self.optimizer, pending.skip)
+        elif _applies(pending.result()):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
@@ -535,6 +555,8 @@ class Trainer:
         finite = _finite(sums)
         if finite:
             self.state.consecutive_nonfinite = 0
+            if sums.spike:
+                self._skip_spike(queued.step, loss, sums.grad_norm)
         else:
             self._skip_nonfinite(queued.step, loss, sums.grad_norm)
         return {
@@ -543,7 +565,7 @@ class Trainer:
             "grad_norm": sums.grad_norm,
             "step_tokens": queued.step_tokens,
             "step_flops": sums.flops,
-            "skipped": not finite,
+            "skipped": not _applies(sums),
             "tasks": task_losses(sums.tasks),
             "stop_signal": sums.signal_votes > 0,
             "out_of_time": sums.deadline_votes > 0,
@@ -568,6 +590,20 @@ class Trainer:
                 "checkpoint"
             )
 
+    def _skip_spike(self, step: int, loss: float, grad_norm: float) -> None:
+        self.state.num_skipped_steps += 1
+        self.state.num_spike_steps += 1
+        window = self.cfg.train.spike_window_steps
+        log.warning(
+            "step %d: the loss %.4f or the gradient norm %.4g lies more than %g standard "
+            "deviations above the mean of the last %d steps; the update is skipped",
+            step,
+            loss,
+            grad_norm,
+            self.cfg.train.spike_sigma,
+            window,
+        )
+
     def _train_record(
         self,
         queued: QueuedStep,
@@ -588,6 +624,7 @@ class Trainer:
             "tokens_per_second": tokens_per_second,
             "mfu": mfu,
             "skipped_steps": self.state.num_skipped_steps,
+            **({"spike_steps": self.state.num_spike_steps} if self.spikes is not None else {}),
             **({"tasks": record["tasks"]} if record.get("tasks") else {}),
         }
 
@@ -664,6 +701,7 @@ class Trainer:
         state = {
             "trainer": self.state.to_dict(),
             "loader": loader_state,
+            "spikes": None if self.spikes is None else self.spikes.state_dict(),
             "val_loss": val_loss,
             "world_size": self.dist.world_size,
             "strategy": self.cfg.distributed.strategy,
