@@ -161,6 +161,31 @@ def test_ddp_equals_one_process_with_twice_the_accumulation(
     assert records[-1]["tokens"] == STEPS * 256  # tokens of both ranks
 
 
+def test_ddp_skips_the_spikes_one_process_skips(shards_dir, tokenizer_dir, tmp_path):
+    """A tight spike threshold skips several steps; the two ranks skip the steps one process
+    skips and stay equal to it. (Here the gradient norm decides: the loss falls every step.
+    That the loss checked is the one summed over ranks is not shown by this test.)"""
+    spikes = {"train__spike_sigma": 2, "train__spike_window_steps": 2}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(
+            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **spikes)
+        )
+        Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    args = _overrides(shards_dir, tokenizer_dir, ddp, distributed__strategy="ddp", **spikes)
+    _torchrun(["-m", "pretrain", "train"], args)
+    _assert_same_run(ddp, single)
+
+    def spike_steps(run: Path) -> list[int]:
+        return [r["spike_steps"] for r in read_metrics(run) if r["split"] == "train"]
+
+    assert spike_steps(ddp) == spike_steps(single)
+    assert 2 <= spike_steps(single)[-1] <= STEPS - 4, spike_steps(single)
+
+
 @pytest.mark.slow
 def test_fsdp_with_blocks_compiled_follows_one_eager_process(
     single_run, shards_dir, tokenizer_dir, tmp_path
