@@ -89,3 +89,28 @@ def test_the_spike_check_sees_the_mean_loss_and_its_answer_comes_back():
     assert step(400.0, 1.0) == (1.0, True)
     assert step(300.0, 3.0) == (1.0, True)
     assert step(float("nan"), 1.0) == (1.0, False)  # skipped as non-finite, not as a spike
+
+
+@pytest.mark.parametrize(
+    ("here", "other_rank", "spike"),
+    [((1000.0, 100), (2000.0, 900), False), ((300.0, 100), (3700.0, 900), True)],
+)
+def test_the_spike_check_sees_the_loss_of_all_ranks(here, other_rank, spike, monkeypatch):
+    """Another rank's sums join this rank's before the check, so every rank decides from the
+    same loss: 10 here alone but 3.0 over both ranks is no spike; 3.0 here but 4.0 over both
+    is one (the window holds losses of 3.00-3.01)."""
+    from pretrain.distributed import comm
+    from pretrain.train.loss_spikes import SpikeDetector
+
+    spikes = SpikeDetector(6.0, window=8, device="cpu")
+    for i in range(8):
+        spikes.check(torch.tensor(3.0 + 0.01 * (i % 2)), torch.tensor(1.0))
+    other = torch.zeros(5, dtype=torch.float64)
+    other[0], other[4] = other_rank  # the slots of the ce sum and the label tokens
+    monkeypatch.setattr(comm, "all_reduce_sum", lambda t, device: t + other)
+    ce_sum, label_tokens = here
+    pending = sum_over_ranks(
+        torch.tensor(ce_sum), label_tokens, {}, (), grad_norm=torch.tensor(1.0), spikes=spikes
+    )
+    assert pending.result().label_tokens == 1000
+    assert pending.result().spike == spike
