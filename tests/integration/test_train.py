@@ -803,6 +803,37 @@ def test_mfu_counts_the_batches_flops_over_the_peak(
         assert r["mfu"] / r["tokens_per_second"] == pytest.approx(per_token / peak, rel=1e-9)
 
 
+def test_tokens_per_second_counts_each_step_once_and_no_evaluation_or_checkpoint(
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+):
+    """On a clock where each step takes 1 s and each evaluation or checkpoint 100 s, every
+    record reads 256 tokens/s, also when steps are read at once (every 2 steps here) and
+    when logging every step or every 3."""
+    import types
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(
+        trainer_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"])
+    )
+
+    def taking(seconds: float, method):
+        def timed(self, *args):
+            clock["now"] += seconds
+            return method(self, *args)
+
+        return timed
+
+    for name, seconds in (("queue_step", 1.0), ("evaluate_and_log", 100.0), ("save", 100.0)):
+        monkeypatch.setattr(Trainer, name, taking(seconds, getattr(Trainer, name)))
+    for every in (1, 3):
+        run = tmp_path / f"log{every}"
+        overrides = dict(eval__every_steps=2, checkpoint__every_steps=2, log__every_steps=every)
+        Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=7, **overrides)).fit()
+        records = [r for r in read_metrics(run) if r["split"] == "train"]
+        assert [r["step"] for r in records] == ([1, 2, 3, 4, 5, 6, 7] if every == 1 else [3, 6, 7])
+        assert [r["tokens_per_second"] for r in records] == pytest.approx([256.0] * len(records))
+
+
 def test_schedule_settings_reach_the_logged_learning_rate(shards_dir, tokenizer_dir, tmp_path):
     """WSD with optim.decay_fraction=0.5 and optim.min_lr_ratio=0.2 over 12 steps: warmup 2,
     stable to step 6, then 0.2 + 0.8 (1 - sqrt((s - 6) / 6)) of the peak (0-based step s)."""

@@ -356,15 +356,24 @@ class Trainer:
             self._deadline = started + 60 * cfg.train.max_minutes
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
-        window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
+        # Since the last logged record: tokens, FLOPs and the wall time of their steps.
+        window = {"tokens": 0, "flops": 0.0, "seconds": 0.0}
         # Resumed after the deadline: rank 0's clock decides, so all ranks agree. During the
         # loop each step's all-reduce carries the votes (queue_step).
         out_of_time = comm.broadcast_object(self._deadline_passed())
         stopped_by_signal = False
 
-        def read(queued: QueuedStep) -> None:  # count, log, and take the ranks' votes to stop
+        def read(queued: QueuedStep, began: float, ended: float | None = None) -> None:
+            """Count, log, and take the ranks' votes to stop, for a step queued at ``began``.
+
+            The step's wall time runs to ``ended``, when the next step was queued (the
+            loop's period: the device's step time where the host waits for it, the host's
+            where not), or, for a step read at once (before an evaluation or a checkpoint,
+            and the last), to the end of its read. The time between two reads is not a
+            step's: a step is read once the next is queued, or at once."""
             nonlocal stopped_by_signal, out_of_time
             record = self._account(queued)
+            window["seconds"] += (ended or time.perf_counter()) - began
             window["tokens"] += record["step_tokens"]
             window["flops"] += record["step_flops"]
             stopped_by_signal |= record["stop_signal"]
@@ -372,10 +381,9 @@ class Trainer:
             step = queued.step
             last = step == self.state.step and (stopped_by_signal or out_of_time)  # nothing after
             if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or last:
-                now = time.perf_counter()
-                seconds = max(now - window["start"], 1e-9)
+                seconds = max(window["seconds"], 1e-9)
                 rates = window["tokens"] / seconds, window["flops"] / seconds
-                window.update(tokens=0, flops=0.0, start=now)
+                window.update(tokens=0, flops=0.0, seconds=0.0)
                 record = self._train_record(queued, record, *rates)
                 self.metrics.write(record)
                 progress.update(step, record)
@@ -384,30 +392,30 @@ class Trainer:
         with progress, self._signals, collector:
             progress.start(self.state.step)
             unread: QueuedStep | None = None  # queued on the device, its values not yet read
+            unread_began = 0.0  # when it was queued
             while self.state.step < cfg.train.max_steps and not (out_of_time or stopped_by_signal):
+                began = time.perf_counter()
                 queued = self.queue_step()
                 if unread is not None:  # the step before, read while this one runs
-                    read(unread)
-                unread = queued
+                    read(unread, unread_began, began)
+                unread, unread_began = queued, began
                 step = self.state.step
                 collector.after_step(step)  # while the device runs the step just queued
                 evaluates = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
                 saves = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
                 if not (evaluates or saves or stopped_by_signal or out_of_time):
                     continue
-                read(unread)  # the weights of this step are evaluated or saved, nothing later
+                read(unread, unread_began)  # its weights are evaluated or saved, nothing later
                 unread = None
                 self.state.elapsed_seconds = time.perf_counter() - started
                 if stopped_by_signal:
                     break
-                paused = time.perf_counter()
-                if evaluates:
+                if evaluates:  # neither counts in tokens/s: no step's time includes them
                     last_val = self.evaluate_and_log()
                 if saves:
                     self.save(last_val)
-                window["start"] += time.perf_counter() - paused  # tokens/s counts training only
             if unread is not None:
-                read(unread)
+                read(unread, unread_began)
             self.state.elapsed_seconds = time.perf_counter() - started
             final_step = self.state.step
             if out_of_time:
