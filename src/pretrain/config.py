@@ -23,26 +23,39 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, missing or has a value of the wrong type."""
+    """A config key is unknown, missing or has a value of the wrong type.
+
+    ``key``: the dotted key at fault, where one is (:func:`load_config` says whether the file
+    or an override set it)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a (YAML-loaded) dict, checking every key and type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where or 'config'}: expected a mapping, got {type(data).__name__}", where or None
+        )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = _join(where, unknown[0])
-        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(fields)}")
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(fields)}", key)
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], key)
+            try:
+                kwargs[name] = _convert(hints[name], data[name], key)
+            except ConfigError as e:
+                e.key = e.key or key  # the innermost key that was at fault
+                raise
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required config key {key!r}")
+            raise ConfigError(f"missing required config key {key!r}", key)
     return cls(**kwargs)
 
 
@@ -57,8 +70,11 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place."""
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], set_by: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place;
+    ``set_by``, when given, gets each dotted key and the override that set it."""
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
@@ -67,12 +83,30 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         value = yaml.safe_load(raw) if raw.strip() else ""
         node = data
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            if not isinstance(node, dict):  # set by the file, or by an earlier override
+                section = ".".join(parts[: i + 1])
+                what = f"override {set_by[section]!r}: " if section in (set_by or {}) else ""
+                raise ConfigError(
+                    f"{what}{section}: expected a mapping, got {type(node).__name__} {node!r} "
+                    f"(override {item!r} sets a key in it)"
+                )
         node[parts[-1]] = value
+        if set_by is not None:
+            set_by[dotted] = item
     return data
+
+
+def _source(error: ConfigError, path, set_by: dict[str, str]) -> ConfigError:
+    """``error`` prefixed with where the faulty key came from: an override, or the file."""
+    key = error.key
+    for dotted, item in reversed(set_by.items()):  # the last override of a key wins
+        if key and (dotted == key or key.startswith(f"{dotted}.") or dotted.startswith(f"{key}.")):
+            return ConfigError(f"override {item!r}: {error}", key)
+    if str(error).startswith("override "):
+        return error
+    return ConfigError(f"{path}: {error}" if path else str(error), key)
 
 
 def load_config(
@@ -88,11 +122,12 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = loaded or {}
-    apply_overrides(data, overrides)
+    set_by: dict[str, str] = {}
     try:
+        apply_overrides(data, overrides, set_by)
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise _source(e, path, set_by) from None
 
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:

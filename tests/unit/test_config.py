@@ -51,25 +51,40 @@ def test_yaml_and_overrides_build_typed_config(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("text", "overrides", "message"),
+    ("text", "overrides", "blamed", "message"),
     [
         (
             "train:\n  seq_lenn: 3\n",
-            [],
+            ["--optim.lr=1"],
+            "file",
             "unknown config key 'train.seq_lenn'; valid keys here: seq_len",
         ),
-        ("", ["--optim.learning_rate=1"], "unknown config key 'optim.learning_rate'"),
-        ("", ["--train.seq_len=abc"], "'train.seq_len' must be an integer, got 'abc'"),
-        ("", ["--train.compile=3"], "'train.compile' must be true or false"),
-        ("", ["--optim.schedule=step"], "'optim.schedule' must be one of ['cosine', 'wsd'"),
-        ("optim: 3\n", [], "optim: expected a mapping"),
+        ("train:\n  seq_len: abc\n", [], "file", "'train.seq_len' must be an integer"),
+        ("optim: 3\n", [], "file", "optim: expected a mapping"),
+        (
+            "optim: 3\n",
+            ["--optim.lr=1"],
+            "file",
+            "optim: expected a mapping, got int 3 (override '--optim.lr=1' sets a key in it)",
+        ),
+        ("", ["--optim.learning_rate=1"], 0, "unknown config key 'optim.learning_rate'"),
+        ("", ["--optimm.lr=1"], 0, "unknown config key 'optimm'"),
+        ("", ["--optim.lr=1", "--train.seq_len=abc"], 1, "'train.seq_len' must be an integer"),
+        ("", ["--train.compile=3"], 0, "'train.compile' must be true or false"),
+        ("", ["--optim.schedule=step"], 0, "'optim.schedule' must be one of ['cosine', 'wsd'"),
+        ("", ["--optim.betas=[1]"], 0, "'optim.betas' must have 2 items"),
+        ("", ["--optim=3", "--optim.lr=1"], 0, "optim: expected a mapping, got int 3"),
+        ("train:\n  seq_len: 3\n", ["--train.seq_len=x"], 0, "'train.seq_len' must be an"),
     ],
 )
-def test_bad_keys_and_types_are_named(tmp_path: Path, text, overrides, message):
+def test_bad_keys_and_types_are_named_with_the_file_or_override_that_set_them(
+    tmp_path: Path, text, overrides, blamed, message
+):
+    path = _yaml(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        load_config(Experiment, _yaml(tmp_path, text), overrides)
-    assert message in str(err.value)
-    assert str(tmp_path / "c.yaml") in str(err.value)
+        load_config(Experiment, path, overrides)
+    source = f"{path}: " if blamed == "file" else f"override {overrides[blamed]!r}: "
+    assert str(err.value).startswith(source + message), str(err.value)
 
 
 def test_saved_config_loads_back_equal(tmp_path: Path):
