@@ -268,6 +268,12 @@ def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     err = capsys.readouterr().err
     assert "does not fit the configured model" in err and "model.n_layers: 2 -> 3" in err
     assert "model.d_model" not in err  # only what changed
+    assert "Cause: Missing key(s) in state_dict" in err  # the reason, not the header
+    d_ff = json.loads((run / "model_config.json").read_text())["d_ff"]  # from the size
+    assert main(["train", *args, "--model.d_ff=32", "--resume"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"model.d_ff: {d_ff} -> 32)" in err  # the value trained with, not the unset key
+    assert "Cause: size mismatch for " in err
     assert list_steps(run / "checkpoints") == [4]  # nothing written
     from pretrain.train.resume_settings import architecture_changes
 

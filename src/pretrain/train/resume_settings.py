@@ -45,9 +45,20 @@ def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> Iterator[Non
             group[key] = value
 
 
-def architecture_changes(saved_config: Path, cfg: Any) -> list[str]:
+def architecture_changes(
+    saved_config: Path,
+    cfg: Any,
+    saved_model: Path | None = None,
+    model: dict[str, Any] | None = None,
+) -> list[str]:
     """``key: saved -> now`` for the model and tokenizer settings that differ between the run's
-    saved ``config.yaml`` and ``cfg`` (empty when the file is missing or unreadable)."""
+    saved ``config.yaml`` and ``cfg`` (empty when the file is missing or unreadable).
+
+    With ``saved_model`` (the run's resolved architecture, JSON) and ``model`` (the one built
+    now), the architecture is compared field by field, so a size's default shows as its value
+    (``model.d_model: 128 -> 64``) rather than as the unset config key (``None -> 64``)."""
+    import json
+
     from pretrain.config import load_config
 
     try:
@@ -55,11 +66,28 @@ def architecture_changes(saved_config: Path, cfg: Any) -> list[str]:
     except (OSError, ValueError):
         return []
     before, now = _flat(dataclasses.asdict(saved)), _flat(dataclasses.asdict(cfg))
+    try:
+        resolved = json.loads(saved_model.read_text()) if saved_model and model else None
+    except (OSError, ValueError):
+        resolved = None
+    if resolved is not None:
+        model = json.loads(json.dumps(model))  # as the file holds it: tuples as lists
+        for key in resolved.keys() | model.keys():  # resolved values win over config keys
+            before[f"model.{key}"], now[f"model.{key}"] = resolved.get(key), model.get(key)
     return [
         f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(before.keys() | now.keys())
         if key.startswith(_ARCHITECTURE_PREFIXES) and before.get(key) != now.get(key)
     ]
+
+
+def first_reason(error: Exception) -> str:
+    """The first line of ``error`` that says something: ``load_state_dict``'s message starts
+    with a header ("Error(s) in loading state_dict for DecoderLM:") before the reasons."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return lines[1]
+    return lines[0] if lines else type(error).__name__
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -77,7 +77,11 @@ from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
-from pretrain.train.resume_settings import architecture_changes, configured_hyperparameters
+from pretrain.train.resume_settings import (
+    architecture_changes,
+    configured_hyperparameters,
+    first_reason,
+)
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
@@ -285,13 +289,16 @@ class Trainer:
             raise
         except RuntimeError as e:  # the weights do not fit: the model settings changed
             changes = architecture_changes(
-                self.run_dir / "config.yaml", self.cfg.with_absolute_paths()
+                self.run_dir / "config.yaml",
+                self.cfg.with_absolute_paths(),
+                self.run_dir / MODEL_CONFIG_FILE,
+                self.model.cfg.to_dict(),
             )
             what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
             raise TrainingError(
                 f"{self.ckpt_dir}: the latest checkpoint does not fit the configured model{what}."
                 " Resume with the model and tokenizer the run was started with. Cause: "
-                f"{str(e).splitlines()[0][:300]}"
+                f"{first_reason(e)[:300]}"
             ) from e
         rng = ckpt.optim_state["rng"]
         per_rank = rng.get("objective_ranks")
