@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except TrainingInterrupted as e:  # the trainer saved a checkpoint and says how to go on
         print(f"interrupted; {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
     except KeyboardInterrupt:
         if args.command == "train":
             message = "to continue from the last checkpoint, rerun the same command with --resume"

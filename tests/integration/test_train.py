@@ -136,6 +136,24 @@ def test_ctrl_c_finishes_the_step_saves_it_and_resume_continues_exactly(
     assert all(loss == expected[s] for s, loss in _losses(run))
 
 
+def test_sigterm_stops_with_the_shells_exit_code_for_it(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    """A scheduler's preemption (SIGTERM) exits with 143, Ctrl-C (SIGINT) with 130."""
+    args = _overrides(shards_dir, tokenizer_dir, tmp_path / "run", eval__every_steps=0)
+    queue_step = Trainer.queue_step
+
+    def terminated_in_step_2(self):
+        if self.state.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return queue_step(self)
+
+    with mock.patch.object(Trainer, "queue_step", terminated_in_step_2):
+        assert main(["train", *args]) == 143
+    assert "stopped after step 3 on SIGTERM" in capsys.readouterr().err
+    assert list_steps(tmp_path / "run" / "checkpoints") == [3]
+
+
 @pytest.fixture
 def ten_second_steps(monkeypatch) -> list[float]:
     """The trainer's clock, as a one-item list the test may set; each step takes 10 s of it."""

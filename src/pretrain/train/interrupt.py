@@ -34,7 +34,14 @@ REPEAT_WINDOW_SECONDS = 1.0
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal after saving a checkpoint; the message says how to go on."""
+    """Training stopped on a signal after saving a checkpoint; the message says how to go on.
+
+    ``exit_code`` is the shell's for that signal, ``128 + signal number`` (130 for SIGINT,
+    143 for SIGTERM), so a scheduler sees which one stopped the run."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signal_number)
 
 
 class StopOnSignal:
@@ -46,11 +53,12 @@ class StopOnSignal:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
         self.signal_name = ""
+        self.signal_number = 0
         self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopOnSignal:
-        self.requested, self.signal_name = False, ""
+        self.requested, self.signal_name, self.signal_number = False, "", 0
         if self.enabled:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -64,6 +72,7 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.requested, self._first_at = True, now
         self.signal_name = signal.Signals(signum).name
+        self.signal_number = signum
         log.warning("%s: stopping after this step with a checkpoint (send it again to stop now, "
                     "losing what the last checkpoint does not hold)", self.signal_name)  # fmt: skip
 

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -435,7 +436,8 @@ class Trainer:
                 cause = self._signals.signal_name or "a signal to another rank"
                 raise TrainingInterrupted(
                     f"stopped after step {final_step} on {cause}; the step is saved in "
-                    f"{self.ckpt_dir}; to continue, rerun the same command with --resume"
+                    f"{self.ckpt_dir}; to continue, rerun the same command with --resume",
+                    self._signals.signal_number or signal.SIGINT,
                 )
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
