@@ -24,6 +24,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+TRAIN_EPILOG = """\
+Every config key can be set on the command line as --section.key=value, after or instead
+of --config: e.g. --model.size=tiny --optim.lr=3e-4 --train.max_steps=2000. The sections are
+model, data, objective, optim, train, eval, checkpoint, distributed, log and run;
+--print-config shows every key with the value it would train with."""
+
+
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="JSON/Parquet field holding the text")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input line")
@@ -38,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick = commands.add_parser("quickstart", help="run the whole path on bundled text")
     quick.add_argument(
         "--minutes",
-        type=float,
+        type=_positive_float,
         default=5.0,
         help="minutes of training (default 5); preparing the data and evaluating come on top",
     )
@@ -71,8 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     tokz.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     _add_reader_options(tokz)
 
-    train = commands.add_parser("train", help="pretrain a model from a YAML config")
+    train = commands.add_parser(
+        "train",
+        help="pretrain a model from a YAML config",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply without one")
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (the file, then the overrides) as YAML and exit",
+    )
     train.add_argument(
         "--resume",
         nargs="?",
@@ -94,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="", help="text to continue")
     gen.add_argument("--checkpoint", default="latest")
     gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0: greedy")
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0)
@@ -105,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["hf"], default="hf")
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--checkpoint", default="latest")
+    exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
     from pretrain.data_commands import add_parsers
     from pretrain.scaling_commands import add_parsers as add_scaling_parsers

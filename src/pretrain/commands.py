@@ -115,6 +115,13 @@ def train(args: argparse.Namespace) -> int:
     from pretrain.train.trainer import Trainer
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        from pretrain.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     resume = args.resume == "latest" or (
         args.resume == "auto" and bool(list_steps(Path(cfg.run.dir) / "checkpoints"))
     )
@@ -204,6 +211,6 @@ def generate_text(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from pretrain.export import export_hf
 
-    out = export_hf(args.run, args.out, args.checkpoint)
+    out = export_hf(args.run, args.out, args.checkpoint, overwrite=args.overwrite)
     console.print(f"exported {args.run} to {out} (Hugging Face format)")
     return 0

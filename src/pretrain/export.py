@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,22 @@ def _warn_about_prefix_attention(cfg: Any) -> None:
 
 
 def export_hf(
-    run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "latest"
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    checkpoint: str = "latest",
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``checkpoint`` of ``run_dir`` as a Hugging Face model + tokenizer into ``out``."""
+    """Write ``checkpoint`` of ``run_dir`` as a Hugging Face model + tokenizer into ``out``.
+
+    The files are written into a temporary directory beside ``out`` and moved there when
+    complete, so ``out`` never holds half an export, nor files of an earlier one.
+
+    Raises:
+        ValueError: ``out`` holds files and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
     try:
         import transformers  # noqa: F401
     except ImportError as e:
@@ -76,9 +90,15 @@ def export_hf(
         hf_model.generation_config.bos_token_id = special.bos
         hf_model.generation_config.eos_token_id = special.eos
         hf_model.generation_config.pad_token_id = special.pad
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(out, safe_serialization=True)
-    hf_tokenizer(run.tokenizer).save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # a crashed export's leftovers
+    hf_model.save_pretrained(partial, safe_serialization=True)
+    hf_tokenizer(run.tokenizer).save_pretrained(partial)
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    partial.rename(out)
     log.info("exported %s (step %d) to %s", run.checkpoint, run.step, out)
     return out

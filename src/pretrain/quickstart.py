@@ -91,8 +91,11 @@ def run_quickstart(out: str | Path, minutes: float = 5.0, workers: int = 2) -> d
     from pretrain.train.plots import plot_losses
     from pretrain.train.trainer import Trainer
 
+    if not minutes > 0:
+        raise ValueError(f"--minutes must be > 0, got {minutes}")
     out = Path(out)
     if (out / "run").exists():
+        log.warning("replacing the earlier quickstart run in %s", out / "run")
         shutil.rmtree(out / "run")
     corpus = bundled_corpus()
     started = time.perf_counter()

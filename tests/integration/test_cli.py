@@ -102,3 +102,40 @@ def test_quickstart_runs_every_stage_and_writes_a_loss_curve(
     assert state["trainer"]["elapsed_seconds"] > 0.8 * 12
     assert (out / "run" / "samples.txt").read_text().startswith("ROMEO:")
     assert (out / "run" / "checkpoints" / "latest").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quickstart", "--minutes", "-1"], "argument --minutes: must be > 0, got -1"),
+        (["quickstart", "--minutes", "0"], "argument --minutes: must be > 0, got 0"),
+        (["generate", "--run", "r", "--temperature", "-1"], "--temperature: must be >= 0"),
+    ],
+)
+def test_out_of_range_arguments_are_refused_before_any_work(
+    argv, message, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == EXIT_BAD_INPUT and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing prepared before the refusal
+
+
+def test_train_prints_its_resolved_config_and_explains_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    import yaml
+
+    from pretrain.config import ExperimentConfig, load_config, to_dict
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny-clm.yaml"
+    argv = ["train", "--config", str(config), "--optim.lr=1e-4", "--print-config"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 1e-4 and printed["train"]["spike_sigma"] == 0.0
+    resolved = load_config(ExperimentConfig, config, ["--optim.lr=1e-4"])
+    assert printed == yaml.safe_load(yaml.safe_dump(to_dict(resolved)))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--section.key=value" in capsys.readouterr().out

@@ -175,6 +175,23 @@ def test_hf_export_of_encoder_families_loads_offline_with_identical_logits_and_t
         torch.testing.assert_close(imported.state_dict()[name], tensor, atol=0, rtol=0)
 
 
+def test_export_into_a_non_empty_directory_needs_overwrite_and_then_replaces_it(
+    llama_run, tmp_path, capsys
+):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "vocab.txt").write_text("an earlier export's file\n")
+    args = ["export", "--run", str(llama_run), "--out", str(out)]
+    assert main(args) == EXIT_BAD_INPUT
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["vocab.txt"]  # untouched
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "vocab.txt").exists()  # nothing of the earlier export is left
+    assert transformers.AutoConfig.from_pretrained(out, local_files_only=True).model_type == "llama"
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary directory left
+
+
 def test_export_refuses_options_without_an_hf_equivalent(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):
