@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import IO, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -11,8 +12,21 @@ from rich.table import Table
 
 from pretrain.data.readers import ReadReport
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+PIPED_WIDTH = 160
+"""Columns of output that goes to a file or a pipe: rich's 80 would cut tables' paths and
+numbers in logs (``COLUMNS`` still decides where it is set)."""
+
+
+def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
+    """A console as wide as the terminal, or :data:`PIPED_WIDTH` where there is none."""
+    piped = Console(stderr=stderr, file=file)
+    if piped.is_terminal or "COLUMNS" in os.environ:
+        return piped
+    return Console(stderr=stderr, file=file, width=PIPED_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
