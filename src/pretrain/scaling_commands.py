@@ -26,6 +26,15 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.replace(",", " ").split()]
 
 
+def _key_value(text: str) -> str:
+    """``--set``'s argument, refused by argparse (naming ``--set``) unless it is KEY=VALUE."""
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (e.g. model.size=debug), got {text!r}"
+        )
+    return text
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Register ``pretrain scaling`` and its subcommands."""
     scaling = commands.add_parser("scaling", help="FLOPs, compute-optimal planning, fits, ladders")
@@ -36,6 +45,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--set",
             action="append",
+            type=_key_value,
             default=[],
             metavar="KEY=VALUE",
             help="config override, e.g. --set model.size=debug (repeatable)",

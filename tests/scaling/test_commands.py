@@ -54,6 +54,15 @@ def test_flops_of_an_mlm_config_is_the_trainers_count_per_input_token(capsys, to
     assert main([*argv[:-1], "--params", "1e9"]) == EXIT_BAD_INPUT  # one model, not two
 
 
+def test_a_set_without_a_value_is_refused_naming_set(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["scaling", "flops", "--set", "model.size"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert "argument --set: expected KEY=VALUE (e.g. model.size=debug), got 'model.size'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_plan_json(capsys):
     out = _json(capsys, ["scaling", "plan", "--compute", "5.76e23", "--no-shape", "--json"])
     for method in ("chinchilla", "epoch", "tokens_per_param_20"):
