@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--out", required=True, help="directory for tokenizer.json")
     tok_train.add_argument("--min-frequency", type=int, default=2)
     tok_train.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    tok_train.add_argument(
+        "--overwrite", action="store_true", help="replace the tokenizer that --out holds"
+    )
     _add_reader_options(tok_train)
 
     data = commands.add_parser("data", help="data preparation").add_subparsers(

@@ -18,12 +18,13 @@ def _print_json(obj: object) -> None:
 
 
 def tokenizer_train(args: argparse.Namespace) -> int:
-    from pretrain.tokenizer import train_tokenizer_from_files
+    from pretrain.tokenizer import check_output_dir, train_tokenizer_from_files
 
+    check_output_dir(args.out, args.overwrite)  # before training, which can take hours
     tokenizer, report = train_tokenizer_from_files(
         args.input, args.vocab_size, args.min_frequency, args.text_field, args.strict
     )
-    out = tokenizer.save(args.out)
+    out = tokenizer.save(args.out, overwrite=args.overwrite)
     if args.json:
         _print_json(tokenizer.to_meta())
         return 0

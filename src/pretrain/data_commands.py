@@ -168,7 +168,7 @@ def data_filter(args: argparse.Namespace) -> int:
             counts[f"removed {reason}"] = counts.get(f"removed {reason}", 0) + n
         for reason, n in r["read_errors"].items():
             counts[f"unreadable {reason}"] = counts.get(f"unreadable {reason}", 0) + n
-    return _stage_summary("data filter", counts, f"{cfg.out}/filter/kept", args)
+    return _stage_summary("data filter", counts, str(Path(cfg.out) / "filter" / "kept"), args)
 
 
 def data_dedup(args: argparse.Namespace) -> int:
@@ -187,7 +187,7 @@ def data_dedup(args: argparse.Namespace) -> int:
     counts = {"read": sum(r["documents"] for r in reports),
               "kept": sum(r["kept"] for r in result["tasks"]), **result["removed_by_reason"],
               "duplicate clusters": result["clusters"]}  # fmt: skip
-    return _stage_summary("data dedup", counts, f"{cfg.out}/dedup/kept", args)
+    return _stage_summary("data dedup", counts, str(Path(cfg.out) / "dedup" / "kept"), args)
 
 
 def data_mix(args: argparse.Namespace) -> int:
@@ -199,11 +199,17 @@ def data_mix(args: argparse.Namespace) -> int:
         if not sep or not name:
             raise ValueError(f"--domain {spec!r}: write NAME=PATH[:WEIGHT[:MAX_EPOCHS]]")
         path, *numbers = rest.split(":")
+        if len(numbers) > 2:
+            raise ValueError(f"--domain {spec!r}: write NAME=PATH[:WEIGHT[:MAX_EPOCHS]]")
         entry: dict[str, Any] = {"name": name, "paths": [path]}
-        if numbers:
-            entry["weight"] = float(numbers[0])
-        if len(numbers) > 1:
-            entry["max_epochs"] = float(numbers[1])
+        for key, text in zip(("weight", "max_epochs"), numbers, strict=False):
+            try:
+                entry[key] = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"--domain {spec!r}: the {key} of domain {name!r} must be a number, got "
+                    f"{text!r} (write NAME=PATH[:WEIGHT[:MAX_EPOCHS]])"
+                ) from None
         domains.append(entry)
     mix = {"temperature": args.temperature, "total_tokens": args.total_words, "seed": args.seed}
     cfg = _prepare_config(args, {"out": args.out, "domains": domains, "mix": mix,
@@ -229,7 +235,7 @@ def data_mix(args: argparse.Namespace) -> int:
         table.add_row(name, f"{p['available_words']:,}", f"{p['share']:.1%}",
                       f"{p['epochs']:.2f}", f"{p['realized_words']:,}")  # fmt: skip
     console.print(table)
-    console.print(f"output: {cfg.out}/mix")
+    console.print(f"output: {Path(cfg.out) / 'mix'}")
     return 0
 
 
@@ -273,6 +279,13 @@ def data_score(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     for key in ("dup_precision", "dup_recall", "near_dup_recall_all", "lq_recall",
                 "clean_removed_fraction"):  # fmt: skip
-        table.add_row(key, f"{result[key]:.4f}")
+        # None: the input holds no document of the kind the metric is over
+        table.add_row(key, "n/a" if result[key] is None else f"{result[key]:.4f}")
     console.print(table)
+    if result["duplicates_without_original"]:
+        console.print(
+            f"{result['duplicates_without_original']:,} copies in {args.truth} have their "
+            f"original outside {args.input[0]}: they are left out of dup_recall and "
+            "near_dup_recall_all"
+        )
     return 0

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from pretrain import __version__
 from pretrain.atomic import atomic_write_json, atomic_write_text
-from pretrain.data.readers import ReadReport, iter_documents
+from pretrain.data.readers import ReadReport, iter_documents, no_documents_error
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,14 @@ class Tokenizer:
         )
         return meta
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` and ``tokenizer_meta.json`` into ``out_dir``."""
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_meta.json`` into ``out_dir``.
+
+        With ``overwrite=False`` a directory that already holds a tokenizer is refused
+        (:func:`check_output_dir`). The default replaces it: a run directory's copy of its
+        tokenizer is rewritten on every start.
+        """
+        check_output_dir(out_dir, overwrite)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / TOKENIZER_FILE, self.backend.to_str(pretty=True))
@@ -164,6 +170,21 @@ class Tokenizer:
                 backend.token_to_id(tok.added_special_tokens[-1]),
             )
         return tok
+
+
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to write a tokenizer into ``out_dir`` when it holds one, unless ``overwrite``:
+    shards tokenized with the old one carry its hash, and would no longer load with the
+    directory they were made from. Call it before training, so no training time is lost."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out must be a directory, this is a file")
+    held = [name for name in (TOKENIZER_FILE, META_FILE) if (out / name).exists()]
+    if held and not overwrite:
+        raise ValueError(
+            f"{out} already holds a tokenizer ({held[0]}); shards tokenized with it would no "
+            "longer match: choose another --out, or pass --overwrite to replace it"
+        )
 
 
 def _ensure_special_tokens(backend: HFTokenizer) -> list[str]:
@@ -295,7 +316,7 @@ def train_tokenizer_from_files(
     texts = (d["text"] for d in iter_documents(inputs, report, text_field=text_field))
     tokenizer = train_tokenizer(texts, vocab_size, min_frequency)
     if report.num_kept == 0:
-        raise ValueError(f"no documents could be read from {inputs}")
+        raise no_documents_error(inputs, report)
     if tokenizer.vocab_size < vocab_size:
         log.warning(
             "the tokenizer has %d entries, not the %d asked for: the text has no more pairs "

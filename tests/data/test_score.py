@@ -65,3 +65,17 @@ def test_every_document_must_be_decided_once():
 def test_word_ngrams_are_lower_cased_words():
     assert word_ngrams("The cat, the CAT!", 2) == {("the", "cat"), ("cat", "the")}
     assert word_ngrams("one two", 5) == {("one", "two")}
+
+
+def test_copies_whose_original_is_not_in_the_input_are_counted_not_scored():
+    """Scoring a subset of the labelled set: a copy of a document the subset lacks has no
+    pair to be caught with, so it is neither a hit nor a miss of either recall."""
+    subset = [r for r in TRUTH if r["id"] != "a"]
+    texts = {i: t for i, t in TEXTS.items() if i != "a"}
+    removed = [{"id": "b", "reason": "dedup:exact"}, {"id": "j1", "reason": "gopher:x"},
+               {"id": "j2", "reason": "c4:y"}]  # fmt: skip
+    result = score(subset, ["a1", "a2", "b1", "c"], removed, texts)
+    assert result["duplicates_without_original"] == 2  # a1 and a2
+    assert result["duplicates_scored"] == 1 and result["dup_recall"] == 1.0  # b1
+    assert result["near_dup_recall_all"] is None
+    assert result["dup_precision"] == 1.0

@@ -299,9 +299,27 @@ def test_torn_journal_line_is_dropped_and_the_run_finishes(
 
 def test_inputs_without_any_document_are_refused_and_no_manifest_written(tokenizer_dir, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
-    for k, inputs in enumerate(
-        [[str(tmp_path / "nomatch*.jsonl")], [str(tmp_path / "empty.jsonl")]]
-    ):
-        with pytest.raises(ValueError, match="no documents could be read"):
-            tokenize_to_shards(tokenizer_dir, inputs, tmp_path / f"out{k}")
+    cases = [("nomatch*.jsonl", "glob matched no files"), ("nope.jsonl", "no such file"),
+             ("empty.jsonl", "holds no documents")]  # fmt: skip
+    for k, (name, why) in enumerate(cases):
+        with pytest.raises(ValueError, match="no documents could be read") as e:
+            tokenize_to_shards(tokenizer_dir, [str(tmp_path / name)], tmp_path / f"out{k}")
+        assert f"{name}: {why}" in str(e.value)
         assert not (tmp_path / f"out{k}" / "manifest.json").exists()
+
+
+def test_a_run_that_finished_no_shard_does_not_block_a_rerun_with_other_inputs(
+    tmp_path: Path, tokenizer_dir: Path, corpus_path: Path
+):
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="nope.jsonl: no such file"):
+        tokenize_to_shards(tokenizer_dir, [str(tmp_path / "nope.jsonl")], out)
+    assert not (out / PROGRESS_FILE).exists()
+    manifest = tokenize_to_shards(tokenizer_dir, [str(corpus_path)], out)
+    assert manifest["plan"]["inputs"] == [str(corpus_path)]
+    # The journal of an older version, written before any shard: nothing to resume either.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / PROGRESS_FILE).write_text(json.dumps({"plan": {"inputs": ["nope.jsonl"]}}) + "\n")
+    tokenize_to_shards(tokenizer_dir, [str(corpus_path)], old)
+    assert _shard_bytes(old) == _shard_bytes(out)

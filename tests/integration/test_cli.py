@@ -139,3 +139,19 @@ def test_train_prints_its_resolved_config_and_explains_overrides(
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--section.key=value" in capsys.readouterr().out
+
+
+def test_tokenizer_train_keeps_an_existing_tokenizer_unless_overwrite(
+    tmp_path: Path, corpus_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--input", str(corpus_path), "--vocab-size", "600",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    first = Tokenizer.load(out).hash
+    capsys.readouterr()
+    assert main([*argv[:-3], "700", "--out", str(out)]) == EXIT_BAD_INPUT
+    assert "already holds a tokenizer" in capsys.readouterr().err
+    assert Tokenizer.load(out).hash == first
+    assert main([*argv[:-3], "700", "--out", str(out), "--overwrite"]) == 0
+    assert Tokenizer.load(out).vocab_size == 700

@@ -16,10 +16,13 @@ from pretrain.tokenizer import (
     MODE_TOKENS,
     SENTINELS,
     SPECIAL_TOKENS,
+    TOKENIZER_FILE,
     Tokenizer,
     build_untrained_bpe,
+    check_output_dir,
     token_byte_lengths,
     train_tokenizer,
+    train_tokenizer_from_files,
 )
 
 
@@ -158,3 +161,33 @@ def test_missing_or_invalid_tokenizer_file_is_named(tmp_path: Path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid Hugging Face tokenizer.json"):
         Tokenizer.load(tmp_path)
+
+
+def test_training_on_nothing_names_the_paths_that_do_not_exist(tmp_path: Path):
+    (tmp_path / "empty.jsonl").write_text("")
+    inputs = [str(tmp_path / "nope.jsonl"), str(tmp_path / "nomatch*.jsonl"),
+              str(tmp_path / "empty.jsonl")]  # fmt: skip
+    with pytest.raises(ValueError, match="no documents could be read") as e:
+        train_tokenizer_from_files(inputs, vocab_size=400)
+    assert "nope.jsonl: no such file or directory" in str(e.value)
+    assert "nomatch*.jsonl: glob matched no files" in str(e.value)
+    assert "empty.jsonl: holds no documents" in str(e.value)
+
+
+def test_a_directory_holding_a_tokenizer_is_kept_unless_overwrite(
+    tokenizer: Tokenizer, tmp_path: Path
+):
+    """Shards name the hash of the tokenizer they were made with: silently replacing it in
+    its directory would strand them."""
+    check_output_dir(tmp_path / "new", overwrite=False)  # absent or empty: fine
+    other = train_tokenizer(["a few words of text", "more words"], vocab_size=400)
+    other.save(tmp_path)
+    with pytest.raises(ValueError, match="already holds a tokenizer.*--overwrite"):
+        check_output_dir(tmp_path, overwrite=False)
+    with pytest.raises(ValueError, match="already holds a tokenizer"):
+        tokenizer.save(tmp_path, overwrite=False)
+    assert Tokenizer.load(tmp_path).hash == other.hash  # untouched
+    tokenizer.save(tmp_path, overwrite=True)
+    assert Tokenizer.load(tmp_path).hash == tokenizer.hash
+    with pytest.raises(ValueError, match="must be a directory"):
+        check_output_dir(tmp_path / TOKENIZER_FILE, overwrite=True)

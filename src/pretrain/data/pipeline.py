@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from pretrain.data.filter_stage import filter_task
 from pretrain.data.jsonl_parts import part_name
 from pretrain.data.mix_stage import mix_task, plan_mixture
 from pretrain.data.prepare_config import PrepareConfig
-from pretrain.data.readers import ReadReport, expand_inputs
+from pretrain.data.readers import ReadReport, expand_inputs, no_documents_error
 from pretrain.data.tasks import TaskSlice, run_stage
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,15 @@ def run_filter_stage(cfg: PrepareConfig, task_slice: TaskSlice | None = None) ->
     reports = run_stage(filter_task, filter_tasks(cfg), stage_dir, task_slice, cfg.workers)
     if reports is None:
         log.info("filter tasks of other --task-index values are still to run; stopping here")
+    elif not any(r["documents"] for r in reports):
+        # Refused, as by `data tokenize` and `tokenizer train`: output of nothing only fails
+        # later, far from the input to blame. The stage holds nothing but its empty parts and
+        # task reports; those would make the rerun, once the input is fixed, skip reading it.
+        shutil.rmtree(stage_dir, ignore_errors=True)  # absent when there was no file
+        read = ReadReport()
+        for r in reports:
+            read.counts[r["file"]] = Counter(r["read_errors"])
+        raise no_documents_error([p for d in cfg.domains for p in d.paths], read)
     return reports
 
 

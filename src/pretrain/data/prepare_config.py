@@ -119,7 +119,15 @@ class PrepareConfig:
                              self.filters.settings)  # fmt: skip
         from pretrain.data.filters import FilterConfig
 
+        # The global settings alone first, so that a mistake in them is named there and not in
+        # the first domain that merges them.
+        try:
+            FilterConfig(**self.filters.settings)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"filters.settings: {e}") from None
         for i, d in enumerate(self.domains):
+            self._check_settings(f"domains[{i}].filters", "pretrain.data.filters",
+                                 "FilterConfig", d.filters)  # fmt: skip
             try:
                 FilterConfig(**d.filter_settings(self.filters.settings))
             except (TypeError, ValueError) as e:

@@ -179,6 +179,31 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], report: ReadReport) -> li
     return files
 
 
+def no_documents_error(inputs: Sequence[str | os.PathLike], report: ReadReport) -> ValueError:
+    """The error refusing ``inputs`` that gave no document, saying path by path why: a path
+    that does not exist, a file that holds no document, the problems found in the others.
+    ``report`` is the report of reading them."""
+    files = [str(f.path) for f in expand_inputs(inputs, ReadReport())]
+    why = []
+    for file in sorted({*files, *report.counts}):
+        counts = report.counts.get(file, Counter())
+        if counts[KEPT]:
+            continue
+        if counts[MISSING_PATH]:
+            why.append(f"{file}: {report.first_detail.get((file, MISSING_PATH)) or 'missing'}")
+            continue
+        problems = []
+        for reason, n in sorted(counts.items()):
+            if reason != KEPT and n:
+                line = report.first_line.get((file, reason))
+                problems.append(f"{n} {reason}" + (f" (first at line {line})" if line else ""))
+        why.append(f"{file}: {', '.join(problems) if problems else 'holds no documents'}")
+    if not why:  # only directories, with no file in them
+        why = [f"{os.fspath(i)}: no input files in it" for i in inputs]
+    names = [os.fspath(i) for i in inputs]
+    return ValueError(f"no documents could be read from {names} ({'; '.join(why)})")
+
+
 def _expand_dir(root: Path, report: ReadReport, prefix: str) -> list[InputFile]:
     found: list[InputFile] = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -18,6 +18,10 @@ Metrics (``pretrain data score``):
 * ``lq_recall``: share of low-quality documents removed (by any rule), overall and per type.
 * ``clean_removed_fraction``: share of ``clean`` documents removed by a non-dedup rule.
 
+A copy whose original is not in the input (a subset of the labelled set is scored) has no
+pair to be caught with: it is left out of both recalls and counted in
+``duplicates_without_original``. Its group still counts for ``dup_precision``.
+
 Jaccard uses the same word 5-grams as the near-dedup stage's default: lower-cased
 ``\\w+`` words.
 """
@@ -62,10 +66,12 @@ def score(
     both = kept & set(reasons)
     if both:
         raise ValueError(f"{len(both)} documents are both kept and removed, e.g. {min(both)}")
-    missing = set(truth) - kept - set(reasons)
+    decided = kept | set(reasons)
+    missing = set(truth) - decided
     if missing:
         raise ValueError(f"{len(missing)} truth documents are neither kept nor removed, "
-                         f"e.g. {min(missing)}")  # fmt: skip
+                         f"e.g. {min(missing)} (does the truth label documents the input "
+                         "lacks, or were some lines unreadable?)")  # fmt: skip
 
     groups: dict[str, list[str]] = defaultdict(list)  # original -> copies
     for r in truth.values():
@@ -79,8 +85,11 @@ def score(
         return not both_survive and survivors[original] > 0
 
     strict, all_near = [], []
+    without_original = 0
     for r in truth.values():
-        if r["kind"] == "exact_dup":
+        if r["kind"] in ("exact_dup", "near_dup") and r["dup_of"] not in decided:
+            without_original += 1
+        elif r["kind"] == "exact_dup":
             strict.append(caught(r["id"]))
         elif r["kind"] == "near_dup":
             hit = caught(r["id"])
@@ -121,5 +130,6 @@ def score(
         "dedup_removals": len(dedup_removed),
         "dedup_removals_wrong": wrong,
         "duplicates_scored": len(strict),
+        "duplicates_without_original": without_original,
         "groups_emptied": len(emptied),
     }

@@ -37,7 +37,7 @@ import numpy as np
 from pretrain import __version__
 from pretrain.atomic import TMP_SUFFIX, atomic_write_json, atomic_write_text
 from pretrain.data.mix_stage import REPEAT_OF
-from pretrain.data.readers import ReadReport, expand_inputs, read_file
+from pretrain.data.readers import ReadReport, expand_inputs, no_documents_error, read_file
 from pretrain.data.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -177,12 +177,10 @@ class _Progress:
 
     def __init__(self, out: Path, plan: dict[str, Any]):
         self.path = out / PROGRESS_FILE
+        self.plan = plan
         self.shards: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
         if self.path.exists():
             self._load(out, plan)
-        else:
-            with open(self.path, "w") as f:
-                f.write(json.dumps({"plan": plan}) + "\n")
 
     def _load(self, out: Path, plan: dict[str, Any]) -> None:
         lines = self.path.read_text().splitlines()
@@ -190,13 +188,6 @@ class _Progress:
             old_plan = json.loads(lines[0])["plan"]
         except (IndexError, KeyError, json.JSONDecodeError) as e:
             raise ShardError(f"{self.path}: unreadable progress journal; use --overwrite") from e
-        if old_plan != plan:
-            changed = sorted(k for k in plan if plan.get(k) != old_plan.get(k))
-            raise ShardError(
-                f"{out}: holds an unfinished tokenization with other settings "
-                f"(differs in {', '.join(changed)}); rerun with the same settings to finish it, "
-                "or pass --overwrite to start over"
-            )
         kept = lines[:1]
         for line in lines[1:]:
             try:
@@ -205,6 +196,18 @@ class _Progress:
                 break  # the process died while writing this line; the shard is redone
             self.shards[record["split"]].append(ShardInfo.from_dict(record["shard"]))
             kept.append(line)
+        if len(kept) == 1:
+            # No shard was finished (a run that failed early, or one by an older version that
+            # wrote the journal first): there is nothing to resume, whatever the settings.
+            self.path.unlink()
+            return
+        if old_plan != plan:
+            changed = sorted(k for k in plan if plan.get(k) != old_plan.get(k))
+            raise ShardError(
+                f"{out}: holds an unfinished tokenization with other settings "
+                f"(differs in {', '.join(changed)}); rerun with the same settings to finish it, "
+                "or pass --overwrite to start over"
+            )
         if len(kept) < len(lines):  # drop the torn line so later appends start clean
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
@@ -213,8 +216,14 @@ class _Progress:
 
     def record(self, split: str, info: ShardInfo) -> None:
         self.shards[split].append(info)
+        line = json.dumps({"split": split, "shard": info.to_dict()}) + "\n"
+        if not self.path.exists():
+            # Written with the first shard, not before: a run that fails before finishing
+            # one (a missing input) leaves nothing that would refuse a corrected rerun.
+            atomic_write_text(self.path, json.dumps({"plan": self.plan}) + "\n" + line)
+            return
         with open(self.path, "a") as f:
-            f.write(json.dumps({"split": split, "shard": info.to_dict()}) + "\n")
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
@@ -321,8 +330,7 @@ def tokenize_to_shards(
             "the inputs changed during the run? Rerun with --overwrite"
         )
     if report.num_kept == 0:  # shards of nothing would only fail later, in the loader
-        problems = dict(report.errors_by_reason()) or "no input files"
-        raise ValueError(f"no documents could be read from {list(inputs)} ({problems})")
+        raise no_documents_error(inputs, report)
     manifest = _manifest(plan, tokenizer, dtype, progress, report)
     atomic_write_json(out / MANIFEST_FILE, manifest)
     progress.path.unlink()
