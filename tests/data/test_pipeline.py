@@ -123,6 +123,23 @@ def test_a_rerun_skips_finished_tasks_and_gives_the_same_output(tmp_path, monkey
     assert prepare(cfg) == first
 
 
+def test_a_rerun_with_other_inputs_or_settings_is_refused_not_reused(tmp_path):
+    """The stage's reports would otherwise say "already done" and hand on the old outputs."""
+    _corpus(tmp_path)
+    first = prepare(_config(tmp_path))
+    other = _config(tmp_path)
+    other.domains[1].paths = [str(tmp_path / "in" / "books" / "a.jsonl")]
+    with pytest.raises(ValueError, match=r"filter: task 2 was done for other inputs or settings"):
+        prepare(other)
+    stricter = _config(tmp_path)
+    stricter.filters.settings = {"gopher_quality": {"min_words": 100}}
+    with pytest.raises(ValueError, match=r"filter: task 0 was done for other inputs or settings"):
+        prepare(stricter)
+    assert prepare(_config(tmp_path)) == first  # the same run again is still reused
+    shutil.rmtree(tmp_path / "out")  # what the message says to do
+    assert prepare(other)["stages"]["filter"]["documents_in"] == 12 + 6  # books, a.jsonl again
+
+
 def test_reports_of_another_format_are_refused_naming_the_file(tmp_path):
     """A filter report from before ``kept_part`` existed (no format stamp) fails with a message
     that names it, not with a KeyError in the dedup stage."""
@@ -131,10 +148,10 @@ def test_reports_of_another_format_are_refused_naming_the_file(tmp_path):
     first = prepare(cfg)
     report = tmp_path / "out" / "filter" / "_tasks" / "00001.json"
     old = json.loads(report.read_text())
-    assert old.pop("report_format") == 2
+    assert old.pop("report_format") == 3
     del old["kept_part"]
     report.write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"00001\.json: task report format 1, .*reads format 2"):
+    with pytest.raises(ValueError, match=r"00001\.json: task report format 1, .*reads format 3"):
         prepare(cfg)
     report.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"00001\.json: not a task report"):

@@ -3,7 +3,9 @@
 A stage splits its work into numbered tasks (one per input file, or one per shard of the
 documents). Every task writes its outputs atomically and then a small JSON *report* file;
 the report is the completion marker, so a rerun skips finished tasks and redoes the rest
-(datatrove's ``completions`` folder works the same way).
+(datatrove's ``completions`` folder works the same way). Each report records a key of what
+its task was given (:func:`task_key`); a rerun into the same directory with other inputs or
+settings is refused instead of silently reusing the old outputs.
 
 Across machines, ``--num-tasks N --task-index I`` runs the tasks ``t`` with ``t % N == I``;
 under a Slurm job array the two default to ``SLURM_ARRAY_TASK_COUNT`` and
@@ -14,6 +16,7 @@ stage on 8 nodes with no extra flags. Inside one process, ``workers`` processes 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,9 +32,10 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever a stage's report gains or changes a field a later step reads; reports of
 # another format are refused with a message instead of failing later on a missing key.
-# 2: filter reports carry ``kept_part`` (format 1 had no stamp).
-REPORT_FORMAT = 2
+# 2: filter reports carry ``kept_part`` (format 1 had no stamp). 3: the task key.
+REPORT_FORMAT = 3
 FORMAT_KEY = "report_format"
+TASK_KEY = "task_key"
 
 
 class StageNotFinished(ValueError):
@@ -74,10 +78,35 @@ def is_done(stage_dir: Path, task: int) -> bool:
     return report_path(stage_dir, task).exists()
 
 
-def mark_done(stage_dir: Path, task: int, report: dict[str, Any]) -> None:
+def task_key(args: tuple) -> str:
+    """What a task was given: its arguments (input and output paths, settings).
+
+    A file's contents are not part of it: an input rewritten in place under the same name is
+    not noticed (hashing every input on every rerun would read them all again), while its
+    outputs, inputs of the next stage, keep their names whenever a stage is redone."""
+    return hashlib.sha256(repr(args).encode()).hexdigest()[:16]
+
+
+def mark_done(stage_dir: Path, task: int, report: dict[str, Any], key: str = "") -> None:
     path = report_path(stage_dir, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**report, FORMAT_KEY: REPORT_FORMAT}, sort_keys=True))
+    stamped = {**report, FORMAT_KEY: REPORT_FORMAT, TASK_KEY: key}
+    atomic_write_text(path, json.dumps(stamped, sort_keys=True))
+
+
+def check_done_with(stage_dir: Path, task: int, key: str) -> None:
+    """Refuse a finished task whose report was written for other arguments than ``key``'s."""
+    path = report_path(stage_dir, task)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):  # not done, or unreadable: read_report says so
+        return
+    done_with = report.get(TASK_KEY) if isinstance(report, dict) else None
+    if done_with is not None and done_with != key:
+        raise ValueError(
+            f"{stage_dir}: task {task} was done for other inputs or settings than this run's; "
+            f"choose another --out, or delete {stage_dir} to redo this stage"
+        )
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -94,6 +123,7 @@ def read_report(path: Path) -> dict[str, Any]:
     if not isinstance(report, dict):
         raise ValueError(f"{path}: not a task report (a JSON object); delete it to rerun it")
     found = report.pop(FORMAT_KEY, 1)
+    report.pop(TASK_KEY, None)
     if found != REPORT_FORMAT:
         raise ValueError(
             f"{path}: task report format {found}, this pretrain reads format {REPORT_FORMAT} "
@@ -125,17 +155,24 @@ def run_tasks(
     workers: int = 1,
 ) -> int:
     """Run ``fn(*args_per_task[t])`` for each unfinished task ``t``; mark each done with its
-    report. Returns how many ran (the rest were already done)."""
+    report. Returns how many ran (the rest were already done).
+
+    Raises:
+        ValueError: a finished task's report was written for other arguments.
+    """
+    keys = {t: task_key(args_per_task[t]) for t in tasks}
+    for t in tasks:
+        check_done_with(stage_dir, t, keys[t])
     todo = [t for t in tasks if not is_done(stage_dir, t)]
     if workers <= 1 or len(todo) <= 1:
         for t in todo:
-            mark_done(stage_dir, t, fn(*args_per_task[t]))
+            mark_done(stage_dir, t, fn(*args_per_task[t]), keys[t])
         return len(todo)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(workers, len(todo))) as pool:
         results = [pool.apply_async(fn, args_per_task[t]) for t in todo]
         for t, result in zip(todo, results, strict=True):
-            mark_done(stage_dir, t, result.get())
+            mark_done(stage_dir, t, result.get(), keys[t])
     return len(todo)
 
 
