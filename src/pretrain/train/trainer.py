@@ -381,7 +381,7 @@ class Trainer:
             step's: a step is read once the next is queued, or at once."""
             nonlocal stopped_by_signal, out_of_time
             record = self._account(queued)
-            window["seconds"] += (ended or time.perf_counter()) - began
+            window["seconds"] += (time.perf_counter() if ended is None else ended) - began
             window["tokens"] += record["step_tokens"]
             window["flops"] += record["step_flops"]
             stopped_by_signal |= record["stop_signal"]
@@ -610,7 +610,6 @@ class Trainer:
     def _skip_spike(self, step: int, loss: float, grad_norm: float) -> None:
         self.state.num_skipped_steps += 1
         self.state.num_spike_steps += 1
-        window = self.cfg.train.spike_window_steps
         log.warning(
             "step %d: the loss %.4f or the gradient norm %.4g lies more than %g standard "
             "deviations above the mean of the last %d steps; the update is skipped",
@@ -618,7 +617,7 @@ class Trainer:
             loss,
             grad_norm,
             self.cfg.train.spike_sigma,
-            window,
+            self.cfg.train.spike_window_steps,
         )
 
     def _train_record(
