@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -25,8 +27,8 @@ def small(**kw) -> EncoderDecoderLM:
     return EncoderDecoderLM(EncoderDecoderConfig(**{**cfg, **kw}))
 
 
-def ids(seed: int, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.randint(1, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+def ids(seed: int, shape: tuple[int, int], vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(1, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_config_defaults_and_validation() -> None:
@@ -71,6 +73,20 @@ def test_init_follows_t5_rules() -> None:
     assert attn.k.weight.std().item() == pytest.approx(2.0 * d**-0.5, rel=0.05)
     assert mlp.down.weight.std().item() == pytest.approx(2.0 * 1024**-0.5, rel=0.05)
     assert torch.all(model.encoder_norm.weight == 2.0)
+    assert model.lm_head.weight.std().item() == pytest.approx(2.0 * d**-0.5, rel=0.02)  # t5x
+
+
+def test_a_fresh_model_starts_near_the_loss_of_a_uniform_guess() -> None:
+    """The LM head's fan-in init (t5x): the first loss is about ln(vocabulary) (8.3 here),
+    not the ~30 nats of HF's N(0, 1) head."""
+    vocab = 4096
+    torch.manual_seed(0)
+    model = EncoderDecoderLM(encoder_decoder_config("debug", vocab, d_model=256, d_ff=1024))
+    x, dec, labels = ids(1, (4, 64), vocab), ids(2, (4, 16), vocab), ids(3, (4, 16), vocab)
+    with torch.no_grad():
+        hidden = model(ModelBatch(x, labels, AttentionSpec("bidirectional"), decoder_input_ids=dec))
+        loss_sum, count, _ = cross_entropy_sum(hidden, labels, model.output_weight)
+    assert abs(loss_sum.item() / count.item() - math.log(vocab)) < 1.0
 
 
 def test_decoder_is_causal_and_gradients_reach_every_parameter() -> None:

@@ -285,17 +285,23 @@ class EncoderDecoderLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Re-draw every parameter with HF T5's rules; safe after ``to_empty``.
+        """Re-draw every parameter with HF T5's rules, but for the LM head; safe after
+        ``to_empty``.
 
-        With ``f = init_factor``: embedding and LM head N(0, f); query N(0, f (d_model d_kv)^-1/2)
-        (the folded 1/sqrt(d_kv) score scaling); key and value N(0, f d_model^-1/2); attention
+        With ``f = init_factor``: embedding N(0, f); query N(0, f (d_model d_kv)^-1/2) (the
+        folded 1/sqrt(d_kv) score scaling); key and value N(0, f d_model^-1/2); attention
         output N(0, f (n_heads d_kv)^-1/2); MLP gate and up N(0, f d_model^-1/2), down
         N(0, f d_ff^-1/2); relative position tables N(0, f d_model^-1/2); norm weights f.
+
+        The LM head is N(0, f d_model^-1/2), the fan-in scaling of T5.1.1's own code (t5x's
+        ``logits_dense``, a ``DenseGeneral`` with its default ``variance_scaling(1.0,
+        "fan_in")``), where HF draws N(0, f): the logits start at unit scale and a fresh
+        model's loss near ln(vocabulary), not at some 30 nats.
         """
         cfg, f = self.cfg, self.cfg.init_factor
         d, inner = cfg.d_model, cfg.n_heads * cfg.d_kv
         nn.init.normal_(self.embed.weight, std=f)
-        nn.init.normal_(self.lm_head.weight, std=f)
+        nn.init.normal_(self.lm_head.weight, std=f * d**-0.5)
         for table in (self.encoder_position_bias, self.decoder_position_bias):
             nn.init.normal_(table.embed.weight, std=f * d**-0.5)
         for m in self.modules():
