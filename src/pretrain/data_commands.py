@@ -270,7 +270,16 @@ def data_score(args: argparse.Namespace) -> int:
     (out / "removed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in removed))
     with gzip.open(args.truth, "rt") if args.truth.endswith(".gz") else open(args.truth) as f:
         truth = [json.loads(line) for line in f if line.strip()]
-    result = score(truth, kept, removed, texts)
+    read = sum(r["documents"] for r in reports)
+    if read != len(kept) + len(removed):  # then a truth id the stages lack may be a lost one
+        raise ValueError(f"{args.input[0]}: {read:,} documents read, but {len(kept):,} kept and "
+                         f"{len(removed):,} removed")  # fmt: skip
+    # Every document read was decided, so a truth id that was not is not in the input (a
+    # subset scored against the whole truth file) or on an unreadable line: left out, counted.
+    decided = set(texts)
+    outside = sum(r["id"] not in decided for r in truth)
+    result = score([r for r in truth if r["id"] in decided], kept, removed, texts)
+    result["truth_outside_input"] = outside
     if args.json:
         print(json.dumps(result))
         return 0
@@ -282,6 +291,11 @@ def data_score(args: argparse.Namespace) -> int:
         # None: the input holds no document of the kind the metric is over
         table.add_row(key, "n/a" if result[key] is None else f"{result[key]:.4f}")
     console.print(table)
+    if outside:
+        console.print(
+            f"{outside:,} documents of {args.truth} are not in {args.input[0]} (or on lines "
+            "that could not be read): left out"
+        )
     if result["duplicates_without_original"]:
         console.print(
             f"{result['duplicates_without_original']:,} copies in {args.truth} have their "

@@ -95,3 +95,23 @@ def test_scoring_a_subset_whose_copies_lack_their_original(in_tmp, capsys):
     out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "dup_recall │ n/a" in out
     assert "1 copies in truth.jsonl have their original outside in.jsonl" in out
+
+
+def test_a_subset_is_scored_against_the_whole_truth_file(in_tmp, capsys):
+    """Truth rows of documents the input lacks are left out and counted; the scores are those
+    of the truth narrowed to the input."""
+    docs = [{"id": f"d{i}", "text": _prose(i)} for i in range(4)]
+    docs.append({"id": "dup", "text": docs[0]["text"]})
+    _write(in_tmp / "in.jsonl", docs)
+    truth = [{"id": d["id"], "kind": "clean", "dup_of": None, "lq_type": None} for d in docs[:4]]
+    truth.append({"id": "dup", "kind": "exact_dup", "dup_of": "d0", "lq_type": None})
+    _write(in_tmp / "subset_truth.jsonl", truth)
+    truth += [{"id": f"x{i}", "kind": "clean", "dup_of": None, "lq_type": None} for i in range(3)]
+    _write(in_tmp / "truth.jsonl", truth)
+    argv = ["data", "score", "in.jsonl", "truth.jsonl", "--out", "s", "--json"]
+    assert main(argv) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main([*argv[:3], "subset_truth.jsonl", *argv[4:]]) == 0
+    narrowed = json.loads(capsys.readouterr().out)
+    assert whole.pop("truth_outside_input") == 3 and narrowed.pop("truth_outside_input") == 0
+    assert whole == narrowed and whole["dup_recall"] == 1.0
