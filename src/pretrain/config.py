@@ -502,6 +502,10 @@ class LogConfig:
     tensorboard: bool = True
     sample_tokens: int = 100
     """Tokens of the sample written to samples.txt at the end of a run (0: none)."""
+    profile_steps: tuple[int, int] | None = None
+    """``[FIRST, LAST]``: record those optimizer steps with torch.profiler, a Chrome trace
+    and a table of the costliest ops per rank in ``run.dir/profile/``
+    (``pretrain.train.step_profiler``); None: no profiling."""
 
 
 @dataclasses.dataclass
@@ -608,6 +612,12 @@ class ExperimentConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        profile = self.log.profile_steps
+        if profile is not None and not 1 <= profile[0] <= profile[1]:
+            raise ConfigError(
+                f"log.profile_steps must be [FIRST, LAST] with 1 <= FIRST <= LAST, got "
+                f"{list(profile)}"
+            )
         if self.train.spike_window_steps < 2:
             raise ConfigError(
                 f"train.spike_window_steps must be >= 2, got {self.train.spike_window_steps}"

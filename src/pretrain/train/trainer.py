@@ -86,6 +86,7 @@ from pretrain.train.resume_settings import (
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
+from pretrain.train.step_profiler import StepProfiler
 from pretrain.train.step_sums import PendingSums, StepSums, sum_over_ranks
 
 log = logging.getLogger(__name__)
@@ -397,13 +398,17 @@ class Trainer:
                 progress.update(step, record)
 
         collector = ScheduledGarbageCollection(cfg.train.gc_every_steps)
+        profiler = StepProfiler(
+            cfg.log.profile_steps, self.run_dir / "profile", self.dist.rank, self.device
+        )
         with progress, self._signals, collector:
             progress.start(self.state.step)
             unread: QueuedStep | None = None  # queued on the device, its values not yet read
             unread_began = 0.0  # when it was queued
             while self.state.step < cfg.train.max_steps and not (out_of_time or stopped_by_signal):
                 began = time.perf_counter()
-                queued = self.queue_step()
+                with profiler.step(self.state.step + 1):
+                    queued = self.queue_step()
                 if unread is not None:  # the step before, read while this one runs
                     read(unread, unread_began, began)
                 unread, unread_began = queued, began
@@ -422,6 +427,7 @@ class Trainer:
                     last_val = self.evaluate_and_log()
                 if saves:
                     self.save(last_val)
+            profiler.finish()  # the run ended inside the profiled range
             if unread is not None:
                 read(unread, unread_began)
             self.state.elapsed_seconds = time.perf_counter() - started
