@@ -68,7 +68,7 @@ def export_hf(
     Raises:
         ValueError: ``out`` holds files and ``overwrite`` is False.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # "." and "dir/" name a directory with a parent
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
     try:
