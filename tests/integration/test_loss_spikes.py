@@ -75,7 +75,7 @@ def test_fit_logs_spikes_and_a_resumed_run_skips_what_a_straight_one_skips(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch, caplog
 ):
     """The resumed run starts at step 8's checkpoint; with a window started afresh it would
-    decide nothing before step 12 and apply step 11's spike."""
+    decide nothing before step 13 (it needs 4 steps) and apply step 11's spike."""
     _spike_on_steps(monkeypatch, {11})
 
     def config_for(run):
