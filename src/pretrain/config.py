@@ -74,7 +74,8 @@ def apply_overrides(
     data: dict[str, Any], overrides: Sequence[str], set_by: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place;
-    ``set_by``, when given, gets each dotted key and the override that set it."""
+    ``set_by``, when given, gets each dotted key the overrides set or create (a new section
+    too) and the override that did."""
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
@@ -83,29 +84,32 @@ def apply_overrides(
         value = yaml.safe_load(raw) if raw.strip() else ""
         node = data
         parts = dotted.split(".")
-        for i, part in enumerate(parts[:-1]):
+        for i, part in enumerate(parts):
+            prefix = ".".join(parts[: i + 1])
+            if set_by is not None and (part not in node or prefix == dotted):
+                set_by[prefix] = item
+            if prefix == dotted:
+                node[part] = value
+                break
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):  # set by the file, or by an earlier override
-                section = ".".join(parts[: i + 1])
-                what = f"override {set_by[section]!r}: " if section in (set_by or {}) else ""
+            if not isinstance(node, dict):  # the file or an earlier override set a value here
                 raise ConfigError(
-                    f"{what}{section}: expected a mapping, got {type(node).__name__} {node!r} "
-                    f"(override {item!r} sets a key in it)"
+                    f"{prefix}: expected a mapping, got {type(node).__name__} {node!r} "
+                    f"(override {item!r} sets a key in it)",
+                    prefix,
                 )
-        node[parts[-1]] = value
-        if set_by is not None:
-            set_by[dotted] = item
     return data
 
 
 def _source(error: ConfigError, path, set_by: dict[str, str]) -> ConfigError:
-    """``error`` prefixed with where the faulty key came from: an override, or the file."""
+    """``error`` prefixed with where its key came from: the last override that set or created
+    it or a section above it, else the file. An error about no key is returned as it is."""
     key = error.key
-    for dotted, item in reversed(set_by.items()):  # the last override of a key wins
-        if key and (dotted == key or key.startswith(f"{dotted}.") or dotted.startswith(f"{key}.")):
-            return ConfigError(f"override {item!r}: {error}", key)
-    if str(error).startswith("override "):
+    if key is None:
         return error
+    for dotted, item in reversed(set_by.items()):
+        if dotted == key or key.startswith(f"{dotted}."):
+            return ConfigError(f"override {item!r}: {error}", key)
     return ConfigError(f"{path}: {error}" if path else str(error), key)
 
 
