@@ -1,9 +1,10 @@
 """Python's garbage collector on the training loop's schedule instead of its own.
 
-CPython (3.12 and 3.13, by default) collects generation 0 after every 700 net allocations of
-container objects, generation 1 after every 10 of those, and generation 2 (every object the
-process holds: modules, compiled graphs, the tokenizer, ...) after every 10 of generation 1
-once enough objects have piled up.
+CPython's default thresholds (``gc.get_threshold()`` is (700, 10, 10) on the Python 3.11 this
+was measured with) collect generation 0 after every 700 net allocations of container objects,
+generation 1 after every 10 of those, and generation 2 (every object the process holds:
+modules, compiled graphs, the tokenizer, ...) after every 10 of generation 1 once enough
+objects have piled up.
 A full collection stalls the host for as long as it takes to walk the heap: 160-220 ms in the
 trainer on the CPU VM (``docs/benchmarks.md``, "Garbage collection in the loop"), longer than
 a whole XLNet-base step on an H100. Under data parallelism a pause on one rank holds every
@@ -21,9 +22,9 @@ long one, which a test suite running many short trainings in one process would p
 leaves the collector alone.
 
 Measured, not assumed: in steady state the loop allocates few long-lived containers, so the
-automatic collector ran 1-2 times in 50 steps there (0.003-0.005 ms a step, XLNet debug on
-the CPU VM); the full collections happened while the run was set up. What this schedule
-changes is where pauses fall, not how much they cost.
+automatic collector ran twice in 50 steps there (0.004 ms a step, XLNet debug on the CPU
+VM); the full collections happened while the run was set up. What this schedule changes is
+where pauses fall, not how much they cost.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ScheduledGarbageCollection:
 
     def __init__(self, every_steps: int) -> None:
         self.every_steps = every_steps
-        self._was_enabled = gc.isenabled()
+        self._was_enabled = True  # read in __enter__
 
     def __enter__(self) -> ScheduledGarbageCollection:
         if self.every_steps:
