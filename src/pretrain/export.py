@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pretrain.atomic import fsync_dir, tmp_path
 from pretrain.runs import load_run
 from pretrain.tokenizer import BOS, CLS, EOS, MASK, PAD, SEP, Tokenizer
 
@@ -91,7 +92,7 @@ def export_hf(
         hf_model.generation_config.eos_token_id = special.eos
         hf_model.generation_config.pad_token_id = special.pad
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial"
+    partial = tmp_path(out)  # the package's NAME.tmp convention (atomic.py)
     shutil.rmtree(partial, ignore_errors=True)  # a crashed export's leftovers
     hf_model.save_pretrained(partial, safe_serialization=True)
     hf_tokenizer(run.tokenizer).save_pretrained(partial)
@@ -100,5 +101,6 @@ def export_hf(
     elif out.exists():
         out.unlink()
     partial.rename(out)
+    fsync_dir(out.parent)
     log.info("exported %s (step %d) to %s", run.checkpoint, run.step, out)
     return out
