@@ -53,7 +53,7 @@ class StepProfiler:
             if self.device.type == "cuda":
                 activities.append(ProfilerActivity.CUDA)
             self._profile = profile(activities=activities)
-            self._profile.__enter__()
+            self._profile.start()
         with record_function(f"step {number}"):
             yield
         if number == self.steps[1]:
@@ -67,7 +67,7 @@ class StepProfiler:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         prof, self._profile = self._profile, None
-        prof.__exit__(None, None, None)
+        prof.stop()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         first, last = self.steps
         stem = self.out_dir / f"rank{self.rank}_steps_{first}-{last}"
