@@ -117,11 +117,9 @@ def train(args: argparse.Namespace) -> int:
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     if args.print_config:
-        import yaml
+        from pretrain.config import to_yaml
 
-        from pretrain.config import to_dict
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(to_yaml(cfg), end="")
         return 0
     resume = args.resume == "latest" or (
         args.resume == "auto" and bool(list_steps(Path(cfg.run.dir) / "checkpoints"))

@@ -134,8 +134,13 @@ def load_config(
         raise _source(e, path, set_by) from None
 
 
+def to_yaml(obj: Any) -> str:
+    """A config as the YAML :func:`load_config` reads back (keys in their declared order)."""
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
 def save_config(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    atomic_write_text(path, to_yaml(obj))
 
 
 def _join(where: str, name: str) -> str:
