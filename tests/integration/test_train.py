@@ -23,6 +23,7 @@ from pretrain import losses as losses_mod
 from pretrain.cli import EXIT_BAD_INPUT, main
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.generate import generate
+from pretrain.train import compile as compile_mod
 from pretrain.train import trainer as trainer_mod
 from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
 from pretrain.train.metrics import read_metrics
@@ -599,9 +600,9 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(
     shards_dir, tokenizer_dir, tmp_path, monkeypatch
 ):
     seen = []
-    real = trainer_mod.compile_for_training
+    real = compile_mod.compile_for_training
     monkeypatch.setattr(
-        trainer_mod,
+        compile_mod,
         "compile_for_training",
         lambda model, scope, mode=None: seen.append((scope, mode)) or real(model, scope, mode),
     )

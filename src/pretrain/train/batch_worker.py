@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from pretrain.config import ObjectiveConfig
+from pretrain.config import ExperimentConfig, ObjectiveConfig
 from pretrain.data.loader import TokenLoader
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.objectives.base import ModelBatch
@@ -82,6 +82,22 @@ class BatchSource:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, rank: int, world_size: int) -> BatchSource:
+        """The source of a run's training batches on ``rank`` of ``world_size``."""
+        return cls(
+            train=tuple(cfg.data.train),
+            weights=None if cfg.data.weights is None else tuple(cfg.data.weights),
+            micro_batch_size=cfg.train.micro_batch_size,
+            seq_len=cfg.train.seq_len,
+            seed=cfg.train.seed,
+            rank=rank,
+            world_size=world_size,
+            tokenizer_dir=str(cfg.data.tokenizer),
+            objective=cfg.objective,
+            family=cfg.model.family,
+        )
 
     def build(self, tokenizer: Tokenizer, checksum: bool) -> tuple[Any, TokenLoader]:
         """(objective, training loader at its first sample)."""

@@ -82,3 +82,26 @@ def compile_for_training(
     for block in blocks:
         block.compile(mode=mode, backend=backend)
     return model
+
+
+def training_forward(
+    model: nn.Module, train: TrainConfig, device: torch.device
+) -> tuple[Callable[[ModelBatch], torch.Tensor], bool]:
+    """The forward the training step runs, as ``train`` configures it, and whether each step
+    must call ``torch.compiler.cudagraph_mark_step_begin`` (CUDA graphs replay into the same
+    output memory, so each step has to say it is a new one).
+
+    ``train.compile`` compiles it (:func:`compile_for_training`, ``train.compile_mode``);
+    ``train.activation_memory_budget`` below 1 has AOTAutograd keep only that share of the
+    activations and recompute the rest, when it compiles."""
+    import torch._functorch.config as functorch_config
+
+    forward: Callable[[ModelBatch], torch.Tensor] = model
+    if train.compile:
+        mode = None if train.compile_mode == "default" else train.compile_mode
+        forward = compile_for_training(model, train.compile_scope, mode)
+    if train.activation_memory_budget < 1:
+        budget = functorch_config.patch(activation_memory_budget=train.activation_memory_budget)
+        forward = budget(forward)
+    marks_steps = train.compile and train.compile_mode in CUDA_GRAPH_MODES
+    return forward, marks_steps and device.type == "cuda"

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from pretrain.train.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 # AdamW's per-group settings that the configuration decides; "lr" is set every step.
@@ -79,6 +81,24 @@ def architecture_changes(
         for key in sorted(before.keys() | now.keys())
         if key.startswith(_ARCHITECTURE_PREFIXES) and before.get(key) != now.get(key)
     ]
+
+
+def model_mismatch_error(
+    run_dir: Path, cfg: Any, model: dict[str, Any], error: RuntimeError
+) -> TrainingError:
+    """The error for a checkpoint whose weights do not fit the configured ``model`` (its
+    settings as a dict): the model and tokenizer settings changed since the run started, as
+    its ``config.yaml`` and ``model_config.json`` recorded them, and ``load_state_dict``'s
+    first reason."""
+    from pretrain.train.run_files import MODEL_CONFIG_FILE
+
+    changes = architecture_changes(run_dir / "config.yaml", cfg, run_dir / MODEL_CONFIG_FILE, model)
+    what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
+    return TrainingError(
+        f"{run_dir / 'checkpoints'}: the latest checkpoint does not fit the configured "
+        f"model{what}. Resume with the model and tokenizer the run was started with. Cause: "
+        f"{first_reason(error)[:300]}"
+    )
 
 
 def first_reason(error: Exception) -> str:

@@ -35,29 +35,25 @@ checkpoints are written by all ranks together (``dcp/``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch._functorch.config as functorch_config
 
-from pretrain.config import ExperimentConfig, save_config
-from pretrain.data.loader import TokenLoader
+from pretrain.config import ExperimentConfig
 from pretrain.distributed import comm
-from pretrain.distributed.env import DistEnv, env_world, init_distributed, shutdown
+from pretrain.distributed.env import DistEnv, shutdown
 from pretrain.distributed.parallelize import (
     apply_activation_checkpointing,
     gathered,
     gradient_sync,
-    is_fsdp,
     parallelize,
 )
-from pretrain.eval.perplexity import evaluate, task_losses
+from pretrain.eval.perplexity import evaluate
 from pretrain.models.spec import build_model
 from pretrain.optim import build_optimizer, lr_at, skips_updates_on_device, step_unless
 from pretrain.scaling.batch_flops import step_flops
@@ -65,68 +61,37 @@ from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import CheckpointError, list_steps
-from pretrain.train.compile import (
-    CUDA_GRAPH_MODES,
-    compile_for_training,
-    refuse_cuda_graphs_with_accumulation,
-)
+from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, training_forward
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
+from pretrain.train.device_setup import (
+    autocast_dtype,
+    refuse_flex_off_cuda,
+    resolve_device,
+    start_distributed,
+)
+from pretrain.train.errors import TrainingError
 from pretrain.train.garbage_collection import ScheduledGarbageCollection
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
 from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
-from pretrain.train.resume_settings import (
-    architecture_changes,
-    configured_hyperparameters,
-    first_reason,
-)
+from pretrain.train.resume_settings import configured_hyperparameters, model_mismatch_error
+from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_state
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from pretrain.train.run_files import write_run_files, write_sample
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
+from pretrain.train.step_outcome import QueuedStep, is_applied, read_step, train_record
 from pretrain.train.step_profiler import StepProfiler
-from pretrain.train.step_sums import PendingSums, StepSums, sum_over_ranks
+from pretrain.train.step_sums import sum_over_ranks
+from pretrain.train.throughput import ThroughputWindow
+from pretrain.train.validation import open_val_loader, val_record
+
+__all__ = ["QueuedStep", "Trainer", "TrainingError"]
 
 log = logging.getLogger(__name__)
-
-MODEL_CONFIG_FILE = "model_config.json"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, or the run directory is not in a usable state)."""
-
-
-class QueuedStep(NamedTuple):
-    """An optimizer step queued on the device (:meth:`Trainer.queue_step`)."""
-
-    step: int  # the step number once it is taken (1 for the first)
-    tokens_seen: int  # tokens trained on up to and including this step
-    lr: float
-    step_tokens: int
-    sums: PendingSums  # its loss, gradient norm and votes, read by result()
-
-
-def _finite(sums: StepSums) -> bool:
-    """Whether a step's summed loss and its gradient norm are finite (else it is skipped)."""
-    return math.isfinite(sums.ce_sum) and math.isfinite(sums.grad_norm)
-
-
-def _applies(sums: StepSums) -> bool:
-    """Whether a step's update is taken: finite, and no spike."""
-    return _finite(sums) and not sums.spike
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name!r} but no CUDA device is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", env_world()[1])  # one GPU per process: LOCAL_RANK
-    return device
 
 
 class Trainer:
@@ -144,33 +109,14 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cpu":
             keep_freed_memory_mapped()  # no page faults on each step's fresh temporaries
-        if cfg.model.attention_backend == "flex" and self.device.type != "cuda":
-            raise TrainingError(
-                "model.attention_backend=flex trains on CUDA only (PyTorch has no "
-                f"FlexAttention backward on {self.device.type}); use "
-                "--model.attention_backend=sdpa"
-            )
-        try:
-            self.dist: DistEnv = init_distributed(cfg.distributed, self.device)
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        except RuntimeError as e:  # e.g. DistStoreError: a peer never joined
-            rank, _, world = env_world()
-            raise TrainingError(
-                f"rank {rank}: the process group of {world} ranks did not form within "
-                f"distributed.timeout_seconds={cfg.distributed.timeout_seconds:g}; check that "
-                "every rank was launched and reaches MASTER_ADDR:MASTER_PORT. Cause: "
-                f"{str(e).splitlines()[0][:300]}"
-            ) from e
+        refuse_flex_off_cuda(cfg.model.attention_backend, self.device)
+        self.dist: DistEnv = start_distributed(cfg, self.device)
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         if cfg.train.compile:  # before the model is built: a wrong setting fails at once
             refuse_cuda_graphs_with_accumulation(
                 cfg.train.compile_mode, self.device.type, self.grad_accum
             )
-        bf16 = cfg.train.precision == "bf16" or (
-            cfg.train.precision == "auto" and self.device.type == "cuda"
-        )
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, self.device)
         warn_if_bf16_is_emulated(self.device, self.autocast_dtype)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
@@ -185,21 +131,9 @@ class Trainer:
         ).to(self.device)
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
-        self.step_model = self.model
-        # CUDA graphs replay into the same output memory: each step must say it is a new one
-        self._marks_cudagraph_steps = (
-            cfg.train.compile
-            and cfg.train.compile_mode in CUDA_GRAPH_MODES
-            and self.device.type == "cuda"
+        self.step_model, self._marks_cudagraph_steps = training_forward(
+            self.model, cfg.train, self.device
         )
-        if cfg.train.compile:
-            mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
-            self.step_model = compile_for_training(self.model, cfg.train.compile_scope, mode)
-        if cfg.train.activation_memory_budget < 1:  # read by AOTAutograd when it compiles
-            budget = functorch_config.patch(
-                activation_memory_budget=cfg.train.activation_memory_budget
-            )
-            self.step_model = budget(self.step_model)
         self.loss_module = ModelWithLoss(
             self.model,
             cfg.objective.z_loss,
@@ -218,27 +152,22 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
         )
-        source = BatchSource(
-            train=tuple(cfg.data.train),
-            weights=None if cfg.data.weights is None else tuple(cfg.data.weights),
-            micro_batch_size=cfg.train.micro_batch_size,
-            seq_len=cfg.train.seq_len,
-            seed=cfg.train.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            tokenizer_dir=str(tokenizer_path),
-            objective=cfg.objective,
-            family=cfg.model.family,
-        )
+        source = BatchSource.from_config(cfg, self.dist.rank, self.dist.world_size)
         # One process per machine reads every shard through sha256; the others trust it (a
         # mismatch stops that process, and its peers then stop at the next collective).
         self._verify_checksums = cfg.data.verify_checksums and self.dist.local_rank == 0
         self.objective, self.loader = source.build(self.tokenizer, self._verify_checksums)
         self.window_seq_len = self.loader.seq_len
         # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
-        self.generator = torch.Generator().manual_seed(self._objective_seed(0))
+        self.generator = torch.Generator().manual_seed(
+            objective_seed(cfg.train.seed, self.dist.rank, 0)
+        )
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
-        self.val_batches = self.val_loader() if cfg.data.val else None
+        self.val_batches = None
+        if cfg.data.val:
+            self.val_batches = open_val_loader(
+                cfg, self.window_seq_len, self._verify_checksums, self.tokenizer.hash
+            )
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
             self.batches = WorkerStepBatches(source, self.batches)
@@ -261,22 +190,11 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------
 
-    def _objective_seed(self, step: int) -> int:
-        if self.dist.rank == 0 and step == 0:
-            return self.cfg.train.seed
-        return hash((self.cfg.train.seed, self.dist.rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
-
     def _prepare_run_dir(self, resume: bool) -> None:
         if not self.dist.is_main:
             self.metrics = NoMetrics()
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg.with_absolute_paths(), self.run_dir / "config.yaml")
-        # The exact architecture (also when it came from model.init_from), for load_run.
-        (self.run_dir / MODEL_CONFIG_FILE).write_text(
-            json.dumps(self.model.cfg.to_dict(), indent=2) + "\n"
-        )
-        self.tokenizer.save(self.run_dir / "tokenizer")
+        write_run_files(self.run_dir, self.cfg, self.model.cfg.to_dict(), self.tokenizer)
         self.metrics = MetricsWriter(
             self.run_dir, self.state.step if resume else None, self.cfg.log.tensorboard
         )
@@ -290,30 +208,18 @@ class Trainer:
         except CheckpointError:
             raise
         except RuntimeError as e:  # the weights do not fit: the model settings changed
-            changes = architecture_changes(
-                self.run_dir / "config.yaml",
-                self.cfg.with_absolute_paths(),
-                self.run_dir / MODEL_CONFIG_FILE,
-                self.model.cfg.to_dict(),
-            )
-            what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
-            raise TrainingError(
-                f"{self.ckpt_dir}: the latest checkpoint does not fit the configured model{what}."
-                " Resume with the model and tokenizer the run was started with. Cause: "
-                f"{first_reason(e)[:300]}"
-            ) from e
-        rng = ckpt.optim_state["rng"]
-        per_rank = rng.get("objective_ranks")
-        if per_rank is not None and len(per_rank) == self.dist.world_size:
-            self.generator.set_state(per_rank[self.dist.rank])
-        elif self.dist.world_size == 1:
-            self.generator.set_state(rng["objective"])
-        else:  # another number of ranks: data continues exactly, objective noise is redrawn
-            self.generator.manual_seed(self._objective_seed(int(ckpt.step)))
-        torch.set_rng_state(rng["torch"])
+            cfg = self.cfg.with_absolute_paths()
+            raise model_mismatch_error(self.run_dir, cfg, self.model.cfg.to_dict(), e) from e
+        restore_rng_state(
+            ckpt.optim_state["rng"],
+            self.generator,
+            self.device,
+            self.cfg.train.seed,
+            int(ckpt.step),
+            self.dist.rank,
+            self.dist.world_size,
+        )
         self._last_saved_step = int(ckpt.step)
-        if self.device.type == "cuda" and "cuda" in ckpt.optim_state["rng"]:
-            torch.cuda.set_rng_state(ckpt.optim_state["rng"]["cuda"], self.device)
         self.loader.load_state_dict(ckpt.state["loader"])
         self.state = TrainState.from_dict(ckpt.state["trainer"])
         if self.spikes is not None and ckpt.state.get("spikes"):
@@ -365,8 +271,7 @@ class Trainer:
             self._deadline = started + 60 * cfg.train.max_minutes
         progress = Progress(cfg.train.max_steps, enabled=cfg.log.progress and self.dist.is_main)
         last_val: dict[str, Any] | None = None
-        # Since the last logged record: tokens, FLOPs and the wall time of their steps.
-        window = {"tokens": 0, "flops": 0.0, "seconds": 0.0}
+        window = ThroughputWindow(self.peak_flops, self.dist.world_size)
         # Resumed after the deadline: rank 0's clock decides, so all ranks agree. During the
         # loop each step's all-reduce carries the votes (queue_step).
         out_of_time = comm.broadcast_object(self._deadline_passed())
@@ -382,18 +287,18 @@ class Trainer:
             step's: a step is read once the next is queued, or at once."""
             nonlocal stopped_by_signal, out_of_time
             record = self._account(queued)
-            window["seconds"] += (time.perf_counter() if ended is None else ended) - began
-            window["tokens"] += record["step_tokens"]
-            window["flops"] += record["step_flops"]
+            seconds = (time.perf_counter() if ended is None else ended) - began
+            window.add(record["step_tokens"], record["step_flops"], seconds)
             stopped_by_signal |= record["stop_signal"]
             out_of_time |= record["out_of_time"]
             step = queued.step
             last = step == self.state.step and (stopped_by_signal or out_of_time)  # nothing after
             if step % cfg.log.every_steps == 0 or step == cfg.train.max_steps or last:
-                seconds = max(window["seconds"], 1e-9)
-                rates = window["tokens"] / seconds, window["flops"] / seconds
-                window.update(tokens=0, flops=0.0, seconds=0.0)
-                record = self._train_record(queued, record, *rates)
+                tokens_per_second, mfu = window.take()
+                logs_spikes = self.spikes is not None
+                record = train_record(
+                    queued, record, self.state, tokens_per_second, mfu, logs_spikes
+                )
                 self.metrics.write(record)
                 progress.update(step, record)
 
@@ -466,35 +371,20 @@ class Trainer:
 
     def _write_plot_and_sample(self) -> None:
         """``plots/loss.png`` and ``samples.txt`` in the run directory (DESIGN.md §5)."""
-        from pretrain.generate import generate
         from pretrain.train.plots import plot_losses
 
         if self.dist.is_main:
             plot_losses(self.run_dir)
-        if self.cfg.log.sample_tokens <= 0 or self.cfg.model.family != "decoder":
-            return
-        # FSDP gathers weights collectively, so every rank samples (the same tokens).
-        if not (self.dist.is_main or is_fsdp(self.train_module)):
-            return
-        eos = self.tokenizer.special.eos
-        num_tokens = self.cfg.log.sample_tokens
-        if getattr(self.model, "pos_embed", None) is not None:  # learned positions end
-            num_tokens = min(num_tokens, self.model.cfg.max_seq_len)
-        with gathered(self.train_module):
-            ids = generate(
-                self.model,
-                torch.tensor([eos]),  # a new document
-                num_tokens,
-                temperature=0.8,
-                top_k=50,
-                eos_id=eos,
-                generator=torch.Generator(device=self.device).manual_seed(self.cfg.train.seed),
-            )
-        if not self.dist.is_main:
-            return
-        text = self.tokenizer.decode([i for i in ids[1:].tolist() if i != eos])
-        with open(self.run_dir / "samples.txt", "a") as f:
-            f.write(f"--- step {self.state.step} ---\n{text}\n")
+        write_sample(
+            self.run_dir,
+            self.cfg,
+            self.model,
+            self.train_module,
+            self.tokenizer,
+            self.state.step,
+            self.device,
+            self.dist.is_main,
+        )
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step, read back at once (:meth:`queue_step`, then its values)."""
@@ -563,7 +453,7 @@ class Trainer:
         )
         if skips_updates_on_device(self.optimizer):
             step_unless(self.optimizer, pending.skip)
-        elif _applies(pending.result()):
+        elif is_applied(pending.result()):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         step_tokens = sum(b.input_ids.numel() for b in batches) * world
@@ -573,97 +463,9 @@ class Trainer:
 
     def _account(self, queued: QueuedStep) -> dict[str, Any]:
         """Read a queued step's values, count it if it was skipped; returns what to log."""
-        sums = queued.sums.result()
-        loss = sums.ce_sum / max(sums.label_tokens, 1)
-        finite = _finite(sums)
-        if finite:
-            self.state.consecutive_nonfinite = 0
-            if sums.spike:
-                self._skip_spike(queued.step, loss, sums.grad_norm)
-        else:
-            self._skip_nonfinite(queued.step, loss, sums.grad_norm)
-        return {
-            "loss": loss,
-            "lr": queued.lr,
-            "grad_norm": sums.grad_norm,
-            "step_tokens": queued.step_tokens,
-            "step_flops": sums.flops,
-            "skipped": not _applies(sums),
-            "tasks": task_losses(sums.tasks),
-            "stop_signal": sums.signal_votes > 0,
-            "out_of_time": sums.deadline_votes > 0,
-        }
-
-    def _skip_nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
-        self.state.consecutive_nonfinite += 1
-        self.state.num_skipped_steps += 1
-        limit = self.cfg.train.max_nonfinite_steps
-        log.warning(
-            "step %d: non-finite loss %s or gradient norm %s; the update is skipped (%d in a row)",
-            step,
-            loss,
-            grad_norm,
-            self.state.consecutive_nonfinite,
-        )
-        if self.state.consecutive_nonfinite >= limit:
-            raise TrainingError(
-                f"the loss or gradients were non-finite for {limit} steps in a row (last at step "
-                f"{step}); training stopped. Lower optim.lr, raise "
-                "optim.warmup_steps, set objective.z_loss=1e-4, or resume from an earlier "
-                "checkpoint"
-            )
-
-    def _skip_spike(self, step: int, loss: float, grad_norm: float) -> None:
-        self.state.num_skipped_steps += 1
-        self.state.num_spike_steps += 1
-        log.warning(
-            "step %d: the loss %.4f or the gradient norm %.4g lies more than %g standard "
-            "deviations above the mean of the last %d steps; the update is skipped",
-            step,
-            loss,
-            grad_norm,
-            self.cfg.train.spike_sigma,
-            self.cfg.train.spike_window_steps,
-        )
-
-    def _train_record(
-        self,
-        queued: QueuedStep,
-        record: dict[str, Any],
-        tokens_per_second: float,
-        flops_per_second: float,
-    ) -> dict[str, Any]:
-        mfu = None
-        if self.peak_flops:  # the FLOPs of all ranks over the peak of all their devices
-            mfu = flops_per_second / (self.peak_flops * self.dist.world_size)
-        return {
-            "step": queued.step,
-            "split": "train",
-            "loss": record["loss"],
-            "lr": record["lr"],
-            "tokens": queued.tokens_seen,
-            "grad_norm": record["grad_norm"],
-            "tokens_per_second": tokens_per_second,
-            "mfu": mfu,
-            "skipped_steps": self.state.num_skipped_steps,
-            **({"spike_steps": self.state.num_spike_steps} if self.spikes is not None else {}),
-            **({"tasks": record["tasks"]} if record.get("tasks") else {}),
-        }
+        return read_step(queued, self.state, self.cfg.train)
 
     # --- eval and checkpoints ----------------------------------------------------------
-
-    def val_loader(self) -> TokenLoader:
-        cfg = self.cfg
-        return TokenLoader(
-            cfg.data.val,
-            self.window_seq_len,
-            cfg.eval.batch_size or cfg.train.micro_batch_size,
-            split="val",
-            shuffle=False,
-            num_epochs=1,
-            checksum=self._verify_checksums,
-            tokenizer_hash=self.tokenizer.hash,
-        )
 
     def evaluate_and_log(self) -> dict[str, Any] | None:
         if self.val_batches is None:
@@ -683,18 +485,8 @@ class Trainer:
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
             )
-        record = {
-            "step": self.state.step,
-            "split": "val",
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "tokens": self.state.tokens_seen,
-        }
-        record.update({k: result[k] for k in ("loss", "perplexity", "bits_per_byte")})
-        if result["accuracy"] is not None:
-            record["accuracy"] = result["accuracy"]
-        record["tokens_evaluated"] = result["tokens"]
-        if "tasks" in result:
-            record["tasks"] = result["tasks"]
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = val_record(result, self.state.step, lr, self.state.tokens_seen)
         self.metrics.write(record)
         self.state.last_eval_step = self.state.step
         if self.dist.is_main:
@@ -715,11 +507,7 @@ class Trainer:
         if is_best:
             self.state.best_val_loss = val_loss
         loader_state, objective_state = self.batches.data_state()
-        rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
-        if self.dist.world_size > 1:
-            rng["objective_ranks"] = comm.gather_objects(objective_state)
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng = rng_state(objective_state, self.device, self.dist.world_size)
         state = {
             "trainer": self.state.to_dict(),
             "loader": loader_state,

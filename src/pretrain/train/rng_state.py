@@ -1,0 +1,57 @@
+"""The random generators a checkpoint saves, and how a resumed run takes them back.
+
+The objective draws its noise (masks, spans, orders) from its own generator, one per rank:
+rank 0 seeded with ``train.seed`` draws what a single process draws, the others draw their
+own. A checkpoint keeps every rank's generator state, so a run resumed on the same number of
+ranks continues each stream exactly; on another number the data continues exactly (the
+loader's state) and the objective's noise is drawn anew from a seed of the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pretrain.distributed import comm
+
+
+def objective_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank's objective generator started at ``step``."""
+    if rank == 0 and step == 0:
+        return seed
+    return hash((seed, rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def rng_state(
+    objective_state: torch.Tensor, device: torch.device, world_size: int
+) -> dict[str, Any]:
+    """The generator states to save (every rank calls this: it gathers the ranks' states)."""
+    rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
+    if world_size > 1:
+        rng["objective_ranks"] = comm.gather_objects(objective_state)
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng_state(
+    rng: dict[str, Any],
+    objective_generator: torch.Generator,
+    device: torch.device,
+    seed: int,
+    step: int,
+    rank: int,
+    world_size: int,
+) -> None:
+    """Set the generators from a checkpoint's ``rng`` (saved by :func:`rng_state`)."""
+    per_rank = rng.get("objective_ranks")
+    if per_rank is not None and len(per_rank) == world_size:
+        objective_generator.set_state(per_rank[rank])
+    elif world_size == 1:
+        objective_generator.set_state(rng["objective"])
+    else:  # another number of ranks: data continues exactly, objective noise is redrawn
+        objective_generator.manual_seed(objective_seed(seed, rank, step))
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
