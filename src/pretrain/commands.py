@@ -142,6 +142,8 @@ def train(args: argparse.Namespace) -> int:
         table.add_row("skipped steps (non-finite)", str(nonfinite))
     if summary["spike_steps"]:
         table.add_row("skipped steps (spikes)", str(summary["spike_steps"]))
+    if summary.get("rollbacks"):
+        table.add_row("rollbacks (spikes)", str(summary["rollbacks"]))
     console.print(table)
     return 0
 

@@ -468,6 +468,14 @@ class TrainConfig:
     spike_window_steps: int = 128
     """With ``spike_sigma``: how many earlier steps the mean and deviation cover; nothing is
     skipped for a spike before half of them were taken."""
+    spike_rollback_after: int = 0
+    """With ``spike_sigma``: once this many steps within ``spike_window_steps`` were skipped
+    as spikes, restore the latest checkpoint (weights, optimizer, counters) and go on with
+    the data from where it is, so the batches since that checkpoint are never trained on
+    (PaLM's remedy; ``pretrain.train.rollback``). 0: never roll back."""
+    max_rollbacks: int = 3
+    """With ``spike_rollback_after``: stop with an error instead of a rollback past this
+    many."""
     gc_every_steps: int = 50
     """Python's automatic garbage collector is off during training; generations 0 and 1 are
     collected after every this many steps instead (``pretrain.train.garbage_collection``).
@@ -611,6 +619,8 @@ class ExperimentConfig:
             "optim.warmup_steps": self.optim.warmup_steps,
             "train.gc_every_steps": self.train.gc_every_steps,
             "train.spike_sigma": self.train.spike_sigma,
+            "train.spike_rollback_after": self.train.spike_rollback_after,
+            "train.max_rollbacks": self.train.max_rollbacks,
             "optim.grad_clip": self.optim.grad_clip,
             "optim.weight_decay": self.optim.weight_decay,
             "objective.z_loss": self.objective.z_loss,
@@ -630,6 +640,16 @@ class ExperimentConfig:
         if self.train.spike_window_steps < 2:
             raise ConfigError(
                 f"train.spike_window_steps must be >= 2, got {self.train.spike_window_steps}"
+            )
+        if self.train.spike_rollback_after and not self.train.spike_sigma:
+            raise ConfigError(
+                "train.spike_rollback_after counts the steps skipped as spikes: set "
+                "train.spike_sigma too (OLMo-core uses 6)"
+            )
+        if self.train.spike_rollback_after and not self.checkpoint.every_steps:
+            raise ConfigError(
+                "train.spike_rollback_after restores the latest checkpoint: set "
+                "checkpoint.every_steps so that there is one"
             )
         budget = self.train.activation_memory_budget
         if not 0 < budget <= 1:

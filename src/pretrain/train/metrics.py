@@ -25,16 +25,25 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and _step_of(line) <= resume_step
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            self._keep_until(resume_step)
         elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
         self._tb = _tensorboard(run_dir / "tb") if tensorboard else None
+
+    def _keep_until(self, step: int) -> None:
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and _step_of(line) <= step
+        ]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def drop_after(self, step: int) -> None:
+        """Drop the lines past ``step``: a rollback to its checkpoint undid those steps."""
+        self._file.close()
+        self._keep_until(step)
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -78,6 +87,9 @@ class NoMetrics:
     """What ranks other than 0 write metrics to: nothing."""
 
     def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def drop_after(self, step: int) -> None:
         pass
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -17,6 +17,11 @@ class TrainState:
     """Steps whose update was skipped: non-finite, or spikes."""
     num_spike_steps: int = 0
     """Of those, the steps skipped as spikes (``train.spike_sigma``)."""
+    num_rollbacks: int = 0
+    """Rollbacks to a checkpoint after spikes (``train.spike_rollback_after``); a rollback
+    restores the other counters from the checkpoint but adds one here."""
+    recent_spike_steps: list[int] = field(default_factory=list)
+    """The steps skipped as spikes within the last ``train.spike_window_steps`` steps."""
     elapsed_seconds: float = 0.0
     last_eval_step: int | None = None
 

@@ -43,7 +43,8 @@ def is_applied(sums: StepSums) -> bool:
 
 
 def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict[str, Any]:
-    """Read a queued step's values into ``state``'s counters; returns what to log.
+    """Read a queued step's values into ``state``'s counters; returns what to log, and
+    whether ``train.spike_rollback_after`` spikes fell within the window (``rollback_due``).
 
     Raises :class:`TrainingError` after ``train.max_nonfinite_steps`` non-finite steps in a
     row."""
@@ -56,6 +57,7 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
         if sums.spike:
             state.num_skipped_steps += 1
             state.num_spike_steps += 1
+            state.recent_spike_steps.append(queued.step)
             log.warning(
                 "step %d: the loss %.4f or the gradient norm %.4g lies more than %g standard "
                 "deviations above the mean of the last %d steps; the update is skipped",
@@ -65,6 +67,10 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
                 train.spike_sigma,
                 train.spike_window_steps,
             )
+    # The spikes within the window, for train.spike_rollback_after.
+    first_in_window = queued.step - train.spike_window_steps
+    state.recent_spike_steps = [s for s in state.recent_spike_steps if s > first_in_window]
+    rollback_after = train.spike_rollback_after
     return {
         "loss": loss,
         "lr": queued.lr,
@@ -75,6 +81,7 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
         "tasks": task_losses(sums.tasks),
         "stop_signal": sums.signal_votes > 0,
         "out_of_time": sums.deadline_votes > 0,
+        "rollback_due": bool(rollback_after) and len(state.recent_spike_steps) >= rollback_after,
     }
 
 
@@ -117,5 +124,6 @@ def train_record(
         "mfu": mfu,
         "skipped_steps": state.num_skipped_steps,
         **({"spike_steps": state.num_spike_steps} if logs_spikes else {}),
+        **({"rollbacks": state.num_rollbacks} if logs_spikes else {}),
         **({"tasks": read["tasks"]} if read.get("tasks") else {}),
     }

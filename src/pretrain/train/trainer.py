@@ -79,6 +79,7 @@ from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
 from pretrain.train.resume_settings import configured_hyperparameters, model_mismatch_error
 from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_state
+from pretrain.train.rollback import rollback_record, write_rollback_record
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.run_files import write_run_files, write_sample
 from pretrain.train.state import TrainState
@@ -276,6 +277,7 @@ class Trainer:
         # loop each step's all-reduce carries the votes (queue_step).
         out_of_time = comm.broadcast_object(self._deadline_passed())
         stopped_by_signal = False
+        rollback_due = False  # train.spike_rollback_after spikes within the window
 
         def read(queued: QueuedStep, began: float, ended: float | None = None) -> None:
             """Count, log, and take the ranks' votes to stop, for a step queued at ``began``.
@@ -285,8 +287,9 @@ class Trainer:
             where not), or, for a step read at once (before an evaluation or a checkpoint,
             and the last), to the end of its read. The time between two reads is not a
             step's: a step is read once the next is queued, or at once."""
-            nonlocal stopped_by_signal, out_of_time
+            nonlocal stopped_by_signal, out_of_time, rollback_due
             record = self._account(queued)
+            rollback_due |= record["rollback_due"]
             seconds = (time.perf_counter() if ended is None else ended) - began
             window.add(record["step_tokens"], record["step_flops"], seconds)
             stopped_by_signal |= record["stop_signal"]
@@ -317,14 +320,22 @@ class Trainer:
                 if unread is not None:  # the step before, read while this one runs
                     read(unread, unread_began, began)
                 unread, unread_began = queued, began
+                if rollback_due:  # found reading the step before: undo this one with it
+                    read(unread, unread_began)
+                    unread, rollback_due, last_val = None, False, self._roll_back()
+                    continue
                 step = self.state.step
                 collector.after_step(step)  # while the device runs the step just queued
                 evaluates = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
                 saves = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
-                if not (evaluates or saves or stopped_by_signal or out_of_time):
+                last = step == cfg.train.max_steps
+                if not (evaluates or saves or last or stopped_by_signal or out_of_time):
                     continue
                 read(unread, unread_began)  # its weights are evaluated or saved, nothing later
                 unread = None
+                if rollback_due:
+                    rollback_due, last_val = False, self._roll_back()
+                    continue
                 self.state.elapsed_seconds = time.perf_counter() - started
                 if stopped_by_signal:
                     break
@@ -333,8 +344,6 @@ class Trainer:
                 if saves:
                     self.save(last_val)
             profiler.finish()  # the run ended inside the profiled range
-            if unread is not None:
-                read(unread, unread_began)
             self.state.elapsed_seconds = time.perf_counter() - started
             final_step = self.state.step
             if out_of_time:
@@ -363,8 +372,59 @@ class Trainer:
             "val": last_val,
             "skipped_steps": self.state.num_skipped_steps,
             "spike_steps": self.state.num_spike_steps,
+            "rollbacks": self.state.num_rollbacks,
             "seconds": self.state.elapsed_seconds,
         }
+
+    def _roll_back(self) -> None:
+        """Restore the latest checkpoint's weights, optimizer, counters and spike window, but
+        not the data position, so the batches since the checkpoint are skipped (PaLM,
+        Chowdhery et al. 2022, §5.1). Returns None: an evaluation before it is undone too.
+
+        Every rank calls this at the same step: the spikes are decided from the sums over
+        ranks. Nothing is rolled back before the first checkpoint (a warning says so)."""
+        undone_step, undone_tokens = self.state.step, self.state.tokens_seen
+        rollbacks = self.state.num_rollbacks + 1
+        if rollbacks > self.cfg.train.max_rollbacks:
+            raise TrainingError(
+                f"the loss spiked again after {rollbacks - 1} rollbacks (train.max_rollbacks)"
+                f", {len(self.state.recent_spike_steps)} spikes up to step {undone_step}; "
+                "training stopped. Lower optim.lr, raise optim.warmup_steps or "
+                "objective.z_loss, or raise train.spike_sigma"
+            )
+        if not list_steps(self.ckpt_dir):
+            log.warning(
+                "step %d: %d spikes within %d steps, but no checkpoint to roll back to yet",
+                undone_step,
+                len(self.state.recent_spike_steps),
+                self.cfg.train.spike_window_steps,
+            )
+            self.state.recent_spike_steps.clear()
+            return None
+        spikes = list(self.state.recent_spike_steps)
+        with configured_hyperparameters(self.optimizer):
+            ckpt = load_run_checkpoint(
+                self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
+            )
+        self.state = TrainState.from_dict(ckpt.state["trainer"])
+        self.state.num_rollbacks = rollbacks
+        if self.spikes is not None and ckpt.state.get("spikes"):
+            self.spikes.load_state_dict(ckpt.state["spikes"])
+        self._last_saved_step = int(ckpt.step)
+        self.metrics.drop_after(self.state.step)
+        record = rollback_record(ckpt.step, undone_step, undone_tokens, self.state, spikes)
+        write_rollback_record(self.run_dir, record, self.dist.is_main)
+        log.warning(
+            "steps %s spiked: rolled back from step %d to the checkpoint of step %d (rollback "
+            "%d of at most %d); the data goes on, so the %d tokens since are not trained on",
+            spikes,
+            undone_step,
+            ckpt.step,
+            rollbacks,
+            self.cfg.train.max_rollbacks,
+            record["tokens_skipped"],
+        )
+        return None
 
     def _deadline_passed(self) -> bool:
         return self._deadline is not None and time.perf_counter() >= self._deadline

@@ -1,0 +1,46 @@
+"""What a rollback after loss spikes leaves in the run directory: ``rollbacks.jsonl``.
+
+With ``train.spike_rollback_after`` the trainer answers a run of spikes as PaLM did
+(Chowdhery et al. 2022, §5.1: "we re-started training from a checkpoint roughly 100 steps
+before the spike started, and skipped roughly 200-500 data batches, which cover the batches
+that were seen before and during the spike"): it restores the latest checkpoint's weights,
+optimizer state and counters but leaves the data loader where it is, so every batch drawn
+since that checkpoint (the spiking ones included) is skipped. The undone steps' lines are
+dropped from ``metrics.jsonl`` (one line per step and split, as after ``--resume``); each
+rollback appends one line here instead, with the steps that spiked.
+
+A run resumed from before a rollback replays the same steps on the same data, spikes at the
+same steps and rolls back the same way (the spike window and the recent spikes are part of
+the checkpoint), so its losses match an uninterrupted run's; its ``rollbacks.jsonl`` then has
+that rollback twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pretrain.train.state import TrainState
+
+ROLLBACKS_FILE = "rollbacks.jsonl"
+
+
+def rollback_record(
+    to_step: int, undone_step: int, undone_tokens: int, state: TrainState, spikes: list[int]
+) -> dict[str, Any]:
+    """The line of a rollback from ``undone_step`` (the last step taken, with
+    ``undone_tokens`` trained on) to the checkpoint of ``to_step`` (``state`` restored)."""
+    return {
+        "step": to_step,
+        "undone_step": undone_step,
+        "spike_steps": spikes,
+        "tokens_skipped": undone_tokens - state.tokens_seen,
+        "rollback": state.num_rollbacks,
+    }
+
+
+def write_rollback_record(run_dir: Path, record: dict[str, Any], is_main: bool) -> None:
+    if is_main:
+        with open(run_dir / ROLLBACKS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
