@@ -137,6 +137,16 @@ def test_two_spikes_roll_back_to_step_8_and_the_next_steps_train_on_later_data(
         trainer.batches.take()
     trainer.fit()
     assert losses(by_hand) == losses(run)
+    for step in (12, 16):  # the spike window and the counters went back to step 8's too
+        ours, theirs = (_state(r / "checkpoints" / f"step_{step:06d}") for r in (run, by_hand))
+        assert ours["spikes"] == theirs["spikes"]
+        assert ours["trainer"] == {**theirs["trainer"], "num_rollbacks": 1}
+
+
+def _state(checkpoint) -> dict:
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["trainer"]["elapsed_seconds"]
+    return state
 
 
 def _crash_at_call(monkeypatch, call: int):
