@@ -117,7 +117,13 @@ def lr_at(
     min_lr_ratio: float = 0.1,
     decay_fraction: float = 0.2,
 ) -> float:
-    """Learning rate at optimizer step ``step`` (0-based)."""
+    """Learning rate at optimizer step ``step`` (0-based: a run of ``max_steps`` steps takes
+    steps ``0 .. max_steps - 1``).
+
+    Each phase counts the step being taken (``step + 1``), as torchtitan's schedules do
+    ("0-indexed step, hence + 1 adjustments"): warmup reaches ``peak_lr`` at its last step,
+    every decay step lowers the rate, and the run's last step trains at exactly
+    ``min_lr_ratio * peak_lr``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if warmup_steps > 0 and step < warmup_steps:
@@ -130,9 +136,9 @@ def lr_at(
         decay_start = max(warmup_steps, max_steps - decay_steps)
         if step < decay_start:
             return peak_lr
-        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        progress = min(1.0, (step + 1 - decay_start) / max(1, max_steps - decay_start))
         return min_lr + (peak_lr - min_lr) * (1.0 - math.sqrt(progress))
-    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
+    progress = min(1.0, max(0.0, (step + 1 - warmup_steps) / max(1, max_steps - warmup_steps)))
     if schedule == "linear":
         return peak_lr - (peak_lr - min_lr) * progress
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -861,15 +861,17 @@ def test_tokens_per_second_counts_each_step_once_and_no_evaluation_or_checkpoint
 
 def test_schedule_settings_reach_the_logged_learning_rate(shards_dir, tokenizer_dir, tmp_path):
     """WSD with optim.decay_fraction=0.5 and optim.min_lr_ratio=0.2 over 12 steps: warmup 2,
-    stable to step 6, then 0.2 + 0.8 (1 - sqrt((s - 6) / 6)) of the peak (0-based step s)."""
+    stable to step 6, then 0.2 + 0.8 (1 - sqrt((s + 1 - 6) / 6)) of the peak (0-based step s):
+    the last step at 0.2 of it."""
     run = tmp_path / "run"
     overrides = dict(optim__schedule="wsd", optim__decay_fraction=0.5, optim__min_lr_ratio=0.2)
     Trainer(_config(shards_dir, tokenizer_dir, run, log__every_steps=1, **overrides)).fit()
     logged = [r["lr"] for r in read_metrics(run) if r["split"] == "train"]
     peak = 3e-3
     want = [peak / 2, peak, peak, peak, peak, peak]
-    want += [peak * (0.2 + 0.8 * (1 - ((s - 6) / 6) ** 0.5)) for s in range(6, 12)]
+    want += [peak * (0.2 + 0.8 * (1 - ((s + 1 - 6) / 6) ** 0.5)) for s in range(6, 12)]
     assert logged == pytest.approx(want, rel=1e-9)
+    assert logged[-1] == pytest.approx(0.2 * peak)
 
 
 def test_best_points_at_the_lowest_val_loss_and_survives_pruning(

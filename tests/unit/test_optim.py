@@ -26,28 +26,37 @@ def test_linear_warmup_reaches_peak(schedule):
     assert lr(9, schedule) == pytest.approx(PEAK)
 
 
-def test_cosine_decays_to_ten_percent_of_peak():
-    assert lr(10, "cosine") == pytest.approx(PEAK)
-    assert lr(60, "cosine") == pytest.approx(0.1 * PEAK + 0.9 * PEAK * 0.5)  # halfway
-    assert lr(35, "cosine") == pytest.approx(
+def test_cosine_decays_to_ten_percent_of_peak_at_the_last_step():
+    """110 steps (0..109), 10 of warmup: the decay's 100 steps are 10..109, step s taking
+    the rate at progress (s + 1 - 10) / 100, so the last step trains at the floor."""
+    assert lr(10, "cosine") == pytest.approx(
+        0.1 * PEAK + 0.9 * PEAK * 0.5 * (1 + math.cos(math.pi / 100))
+    )
+    assert lr(10, "cosine") < PEAK  # the first decay step already decays
+    assert lr(59, "cosine") == pytest.approx(0.1 * PEAK + 0.9 * PEAK * 0.5)  # halfway
+    assert lr(34, "cosine") == pytest.approx(
         0.1 * PEAK + 0.9 * PEAK * 0.5 * (1 + math.cos(math.pi / 4))
     )
-    assert lr(110, "cosine") == pytest.approx(0.1 * PEAK)
+    assert lr(108, "cosine") > 0.1 * PEAK
+    assert lr(109, "cosine") == pytest.approx(0.1 * PEAK)  # the run's last step
     assert lr(500, "cosine") == pytest.approx(0.1 * PEAK)  # stays at the floor
 
 
 def test_wsd_is_stable_then_cools_down_with_one_minus_sqrt():
-    # 110 steps, 20% decay = 22 steps starting at step 88
+    # 110 steps, 20% decay = 22 steps: 88..109, step s at progress (s + 1 - 88) / 22
     assert lr(50, "wsd") == PEAK
     assert lr(87, "wsd") == PEAK
-    assert lr(88, "wsd") == pytest.approx(PEAK)
-    assert lr(99, "wsd", min_lr_ratio=0.0) == pytest.approx(PEAK * (1 - math.sqrt(11 / 22)))
-    assert lr(110, "wsd", min_lr_ratio=0.0) == pytest.approx(0.0)
+    assert lr(88, "wsd", min_lr_ratio=0.0) == pytest.approx(PEAK * (1 - math.sqrt(1 / 22)))
+    assert lr(98, "wsd", min_lr_ratio=0.0) == pytest.approx(PEAK * (1 - math.sqrt(11 / 22)))
+    assert lr(109, "wsd", min_lr_ratio=0.0) == pytest.approx(0.0)
+    assert lr(109, "wsd") == pytest.approx(0.1 * PEAK)
+    decays = [lr(s, "wsd") for s in range(87, 110)]
+    assert all(a > b for a, b in zip(decays[:-1], decays[1:], strict=True))  # each decays
 
 
 def test_linear_and_constant():
-    assert lr(60, "linear") == pytest.approx(PEAK - 0.9 * PEAK * 0.5)
-    assert lr(110, "linear") == pytest.approx(0.1 * PEAK)
+    assert lr(59, "linear") == pytest.approx(PEAK - 0.9 * PEAK * 0.5)
+    assert lr(109, "linear") == pytest.approx(0.1 * PEAK)
     assert lr(100, "constant") == PEAK
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
         lr(0, "step")
@@ -85,10 +94,11 @@ def test_wsd_decay_fraction_and_the_warmup_bound():
     starts when warmup ends (max(warmup, max_steps - decay_steps))."""
     at = lambda s, f: lr_at(s, schedule="wsd", peak_lr=1.0, warmup_steps=2, max_steps=12,  # noqa: E731
                             min_lr_ratio=0.2, decay_fraction=f)  # fmt: skip
-    assert at(5, 0.5) == 1.0  # decay of 6 steps starts at step 6
-    assert at(7, 0.5) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 6)))
-    assert at(2, 0.9) == 1.0  # 11 decay steps would start at 1, inside warmup: from 2 on
-    assert at(3, 0.9) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 10)))
+    assert at(5, 0.5) == 1.0  # decay of 6 steps: 6..11
+    assert at(6, 0.5) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 6)))
+    assert at(11, 0.5) == pytest.approx(0.2)
+    assert at(1, 0.9) == 1.0  # 11 decay steps would start at 1, inside warmup: 2..11
+    assert at(2, 0.9) == pytest.approx(0.2 + 0.8 * (1 - math.sqrt(1 / 10)))
 
 
 def test_frozen_parameters_are_left_out_of_the_optimizer():
