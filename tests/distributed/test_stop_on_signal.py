@@ -58,3 +58,35 @@ def test_every_rank_stops_after_one_step_saves_it_and_resume_is_exact(
 
     _torchrun(["-m", "pretrain", "train"], [*args, "--resume"])
     _assert_same_run(run, single_run)  # the same losses, gradient norms and weights
+
+
+def test_workers_of_a_killed_torchrun_save_and_exit(shards_dir, tokenizer_dir, tmp_path):
+    """``kill -9`` of torchrun alone: its workers (in a session of their own) would train on
+    to the end, unseen, beside any run resumed into the same directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pretrain.distributed.env import free_port
+    from tests.distributed.test_data_parallel import _env
+
+    run = tmp_path / "run"
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=10_000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "-m", "pretrain", "train", *args]  # fmt: skip
+    launcher = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or not read_metrics(run):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGKILL)
+    out, _ = launcher.communicate(timeout=120)  # the pipe closes once the worker exits too
+    stopped = max(r["step"] for r in read_metrics(run) if r["split"] == "train")
+    assert stopped < 10_000
+    assert "the torchrun launcher (pid" in out, out[-3000:]
+    assert f"stopped after step {stopped} on the exit of its torchrun launcher" in out
+    assert list_steps(run / "checkpoints")[-1] == stopped

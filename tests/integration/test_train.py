@@ -896,3 +896,22 @@ def test_the_last_step_is_logged_between_logging_intervals(shards_dir, tokenizer
     cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=6, log__every_steps=4)
     Trainer(cfg).fit()
     assert [s for s, _ in _losses(run)] == [4, 6]
+
+
+def test_a_run_dir_another_process_trains_in_is_refused(shards_dir, tokenizer_dir, tmp_path):
+    """Say ``--resume`` while the first run still trains: two trainers would interleave their
+    checkpoints and rewrite each other's metrics.jsonl."""
+    run = tmp_path / "run"
+    hold = "import sys, time; from pathlib import Path; from pretrain.train.run_lock import "
+    hold += "lock_run_dir; lock_run_dir(Path(sys.argv[1])); print('held', flush=True); "
+    hold += "time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        with pytest.raises(TrainingError, match=f"{run} is in use by .*pid {holder.pid} "):
+            Trainer(_config(shards_dir, tokenizer_dir, run), resume=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=2)).fit()
+    assert summary["step"] == 2

@@ -52,3 +52,27 @@ def test_outside_the_main_thread_it_sets_nothing_and_does_not_fail():
     thread.start()
     thread.join()
     assert errors == []
+
+
+def test_under_torchrun_the_launchers_death_is_a_request_to_stop(monkeypatch):
+    """torchrun's workers run in their own session: a launcher killed outright forwards no
+    signal, and the worker sees only that its parent changed."""
+    parent = [4242]
+    monkeypatch.setattr(interrupt.os, "getppid", lambda: parent[0])
+    monkeypatch.setenv(interrupt.LAUNCHER_ENV, "run-1")
+    with StopOnSignal() as stop:
+        assert not stop.requested
+        parent[0] = 1  # adopted by init
+        assert stop.requested
+        assert stop.signal_name == interrupt.LAUNCHER_GONE
+        assert stop.signal_number == signal.SIGTERM
+
+
+def test_outside_torchrun_a_new_parent_is_no_request(monkeypatch):
+    """``nohup pretrain train ... &`` from a shell that then exits goes on training."""
+    parent = [4242]
+    monkeypatch.setattr(interrupt.os, "getppid", lambda: parent[0])
+    monkeypatch.delenv(interrupt.LAUNCHER_ENV, raising=False)
+    with StopOnSignal() as stop:
+        parent[0] = 1
+        assert not stop.requested

@@ -17,11 +17,18 @@ torchrun forwards the signal it gets to its workers and kills them ``--shutdown_
 seconds later (30 by default): the time left to finish two steps and save. A terminal's Ctrl-C
 reaches a worker twice (from the terminal and from torchrun), so a repeat within
 :data:`REPEAT_WINDOW_SECONDS` is the same request.
+
+torchrun starts each worker in a session of its own, so a launcher killed outright (SIGKILL,
+an OOM kill) forwards nothing: its workers would train on with nobody to collect them (and a
+second run resumed into the same directory would share it with them). Under torchrun a worker
+therefore also counts its launcher's death, seen as a new parent process, as a request to stop:
+it saves and exits like on SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_WINDOW_SECONDS = 1.0
+LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"
+"""Set by torchrun in its workers' environment: their parent is the launcher."""
+LAUNCHER_GONE = "the exit of its torchrun launcher"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -46,19 +56,38 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class StopOnSignal:
     """``with StopOnSignal() as stop:`` ... ``if stop.requested: ...``; ``stop.signal_name``
-    is the first signal's name."""
+    is the first signal's name (or :data:`LAUNCHER_GONE`).
 
-    def __init__(self, enabled: bool = True) -> None:
+    Args:
+        enabled: set the signal handlers (only possible from the main thread).
+        watch_launcher: also request a stop once the parent process is gone; None: where
+            torchrun launched this process (:data:`LAUNCHER_ENV`).
+    """
+
+    def __init__(self, enabled: bool = True, watch_launcher: bool | None = None) -> None:
         # Signal handlers can only be set from the main thread.
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
+        if watch_launcher is None:
+            watch_launcher = bool(os.environ.get(LAUNCHER_ENV))
+        self._launcher = os.getppid() if watch_launcher else None
+        self._requested = False
         self.signal_name = ""
         self.signal_number = 0
         self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
+    @property
+    def requested(self) -> bool:
+        """A signal came, or the launcher is gone (one ``getppid`` call: no wait)."""
+        if not self._requested and self._launcher is not None and os.getppid() != self._launcher:
+            self._requested = True
+            self.signal_name, self.signal_number = LAUNCHER_GONE, signal.SIGTERM
+            log.warning("the torchrun launcher (pid %d) is gone: stopping after this step with "
+                        "a checkpoint", self._launcher)  # fmt: skip
+        return self._requested
+
     def __enter__(self) -> StopOnSignal:
-        self.requested, self.signal_name, self.signal_number = False, "", 0
+        self._requested, self.signal_name, self.signal_number = False, "", 0
         if self.enabled:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -66,11 +95,11 @@ class StopOnSignal:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
-        if self.requested:
+        if self._requested:
             if now - self._first_at < REPEAT_WINDOW_SECONDS:
                 return  # the same request delivered twice (terminal and torchrun)
             raise KeyboardInterrupt
-        self.requested, self._first_at = True, now
+        self._requested, self._first_at = True, now
         self.signal_name = signal.Signals(signum).name
         self.signal_number = signum
         log.warning("%s: stopping after this step with a checkpoint (send it again to stop now, "

@@ -82,6 +82,7 @@ from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_stat
 from pretrain.train.rollback import rollback_record, write_rollback_record
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.run_files import write_run_files, write_sample
+from pretrain.train.run_lock import lock_run_dir, unlock_run_dir
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
 from pretrain.train.step_outcome import QueuedStep, is_applied, read_step, train_record
@@ -112,6 +113,7 @@ class Trainer:
             keep_freed_memory_mapped()  # no page faults on each step's fresh temporaries
         refuse_flex_off_cuda(cfg.model.attention_backend, self.device)
         self.dist: DistEnv = start_distributed(cfg, self.device)
+        self._lock = self._lock_run_dir()
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         if cfg.train.compile:  # before the model is built: a wrong setting fails at once
             refuse_cuda_graphs_with_accumulation(
@@ -191,6 +193,19 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------
 
+    def _lock_run_dir(self) -> Path | None:
+        """Rank 0 holds the run directory's lock; every rank stops if another run has it."""
+        lock, refused = None, None
+        if self.dist.is_main:
+            try:
+                lock = lock_run_dir(self.run_dir)
+            except TrainingError as e:
+                refused = str(e)
+        refused = comm.broadcast_object(refused)
+        if refused is not None:
+            raise TrainingError(refused)
+        return lock
+
     def _prepare_run_dir(self, resume: bool) -> None:
         if not self.dist.is_main:
             self.metrics = NoMetrics()
@@ -231,10 +246,16 @@ class Trainer:
         log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
 
     def close(self) -> None:
-        """Stop the batch worker, if any, and leave the process group (the trainer created
-        it)."""
+        """Stop the batch worker, if any, give back the run directory and leave the process
+        group (the trainer created it)."""
         self.batches.close()
+        self._unlock()
         shutdown()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            unlock_run_dir(self._lock)
+            self._lock = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -262,6 +283,7 @@ class Trainer:
             raise
         finally:
             self.batches.close()  # no worker process left drawing for a run that stopped
+            self._unlock()  # the run is over, however it ended
         self.close()
         return summary
 

@@ -1,0 +1,68 @@
+"""One training process per run directory (``run.dir/.lock``), released however it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pretrain.train.errors import TrainingError
+from pretrain.train.run_lock import LOCK_FILE, lock_run_dir, unlock_run_dir
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from pretrain.train.run_lock import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(run_dir) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_another_process_is_refused_naming_the_holder_until_it_dies(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        with pytest.raises(TrainingError, match=rf"in use by another training process \(pid "
+                           rf"{holder.pid} on .*since .*\); wait for it"):  # fmt: skip
+            lock_run_dir(run)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    path = lock_run_dir(run)  # the kernel dropped the dead process's lock
+    assert f"pid {os.getpid()} on " in (run / LOCK_FILE).read_text()
+    unlock_run_dir(path)
+
+
+def test_the_same_process_may_open_it_again_and_unlocks_after_the_last(tmp_path):
+    run = tmp_path / "run"
+    first = lock_run_dir(run)
+    second = lock_run_dir(run)
+    assert first == second
+    unlock_run_dir(first)
+    holder = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(600)", ""), str(run)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "in use by another training process" in holder.stderr  # still held once
+    unlock_run_dir(second)
+    holder = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(600)", ""), str(run)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert holder.returncode == 0 and holder.stdout == "held\n", holder.stderr
