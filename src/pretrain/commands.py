@@ -119,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
     if args.print_config:
         from pretrain.config import to_yaml
 
-        print(to_yaml(cfg), end="")
+        print(to_yaml(cfg.validate()), end="")  # a config that would be refused is not shown
         return 0
     resume = args.resume == "latest" or (
         args.resume == "auto" and bool(list_steps(Path(cfg.run.dir) / "checkpoints"))

@@ -81,7 +81,14 @@ def apply_overrides(
         if "=" not in text:
             raise ConfigError(f"override {item!r} must look like --section.key=value")
         dotted, raw = text.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it for "
+                "the shell, e.g. --objective.mixture='[{name: span, weight: 1}]'"
+            ) from None
         node = data
         parts = dotted.split(".")
         for i, part in enumerate(parts):
@@ -356,34 +363,55 @@ class ObjectiveConfig:
             out.append((from_dict(ObjectiveConfig, fields, where), float(weight)))
         return out
 
-    def validate(self) -> ObjectiveConfig:
-        """Range checks of the denoising settings; raises :class:`ConfigError` naming the key."""
+    def validate(self, where: str = "objective") -> ObjectiveConfig:
+        """Range checks of the objective's settings; raises :class:`ConfigError` naming the key
+        (under ``where``: ``objective``, or ``objective.mixture[i]`` for a component)."""
         if self.name == "mixture":
-            for component, _ in self.components():
-                component.validate()
+            for i, (component, _) in enumerate(self.components()):
+                component.validate(f"objective.mixture[{i}]")
             return self
-        if not 0.0 < self.noise_density < 1.0:
+        if self.mixture is not None:
             raise ConfigError(
-                f"objective.noise_density must be in (0, 1), got {self.noise_density}"
+                f"{where}.mixture applies with objective.name=mixture only (the name is "
+                f"{self.name!r}); set objective.name=mixture or leave objective.mixture out"
             )
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(
+                f"{where}.mlm_probability must be in (0, 1], got {self.mlm_probability}"
+            )
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{where}.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_replace_prob + self.random_replace_prob > 1.0:
+            raise ConfigError(
+                f"{where}.mask_replace_prob + {where}.random_replace_prob must be <= 1 (shares "
+                f"of the selected tokens), got {self.mask_replace_prob} + "
+                f"{self.random_replace_prob}"
+            )
+        if not 0.0 < self.prefix_noise_density <= 0.5:
+            raise ConfigError(
+                f"{where}.prefix_noise_density must be in (0, 0.5], got {self.prefix_noise_density}"
+            )
+        if not 0.0 < self.noise_density < 1.0:
+            raise ConfigError(f"{where}.noise_density must be in (0, 1), got {self.noise_density}")
         if self.mean_noise_span_length < 1:
             raise ConfigError(
-                f"objective.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}"
+                f"{where}.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}"
             )
         if self.mlm_max_predictions is not None:
             if self.mlm_max_predictions < 1:
                 raise ConfigError(
-                    f"objective.mlm_max_predictions must be >= 1, got {self.mlm_max_predictions}"
+                    f"{where}.mlm_max_predictions must be >= 1, got {self.mlm_max_predictions}"
                 )
             if not self.exact_count:
                 raise ConfigError(
-                    "objective.mlm_max_predictions caps BERT's exact count: set "
-                    "objective.exact_count=true too"
+                    f"{where}.mlm_max_predictions caps BERT's exact count: set "
+                    f"{where}.exact_count=true too"
                 )
         if not self.plm_partial_k > 1:
-            raise ConfigError(f"objective.plm_partial_k must be > 1, got {self.plm_partial_k}")
+            raise ConfigError(f"{where}.plm_partial_k must be > 1, got {self.plm_partial_k}")
         if self.plm_max_span < 1:
-            raise ConfigError(f"objective.plm_max_span must be >= 1, got {self.plm_max_span}")
+            raise ConfigError(f"{where}.plm_max_span must be >= 1, got {self.plm_max_span}")
         from pretrain.objectives.ul2_denoisers import resolve_preset
 
         ratios = [
@@ -398,15 +426,15 @@ class ObjectiveConfig:
         for name in ratios:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"objective.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"{where}.{name} must be in [0, 1], got {value}")
         if self.bart_poisson_lambda <= 0:
             raise ConfigError(
-                f"objective.bart_poisson_lambda must be > 0, got {self.bart_poisson_lambda}"
+                f"{where}.bart_poisson_lambda must be > 0, got {self.bart_poisson_lambda}"
             )
         density = self.ul2_prefix_noise_density
         if density is not None and not 0.0 < density <= 0.5:
             raise ConfigError(
-                f"objective.ul2_prefix_noise_density must be in (0, 0.5], got {density}"
+                f"{where}.ul2_prefix_noise_density must be in (0, 0.5], got {density}"
             )
         try:
             resolve_preset(self.ul2_preset, self.ul2_rates, density)
@@ -585,13 +613,14 @@ class ExperimentConfig:
         """Checks that need several keys; raises :class:`ConfigError` naming them."""
         from pretrain.objectives import check_pairing
 
+        mixed = self.objective.name == "mixture"
         for i, (objective, _) in enumerate(self.objective.components()):
-            where = "" if self.objective.name != "mixture" else f"objective.mixture[{i}]: "
+            key = f"objective.mixture[{i}]" if mixed else "objective"
             try:
                 check_pairing(objective.name, self.model.family)
             except ValueError as e:
-                raise ConfigError(where + str(e)) from None
-            objective.validate()
+                raise ConfigError(f"{key}: {e}" if mixed else str(e)) from None
+            objective.validate(key)
             self._validate_denoiser_shapes(objective)
         if not self.data.train:
             raise ConfigError("data.train: give at least one shard directory")

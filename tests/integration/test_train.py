@@ -647,9 +647,16 @@ def test_config_errors_name_the_key(shards_dir, tokenizer_dir, tmp_path, capsys)
         ("--objective.noise_density=1", "objective.noise_density must be in (0, 1)"),
         ("--objective.mean_noise_span_length=0.5", "mean_noise_span_length must be >= 1"),
         ("--objective.mlm_max_predictions=20", "set objective.exact_count=true too"),
+        ("--objective.mlm_probability=0", "objective.mlm_probability must be in (0, 1]"),
+        ("--objective.random_replace_prob=-0.1", "objective.random_replace_prob must be in"),
+        ("--objective.mask_replace_prob=0.95", "mask_replace_prob + objective.random_replace"),
+        ("--objective.prefix_noise_density=1.5", "prefix_noise_density must be in (0, 0.5]"),
+        ("--objective.mixture=[{name: clm}]", "applies with objective.name=mixture only"),
+        ("--train.max_steps=[1", "override '--train.max_steps=[1': the value is not valid YAML"),
     ]:
         assert main(["train", *args, bad]) == EXIT_BAD_INPUT, bad
         assert message in capsys.readouterr().err, bad
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_fresh_run_into_a_directory_with_checkpoints_is_refused(

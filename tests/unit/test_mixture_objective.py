@@ -149,6 +149,10 @@ def _experiment(family: str, mixture, **objective) -> ExperimentConfig:
          r"objective.mixture\[0\].noise_densty"),
         ("decoder", "[{name: mixture}]", r"objective.mixture\[0\]: a mixture cannot contain"),
         ("decoder", "[]", r"objective.mixture: give a list"),
+        ("encoder_decoder", "[{name: span, noise_density: 2}, {name: bart}]",
+         r"objective.mixture\[0\].noise_density must be in \(0, 1\), got 2"),
+        ("encoder", "[{name: mlm}, {name: mlm, mlm_probability: 0}]",
+         r"objective.mixture\[1\].mlm_probability must be in \(0, 1\]"),
     ],
 )  # fmt: skip
 def test_bad_mixtures_are_refused_naming_the_component(family, mixture, message):
@@ -195,3 +199,18 @@ def test_a_part_without_positions_gets_zero_to_t_beside_one_with_them():
     for b, task in enumerate(batch.task_ids.tolist()):
         want = within[b] if task == 0 else torch.arange(32)
         assert torch.equal(batch.position_ids[b], want), (b, task)
+
+
+def test_components_of_one_name_are_told_apart_in_the_losses(tokenizer):
+    """Two MLM components at other rates: each gets its own task, else one's losses would
+    overwrite the other's in the per-objective metrics."""
+    cfg = ObjectiveConfig(
+        name="mixture",
+        mixture=[
+            {"name": "mlm", "weight": 1.0},
+            {"name": "mlm", "mlm_probability": 0.4, "weight": 1.0},
+            {"name": "span", "weight": 1.0},
+        ],
+    )
+    mix = build_objective(cfg, tokenizer, 64, family="encoder_decoder")
+    assert mix.task_names == ("mlm#0", "mlm#1", "span")

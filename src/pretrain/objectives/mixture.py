@@ -37,6 +37,14 @@ def window_length(objective, seq_len: int) -> int:
     return seq_len + 1 if window is None else window(seq_len)
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Component names that tell components apart: a name used more than once gets the
+    component's place in the mixture (``mlm#0``, ``mlm#1``), so losses logged per component
+    are not summed into, or overwritten by, another's."""
+    repeated = {n for n in names if names.count(n) > 1}
+    return [f"{n}#{i}" if n in repeated else n for i, n in enumerate(names)]
+
+
 class ObjectiveMixture:
     """Components ``(name, objective, weight)`` drawn per example or per batch."""
 
@@ -61,7 +69,7 @@ class ObjectiveMixture:
         weights = [float(w) for _, _, w in components]
         if any(w <= 0 for w in weights):
             raise ValueError(f"objective.mixture: weights must be > 0, got {weights}")
-        self.component_names = [n for n, _, _ in components]
+        self.component_names = unique_names([n for n, _, _ in components])
         self.objectives = [o for _, o, _ in components]
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         self.seq_len, self.pad_id, self.granularity = seq_len, pad_id, granularity

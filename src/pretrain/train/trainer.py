@@ -113,7 +113,7 @@ class Trainer:
             keep_freed_memory_mapped()  # no page faults on each step's fresh temporaries
         refuse_flex_off_cuda(cfg.model.attention_backend, self.device)
         self.dist: DistEnv = start_distributed(cfg, self.device)
-        self._lock = self._lock_run_dir()
+        self._lock: Path | None = None
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         if cfg.train.compile:  # before the model is built: a wrong setting fails at once
             refuse_cuda_graphs_with_accumulation(
@@ -186,6 +186,7 @@ class Trainer:
         self._last_saved_step: int | None = None
         self._signals = StopOnSignal()  # its handlers are set while fit() runs
         self._deadline: float | None = None  # perf_counter() at train.max_minutes
+        self._lock = self._lock_run_dir()  # nothing read from or written to it before
         if resume:
             self._restore()
         self._prepare_run_dir(resume)
