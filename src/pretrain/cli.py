@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--attention",
+        choices=["auto", "causal", "prefix"],
+        default="auto",
+        help="how the prompt attends to itself; auto: as the run trained (bidirectional for "
+        "a prefix LM or UL2 decoder without causal LM)",
+    )
+    gen.add_argument(
+        "--ul2-mode",
+        choices=["R", "S", "X"],
+        help="UL2-trained decoders: the mode token before the prompt (default S; EOS follows)",
+    )
     gen.add_argument("--json", action="store_true")
 
     exp = commands.add_parser("export", help="export a run to Hugging Face format")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from rich.table import Table
 
 from pretrain.console import console, read_report_table, stats_table
 from pretrain.train.metrics import read_metrics
+
+log = logging.getLogger(__name__)
 
 
 def _print_json(obj: object) -> None:
@@ -176,17 +179,18 @@ def generate_text(args: argparse.Namespace) -> int:
     import torch
 
     from pretrain.generate import generate
+    from pretrain.prompting import prompt_ids, prompt_plan
     from pretrain.runs import load_run
 
     run = load_run(args.run, args.checkpoint)
     if run.config.model.family != "decoder":
         raise ValueError(
-            f"{args.run}: generate needs a decoder; this run trained model.family "
+            f"{args.run}: generate needs a decoder-only model; this run trained model.family "
             f"{run.config.model.family!r}"
         )
-    prompt = run.tokenizer.encode(args.prompt)
-    if not prompt:
-        prompt = [run.tokenizer.special.eos]  # an empty prompt starts a new document
+    plan = prompt_plan(run.config, args.attention, args.ul2_mode)
+    log.info("prompt: %s", plan.describe())
+    prompt = prompt_ids(args.prompt, run.tokenizer, plan)
     generator = torch.Generator().manual_seed(args.seed)
     ids = generate(
         run.model,
@@ -197,6 +201,7 @@ def generate_text(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         eos_id=run.tokenizer.special.eos,
         generator=generator,
+        prefix=plan.prefix,
     )
     new = ids[len(prompt) :].tolist()
     if run.tokenizer.special.eos in new:

@@ -13,6 +13,7 @@ import torch
 
 from pretrain.models.common.attention import KVCache
 from pretrain.models.decoder.model import DecoderLM
+from pretrain.objectives.base import AttentionSpec
 
 __all__ = ["KVCache", "generate", "sample_next"]
 
@@ -68,6 +69,7 @@ def generate(
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    prefix: bool = False,
 ) -> torch.Tensor:
     """Continue each prompt by up to ``max_new_tokens`` tokens.
 
@@ -81,6 +83,8 @@ def generate(
         eos_id: stop a row at this token; generation ends when every row has stopped, and
             stopped rows are padded with ``eos_id``.
         generator: a seeded ``torch.Generator`` (on the model's device) for reproducibility.
+        prefix: the prompt is a prefix-LM prefix: its tokens attend to each other
+            bidirectionally (the new tokens attend causally to everything before them).
 
     Returns:
         Prompt followed by the new tokens: (B, T0 + n) with ``n <= max_new_tokens``, or
@@ -120,7 +124,15 @@ def generate(
         # cache grows; one token at a time is a small graph anyway, so sampling runs eager.
         with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
             out = _decode(
-                model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+                model,
+                input_ids,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                eos_id,
+                generator,
+                prefix,
             )
     finally:
         model.train(was_training)
@@ -136,12 +148,17 @@ def _decode(
     top_p: float | None,
     eos_id: int | None,
     generator: torch.Generator | None,
+    prefix: bool = False,
 ) -> torch.Tensor:
     B, T0 = input_ids.shape
     if max_new_tokens == 0:
         return input_ids
     cache = model.new_kv_cache(B, T0 + max_new_tokens - 1)  # the last token is not fed
-    hidden = model.forward_tokens(input_ids, kv_cache=cache)  # (B, T0, d): fills the cache
+    spec = None
+    if prefix:
+        lengths = torch.full((B,), T0, dtype=torch.long, device=input_ids.device)
+        spec = AttentionSpec(kind="prefix", prefix_lengths=lengths)
+    hidden = model.forward_tokens(input_ids, attention=spec, kv_cache=cache)  # fills the cache
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     new_tokens = []
     for step in range(max_new_tokens):

@@ -157,3 +157,31 @@ def test_sample_next_support() -> None:
     with pytest.raises(ValueError, match="top_k"):
         sample_next(logits, top_k=-1)
     assert set(sample_next(logits, top_k=0, generator=g).tolist()) == {0, 1, 2, 3}  # 0: off
+
+
+def test_a_prefix_prompt_decodes_as_a_prefix_lm_computes_the_whole_sequence(model: DecoderLM):
+    """With ``prefix=True`` each step's logits are those of one full forward of the sequence
+    so far with the prompt bidirectional (AttentionSpec prefix = prompt length): what a prefix
+    LM computes in training. Attended causally, the prompt gives other logits."""
+    import pretrain.generate as generate_mod
+    from pretrain.objectives.base import AttentionSpec
+
+    x = prompt(length=6)
+    seen = []
+    real = generate_mod.sample_next
+
+    def recording(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real(logits, *args, **kwargs)
+
+    with mock.patch.object(generate_mod, "sample_next", recording):
+        out = generate(model, x, max_new_tokens=10, temperature=0, prefix=True)
+    lengths = torch.full((2,), 6)
+    with torch.no_grad():
+        for step, logits in enumerate(seen):
+            seq = out[:, : 6 + step]
+            spec = AttentionSpec(kind="prefix", prefix_lengths=lengths)
+            full = model.logits(model.forward_tokens(seq, attention=spec))[:, -1]
+            torch.testing.assert_close(logits, full, rtol=0, atol=1e-4)
+            causal = model.logits(model.forward_tokens(seq))[:, -1]
+            assert (logits - causal).abs().max() > 1e-3

@@ -129,8 +129,9 @@ class DecoderLM(nn.Module):
                 after the ``offset`` positions already in ``kv_cache``.
             attention: who attends to whom; None means causal.
             kv_cache: decoding cache; this call's keys/values are appended and the queries
-                attend causally over everything cached. Only causal attention without
-                document ids is supported with a cache.
+                attend causally over everything cached. With a cache, attention is causal
+                without document ids, or, for the first call (an empty cache), a ``prefix``
+                spec: a prefix LM's prompt, bidirectional over itself.
         """
         B, T = input_ids.shape
         offset = 0 if kv_cache is None else kv_cache.length
@@ -141,9 +142,14 @@ class DecoderLM(nn.Module):
             else:
                 mask = attention_mask(spec, T, input_ids.device)
                 is_causal = mask is None and spec.kind == "causal"
+        elif spec.kind == "prefix" and offset == 0 and spec.document_ids is None:
+            mask, is_causal = attention_mask(spec, T, input_ids.device), False  # (B, 1, T, T)
         else:
             if spec.kind != "causal" or spec.document_ids is not None:
-                raise ValueError("a KV cache supports only causal attention without document_ids")
+                raise ValueError(
+                    "a KV cache supports causal attention without document_ids (or a prefix "
+                    "spec on an empty cache)"
+                )
             # One new token sees every cached key; several need the bottom-right triangle.
             is_causal = offset == 0 and T > 1
             mask = cached_causal_mask(T, offset, input_ids.device) if offset and T > 1 else None
