@@ -304,6 +304,20 @@ def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     ]
 
 
+def test_resume_with_other_data_settings_is_refused_naming_the_changed_keys(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    """A changed seed (or objective, seq_len, shards) would not continue the sample sequence."""
+    run = tmp_path / "run"
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
+    assert main(["train", *args, "--train.seed=7", "--resume"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "data position does not fit the configured data (changed since the run " in err
+    assert "train.seed: 0 -> 7)" in err and "Cause: loader state was saved for other" in err
+    assert list_steps(run / "checkpoints") == [4]  # nothing written
+
+
 def test_resume_takes_optimizer_settings_from_the_config(shards_dir, tokenizer_dir, tmp_path):
     """As the learning rate does: the weight decay, betas and eps given when resuming are the
     ones trained with, and the ones the run's config.yaml records."""

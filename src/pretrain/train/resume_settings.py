@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _CONFIGURED = ("weight_decay", "betas", "eps")
 # Settings that decide which weights a model has and their shapes.
 _ARCHITECTURE_PREFIXES = ("model.", "data.tokenizer")
+# Settings that decide the loader's sample sequence (its windows' length follows the
+# objective: span corruption reads longer raw windows than it feeds the model).
+DATA_PREFIXES = ("data.train", "data.weights", "train.seq_len", "train.seed", "objective.")
 
 
 @contextmanager
@@ -52,9 +55,11 @@ def architecture_changes(
     cfg: Any,
     saved_model: Path | None = None,
     model: dict[str, Any] | None = None,
+    prefixes: tuple[str, ...] = _ARCHITECTURE_PREFIXES,
 ) -> list[str]:
-    """``key: saved -> now`` for the model and tokenizer settings that differ between the run's
-    saved ``config.yaml`` and ``cfg`` (empty when the file is missing or unreadable).
+    """``key: saved -> now`` for the settings under ``prefixes`` (default: the model and the
+    tokenizer) that differ between the run's saved ``config.yaml`` and ``cfg`` (empty when the
+    file is missing or unreadable).
 
     With ``saved_model`` (the run's resolved architecture, JSON) and ``model`` (the one built
     now), the architecture is compared field by field, so a size's default shows as its value
@@ -79,7 +84,7 @@ def architecture_changes(
     return [
         f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(before.keys() | now.keys())
-        if key.startswith(_ARCHITECTURE_PREFIXES) and before.get(key) != now.get(key)
+        if key.startswith(prefixes) and before.get(key) != now.get(key)
     ]
 
 
@@ -118,3 +123,15 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def data_mismatch_error(run_dir: Path, cfg: Any, error: ValueError) -> TrainingError:
+    """The error for a loader state that does not fit the configured data: the settings that
+    decide the sample sequence and changed since the run's ``config.yaml``, and the cause."""
+    changes = architecture_changes(run_dir / "config.yaml", cfg, prefixes=DATA_PREFIXES)
+    what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
+    return TrainingError(
+        f"{run_dir / 'checkpoints'}: the latest checkpoint's data position does not fit the "
+        f"configured data{what}. Resume with the data, objective, seq_len and seed the run "
+        f"was started with. Cause: {error}"
+    )

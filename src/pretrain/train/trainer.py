@@ -77,7 +77,11 @@ from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
-from pretrain.train.resume_settings import configured_hyperparameters, model_mismatch_error
+from pretrain.train.resume_settings import (
+    configured_hyperparameters,
+    data_mismatch_error,
+    model_mismatch_error,
+)
 from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_state
 from pretrain.train.rollback import rollback_record, write_rollback_record
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
@@ -237,7 +241,10 @@ class Trainer:
             self.dist.world_size,
         )
         self._last_saved_step = int(ckpt.step)
-        self.loader.load_state_dict(ckpt.state["loader"])
+        try:
+            self.loader.load_state_dict(ckpt.state["loader"])
+        except ValueError as e:
+            raise data_mismatch_error(self.run_dir, self.cfg.with_absolute_paths(), e) from e
         self.state = TrainState.from_dict(ckpt.state["trainer"])
         if self.spikes is not None and ckpt.state.get("spikes"):
             try:
