@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -213,7 +214,7 @@ def test_fsdp_with_blocks_compiled_follows_one_eager_process(
 
 
 def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
-    single_run, shards_dir, tokenizer_dir, tmp_path
+    single_run, shards_dir, tokenizer_dir, tmp_path, caplog
 ):
     run = tmp_path / "fsdp"
     args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="fsdp")
@@ -252,9 +253,13 @@ def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
     cfg = load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, resumed))
     torch.set_num_threads(1)
     try:
-        Trainer(cfg, resume=True).fit()
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+            warnings.simplefilter("always")
+            Trainer(cfg, resume=True).fit()
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
+    assert "the checkpoint was saved on 2 rank(s), this run has 1" in caplog.text
+    assert not [w for w in caught if "torch.distributed is disabled" in str(w.message)]
     records = [r for r in read_metrics(resumed) if r["split"] == "train"]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     got = [r["loss"] for r in records[5:]]

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,7 +323,11 @@ def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Opt
     model_state, optim_state = get_state_dict(module, optimizer)
     target = {"model": model_state, "optim": optim_state}
     no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dcp.load(target, checkpoint_id=path, no_dist=no_dist)  # no_dist: one plain process
+    with warnings.catch_warnings():
+        # no_dist is asked for: DCP's "assuming the intent is to load in a single process"
+        # only says so again, on every resume of a sharded checkpoint in one process.
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(target, checkpoint_id=path, no_dist=no_dist)  # no_dist: one plain process
     set_state_dict(
         module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"]
     )

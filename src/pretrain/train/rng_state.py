@@ -4,16 +4,20 @@ The objective draws its noise (masks, spans, orders) from its own generator, one
 rank 0 seeded with ``train.seed`` draws what a single process draws, the others draw their
 own. A checkpoint keeps every rank's generator state, so a run resumed on the same number of
 ranks continues each stream exactly; on another number the data continues exactly (the
-loader's state) and the objective's noise is drawn anew from a seed of the step.
+loader's state) but the objective's noise does not (one process goes on with rank 0's stream,
+several draw anew from a seed of the step), and a warning says so.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from pretrain.distributed import comm
+
+log = logging.getLogger(__name__)
 
 
 def objective_seed(seed: int, rank: int, step: int) -> int:
@@ -46,12 +50,23 @@ def restore_rng_state(
 ) -> None:
     """Set the generators from a checkpoint's ``rng`` (saved by :func:`rng_state`)."""
     per_rank = rng.get("objective_ranks")
-    if per_rank is not None and len(per_rank) == world_size:
-        objective_generator.set_state(per_rank[rank])
-    elif world_size == 1:
-        objective_generator.set_state(rng["objective"])
-    else:  # another number of ranks: data continues exactly, objective noise is redrawn
-        objective_generator.manual_seed(objective_seed(seed, rank, step))
+    saved_on = len(per_rank) if per_rank is not None else 1
+    if saved_on == world_size:
+        objective_generator.set_state(per_rank[rank] if per_rank else rng["objective"])
+    else:  # the data continues exactly; the objective's noise does not
+        if rank == 0:
+            log.warning(
+                "the checkpoint was saved on %d rank(s), this run has %d: the data continues "
+                "exactly, but the objective's random draws (masks, spans, orders, if it makes "
+                "any) do not, so the losses differ from a run that kept %d",
+                saved_on,
+                world_size,
+                saved_on,
+            )
+        if world_size == 1:  # rank 0's stream goes on, now drawing for every window
+            objective_generator.set_state(rng["objective"])
+        else:
+            objective_generator.manual_seed(objective_seed(seed, rank, step))
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
