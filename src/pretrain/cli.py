@@ -51,7 +51,11 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pretrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pretrain",
+        description="From raw text to a pretrained language model: data, tokenizer, "
+        "training, evaluation, generation, export and scaling laws.",
+    )
     parser.add_argument("--version", action="version", version=f"pretrain {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -514,8 +514,12 @@ class TrainConfig:
 class EvalConfig:
     every_steps: int = 200
     max_batches: int | None = 50
-    """None evaluates the whole val split."""
+    """Val batches (of ``batch_size`` windows, over all ranks) each evaluation scores; None
+    evaluates the whole val split."""
     batch_size: int | None = None
+    """Windows a val batch holds; None: ``train.micro_batch_size``. Set it to keep the
+    evaluated tokens, and so the val losses and ``best``, the same when the micro-batch
+    changes (another number of ranks, a resume with other memory)."""
 
 
 @dataclasses.dataclass

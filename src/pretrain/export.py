@@ -70,7 +70,9 @@ def export_hf(
         ValueError: ``out`` holds files and ``overwrite`` is False.
     """
     out = Path(out).resolve()  # "." and "dir/" name a directory with a parent
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise ValueError(f"{out} is a file, not a directory; pass --overwrite to replace it")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
     try:
         import transformers  # noqa: F401

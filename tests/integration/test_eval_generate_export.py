@@ -190,6 +190,10 @@ def test_export_into_a_non_empty_directory_needs_overwrite_and_then_replaces_it(
     assert not (out / "vocab.txt").exists()  # nothing of the earlier export is left
     assert transformers.AutoConfig.from_pretrained(out, local_files_only=True).model_type == "llama"
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temporary directory left
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory\n")
+    assert main(["export", "--run", str(llama_run), "--out", str(a_file)]) == EXIT_BAD_INPUT
+    assert "a_file is a file, not a directory; pass --overwrite" in capsys.readouterr().err
 
 
 def test_export_refuses_options_without_an_hf_equivalent(

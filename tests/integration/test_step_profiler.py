@@ -41,6 +41,17 @@ def test_a_range_past_the_end_is_written_when_the_run_ends(shards_dir, tokenizer
     assert {e["name"] for e in events if e.get("name", "").startswith("step ")} == {"step 3"}
 
 
+def test_a_range_after_the_end_says_nothing_is_profiled(
+    shards_dir, tokenizer_dir, tmp_path, caplog
+):
+    run = tmp_path / "run"
+    cfg = _config(shards_dir, tokenizer_dir, run, train__max_steps=2, log__profile_steps="[5,9]")
+    with caplog.at_level("WARNING", logger="pretrain.train.trainer"):
+        Trainer(cfg).fit()
+    assert "log.profile_steps=[5, 9] starts after train.max_steps=2: nothing" in caplog.text
+    assert not (run / "profile").exists()
+
+
 @pytest.mark.parametrize("steps", ["[0,2]", "[5,4]"])
 def test_a_bad_range_is_refused_naming_the_key(shards_dir, tokenizer_dir, tmp_path, steps):
     with pytest.raises(ConfigError, match=r"log.profile_steps must be \[FIRST, LAST\]"):

@@ -69,7 +69,8 @@ class PackedWindows:
         if self.num_windows == 0:
             raise ShardError(
                 f"{where}: {self.num_tokens} tokens, too few for one window of "
-                f"seq_len + 1 = {seq_len + 1}"
+                f"{seq_len + 1} tokens (the objective reads {seq_len} + 1 a window: for span "
+                "corruption more than train.seq_len, as the noise it removes shortens it)"
             )
 
     def read(self, window: int, tokens_out: np.ndarray, docs_out: np.ndarray) -> None:

@@ -339,6 +339,13 @@ class Trainer:
         profiler = StepProfiler(
             cfg.log.profile_steps, self.run_dir / "profile", self.dist.rank, self.device
         )
+        profiled = cfg.log.profile_steps
+        if profiled and self.dist.is_main and profiled[0] > cfg.train.max_steps:
+            log.warning(
+                "log.profile_steps=%s starts after train.max_steps=%d: nothing is profiled",
+                list(profiled),
+                cfg.train.max_steps,
+            )
         with progress, self._signals, collector:
             progress.start(self.state.step)
             unread: QueuedStep | None = None  # queued on the device, its values not yet read
