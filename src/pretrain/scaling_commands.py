@@ -4,7 +4,7 @@ fit and a ladder of small runs (arguments, tables and JSON only; the work is in 
 pretrain scaling flops --config X.yaml [--set KEY=VALUE ...] [--gpu H100 --tokens-per-second T]
 pretrain scaling flops --params N --tokens D [--json]
 pretrain scaling plan --compute C | --params N | --tokens D [--gpu H100 --mfu 0.4] [--json]
-pretrain scaling fit RESULTS.csv [--bootstrap B] [--plots DIR] [--json]
+pretrain scaling fit RESULTS.csv [--bootstrap B] [--plots DIR] [--strict] [--json]
 pretrain scaling ladder --config BASE.yaml --sizes S1 S2 (--tokens-per-param R,.. | --isoflop C,..)
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shlex
 from pathlib import Path
@@ -21,9 +22,16 @@ from rich.table import Table
 
 from pretrain.console import console
 
+log = logging.getLogger(__name__)
+
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.replace(",", " ").split()]
+    try:
+        return [float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas (e.g. 10,20), got {text!r}"
+        ) from None
 
 
 def _key_value(text: str) -> str:
@@ -100,6 +108,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--plots", help="directory for loss_vs_flops.png and isoflop.png")
+    ft.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first row that is not a point (default: skip it and say so)",
+    )
     ft.add_argument("--json", action="store_true")
 
     ld = sub.add_parser("ladder", help="run a sweep of small runs; final val losses to a CSV")
@@ -127,10 +140,45 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     ld.add_argument("--json", action="store_true")
 
 
+def _refuse_unless_positive(args: argparse.Namespace, *flags: str) -> None:
+    """Refuse, naming the flag, a value given that is not a positive finite number (for an
+    integer flag: less than 1), before any work: 0, a negative, inf or nan would end in a
+    division by zero, a math domain error or an overflow deep in the arithmetic, or in a
+    negative count printed as if it were one."""
+    for flag in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        for v in value if isinstance(value, list) else [value]:
+            if v is None:
+                continue
+            if isinstance(v, int):
+                if v < 1:
+                    raise ValueError(f"{flag} must be at least 1, got {v}")
+            elif not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{flag} must be a positive finite number, got {v:g}")
+
+
+def _refuse_negative(args: argparse.Namespace, *flags: str) -> None:
+    """Refuse, naming the flag, a negative value of an integer flag for which 0 means none."""
+    for flag in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 0:
+            raise ValueError(f"{flag} must be 0 or more, got {value}")
+
+
 def _peak(args: argparse.Namespace) -> float:
+    """Peak FLOP/s per GPU: ``--peak-flops``, else ``--gpu`` (a name or a number)."""
     from pretrain.scaling.flops import gpu_peak_flops
 
-    return args.peak_flops if args.peak_flops else gpu_peak_flops(args.gpu)
+    _refuse_unless_positive(args, "--peak-flops")
+    if args.peak_flops is not None:
+        return args.peak_flops
+    peak = gpu_peak_flops(args.gpu)
+    if not (math.isfinite(peak) and peak > 0):
+        raise ValueError(
+            f"--gpu must name a GPU (A100, H100, ...) or give its peak FLOP/s as a positive "
+            f"finite number (e.g. 989e12), got {args.gpu}"
+        )
+    return peak
 
 
 def _print_json(obj: Any) -> None:
@@ -147,19 +195,32 @@ def _table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 
 def _objective_count(cfg: Any, attention: str, uniform_per_token: float, tokens: float):
-    """The trainer's own count per input token (:mod:`pretrain.scaling.batch_flops`), where it
-    differs from ``6N + 12LHQT``: masked LM, encoder-decoder and XLNet objectives run part of
-    their tokens through part of the weights. Needs the tokenizer (``data.tokenizer``)."""
+    """How ``flops`` is counted, as ``--attention`` says, and the trainer's own count per input
+    token (:mod:`pretrain.scaling.batch_flops`) where it differs from ``6N + 12LHQT``: masked
+    LM, encoder-decoder and XLNet objectives run part of their tokens through part of the
+    weights. That count needs the tokenizer (``data.tokenizer``), and is the ``palm`` one."""
     from pretrain.scaling.batch_flops import objective_flops_per_token
+    from pretrain.scaling.flops import formula
     from pretrain.tokenizer import Tokenizer
 
+    counted = f"{formula(attention)} per token, N = matmul"
     if cfg.model.family == "decoder" and cfg.objective.name == "clm":
-        return {"flops_counted_as": "6N + 12LHQT per token (causal LM; the trainer's count)"}
-    tokenizer_dir = cfg.data.tokenizer
-    if attention != "palm" or not tokenizer_dir or not Path(tokenizer_dir).is_dir():
+        if attention == "palm":
+            return {"flops_counted_as": f"{counted} (causal LM; the trainer's count)"}
         return {
-            "flops_counted_as": "6N + 12LHQT per token, as if every token passed every weight; "
-            "give data.tokenizer for this objective's own count (what the trainer's MFU uses)"
+            "flops_counted_as": f"{counted} (causal LM; the trainer counts 6N + 12LHQT, "
+            "--attention palm)"
+        }
+    tokenizer_dir = cfg.data.tokenizer
+    if attention != "palm":
+        return {
+            "flops_counted_as": f"{counted}, as if every token passed every weight; the trainer "
+            f"counts {cfg.objective.name} batches' own FLOPs (--attention palm, data.tokenizer)"
+        }
+    if not tokenizer_dir or not Path(tokenizer_dir).is_dir():
+        return {
+            "flops_counted_as": f"{counted}, as if every token passed every weight; give "
+            "data.tokenizer for this objective's own count (what the trainer's MFU uses)"
         }
     per_token = objective_flops_per_token(cfg, Tokenizer.load(tokenizer_dir))
     return {
@@ -172,8 +233,13 @@ def _objective_count(cfg: Any, attention: str, uniform_per_token: float, tokens:
 
 
 def scaling_flops(args: argparse.Namespace) -> int:
+    """``flops`` is the count ``flops_counted_as`` names; ``flops_6nd`` is Chinchilla's ``C =
+    6 N D`` with N = ``params`` (every parameter, as plan, ladder and fit count it), and
+    ``flops_per_token_6n`` its per-token ``6 N``."""
     from pretrain.scaling.flops import PF_DAY, mfu, training_flops
 
+    _refuse_unless_positive(args, "--params", "--tokens", "--vocab-size", "--tokens-per-second")
+    peak = _peak(args) if args.tokens_per_second else None
     out: dict[str, Any] = {}
     if args.params is not None and (args.config is not None or args.set):
         raise ValueError("give the model either as --params or as --config/--set, not both")
@@ -183,6 +249,7 @@ def scaling_flops(args: argparse.Namespace) -> int:
         n, d = args.params, args.tokens
         out.update(params=n, tokens=d, flops=training_flops(n, d))
         out["flops_per_token"] = training_flops(n, 1)
+        out["flops_counted_as"] = "6N per token, N = --params (C = 6ND; no attention term)"
     else:
         from pretrain.config import ExperimentConfig, load_config
         from pretrain.scaling.counts import count_config
@@ -202,14 +269,15 @@ def scaling_flops(args: argparse.Namespace) -> int:
             flops_per_step=counts.flops_per_token * cfg.train.tokens_per_batch,
             flops=counts.flops_per_token * tokens,
             flops_6nd=training_flops(counts.total, tokens),
+            flops_per_token_6n=training_flops(counts.total, 1),
             flops_6nd_non_embedding=training_flops(counts.non_embedding, tokens),
+            flops_6nd_counted_as="flops_per_token_6n x tokens, 6N with N = params (every "
+            "parameter: Chinchilla's C, as plan, ladder and fit count it); "
+            "flops_6nd_non_embedding: N = non_embedding (Kaplan's)",
         )
-        if args.attention != "none":
-            out["flops_per_token_6n"] = training_flops(counts.matmul, 1)  # no attention term
         out.update(_objective_count(cfg, args.attention, counts.flops_per_token, tokens))
     out["pf_days"] = out["flops"] / PF_DAY
-    if args.tokens_per_second:
-        peak = _peak(args)
+    if peak is not None:
         out.update(peak_flops=peak, tokens_per_second=args.tokens_per_second)
         out["mfu"] = mfu(args.tokens_per_second, out["flops_per_token"], peak)
     if args.json:
@@ -222,10 +290,15 @@ def scaling_flops(args: argparse.Namespace) -> int:
 def scaling_plan(args: argparse.Namespace) -> int:
     from pretrain.scaling.plan import methods_for, plan
 
+    _refuse_unless_positive(args, "--compute", "--params", "--tokens", "--tokens-per-param")
+    _refuse_unless_positive(args, "--num-gpus", "--vocab-size", "--seq-len")
+    if not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu must be in (0, 1], got {args.mfu:g}")
+    peak = _peak(args)
     methods = methods_for(args.compute, args.params, args.tokens, args.tokens_per_param)
     out = plan(
         methods,
-        gpu_peak=_peak(args),
+        gpu_peak=peak,
         mfu=args.mfu,
         num_gpus=args.num_gpus,
         vocab_size=args.vocab_size,
@@ -261,10 +334,26 @@ def scaling_plan(args: argparse.Namespace) -> int:
 
 
 def scaling_fit(args: argparse.Namespace) -> int:
-    from pretrain.scaling.fit import fit_approach2, fit_approach3
+    from pretrain.scaling.fit import MIN_POINTS, fit_approach2, fit_approach3
     from pretrain.scaling.points import read_points
 
-    points = read_points(args.csv).drop_highest_loss(args.drop_highest)
+    _refuse_negative(args, "--bootstrap", "--drop-highest", "--seed")
+    if args.bootstrap == 1:
+        raise ValueError("--bootstrap must be 0 (no intervals) or at least 2, got 1")
+    if not 0 < args.confidence < 1:
+        raise ValueError(f"--confidence must be in (0, 1), e.g. 0.95, got {args.confidence:g}")
+    points = read_points(args.csv, strict=args.strict)
+    skipped = points.skipped_lines()
+    for line in skipped:
+        log.warning("%s: %s", args.csv, line)
+    left = len(points) - args.drop_highest
+    if left < MIN_POINTS:
+        dropped = f", {left} after --drop-highest {args.drop_highest}" if args.drop_highest else ""
+        raise ValueError(
+            f"{args.csv}: {len(points)} usable rows{dropped}; the fit needs at least "
+            f"{MIN_POINTS}" + "".join(f"; {line}" for line in skipped)
+        )
+    points = points.drop_highest_loss(args.drop_highest)
     fit = fit_approach3(
         points.params,
         points.tokens,
@@ -275,6 +364,7 @@ def scaling_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = fit.to_dict()
+    out["rows_skipped"] = points.skipped_report()
     try:
         approach2 = fit_approach2(points.params, points.flops, points.loss)
         out["approach2"] = approach2.to_dict()
@@ -289,7 +379,10 @@ def scaling_fit(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
         return 0
-    table = Table(title=f"Approach 3 fit on {fit.num_points} points")
+    title = f"Approach 3 fit on {fit.num_points} points"
+    if n := len(points.skipped):
+        title += f" ({n} CSV row{'s' if n > 1 else ''} skipped: see the warnings)"
+    table = Table(title=title)
     for col in ("parameter", "estimate", f"{fit.confidence:.0%} interval"):
         table.add_column(col, justify="right")
     for name in ("E", "A", "B", "alpha", "beta"):
@@ -310,6 +403,7 @@ def scaling_ladder(args: argparse.Namespace) -> int:
 
     from pretrain.scaling.ladder import plan_ladder, run_ladder
 
+    _refuse_unless_positive(args, "--tokens-per-param", "--isoflop", "--vocab-size")
     overrides = [f"--{s}" for s in args.set]
     runs = plan_ladder(
         args.config,

@@ -29,6 +29,35 @@ def _json(capsys, argv: list[str]) -> dict:
 def test_flops_json(capsys):
     out = _json(capsys, ["scaling", "flops", "--params", "174.6e9", "--tokens", "300e9", "--json"])
     assert out["flops"] == pytest.approx(3.14e23, rel=1e-3)  # GPT-3 175B, Table D.1
+    assert out["flops_counted_as"] == "6N per token, N = --params (C = 6ND; no attention term)"
+
+
+GPT2_SMALL = ["--set", "model.size=gpt2-small", "--set", "model.style=gpt2",
+              "--set", "train.seq_len=1024", "--vocab-size", "50257"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("attention", "per_token", "label"),
+    [
+        # reference/scaling.md §4.3: nanoGPT's 855,166,464 for its N = 123,653,376, less 6 x
+        # the 121,344 biases and norms no matmul multiplies by (test_flops.py); kaplan halves
+        # the 12 LHQT = 113,246,208 attention term; none drops it
+        ("palm", 854_438_400, "6N + 12LHQT per token, N = matmul (causal LM; the trainer's"),
+        ("kaplan", 854_438_400 - 56_623_104, "6N + 6LHQT per token, N = matmul (causal LM; "
+         "the trainer counts 6N + 12LHQT"),
+        ("none", 6 * 123_532_032, "6N per token, N = matmul (causal LM; the trainer counts"),
+    ],
+)  # fmt: skip
+def test_flops_fields_say_which_count_and_which_n(capsys, attention, per_token, label):
+    out = _json(capsys, ["scaling", "flops", *GPT2_SMALL, "--attention", attention, "--json"])
+    assert out["flops_per_token"] == per_token
+    assert out["flops_counted_as"].startswith(label)
+    assert out["flops"] == pytest.approx(out["flops_per_token"] * out["tokens"], rel=1e-12)
+    # the 6N fields share one N, every parameter (Chinchilla's, as plan, ladder and fit count)
+    assert out["params"] == out["total"] == 124_439_808
+    assert out["flops_per_token_6n"] == 6 * out["params"]
+    assert out["flops_6nd"] == pytest.approx(out["flops_per_token_6n"] * out["tokens"], rel=1e-12)
+    assert out["flops_6nd_counted_as"].startswith("flops_per_token_6n x tokens, 6N with N = params")
 
 
 def test_flops_of_an_mlm_config_is_the_trainers_count_per_input_token(capsys, tokenizer_dir):

@@ -32,6 +32,7 @@ import torch
 from pretrain.scaling.chinchilla import LossLaw
 
 HUBER_DELTA = 1e-3
+MIN_POINTS = 5  # as many as the law has parameters
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 
 
@@ -135,8 +136,10 @@ def fit_approach3(
         torch.log(torch.as_tensor(np.asarray(x, dtype=np.float64)))
         for x in (num_params, num_tokens, loss)
     )
-    if not (len(log_n) == len(log_d) == len(log_l)) or len(log_n) < 5:
-        raise ValueError(f"need at least 5 (N, D, loss) points of equal length, got {len(log_n)}")
+    if not (len(log_n) == len(log_d) == len(log_l)) or len(log_n) < MIN_POINTS:
+        raise ValueError(
+            f"need at least {MIN_POINTS} (N, D, loss) points of equal length, got {len(log_n)}"
+        )
 
     def fn(theta: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return objective(theta, log_n, log_d, log_l, weights, delta)

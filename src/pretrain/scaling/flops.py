@@ -46,6 +46,13 @@ def attention_factor(attention: Attention) -> float:
     return _ATTENTION_FACTOR[attention]
 
 
+def formula(attention: Attention) -> str:
+    """:func:`flops_per_token`'s count as text, ``6N + 12LHQT``, ``6N + 6LHQT`` or ``6N``, from
+    the same factors, so a label cannot drift from the number it labels."""
+    factor = attention_factor(attention)
+    return f"6N + {factor:g}LHQT" if factor else "6N"
+
+
 def flops_per_token(
     num_matmul_params: int,
     n_layers: int,
@@ -114,6 +121,8 @@ def wall_seconds(
     """Seconds to spend ``total_flops`` on ``num_devices`` running at ``mfu`` of their peak."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be at least 1, got {num_devices}")
     return total_flops / (peak_flops_per_second * mfu * num_devices)
 
 

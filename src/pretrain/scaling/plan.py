@@ -30,6 +30,9 @@ from pretrain.scaling.counts import count_config
 from pretrain.scaling.flops import training_flops, wall_seconds
 
 ASPECT_RATIO = 128.0  # d_model / n_layers
+# Above this, the shape's MLP matrix needs more than 2^63 bytes, which torch cannot describe
+# even on the meta device (1e20 builds, 1e21 overflows).
+MAX_SHAPE_PARAMS = 1e20
 
 
 @dataclasses.dataclass
@@ -59,7 +62,15 @@ def suggest_shape(target_params: float, vocab_size: int = 32768, seq_len: int = 
     Non-embedding parameters are about ``12 L d^2`` (4 d^2 attention, 8 d^2 SwiGLU), so each
     depth L gives one width; among the widths within 10% of the target, the one nearest the
     aspect ratio wins.
+
+    Raises:
+        ValueError: for a target above :data:`MAX_SHAPE_PARAMS` (plan without a shape).
     """
+    if target_params > MAX_SHAPE_PARAMS:
+        raise ValueError(
+            f"no model shape for {target_params:.3g} parameters: above {MAX_SHAPE_PARAMS:g} its "
+            "matrices are too large for torch to describe; plan without one (--no-shape)"
+        )
     candidates = []
     for n_layers in range(2, 129):
         embed = vocab_size * 1.0  # tied embedding: vocab * d
@@ -115,9 +126,18 @@ def methods_for(
 
     A model size (or token count) alone gives, per method, the tokens (or size) at which it is
     compute-optimal; two of the three fix the run, the same for every method.
+
+    Raises:
+        ValueError: unless one or two of the three are given, or for a value that is not a
+            positive finite number (0, inf and nan have no optimum; the arithmetic would divide
+            by zero or overflow).
     """
+    named = {"compute": flops, "params": num_params, "tokens": num_tokens}
+    for name, value in {**named, "tokens_per_param": tokens_per_param}.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value:g}")
     ratio = f"tokens_per_param_{tokens_per_param:g}"
-    given = sum(x is not None for x in (flops, num_params, num_tokens))
+    given = sum(x is not None for x in named.values())
     if given == 2:
         _, n, d = complete(flops, num_params, num_tokens)
         return {"chinchilla": (n, d), "epoch": (n, d), ratio: (n, d)}
