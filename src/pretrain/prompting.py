@@ -55,11 +55,11 @@ def prompt_plan(
             )
     elif "ul2" in names and "clm" not in names:
         ul2_mode = "S"
-    if attention == "auto":
-        prefix = "clm" not in names and bool(names & {"prefix_lm", "ul2"})
+    if attention == "auto":  # a UL2 prompt is a prefix, as in training
+        prefix = ul2_mode is not None or ("clm" not in names and bool(names & {"prefix_lm"}))
     else:
         prefix = attention == "prefix"
-    return PromptPlan(prefix or ul2_mode is not None, ul2_mode)
+    return PromptPlan(prefix, ul2_mode)
 
 
 def prompt_ids(text: str, tokenizer: Tokenizer, plan: PromptPlan) -> list[int]:

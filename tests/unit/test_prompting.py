@@ -32,6 +32,8 @@ def test_flags_override_the_plan_and_a_mode_needs_ul2():
     assert prompt_plan(_cfg("--objective.name=prefix_lm"), "causal") == PromptPlan(False)
     assert prompt_plan(_cfg(), "prefix") == PromptPlan(True)
     assert prompt_plan(_cfg("--objective.name=ul2"), ul2_mode="X") == PromptPlan(True, "X")
+    ul2_causal = prompt_plan(_cfg("--objective.name=ul2"), "causal")
+    assert ul2_causal == PromptPlan(False, "S")  # asked for: the mode token, read causally
     with pytest.raises(ValueError, match="--ul2-mode: this run did not train with UL2"):
         prompt_plan(_cfg(), ul2_mode="S")
 

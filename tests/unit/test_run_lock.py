@@ -45,24 +45,21 @@ def test_another_process_is_refused_naming_the_holder_until_it_dies(tmp_path):
     unlock_run_dir(path)
 
 
+def _lock_in_another_process(run_dir) -> subprocess.CompletedProcess:
+    hold_once = HOLD.replace("time.sleep(600)", "")
+    return subprocess.run(
+        [sys.executable, "-c", hold_once, str(run_dir)], capture_output=True, text=True, timeout=60
+    )
+
+
 def test_the_same_process_may_open_it_again_and_unlocks_after_the_last(tmp_path):
     run = tmp_path / "run"
     first = lock_run_dir(run)
     second = lock_run_dir(run)
     assert first == second
     unlock_run_dir(first)
-    holder = subprocess.run(
-        [sys.executable, "-c", HOLD.replace("time.sleep(600)", ""), str(run)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "in use by another training process" in holder.stderr  # still held once
+    other = _lock_in_another_process(run)
+    assert "in use by another training process" in other.stderr  # still held once
     unlock_run_dir(second)
-    holder = subprocess.run(
-        [sys.executable, "-c", HOLD.replace("time.sleep(600)", ""), str(run)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert holder.returncode == 0 and holder.stdout == "held\n", holder.stderr
+    other = _lock_in_another_process(run)
+    assert other.returncode == 0 and other.stdout == "held\n", other.stderr
