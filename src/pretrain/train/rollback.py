@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pretrain.train.errors import TrainingError
 from pretrain.train.state import TrainState
 
 ROLLBACKS_FILE = "rollbacks.jsonl"
@@ -44,3 +45,20 @@ def write_rollback_record(run_dir: Path, record: dict[str, Any], is_main: bool) 
     if is_main:
         with open(run_dir / ROLLBACKS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def rollback_message(record: dict[str, Any], max_rollbacks: int) -> str:
+    return (
+        f"steps {record['spike_steps']} spiked: rolled back from step {record['undone_step']} "
+        f"to the checkpoint of step {record['step']} (rollback {record['rollback']} of at most "
+        f"{max_rollbacks}); the data goes on, so the {record['tokens_skipped']} tokens since "
+        "are not trained on"
+    )
+
+
+def rollback_limit_error(done: int, spikes: list[int], step: int) -> TrainingError:
+    return TrainingError(
+        f"the loss spiked again after {done} rollbacks (train.max_rollbacks), spikes at steps "
+        f"{spikes} up to step {step}; training stopped. Lower optim.lr, raise "
+        "optim.warmup_steps or objective.z_loss, or raise train.spike_sigma"
+    )

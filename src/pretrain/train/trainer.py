@@ -60,7 +60,7 @@ from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
-from pretrain.train.checkpoint import CheckpointError, list_steps
+from pretrain.train.checkpoint import Checkpoint, CheckpointError, list_steps
 from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, training_forward
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
@@ -83,7 +83,12 @@ from pretrain.train.resume_settings import (
     model_mismatch_error,
 )
 from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_state
-from pretrain.train.rollback import rollback_record, write_rollback_record
+from pretrain.train.rollback import (
+    rollback_limit_error,
+    rollback_message,
+    rollback_record,
+    write_rollback_record,
+)
 from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from pretrain.train.run_files import write_run_files, write_sample
 from pretrain.train.run_lock import lock_run_dir, unlock_run_dir
@@ -220,7 +225,9 @@ class Trainer:
             self.run_dir, self.state.step if resume else None, self.cfg.log.tensorboard
         )
 
-    def _restore(self) -> None:
+    def _load_latest_checkpoint(self) -> Checkpoint:
+        """Load the latest good checkpoint's weights, optimizer state, counters and spike
+        window (for a resume and for a rollback); returns it for the rest of its state."""
         try:
             with configured_hyperparameters(self.optimizer):
                 ckpt = load_run_checkpoint(
@@ -231,6 +238,18 @@ class Trainer:
         except RuntimeError as e:  # the weights do not fit: the model settings changed
             cfg = self.cfg.with_absolute_paths()
             raise model_mismatch_error(self.run_dir, cfg, self.model.cfg.to_dict(), e) from e
+        self.state = TrainState.from_dict(ckpt.state["trainer"])
+        if self.spikes is not None and ckpt.state.get("spikes"):
+            try:
+                self.spikes.load_state_dict(ckpt.state["spikes"])
+            except ValueError as e:
+                log.warning("%s; the spike window starts empty", e)
+        self._last_saved_step = int(ckpt.step)
+        return ckpt
+
+    def _restore(self) -> None:
+        """``--resume``: the latest checkpoint, its random generators and data position."""
+        ckpt = self._load_latest_checkpoint()
         restore_rng_state(
             ckpt.optim_state["rng"],
             self.generator,
@@ -240,17 +259,10 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
-        self._last_saved_step = int(ckpt.step)
         try:
             self.loader.load_state_dict(ckpt.state["loader"])
         except ValueError as e:
             raise data_mismatch_error(self.run_dir, self.cfg.with_absolute_paths(), e) from e
-        self.state = TrainState.from_dict(ckpt.state["trainer"])
-        if self.spikes is not None and ckpt.state.get("spikes"):
-            try:
-                self.spikes.load_state_dict(ckpt.state["spikes"])
-            except ValueError as e:
-                log.warning("%s; the spike window starts empty", e)
         log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
 
     def close(self) -> None:
@@ -423,12 +435,7 @@ class Trainer:
         undone_step, undone_tokens = self.state.step, self.state.tokens_seen
         rollbacks = self.state.num_rollbacks + 1
         if rollbacks > self.cfg.train.max_rollbacks:
-            raise TrainingError(
-                f"the loss spiked again after {rollbacks - 1} rollbacks (train.max_rollbacks)"
-                f", {len(self.state.recent_spike_steps)} spikes up to step {undone_step}; "
-                "training stopped. Lower optim.lr, raise optim.warmup_steps or "
-                "objective.z_loss, or raise train.spike_sigma"
-            )
+            raise rollback_limit_error(rollbacks - 1, self.state.recent_spike_steps, undone_step)
         if not list_steps(self.ckpt_dir):
             log.warning(
                 "step %d: %d spikes within %d steps, but no checkpoint to roll back to yet",
@@ -439,28 +446,12 @@ class Trainer:
             self.state.recent_spike_steps.clear()
             return None
         spikes = list(self.state.recent_spike_steps)
-        with configured_hyperparameters(self.optimizer):
-            ckpt = load_run_checkpoint(
-                self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
-            )
-        self.state = TrainState.from_dict(ckpt.state["trainer"])
+        ckpt = self._load_latest_checkpoint()  # the data position and generators go on
         self.state.num_rollbacks = rollbacks
-        if self.spikes is not None and ckpt.state.get("spikes"):
-            self.spikes.load_state_dict(ckpt.state["spikes"])
-        self._last_saved_step = int(ckpt.step)
         self.metrics.drop_after(self.state.step)
         record = rollback_record(ckpt.step, undone_step, undone_tokens, self.state, spikes)
         write_rollback_record(self.run_dir, record, self.dist.is_main)
-        log.warning(
-            "steps %s spiked: rolled back from step %d to the checkpoint of step %d (rollback "
-            "%d of at most %d); the data goes on, so the %d tokens since are not trained on",
-            spikes,
-            undone_step,
-            ckpt.step,
-            rollbacks,
-            self.cfg.train.max_rollbacks,
-            record["tokens_skipped"],
-        )
+        log.warning(rollback_message(record, self.cfg.train.max_rollbacks))
         return None
 
     def _deadline_passed(self) -> bool:
