@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -116,3 +118,32 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     scale = expected.abs().max().item()
     assert scale > 1e-4, f"{msg}: the expected values are negligible ({scale:.1e})"
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=msg or None)
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pretrain.train.run_lock import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_run_dir_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process holding ``run_dir``'s training lock until it is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir), "600"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def lock_run_dir_elsewhere(run_dir: Path) -> subprocess.CompletedProcess:
+    """Take ``run_dir``'s lock in another process, which exits at once."""
+    return subprocess.run(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir), "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

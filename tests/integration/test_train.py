@@ -28,7 +28,7 @@ from pretrain.train import trainer as trainer_mod
 from pretrain.train.checkpoint import LATEST, list_steps, load_checkpoint
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer, TrainingError
-from tests.helpers import crash_then_resume
+from tests.helpers import crash_then_resume, hold_run_dir_lock
 from tests.helpers import losses as _losses
 
 TINY_MODEL = ["--model.size=debug", "--model.d_model=64", "--model.n_layers=2", "--model.n_heads=4"]
@@ -277,20 +277,30 @@ def test_resume_auto_starts_a_new_run_then_continues_it(shards_dir, tokenizer_di
     assert main(["train", *longer]) == EXIT_BAD_INPUT  # without it, an existing run is refused
 
 
+def _four_steps_then_resume_with(shards_dir, tokenizer_dir, run, capsys):
+    """Train ``run`` 4 steps; returns ``resume(*overrides)``: a resume to step 8 that must be
+    refused (exit status 2), giving what it printed on stderr."""
+    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
+    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
+
+    def resume(*overrides: str) -> str:
+        assert main(["train", *args, *overrides, "--resume"]) == EXIT_BAD_INPUT
+        return capsys.readouterr().err
+
+    return resume
+
+
 def test_resume_with_another_model_is_refused_naming_the_changed_keys(
     shards_dir, tokenizer_dir, tmp_path, capsys
 ):
     run = tmp_path / "run"
-    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
-    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
-    assert main(["train", *args, "--model.n_layers=3", "--resume"]) == EXIT_BAD_INPUT
-    err = capsys.readouterr().err
+    resume = _four_steps_then_resume_with(shards_dir, tokenizer_dir, run, capsys)
+    err = resume("--model.n_layers=3")
     assert "does not fit the configured model" in err and "model.n_layers: 2 -> 3" in err
     assert "model.d_model" not in err  # only what changed
     assert "Cause: Missing key(s) in state_dict" in err  # the reason, not the header
     d_ff = json.loads((run / "model_config.json").read_text())["d_ff"]  # from the size
-    assert main(["train", *args, "--model.d_ff=32", "--resume"]) == EXIT_BAD_INPUT
-    err = capsys.readouterr().err
+    err = resume("--model.d_ff=32")
     assert f"model.d_ff: {d_ff} -> 32)" in err  # the value trained with, not the unset key
     assert "Cause: size mismatch for " in err
     assert list_steps(run / "checkpoints") == [4]  # nothing written
@@ -309,10 +319,7 @@ def test_resume_with_other_data_settings_is_refused_naming_the_changed_keys(
 ):
     """A changed seed (or objective, seq_len, shards) would not continue the sample sequence."""
     run = tmp_path / "run"
-    Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=4)).fit()
-    args = _overrides(shards_dir, tokenizer_dir, run, train__max_steps=8)
-    assert main(["train", *args, "--train.seed=7", "--resume"]) == EXIT_BAD_INPUT
-    err = capsys.readouterr().err
+    err = _four_steps_then_resume_with(shards_dir, tokenizer_dir, run, capsys)("--train.seed=7")
     assert "data position does not fit the configured data (changed since the run " in err
     assert "train.seed: 0 -> 7)" in err and "Cause: loader state was saved for other" in err
     assert list_steps(run / "checkpoints") == [4]  # nothing written
@@ -923,12 +930,8 @@ def test_a_run_dir_another_process_trains_in_is_refused(shards_dir, tokenizer_di
     """Say ``--resume`` while the first run still trains: two trainers would interleave their
     checkpoints and rewrite each other's metrics.jsonl."""
     run = tmp_path / "run"
-    hold = "import sys, time; from pathlib import Path; from pretrain.train.run_lock import "
-    hold += "lock_run_dir; lock_run_dir(Path(sys.argv[1])); print('held', flush=True); "
-    hold += "time.sleep(600)"
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE)
+    holder = hold_run_dir_lock(run)
     try:
-        assert holder.stdout.readline() == b"held\n"
         with pytest.raises(TrainingError, match=f"{run} is in use by .*pid {holder.pid} "):
             Trainer(_config(shards_dir, tokenizer_dir, run), resume=False)
     finally:

@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from pretrain.train.errors import TrainingError
 from pretrain.train.run_lock import LOCK_FILE, lock_run_dir, unlock_run_dir
-
-HOLD = """
-import sys, time
-from pathlib import Path
-from pretrain.train.run_lock import lock_run_dir
-lock_run_dir(Path(sys.argv[1]))
-print("held", flush=True)
-time.sleep(600)
-"""
-
-
-def _holder(run_dir) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline() == "held\n"
-    return proc
+from tests.helpers import hold_run_dir_lock, lock_run_dir_elsewhere
 
 
 def test_another_process_is_refused_naming_the_holder_until_it_dies(tmp_path):
     run = tmp_path / "run"
-    holder = _holder(run)
+    holder = hold_run_dir_lock(run)
     try:
         with pytest.raises(TrainingError, match=rf"in use by another training process \(pid "
                            rf"{holder.pid} on .*since .*\); wait for it"):  # fmt: skip
@@ -45,21 +27,14 @@ def test_another_process_is_refused_naming_the_holder_until_it_dies(tmp_path):
     unlock_run_dir(path)
 
 
-def _lock_in_another_process(run_dir) -> subprocess.CompletedProcess:
-    hold_once = HOLD.replace("time.sleep(600)", "")
-    return subprocess.run(
-        [sys.executable, "-c", hold_once, str(run_dir)], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_the_same_process_may_open_it_again_and_unlocks_after_the_last(tmp_path):
     run = tmp_path / "run"
     first = lock_run_dir(run)
     second = lock_run_dir(run)
     assert first == second
     unlock_run_dir(first)
-    other = _lock_in_another_process(run)
+    other = lock_run_dir_elsewhere(run)
     assert "in use by another training process" in other.stderr  # still held once
     unlock_run_dir(second)
-    other = _lock_in_another_process(run)
+    other = lock_run_dir_elsewhere(run)
     assert other.returncode == 0 and other.stdout == "held\n", other.stderr

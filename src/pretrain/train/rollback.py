@@ -1,4 +1,5 @@
-"""What a rollback after loss spikes leaves in the run directory: ``rollbacks.jsonl``.
+"""When a run of loss spikes calls for a rollback, and what one leaves in the run directory
+(``rollbacks.jsonl``); :meth:`pretrain.train.trainer.Trainer._roll_back` carries it out.
 
 With ``train.spike_rollback_after`` the trainer answers a run of spikes as PaLM did
 (Chowdhery et al. 2022, §5.1: "we re-started training from a checkpoint roughly 100 steps
@@ -21,10 +22,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pretrain.config import TrainConfig
 from pretrain.train.errors import TrainingError
 from pretrain.train.state import TrainState
 
 ROLLBACKS_FILE = "rollbacks.jsonl"
+
+
+def rollback_due(state: TrainState, step: int, train: TrainConfig) -> bool:
+    """Whether ``train.spike_rollback_after`` of the spikes in ``state.recent_spike_steps``
+    fall within the ``train.spike_window_steps`` steps up to ``step`` (older ones are
+    forgotten here)."""
+    first_in_window = step - train.spike_window_steps
+    state.recent_spike_steps = [s for s in state.recent_spike_steps if s > first_in_window]
+    after = train.spike_rollback_after
+    return bool(after) and len(state.recent_spike_steps) >= after
 
 
 def rollback_record(

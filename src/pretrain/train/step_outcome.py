@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from pretrain.config import TrainConfig
 from pretrain.eval.perplexity import task_losses
 from pretrain.train.errors import TrainingError
+from pretrain.train.rollback import rollback_due
 from pretrain.train.state import TrainState
 from pretrain.train.step_sums import PendingSums, StepSums
 
@@ -67,10 +68,6 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
                 train.spike_sigma,
                 train.spike_window_steps,
             )
-    # The spikes within the window, for train.spike_rollback_after.
-    first_in_window = queued.step - train.spike_window_steps
-    state.recent_spike_steps = [s for s in state.recent_spike_steps if s > first_in_window]
-    rollback_after = train.spike_rollback_after
     return {
         "loss": loss,
         "lr": queued.lr,
@@ -81,7 +78,7 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
         "tasks": task_losses(sums.tasks),
         "stop_signal": sums.signal_votes > 0,
         "out_of_time": sums.deadline_votes > 0,
-        "rollback_due": bool(rollback_after) and len(state.recent_spike_steps) >= rollback_after,
+        "rollback_due": rollback_due(state, queued.step, train),
     }
 
 

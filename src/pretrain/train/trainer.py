@@ -371,7 +371,8 @@ class Trainer:
                 unread, unread_began = queued, began
                 if rollback_due:  # found reading the step before: undo this one with it
                     read(unread, unread_began)
-                    unread, rollback_due, last_val = None, False, self._roll_back()
+                    self._roll_back()
+                    unread, rollback_due, last_val = None, False, None  # last_val: undone
                     continue
                 step = self.state.step
                 collector.after_step(step)  # while the device runs the step just queued
@@ -383,7 +384,8 @@ class Trainer:
                 read(unread, unread_began)  # its weights are evaluated or saved, nothing later
                 unread = None
                 if rollback_due:
-                    rollback_due, last_val = False, self._roll_back()
+                    self._roll_back()
+                    rollback_due, last_val = False, None
                     continue
                 self.state.elapsed_seconds = time.perf_counter() - started
                 if stopped_by_signal:
@@ -428,7 +430,7 @@ class Trainer:
     def _roll_back(self) -> None:
         """Restore the latest checkpoint's weights, optimizer, counters and spike window, but
         not the data position, so the batches since the checkpoint are skipped (PaLM,
-        Chowdhery et al. 2022, §5.1). Returns None: an evaluation before it is undone too.
+        Chowdhery et al. 2022, §5.1).
 
         Every rank calls this at the same step: the spikes are decided from the sums over
         ranks. Nothing is rolled back before the first checkpoint (a warning says so)."""
@@ -444,7 +446,7 @@ class Trainer:
                 self.cfg.train.spike_window_steps,
             )
             self.state.recent_spike_steps.clear()
-            return None
+            return
         spikes = list(self.state.recent_spike_steps)
         ckpt = self._load_latest_checkpoint()  # the data position and generators go on
         self.state.num_rollbacks = rollbacks
@@ -452,7 +454,6 @@ class Trainer:
         record = rollback_record(ckpt.step, undone_step, undone_tokens, self.state, spikes)
         write_rollback_record(self.run_dir, record, self.dist.is_main)
         log.warning(rollback_message(record, self.cfg.train.max_rollbacks))
-        return None
 
     def _deadline_passed(self) -> bool:
         return self._deadline is not None and time.perf_counter() >= self._deadline
