@@ -127,13 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-batches", type=_positive_int, help="evaluate at most this many batches")
     ev.add_argument("--json", action="store_true")
 
-    gen = commands.add_parser("generate", help="sample text from a run's model")
+    gen = commands.add_parser(
+        "generate",
+        help="sample text from a run's model",
+        description="Decoders continue the prompt. Encoder-decoder models (T5, BART) read it "
+        "as the encoder's input; sentinels <|extra_id_0|>, <|extra_id_1|>, ... in it are "
+        "filled. Encoders (masked LM) predict each <|mask|> in it.",
+    )
     gen.add_argument("--run", required=True, help="run directory")
-    gen.add_argument("--prompt", default="", help="text to continue")
+    gen.add_argument(
+        "--prompt",
+        default="",
+        help="text to continue; or, for encoder-decoder and encoder runs, text with blanks",
+    )
     gen.add_argument("--checkpoint", default="latest")
     gen.add_argument("--max-new-tokens", type=int, default=100)
     gen.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0: greedy")
-    gen.add_argument("--top-k", type=int)
+    gen.add_argument(
+        "--top-k",
+        type=int,
+        help="sample among the k most likely (encoders: "
+        "how many predictions to show per <|mask|>, default 5)",
+    )
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument(
@@ -146,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--ul2-mode",
         choices=["R", "S", "X"],
-        help="UL2-trained decoders: the mode token before the prompt (default S; EOS follows)",
+        help="UL2 runs: the mode token before the prompt (EOS follows); default S, or R for "
+        "an encoder-decoder prompt with sentinels",
     )
     gen.add_argument("--json", action="store_true")
 
@@ -174,9 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and args.command != "train":
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = unknown
-    from pretrain.console import setup_logging
+    from pretrain.console import rank_prefix, setup_logging
 
     setup_logging(args.verbose)
+    rank = rank_prefix()  # "" but for the ranks other than 0 under torchrun
     from pretrain.data.readers import DocumentError
     from pretrain.data.shards import ShardError
     from pretrain.train.batch_worker import BatchWorkerError
@@ -190,24 +207,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (*expected, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{rank}error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
     except TrainingInterrupted as e:  # the trainer saved a checkpoint and says how to go on
-        print(f"interrupted; {e}", file=sys.stderr)
+        print(f"{rank}interrupted; {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if args.command == "train":
             message = "to continue from the last checkpoint, rerun the same command with --resume"
         else:
             message = "rerun the same command to continue where it stopped"
-        print(f"interrupted; {message}", file=sys.stderr)
+        print(f"{rank}interrupted; {message}", file=sys.stderr)
         return 130
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pretrain import commands, data_commands, scaling_commands
+    from pretrain import commands, data_commands, generate_commands, scaling_commands
 
     handler = {
         ("data", "prepare"): data_commands.data_prepare,
@@ -221,7 +238,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("data", "stats"): commands.data_stats,
         ("train", None): commands.train,
         ("eval", None): commands.eval_run,
-        ("generate", None): commands.generate_text,
+        ("generate", None): generate_commands.generate_text,
         ("export", None): commands.export,
         ("scaling", "flops"): scaling_commands.scaling_flops,
         ("scaling", "plan"): scaling_commands.scaling_plan,

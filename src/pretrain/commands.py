@@ -175,45 +175,6 @@ def eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_text(args: argparse.Namespace) -> int:
-    import torch
-
-    from pretrain.generate import generate
-    from pretrain.prompting import prompt_ids, prompt_plan
-    from pretrain.runs import load_run
-
-    run = load_run(args.run, args.checkpoint)
-    if run.config.model.family != "decoder":
-        raise ValueError(
-            f"{args.run}: generate needs a decoder-only model; this run trained model.family "
-            f"{run.config.model.family!r}"
-        )
-    plan = prompt_plan(run.config, args.attention, args.ul2_mode)
-    log.info("prompt: %s", plan.describe())
-    prompt = prompt_ids(args.prompt, run.tokenizer, plan)
-    generator = torch.Generator().manual_seed(args.seed)
-    ids = generate(
-        run.model,
-        torch.tensor(prompt),
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=run.tokenizer.special.eos,
-        generator=generator,
-        prefix=plan.prefix,
-    )
-    new = ids[len(prompt) :].tolist()
-    if run.tokenizer.special.eos in new:
-        new = new[: new.index(run.tokenizer.special.eos)]
-    text = args.prompt + run.tokenizer.decode(new)
-    if args.json:
-        _print_json({"prompt": args.prompt, "text": text, "new_token_ids": new})
-    else:
-        print(text)
-    return 0
-
-
 def export(args: argparse.Namespace) -> int:
     from pretrain.export import export_hf
 

@@ -29,10 +29,25 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (its ``RANK``), 0 elsewhere."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def rank_prefix() -> str:
+    """``"[rank N] "`` for the ranks other than 0, which print only what is their own."""
+    rank = process_rank()
+    return f"[rank {rank}] " if rank > 0 else ""
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr through rich. Under ``torchrun`` the ranks other than 0 log only warnings
+    and errors (every rank would repeat rank 0's progress and summaries), each line prefixed
+    with the rank; ``--verbose`` shows their information too."""
+    level = logging.INFO if process_rank() == 0 else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
+        level=logging.DEBUG if verbose else level,
+        format=f"{rank_prefix()}%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )

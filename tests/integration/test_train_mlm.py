@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
+from pretrain.blank_prompts import encode_with_blanks
 from pretrain.cli import main
 from pretrain.config import ExperimentConfig, load_config
+from pretrain.generate_encoder_decoder import fill_spans, generate_encoder_decoder
 from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
@@ -62,7 +64,22 @@ def test_mlm_run_evaluates_and_exports_to_bert(shards_dir, tokenizer_dir, tmp_pa
         torch.testing.assert_close(
             hf(x).logits, ours.model.logits(ours.model.forward_tokens(x)), atol=1e-5, rtol=1e-5
         )
-    assert main(["generate", "--run", str(run), "--prompt", "x"]) == 2
+    # generate fills the prompt's <|mask|>: the same top tokens and probabilities as HF's MLM
+    prompt = "It was the <|mask|> of"
+    capsys.readouterr()
+    assert main(["generate", "--run", str(run), "--prompt", prompt, "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = ours.tokenizer.encode("It was the") + [ours.tokenizer.special.mask]
+    ids += ours.tokenizer.encode(" of")
+    with torch.no_grad():
+        probs = hf(torch.tensor([ids])).logits[0, len(ids) - 2].softmax(-1)
+    best = probs.topk(3)
+    [candidates] = out["masks"]
+    assert [c["token_id"] for c in candidates] == best.indices.tolist()
+    assert [c["probability"] for c in candidates] == pytest.approx(best.values.tolist(), abs=1e-5)
+    top = ours.tokenizer.decode([best.indices[0].item()])
+    assert out["filled"] == ours.tokenizer.decode(ids).replace("<|mask|>", top)
+    assert main(["generate", "--run", str(run), "--prompt", "no blank"]) == 2
 
 
 def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
@@ -73,6 +90,32 @@ def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, mo
     straight, crashed = straight_and_resumed(cfg, tmp_path, monkeypatch)
     assert _losses(crashed) == _losses(straight)
     assert load_run(crashed).model.cfg.pad_id == load_run(crashed).tokenizer.special.pad
+
+
+def test_generate_fills_the_sentinels_of_a_span_corruption_prompt(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    span = ["--model.family=encoder_decoder", "--objective.name=span", "--train.seq_len=48",
+            "--train.tokens_per_batch=384", "--train.max_steps=4"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", *_overrides(shards_dir, tokenizer_dir, run), *span]) == 0
+    loaded = load_run(run)
+    tokenizer = loaded.tokenizer
+    prompt = "It was <|extra_id_0|> the <|extra_id_1|>."
+    capsys.readouterr()
+    argv = ["generate", "--run", str(run), "--prompt", prompt, "--temperature", "0", "--json"]
+    assert main([*argv, "--max-new-tokens", "12"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    encoder_input = encode_with_blanks(prompt, tokenizer) + [tokenizer.special.eos]
+    expected = generate_encoder_decoder(loaded.model, torch.tensor(encoder_input), 12, 0.0)
+    expected = expected.tolist()
+    if tokenizer.special.eos in expected:
+        expected = expected[: expected.index(tokenizer.special.eos)]
+    assert out["new_token_ids"] == expected  # greedy: the model's own output, up to EOS
+    assert out["text"].startswith(tokenizer.decode(expected))
+    filled = fill_spans(encoder_input[:-1], expected, tokenizer.special.sentinels)
+    assert out["filled"] == tokenizer.decode(filled)
+    assert main([*argv, "--attention", "prefix"]) == 2  # a decoder's option
 
 
 def test_encoder_decoder_prefix_lm_trains_from_the_cli(shards_dir, tokenizer_dir, tmp_path):

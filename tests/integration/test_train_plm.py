@@ -59,6 +59,9 @@ def test_plm_run_evaluates_and_exports_to_xlnet(shards_dir, tokenizer_dir, tmp_p
         _, g = ours.streams(x, AttentionSpec("permutation", permutation_mask=perm), tm)
         theirs = hf(x, perm_mask=perm.float(), target_mapping=tm).logits
     torch.testing.assert_close(theirs, ours.logits(g), atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["generate", "--run", str(run), "--prompt", "x"]) == 2
+    assert "use the Hugging Face XLNetLMHeadModel" in capsys.readouterr().err
 
 
 def test_rope_xlnet_trains_resumes_and_refuses_hf_export(

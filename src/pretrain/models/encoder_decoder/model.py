@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.common import flex
-from pretrain.models.common.attention import MASKED_SCORE, attention_mask
+from pretrain.models.common.attention import MASKED_SCORE, attention_mask, cached_causal_mask
 from pretrain.models.common.autocast import to_autocast_dtype
 from pretrain.models.common.explicit_attention import explicit_attention, prefers_explicit
 from pretrain.models.common.recompute import recomputed_when_compiled
 from pretrain.models.common.rms_norm import RMSNorm
 from pretrain.models.encoder_decoder.configs import EncoderDecoderConfig
+from pretrain.models.encoder_decoder.decoder_cache import AttentionCache, DecoderCache
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 
@@ -90,10 +91,11 @@ class RelativePositionBias(nn.Module):
         self.max_distance = cfg.relative_attention_max_distance
         self.embed = nn.Embedding(self.num_buckets, cfg.n_heads)
 
-    def forward(self, q_len: int, k_len: int) -> torch.Tensor:
-        """The bias (1, H, q_len, k_len) for queries ``0..q_len-1`` over keys ``0..k_len-1``."""
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0) -> torch.Tensor:
+        """The bias (1, H, q_len, k_len) for queries ``q_offset..q_offset+q_len-1`` over keys
+        ``0..k_len-1`` (an offset: the new queries of a decoder with a cache)."""
         device = self.embed.weight.device
-        q_pos = torch.arange(q_len, device=device)[:, None]
+        q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         bucket = relative_position_bucket(
             k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance
@@ -168,20 +170,29 @@ class T5Attention(nn.Module):
         x: torch.Tensor,
         bias: torch.Tensor | FlexScores | None,
         memory: torch.Tensor | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """Attend ``x`` (B, Tq, d_model) to itself, or to ``memory`` (B, Tk, d_model).
 
         Args:
             bias: additive float scores broadcastable to (B, H, Tq, Tk): position bias and
                 mask (SDPA); or :class:`FlexScores` (``attention_backend="flex"``).
+            cache: for generation. Self-attention appends this call's keys and values to it
+                and attends over all of them; cross-attention fills it from ``memory`` once
+                and then reuses it.
         """
         B, Tq, _ = x.shape
-        kv_in = x if memory is None else memory
-        Tk = kv_in.shape[1]
         H, hd = self.n_heads, self.d_kv
         q = self.q(x).view(B, Tq, H, hd).transpose(1, 2)  # (B, H, Tq, hd)
-        k = self.k(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
-        v = self.v(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
+        if memory is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # the encoder output's, projected at the first step
+        else:
+            kv_in = x if memory is None else memory
+            Tk = kv_in.shape[1]
+            k = self.k(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
+            v = self.v(kv_in).view(B, Tk, H, hd).transpose(1, 2)  # (B, H, Tk, hd)
+            if cache is not None:
+                k, v = cache.append(k, v)  # self-attention: every position so far
         # No 1/sqrt(hd) in T5 (folded into the query init); the bias carries positions and mask.
         # SDPA picks a fused kernel (memory-efficient attention with a bias gradient on CUDA).
         if isinstance(bias, FlexScores):
@@ -250,9 +261,11 @@ class DecoderBlock(nn.Module):
         self_bias: torch.Tensor | None,
         memory: torch.Tensor,
         cross_bias: torch.Tensor | None,
+        self_cache: AttentionCache | None = None,
+        cross_cache: AttentionCache | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), self_bias)
-        x = x + self.cross_attn(self.cross_norm(x), cross_bias, memory)
+        x = x + self.attn(self.attn_norm(x), self_bias, cache=self_cache)
+        x = x + self.cross_attn(self.cross_norm(x), cross_bias, memory, cross_cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -381,6 +394,7 @@ class EncoderDecoderLM(nn.Module):
         decoder_input_ids: torch.Tensor,
         encoder_hidden: torch.Tensor,
         encoder_mask: torch.Tensor | None = None,
+        cache: DecoderCache | None = None,
     ) -> torch.Tensor:
         """Decoder hidden states (B, T_dec, d_model) after the final decoder norm.
 
@@ -390,22 +404,35 @@ class EncoderDecoderLM(nn.Module):
             encoder_hidden: (B, T_enc, d_model) output of :meth:`encode`.
             encoder_mask: (B, T_enc) bool, True at the encoder positions to cross-attend to
                 (the non-pad ones); None means all.
+            cache: for generation (:meth:`new_decoder_cache`): ``decoder_input_ids`` are the
+                positions after those cached, and attend causally to them and to themselves.
         """
         T = decoder_input_ids.shape[1]
-        if flex.enabled(self.cfg.attention_backend, decoder_input_ids.device):
+        if cache is None and flex.enabled(self.cfg.attention_backend, decoder_input_ids.device):
             return self._decode_flex(decoder_input_ids, encoder_hidden, encoder_mask)
-        idx = torch.arange(T, device=decoder_input_ids.device)
-        causal = (idx[None, :] <= idx[:, None])[None, None]  # (1, 1, T, T)
-        self_bias = additive_bias(self.decoder_position_bias(T, T), causal)  # (1, H, T, T)
+        offset = 0 if cache is None else cache.length
+        causal = cached_causal_mask(T, offset, decoder_input_ids.device)[None, None]
+        position = self.decoder_position_bias(T, offset + T, q_offset=offset)
+        self_bias = additive_bias(position, causal)  # (1, H, T, offset + T)
         self_bias = to_autocast_dtype(self_bias)
         cross_bias = None
         if encoder_mask is not None:
             cross_bias = additive_bias(None, encoder_mask.bool()[:, None, None, :])  # (B,1,1,Tk)
             cross_bias = to_autocast_dtype(cross_bias)
         x = self.embed(decoder_input_ids)  # (B, T_dec, d_model)
-        for block in self.decoder_blocks:
-            x = block(x, self_bias, encoder_hidden, cross_bias)
+        for i, block in enumerate(self.decoder_blocks):
+            if cache is None:
+                x = block(x, self_bias, encoder_hidden, cross_bias)
+            else:
+                caches = cache.self_attention[i], cache.cross_attention[i]
+                x = block(x, self_bias, encoder_hidden, cross_bias, *caches)
+        if cache is not None:
+            cache.length += T
         return self.decoder_norm(x)
+
+    def new_decoder_cache(self) -> DecoderCache:
+        """An empty cache for :meth:`decode` to generate with, one token per call."""
+        return DecoderCache(self.cfg.n_decoder_layers)
 
     def _decode_flex(
         self,

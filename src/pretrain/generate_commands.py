@@ -1,0 +1,125 @@
+"""``pretrain generate``: what each model family does with a prompt.
+
+- decoder: continues the prompt (:mod:`pretrain.generate`), laid out as its objective trained
+  it (:mod:`pretrain.prompting`);
+- encoder_decoder: the prompt is the encoder's input and the decoder writes the output
+  (:mod:`pretrain.generate_encoder_decoder`); a prompt with sentinels comes back filled;
+- encoder: predicts the prompt's ``<|mask|>`` marks (:mod:`pretrain.fill_mask`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def generate_text(args: argparse.Namespace) -> int:
+    from pretrain.runs import load_run
+
+    run = load_run(args.run, args.checkpoint)
+    family = run.config.model.family
+    if family == "xlnet":
+        raise ValueError(
+            f"{args.run}: generate does not sample from XLNet (model.family 'xlnet'); export "
+            "it (pretrain export) and use the Hugging Face XLNetLMHeadModel"
+        )
+    if family != "decoder" and args.attention != "auto":
+        raise ValueError(f"--attention applies to decoder runs; this run is {family!r}")
+    if family == "encoder":
+        result = _fill_mask(run, args)
+    elif family == "encoder_decoder":
+        result = _encoder_decoder(run, args)
+    else:
+        result = _continue(run, args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(result["text"])
+    return 0
+
+
+def _continue(run: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from pretrain.generate import generate
+    from pretrain.prompting import prompt_ids, prompt_plan
+
+    plan = prompt_plan(run.config, args.attention, args.ul2_mode)
+    log.info("prompt: %s", plan.describe())
+    prompt = prompt_ids(args.prompt, run.tokenizer, plan)
+    ids = generate(
+        run.model,
+        torch.tensor(prompt),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=run.tokenizer.special.eos,
+        generator=torch.Generator().manual_seed(args.seed),
+        prefix=plan.prefix,
+    )
+    new = _until_eos(ids[len(prompt) :].tolist(), run.tokenizer.special.eos)
+    text = args.prompt + run.tokenizer.decode(new)
+    return {"prompt": args.prompt, "text": text, "new_token_ids": new}
+
+
+def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from pretrain.blank_prompts import encoder_decoder_prompt_ids
+    from pretrain.generate_encoder_decoder import fill_spans, generate_encoder_decoder
+
+    tokenizer, special = run.tokenizer, run.tokenizer.special
+    prompt, mode = encoder_decoder_prompt_ids(args.prompt, tokenizer, run.config, args.ul2_mode)
+    log.info("encoder input: %s", tokenizer.decode(prompt))
+    ids = generate_encoder_decoder(
+        run.model,
+        torch.tensor(prompt),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=special.eos,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    new = _until_eos(ids.tolist(), special.eos)
+    if new[:1] == [special.bos]:  # BART's targets begin with BOS, as its inputs do
+        new = new[1:]
+    result = {"prompt": args.prompt, "text": tokenizer.decode(new), "new_token_ids": new}
+    if mode is not None:
+        result["ul2_mode"] = mode
+    if set(prompt) & set(special.sentinels):
+        text_ids = [t for t in prompt if t not in (special.eos, *special.modes.values())]
+        filled = fill_spans(text_ids, new, special.sentinels)
+        result["filled"] = tokenizer.decode(filled)
+        result["text"] = f"{result['text']}\nfilled: {result['filled']}"
+    return result
+
+
+def _fill_mask(run: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from pretrain.blank_prompts import encode_with_blanks
+    from pretrain.fill_mask import fill_mask, filled_ids
+
+    tokenizer = run.tokenizer
+    prompt = encode_with_blanks(args.prompt, tokenizer)
+    top_k = args.top_k or 5
+    predictions = fill_mask(run.model, torch.tensor(prompt), tokenizer.special.mask, top_k)
+    candidates = [
+        [
+            {"token": tokenizer.decode([t]), "token_id": t, "probability": p}
+            for t, p in zip(pred.token_ids, pred.probabilities, strict=True)
+        ]
+        for pred in predictions
+    ]
+    filled = tokenizer.decode(filled_ids(prompt, predictions))
+    lines = [filled] + [
+        f"<|mask|> {i}: " + ", ".join(f"{c['token']!r} {c['probability']:.3f}" for c in options)
+        for i, options in enumerate(candidates)
+    ]
+    return {"prompt": args.prompt, "text": "\n".join(lines), "filled": filled, "masks": candidates}
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids
