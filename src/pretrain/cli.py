@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrain",
         description="From raw text to a pretrained language model: data, tokenizer, "
-        "training, evaluation, generation, export and scaling laws.",
+        "training, evaluation, generation, fine-tuning, export and scaling laws.",
     )
     parser.add_argument("--version", action="version", version=f"pretrain {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -173,6 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--checkpoint", default="latest")
     exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
+    ft = commands.add_parser(
+        "finetune",
+        help="fine-tune a run's model as a text classifier; report validation accuracy",
+        description="Every weight trains with a new linear head on pooled features (mean of "
+        "an encoder's states, a decoder's state at an appended EOS), BERT's recipe: AdamW, "
+        "10% warmup, linear decay to zero; the epoch with the best validation accuracy is "
+        "kept. Data: JSON Lines (or Parquet) records with a text and a label.",
+    )
+    ft.add_argument("--run", required=True, help="run directory")
+    ft.add_argument("--train", nargs="+", required=True, help="labeled training files or dirs")
+    ft.add_argument("--val", nargs="+", required=True, help="labeled validation files or dirs")
+    ft.add_argument("--out", required=True, help="output directory")
+    ft.add_argument("--checkpoint", default="latest")
+    ft.add_argument("--epochs", type=_positive_int, default=3)
+    ft.add_argument("--lr", type=_positive_float, default=5e-5)
+    ft.add_argument("--batch-size", type=_positive_int, default=32)
+    ft.add_argument("--max-len", type=_positive_int, help="tokens per example at most "
+                    "(default: the run's train.seq_len)")  # fmt: skip
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--text-key", default="text")
+    ft.add_argument("--label-key", default="label")
+    ft.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ft.add_argument("--random-init", action="store_true",
+                    help="train the same network from fresh weights (the baseline)")  # fmt: skip
+    ft.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    ft.add_argument("--json", action="store_true")
+
     from pretrain.data_commands import add_parsers
     from pretrain.scaling_commands import add_parsers as add_scaling_parsers
 
@@ -240,6 +267,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("eval", None): commands.eval_run,
         ("generate", None): generate_commands.generate_text,
         ("export", None): commands.export,
+        ("finetune", None): commands.finetune,
         ("scaling", "flops"): scaling_commands.scaling_flops,
         ("scaling", "plan"): scaling_commands.scaling_plan,
         ("scaling", "fit"): scaling_commands.scaling_fit,

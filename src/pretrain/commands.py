@@ -181,3 +181,35 @@ def export(args: argparse.Namespace) -> int:
     out = export_hf(args.run, args.out, args.checkpoint, overwrite=args.overwrite)
     console.print(f"exported {args.run} to {out} (Hugging Face format)")
     return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from pretrain.eval.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        seed=args.seed,
+        random_init=args.random_init,
+        text_key=args.text_key,
+        label_key=args.label_key,
+        device=args.device,
+    )
+    summary = finetune(
+        args.run, args.train, args.val, args.out, settings, args.checkpoint, args.overwrite
+    )
+    if args.json:
+        _print_json(summary)
+        return 0
+    table = Table(title=f"fine-tuned {summary['checkpoint']} -> {args.out}")
+    for column in ("epoch", "train loss", "val loss", "val accuracy"):
+        table.add_column(column, justify="right")
+    for e in summary["epochs"]:
+        best = " (kept)" if e["epoch"] == summary["best_epoch"] else ""
+        row = (e["train_loss"], e["val_loss"], e["val_accuracy"])
+        table.add_row(f"{e['epoch']}{best}", *(f"{v:.4f}" for v in row))
+    console.print(table)
+    console.print(f"majority-label accuracy on val: {summary['val_majority_accuracy']:.4f}")
+    return 0

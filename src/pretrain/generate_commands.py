@@ -31,6 +31,8 @@ def generate_text(args: argparse.Namespace) -> int:
         )
     if family != "decoder" and args.attention != "auto":
         raise ValueError(f"--attention applies to decoder runs; this run is {family!r}")
+    if family == "encoder" and args.ul2_mode is not None:
+        raise ValueError("--ul2-mode: this run did not train with UL2 (an encoder)")
     if family == "encoder":
         result = _fill_mask(run, args)
     elif family == "encoder_decoder":
@@ -91,7 +93,9 @@ def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
     if mode is not None:
         result["ul2_mode"] = mode
     if set(prompt) & set(special.sentinels):
-        text_ids = [t for t in prompt if t not in (special.eos, *special.modes.values())]
+        text_ids = [
+            t for t in prompt if t not in (special.bos, special.eos, *special.modes.values())
+        ]
         filled = fill_spans(text_ids, new, special.sentinels)
         result["filled"] = tokenizer.decode(filled)
         result["text"] = f"{result['text']}\nfilled: {result['filled']}"
