@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def fresh_partial_dir(out: Path) -> Path:
+    """An empty ``OUT.tmp`` beside ``out`` to write a whole directory into (a crashed
+    writer's leftovers removed); :func:`replace_dir` then puts it in place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = tmp_path(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    return partial
+
+
+def replace_dir(partial: Path, out: Path) -> None:
+    """Put the finished ``partial`` directory at ``out``, replacing what ``out`` held."""
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    partial.rename(out)
+    fsync_dir(out.parent)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from pretrain.config import ExperimentConfig
-from pretrain.prompting import MODES
+from pretrain.prompting import check_ul2_mode, objective_names
 from pretrain.tokenizer import MASK, SENTINELS, Tokenizer
 
 BLANK_PATTERN = re.compile(" ?(" + "|".join(re.escape(t) for t in (*SENTINELS, MASK)) + ")")
@@ -47,16 +47,11 @@ def encoder_decoder_prompt_ids(
     Raises:
         ValueError: a UL2 mode for a run that did not train UL2, or an unknown mode.
     """
-    names = {objective.name for objective, _ in cfg.objective.components()}
+    names = objective_names(cfg)
     special = tokenizer.special
     ids = encode_with_blanks(text, tokenizer)
     if ul2_mode is not None:
-        if ul2_mode not in MODES:
-            raise ValueError(f"--ul2-mode must be one of {', '.join(MODES)}, got {ul2_mode!r}")
-        if "ul2" not in names:
-            raise ValueError(
-                f"--ul2-mode: this run did not train with UL2 (objectives: {sorted(names)})"
-            )
+        check_ul2_mode(ul2_mode, names)
     elif "ul2" in names:
         ul2_mode = "R" if set(ids) & set(special.sentinels) else "S"
     if ul2_mode is not None:

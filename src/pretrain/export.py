@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic import fsync_dir, tmp_path
+from pretrain.atomic import fresh_partial_dir, replace_dir
 from pretrain.runs import load_run
 from pretrain.tokenizer import BOS, CLS, EOS, MASK, PAD, SEP, Tokenizer
 
@@ -93,16 +92,9 @@ def export_hf(
         hf_model.generation_config.bos_token_id = special.bos
         hf_model.generation_config.eos_token_id = special.eos
         hf_model.generation_config.pad_token_id = special.pad
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = tmp_path(out)  # the package's NAME.tmp convention (atomic.py)
-    shutil.rmtree(partial, ignore_errors=True)  # a crashed export's leftovers
+    partial = fresh_partial_dir(out)  # the package's NAME.tmp convention (atomic.py)
     hf_model.save_pretrained(partial, safe_serialization=True)
     hf_tokenizer(run.tokenizer).save_pretrained(partial)
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    partial.rename(out)
-    fsync_dir(out.parent)
+    replace_dir(partial, out)
     log.info("exported %s (step %d) to %s", run.checkpoint, run.step, out)
     return out

@@ -45,14 +45,9 @@ def prompt_plan(
     Raises:
         ValueError: a UL2 mode for a run that did not train UL2, or an unknown mode.
     """
-    names = {objective.name for objective, _ in cfg.objective.components()}
+    names = objective_names(cfg)
     if ul2_mode is not None:
-        if ul2_mode not in MODES:
-            raise ValueError(f"--ul2-mode must be one of {', '.join(MODES)}, got {ul2_mode!r}")
-        if "ul2" not in names:
-            raise ValueError(
-                f"--ul2-mode: this run did not train with UL2 (objectives: {sorted(names)})"
-            )
+        check_ul2_mode(ul2_mode, names)
     elif "ul2" in names and "clm" not in names:
         ul2_mode = "S"
     if attention == "auto":  # a UL2 prompt is a prefix, as in training
@@ -60,6 +55,21 @@ def prompt_plan(
     else:
         prefix = attention == "prefix"
     return PromptPlan(prefix, ul2_mode)
+
+
+def objective_names(cfg: ExperimentConfig) -> set[str]:
+    """The objectives a run trained with (a mixture's components)."""
+    return {objective.name for objective, _ in cfg.objective.components()}
+
+
+def check_ul2_mode(ul2_mode: str, names: set[str]) -> None:
+    """Refuse an unknown ``--ul2-mode``, or one for a run that did not train UL2."""
+    if ul2_mode not in MODES:
+        raise ValueError(f"--ul2-mode must be one of {', '.join(MODES)}, got {ul2_mode!r}")
+    if "ul2" not in names:
+        raise ValueError(
+            f"--ul2-mode: this run did not train with UL2 (objectives: {sorted(names)})"
+        )
 
 
 def prompt_ids(text: str, tokenizer: Tokenizer, plan: PromptPlan) -> list[int]:

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pretrain.atomic import fsync_dir, tmp_path
+from pretrain.atomic import fresh_partial_dir, replace_dir
 from pretrain.eval.classifier import SequenceClassifier
 from pretrain.eval.labeled_data import LabeledExamples, read_labeled
 from pretrain.optim import build_optimizer, lr_at
@@ -245,16 +244,8 @@ def _write(
     """``out`` whole or not at all: written beside it, then renamed."""
     from safetensors.torch import save_model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = tmp_path(out)
-    shutil.rmtree(partial, ignore_errors=True)  # a crashed run's leftovers
-    partial.mkdir()
+    partial = fresh_partial_dir(out)
     save_model(model, str(partial / CLASSIFIER_FILE))  # tied weights stored once
     (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     (partial / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    partial.rename(out)
-    fsync_dir(out.parent)
+    replace_dir(partial, out)
