@@ -39,11 +39,20 @@ def generate_text(args: argparse.Namespace) -> int:
         result = _encoder_decoder(run, args)
     else:
         result = _continue(run, args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(result["text"])
+    print(json.dumps(result, indent=2) if args.json else _display(result))
     return 0
+
+
+def _display(result: dict[str, Any]) -> str:
+    """The text, then what a blank prompt adds: the filled prompt, each mask's candidates."""
+    lines = [result["text"]]
+    if "masks" in result:
+        for i, options in enumerate(result["masks"]):
+            tokens = ", ".join(f"{c['token']!r} {c['probability']:.3f}" for c in options)
+            lines.append(f"<|mask|> {i}: {tokens}")
+    elif "filled" in result:
+        lines.append(f"filled: {result['filled']}")
+    return "\n".join(lines)
 
 
 def _continue(run: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -98,7 +107,6 @@ def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         ]
         filled = fill_spans(text_ids, new, special.sentinels)
         result["filled"] = tokenizer.decode(filled)
-        result["text"] = f"{result['text']}\nfilled: {result['filled']}"
     return result
 
 
@@ -118,11 +126,7 @@ def _fill_mask(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         for pred in predictions
     ]
     filled = tokenizer.decode(filled_ids(prompt, predictions))
-    lines = [filled] + [
-        f"<|mask|> {i}: " + ", ".join(f"{c['token']!r} {c['probability']:.3f}" for c in options)
-        for i, options in enumerate(candidates)
-    ]
-    return {"prompt": args.prompt, "text": "\n".join(lines), "filled": filled, "masks": candidates}
+    return {"prompt": args.prompt, "text": filled, "filled": filled, "masks": candidates}
 
 
 def _until_eos(ids: list[int], eos: int) -> list[int]:
