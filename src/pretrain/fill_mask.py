@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pretrain.generate import inference
 from pretrain.models.encoder.model import EncoderLM
 
 
@@ -34,15 +35,10 @@ def fill_mask(
     if len(positions) == 0:
         raise ValueError("the prompt holds no <|mask|> to fill")
     device = model.output_weight.device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
-            hidden = model.forward_tokens(input_ids[None].to(device))[0]  # (T, d_model)
-            probs = model.logits(hidden[positions.to(device)]).softmax(dim=-1)  # (M, V)
-            best = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    finally:
-        model.train(was_training)
+    with inference(model):
+        hidden = model.forward_tokens(input_ids[None].to(device))[0]  # (T, d_model)
+        probs = model.logits(hidden[positions.to(device)]).softmax(dim=-1)  # (M, V)
+        best = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     return [
         MaskPrediction(int(p), ids.tolist(), values.tolist())
         for p, ids, values in zip(positions, best.indices.cpu(), best.values.cpu(), strict=True)

@@ -7,7 +7,9 @@ temperature, then top-k (Fan et al. 2018), then nucleus/top-p (Holtzman et al. 2
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -94,13 +96,7 @@ def generate(
         ValueError: if the prompt plus new tokens exceed ``max_seq_len`` of a model with
             learned positions, or on an empty prompt.
     """
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (B, T0) with T0 >= 1, got {tuple(input_ids.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    input_ids, squeeze = batched_prompts(input_ids, max_new_tokens)
     B, T0 = input_ids.shape
     # The last new token is returned, never fed back: it takes no position.
     positions = T0 + max(max_new_tokens - 1, 0)
@@ -117,26 +113,39 @@ def generate(
 
     device = model.output_weight.device
     input_ids = input_ids.to(device)
+    with inference(model):
+        out = _decode(
+            model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator, prefix
+        )
+    return out[0] if squeeze else out
+
+
+def batched_prompts(input_ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, bool]:
+    """``input_ids`` as (B, T) and whether it was one (T,) prompt; refuses an empty prompt
+    and a negative ``max_new_tokens``."""
+    squeeze = input_ids.dim() == 1
+    if squeeze:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    return input_ids, squeeze
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, without autograd and eager, its mode restored afterwards.
+
+    Blocks compiled for training (train.compile_scope=blocks) would recompile as a cache
+    grows; one token at a time is a small graph anyway, so inference runs eager."""
     was_training = model.training
     model.eval()
     try:
-        # Blocks compiled for training (train.compile_scope=blocks) would recompile as the
-        # cache grows; one token at a time is a small graph anyway, so sampling runs eager.
         with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
-            out = _decode(
-                model,
-                input_ids,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                eos_id,
-                generator,
-                prefix,
-            )
+            yield
     finally:
         model.train(was_training)
-    return out[0] if squeeze else out
 
 
 def _decode(

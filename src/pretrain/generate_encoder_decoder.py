@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pretrain.generate import sample_next
+from pretrain.generate import batched_prompts, inference, sample_next
 from pretrain.models.encoder_decoder.model import EncoderDecoderLM
 
 
@@ -44,25 +44,12 @@ def generate_encoder_decoder(
         (B, n) generated tokens, the decoder start token not included, ``n <= max_new_tokens``;
         (n,) for a 1-D input.
     """
-    squeeze = input_ids.dim() == 1
-    if squeeze:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    device = model.output_weight.device
-    input_ids = input_ids.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        # As for decoders: one token at a time is a small graph, so no compiled code runs.
-        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
-            out = _decode(
-                model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator
-            )
-    finally:
-        model.train(was_training)
+    input_ids, squeeze = batched_prompts(input_ids, max_new_tokens)
+    input_ids = input_ids.to(model.output_weight.device)
+    with inference(model):
+        out = _decode(
+            model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+        )
     return out[0] if squeeze else out
 
 

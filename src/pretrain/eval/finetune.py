@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from pretrain.atomic import fresh_partial_dir, replace_dir
 from pretrain.eval.classifier import SequenceClassifier
@@ -232,10 +233,8 @@ def evaluate(
 
 def padded(rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """(B, longest) ids, right-padded with ``pad_id``."""
-    out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+    tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
+    return pad_sequence(tensors, batch_first=True, padding_value=pad_id)
 
 
 def _write(
