@@ -88,7 +88,7 @@ def rolled_back(data_of_steps, shards_dir, tokenizer_dir, tmp_path_factory):
     log_lines: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: log_lines.append(record.getMessage())
-    trainer_log = logging.getLogger("pretrain.train.trainer")
+    trainer_log = logging.getLogger("pretrain.train")
     trainer_log.addHandler(handler)
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
@@ -213,7 +213,7 @@ def test_spikes_before_the_first_checkpoint_are_skipped_without_a_rollback(
     _watch_batches(monkeypatch, _spikes_at(data_of_steps, {6: 100.0, 7: 1e4}))
     settings = {**SETTINGS, "checkpoint__every_steps": 100}
     run = tmp_path / "run"
-    with caplog.at_level("WARNING", logger="pretrain.train.trainer"):
+    with caplog.at_level("WARNING", logger="pretrain.train"):
         summary = Trainer(_config(shards_dir, tokenizer_dir, run, **settings)).fit()
     assert "step 8: 2 spikes within 8 steps, but no checkpoint to roll back to yet" in caplog.text
     assert summary["step"] == 16 and summary["rollbacks"] == 0 and summary["spike_steps"] == 2

@@ -1,5 +1,5 @@
 """When a run of loss spikes calls for a rollback, and what one leaves in the run directory
-(``rollbacks.jsonl``); :meth:`pretrain.train.trainer.Trainer._roll_back` carries it out.
+(``rollbacks.jsonl``); :meth:`pretrain.train.run_state.RunState.roll_back` carries it out.
 
 With ``train.spike_rollback_after`` the trainer answers a run of spikes as PaLM did
 (Chowdhery et al. 2022, §5.1: "we re-started training from a checkpoint roughly 100 steps

@@ -60,7 +60,7 @@ from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
-from pretrain.train.checkpoint import Checkpoint, CheckpointError, list_steps
+from pretrain.train.checkpoint import list_steps
 from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, training_forward
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
@@ -77,21 +77,10 @@ from pretrain.train.loss_module import ModelWithLoss
 from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.progress import Progress
-from pretrain.train.resume_settings import (
-    configured_hyperparameters,
-    data_mismatch_error,
-    model_mismatch_error,
-)
-from pretrain.train.rng_state import objective_seed, restore_rng_state, rng_state
-from pretrain.train.rollback import (
-    rollback_limit_error,
-    rollback_message,
-    rollback_record,
-    write_rollback_record,
-)
-from pretrain.train.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from pretrain.train.rng_state import objective_seed
 from pretrain.train.run_files import write_run_files, write_sample
 from pretrain.train.run_lock import lock_run_dir, unlock_run_dir
+from pretrain.train.run_state import RunState
 from pretrain.train.state import TrainState
 from pretrain.train.step_batches import StepBatches
 from pretrain.train.step_outcome import QueuedStep, is_applied, read_step, train_record
@@ -192,12 +181,21 @@ class Trainer:
             self.spikes = SpikeDetector(
                 cfg.train.spike_sigma, cfg.train.spike_window_steps, self.device
             )
-        self._last_saved_step: int | None = None
+        self.checkpoints = RunState(
+            cfg,
+            self.train_module,
+            self.loss_module,
+            self.optimizer,
+            self.model.cfg.to_dict(),
+            self.spikes,
+            self.dist,
+            self.device,
+        )
         self._signals = StopOnSignal()  # its handlers are set while fit() runs
         self._deadline: float | None = None  # perf_counter() at train.max_minutes
         self._lock = self._lock_run_dir()  # nothing read from or written to it before
         if resume:
-            self._restore()
+            self.state = self.checkpoints.resume(self.generator, self.loader)
         self._prepare_run_dir(resume)
         self.peak_flops = peak_flops(self.device)
 
@@ -224,46 +222,6 @@ class Trainer:
         self.metrics = MetricsWriter(
             self.run_dir, self.state.step if resume else None, self.cfg.log.tensorboard
         )
-
-    def _load_latest_checkpoint(self) -> Checkpoint:
-        """Load the latest good checkpoint's weights, optimizer state, counters and spike
-        window (for a resume and for a rollback); returns it for the rest of its state."""
-        try:
-            with configured_hyperparameters(self.optimizer):
-                ckpt = load_run_checkpoint(
-                    self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
-                )
-        except CheckpointError:
-            raise
-        except RuntimeError as e:  # the weights do not fit: the model settings changed
-            cfg = self.cfg.with_absolute_paths()
-            raise model_mismatch_error(self.run_dir, cfg, self.model.cfg.to_dict(), e) from e
-        self.state = TrainState.from_dict(ckpt.state["trainer"])
-        if self.spikes is not None and ckpt.state.get("spikes"):
-            try:
-                self.spikes.load_state_dict(ckpt.state["spikes"])
-            except ValueError as e:
-                log.warning("%s; the spike window starts empty", e)
-        self._last_saved_step = int(ckpt.step)
-        return ckpt
-
-    def _restore(self) -> None:
-        """``--resume``: the latest checkpoint, its random generators and data position."""
-        ckpt = self._load_latest_checkpoint()
-        restore_rng_state(
-            ckpt.optim_state["rng"],
-            self.generator,
-            self.device,
-            self.cfg.train.seed,
-            int(ckpt.step),
-            self.dist.rank,
-            self.dist.world_size,
-        )
-        try:
-            self.loader.load_state_dict(ckpt.state["loader"])
-        except ValueError as e:
-            raise data_mismatch_error(self.run_dir, self.cfg.with_absolute_paths(), e) from e
-        log.info("resumed from %s (step %d)", ckpt.path, self.state.step)
 
     def close(self) -> None:
         """Stop the batch worker, if any, give back the run directory and leave the process
@@ -400,7 +358,7 @@ class Trainer:
             if out_of_time:
                 log.info("train.max_minutes reached at step %d", final_step)
             if stopped_by_signal and final_step < cfg.train.max_steps:  # save, then stop
-                if self._last_saved_step != final_step:
+                if self.checkpoints.last_saved_step != final_step:
                     self.save(last_val)
                 self.metrics.close()
                 comm.barrier()
@@ -412,7 +370,7 @@ class Trainer:
                 )
         if self.cfg.data.val and self.state.last_eval_step != final_step:
             last_val = self.evaluate_and_log()
-        if self._last_saved_step != final_step:
+        if self.checkpoints.last_saved_step != final_step:
             self.save(last_val)
         self.metrics.close()
         self._write_plot_and_sample()
@@ -428,32 +386,9 @@ class Trainer:
         }
 
     def _roll_back(self) -> None:
-        """Restore the latest checkpoint's weights, optimizer, counters and spike window, but
-        not the data position, so the batches since the checkpoint are skipped (PaLM,
-        Chowdhery et al. 2022, §5.1).
-
-        Every rank calls this at the same step: the spikes are decided from the sums over
-        ranks. Nothing is rolled back before the first checkpoint (a warning says so)."""
-        undone_step, undone_tokens = self.state.step, self.state.tokens_seen
-        rollbacks = self.state.num_rollbacks + 1
-        if rollbacks > self.cfg.train.max_rollbacks:
-            raise rollback_limit_error(rollbacks - 1, self.state.recent_spike_steps, undone_step)
-        if not list_steps(self.ckpt_dir):
-            log.warning(
-                "step %d: %d spikes within %d steps, but no checkpoint to roll back to yet",
-                undone_step,
-                len(self.state.recent_spike_steps),
-                self.cfg.train.spike_window_steps,
-            )
-            self.state.recent_spike_steps.clear()
-            return
-        spikes = list(self.state.recent_spike_steps)
-        ckpt = self._load_latest_checkpoint()  # the data position and generators go on
-        self.state.num_rollbacks = rollbacks
-        self.metrics.drop_after(self.state.step)
-        record = rollback_record(ckpt.step, undone_step, undone_tokens, self.state, spikes)
-        write_rollback_record(self.run_dir, record, self.dist.is_main)
-        log.warning(rollback_message(record, self.cfg.train.max_rollbacks))
+        """Undo the steps since the latest checkpoint after a run of spikes (every rank calls
+        this at the same step: the spikes are decided from the sums over ranks)."""
+        self.state = self.checkpoints.roll_back(self.state, self.metrics)
 
     def _deadline_passed(self) -> bool:
         return self._deadline is not None and time.perf_counter() >= self._deadline
@@ -589,34 +524,4 @@ class Trainer:
 
     def save(self, last_val: dict[str, Any] | None) -> Path:
         """Write a checkpoint (every rank calls this; rank 0 writes the files)."""
-        val_loss = last_val["loss"] if last_val and last_val["step"] == self.state.step else None
-        is_best = val_loss is not None and (
-            self.state.best_val_loss is None or val_loss < self.state.best_val_loss
-        )
-        if is_best:
-            self.state.best_val_loss = val_loss
-        loader_state, objective_state = self.batches.data_state()
-        rng = rng_state(objective_state, self.device, self.dist.world_size)
-        state = {
-            "trainer": self.state.to_dict(),
-            "loader": loader_state,
-            "spikes": None if self.spikes is None else self.spikes.state_dict(),
-            "val_loss": val_loss,
-            "world_size": self.dist.world_size,
-            "strategy": self.cfg.distributed.strategy,
-        }
-        step = self.state.step
-        path = save_run_checkpoint(
-            self.ckpt_dir,
-            step,
-            self.train_module,
-            self.loss_module,
-            self.optimizer,
-            rng,
-            state,
-            self.cfg.checkpoint.keep_last,
-            is_best,
-            self.dist.is_main,
-        )
-        self._last_saved_step = step
-        return path
+        return self.checkpoints.save(self.state, self.batches, last_val)
