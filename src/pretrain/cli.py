@@ -141,16 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="text to continue; or, for encoder-decoder and encoder runs, text with blanks",
     )
     gen.add_argument("--checkpoint", default="latest")
-    gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0: greedy")
+    # Sampling settings default to None so that one given to an encoder run, which samples
+    # nothing, is refused instead of ignored (generate_commands.sampling_settings).
+    gen.add_argument("--max-new-tokens", type=_positive_int, help="at most (default 100)")
+    gen.add_argument("--temperature", type=_non_negative_float, help="0: greedy (default 0.8)")
     gen.add_argument(
         "--top-k",
         type=int,
         help="sample among the k most likely (encoders: "
         "how many predictions to show per <|mask|>, default 5)",
     )
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--top-p",
+        type=float,
+        help="sample among the most likely tokens whose probabilities add up to p",
+    )
+    gen.add_argument("--seed", type=int, help="of the sampling (default 0)")
     gen.add_argument(
         "--attention",
         choices=["auto", "causal", "prefix"],

@@ -33,6 +33,7 @@ def generate_text(args: argparse.Namespace) -> int:
         raise ValueError(f"--attention applies to decoder runs; this run is {family!r}")
     if family == "encoder" and args.ul2_mode is not None:
         raise ValueError("--ul2-mode: this run did not train with UL2 (an encoder)")
+    sampling_settings(args, family)
     if family == "encoder":
         result = _fill_mask(run, args)
     elif family == "encoder_decoder":
@@ -41,6 +42,25 @@ def generate_text(args: argparse.Namespace) -> int:
         result = _continue(run, args)
     print(json.dumps(result, indent=2) if args.json else _display(result))
     return 0
+
+
+SAMPLING_DEFAULTS = {"max_new_tokens": 100, "temperature": 0.8, "top_p": None, "seed": 0}
+"""The settings of runs that write tokens, with their defaults (None: not used)."""
+
+
+def sampling_settings(args: argparse.Namespace, family: str) -> None:
+    """Fill in the sampling settings' defaults, or, for an encoder run, which samples
+    nothing, refuse any that was given (it would be ignored)."""
+    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
+    if family == "encoder" and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(
+            f"{flags}: an encoder run writes no tokens, it predicts each <|mask|> of the "
+            "prompt in one pass (--top-k: how many predictions to show per mark)"
+        )
+    for name, default in SAMPLING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _display(result: dict[str, Any]) -> str:

@@ -80,6 +80,11 @@ def test_mlm_run_evaluates_and_exports_to_bert(shards_dir, tokenizer_dir, tmp_pa
     top = ours.tokenizer.decode([best.indices[0].item()])
     assert out["filled"] == ours.tokenizer.decode(ids).replace("<|mask|>", top)
     assert main(["generate", "--run", str(run), "--prompt", "no blank"]) == 2
+    # sampling settings do nothing to an encoder: refused, not ignored
+    capsys.readouterr()
+    argv = ["generate", "--run", str(run), "--prompt", prompt, "--temperature", "0", "--seed", "1"]
+    assert main(argv) == 2
+    assert "--temperature, --seed: an encoder run writes no tokens" in capsys.readouterr().err
 
 
 def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
