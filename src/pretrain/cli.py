@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -206,6 +213,37 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     ft.add_argument("--json", action="store_true")
 
+    fs = commands.add_parser(
+        "fewshot",
+        help="in-context (few-shot) classification accuracy of a run's model, no training",
+        description="Each example to classify follows K solved examples drawn from --train "
+        "(GPT-3's few-shot evaluation); each label's answer word is scored by its "
+        "log-likelihood as the continuation. Reports accuracy, accuracy per character of the "
+        "answer and calibrated accuracy (minus each answer's likelihood without the text). "
+        "Decoder and encoder-decoder runs.",
+    )
+    fs.add_argument("--run", required=True, help="run directory")
+    fs.add_argument("--train", nargs="+", required=True,
+                    help="labeled files or dirs to draw the solved examples from")  # fmt: skip
+    fs.add_argument("--eval", nargs="+", required=True, help="labeled files or dirs to score")
+    fs.add_argument("--shots", type=_non_negative_int, default=5,
+                    help="solved examples before each (fewer if the context is full)")  # fmt: skip
+    fs.add_argument("--template", default="{text}\\nAnswer:",
+                    help="an example around {text}; \\n and \\t are a newline and a tab "
+                    "(default: '{text}\\nAnswer:')")  # fmt: skip
+    fs.add_argument("--answer", nargs="+", metavar="LABEL=WORD",
+                    help="the answer word of each label, e.g. 0=negative 1=positive "
+                    "(default: the labels as written)")  # fmt: skip
+    fs.add_argument("--checkpoint", default="latest")
+    fs.add_argument("--max-examples", type=_positive_int, help="score the first N only")
+    fs.add_argument("--batch-size", type=_positive_int, default=16)
+    fs.add_argument("--seed", type=int, default=0, help="of the draw of solved examples")
+    fs.add_argument("--text-key", default="text")
+    fs.add_argument("--label-key", default="label")
+    fs.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    fs.add_argument("--predictions", help="write one JSON line per example to this file")
+    fs.add_argument("--json", action="store_true")
+
     from pretrain.data_commands import add_parsers
     from pretrain.scaling_commands import add_parsers as add_scaling_parsers
 
@@ -274,6 +312,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ("generate", None): generate_commands.generate_text,
         ("export", None): commands.export,
         ("finetune", None): commands.finetune,
+        ("fewshot", None): commands.few_shot,
         ("scaling", "flops"): scaling_commands.scaling_flops,
         ("scaling", "plan"): scaling_commands.scaling_plan,
         ("scaling", "fit"): scaling_commands.scaling_fit,

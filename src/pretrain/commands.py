@@ -213,3 +213,64 @@ def finetune(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"majority-label accuracy on val: {summary['val_majority_accuracy']:.4f}")
     return 0
+
+
+def few_shot(args: argparse.Namespace) -> int:
+    from pretrain.atomic import atomic_write_text
+    from pretrain.eval.few_shot import FewShotSettings, few_shot_eval
+
+    settings = FewShotSettings(
+        shots=args.shots,
+        template=args.template.replace("\\n", "\n").replace("\\t", "\t"),
+        answers=_label_words(args.answer),
+        seed=args.seed,
+        max_examples=args.max_examples,
+        batch_size=args.batch_size,
+        text_key=args.text_key,
+        label_key=args.label_key,
+        device=args.device,
+    )
+    summary = few_shot_eval(args.run, args.train, args.eval, settings, args.checkpoint)
+    predictions = summary.pop("predictions")
+    if args.predictions:
+        lines = "".join(json.dumps(p) + "\n" for p in predictions)
+        atomic_write_text(args.predictions, lines)
+    if args.json:
+        _print_json(summary)
+        return 0
+    console.print(f"first prompt ({summary['shots']} shots asked):\n{summary['first_prompt']}\n")
+    table = Table(title=f"{summary['shots']}-shot, {summary['examples']} examples")
+    table.add_column("answer chosen by")
+    table.add_column("accuracy", justify="right")
+    table.add_column("answers given", justify="left")
+    for metric, key, name in (
+        ("raw", "accuracy", "log-likelihood"),
+        ("per_char", "accuracy_per_char", "log-likelihood per character"),
+        ("calibrated", "accuracy_calibrated", "calibrated (minus the premise's)"),
+    ):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["predicted"][metric].items()))
+        table.add_row(name, f"{summary[key]:.4f}", counts)
+    table.add_row("(the majority label)", f"{summary['majority_accuracy']:.4f}", "")
+    table.add_row("(chance)", f"{summary['chance_accuracy']:.4f}", "")
+    console.print(table)
+    if summary["fewer_shots"] or summary["truncated"]:
+        console.print(
+            f"{summary['fewer_shots']} examples got fewer shots than asked to fit "
+            f"train.seq_len (mean {summary['mean_shots']:.2f}); {summary['truncated']} were cut"
+        )
+    return 0
+
+
+def _label_words(pairs: list[str] | None) -> dict[str, str] | None:
+    """``["0=negative", "1=positive"]`` as ``{"0": "negative", "1": "positive"}``."""
+    if pairs is None:
+        return None
+    words: dict[str, str] = {}
+    for pair in pairs:
+        label, sep, word = pair.partition("=")
+        if not sep or not label or not word:
+            raise ValueError(f"--answer: write LABEL=WORD, got {pair!r}")
+        if label in words:
+            raise ValueError(f"--answer: label {label!r} is given twice")
+        words[label] = word
+    return words

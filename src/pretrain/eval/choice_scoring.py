@@ -1,0 +1,94 @@
+"""The log-likelihood a model gives a continuation after a context: how multiple-choice
+answers are scored (Brown et al. 2020, §2.4; lm-evaluation-harness's ``loglikelihood``).
+
+``log p(continuation | context) = sum_i log p(c_i | context, c_<i)``, read from one forward
+pass over ``context + continuation``. Requests run in batches, right-padded: a decoder reads
+causally (or a prefix bidirectionally, each row its own length), and an encoder-decoder's
+decoder causally, so padding after a row's tokens changes none of its scores; an
+encoder-decoder's padded encoder positions are masked as keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.generate import inference
+from pretrain.models.decoder.model import DecoderLM
+from pretrain.models.encoder_decoder.model import EncoderDecoderLM
+from pretrain.objectives.base import AttentionSpec
+
+
+def decoder_log_likelihoods(
+    model: DecoderLM,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    prefix: bool = False,
+    batch_size: int = 16,
+) -> list[float]:
+    """``log p(continuation | context)`` for each (context ids, continuation ids).
+
+    Args:
+        prefix: the context attends to itself bidirectionally (a prefix LM's prompt).
+    """
+    scores: list[float] = []
+    device = model.output_weight.device
+    with inference(model):
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            rows = [[*context, *continuation] for context, continuation in batch]
+            input_ids = _right_padded(rows, pad=0, device=device)
+            spec = None
+            if prefix:
+                lengths = torch.tensor([len(c) for c, _ in batch], device=device)
+                spec = AttentionSpec(kind="prefix", prefix_lengths=lengths)
+            hidden = model.forward_tokens(input_ids, attention=spec)  # (B, T, d)
+            for row, (context, continuation) in enumerate(batch):
+                # position t predicts token t + 1: the continuation from the context's last
+                first, n = len(context) - 1, len(continuation)
+                logits = model.logits(hidden[row, first : first + n])  # (n, V)
+                scores.append(_sum_log_probs(logits, continuation, device))
+    return scores
+
+
+def encoder_decoder_log_likelihoods(
+    model: EncoderDecoderLM,
+    requests: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+    batch_size: int = 16,
+) -> list[float]:
+    """``log p(continuation | encoder input, decoder prefix)`` for each (encoder input ids,
+    decoder prefix ids, continuation ids): the decoder is teacher-forced through the prefix
+    (a sentinel, or BART's copy of the input), and only the continuation is scored."""
+    scores: list[float] = []
+    device = model.output_weight.device
+    start_id = model.cfg.decoder_start_id
+    with inference(model):
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            encoder_ids = _right_padded([e for e, _, _ in batch], model.cfg.pad_id, device)
+            targets = [[*p, *c] for _, p, c in batch]
+            decoder_ids = _right_padded([[start_id, *t[:-1]] for t in targets], 0, device)
+            memory = model.encode(encoder_ids)
+            hidden = model.decode(decoder_ids, memory, encoder_ids != model.cfg.pad_id)
+            for row, (_, decoder_prefix, continuation) in enumerate(batch):
+                first, n = len(decoder_prefix), len(continuation)
+                logits = model.logits(hidden[row, first : first + n])
+                scores.append(_sum_log_probs(logits, continuation, device))
+    return scores
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> torch.Tensor:
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("a request has no tokens to read")
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out.to(device)
+
+
+def _sum_log_probs(logits: torch.Tensor, targets: Sequence[int], device: torch.device) -> float:
+    if len(targets) == 0:
+        raise ValueError("a continuation has no tokens to score")
+    target = torch.tensor(list(targets), dtype=torch.long, device=device)
+    return float(F.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None]).sum())
