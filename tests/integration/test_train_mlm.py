@@ -85,6 +85,10 @@ def test_mlm_run_evaluates_and_exports_to_bert(shards_dir, tokenizer_dir, tmp_pa
     argv = ["generate", "--run", str(run), "--prompt", prompt, "--temperature", "0", "--seed", "1"]
     assert main(argv) == 2
     assert "--temperature, --seed: an encoder run writes no tokens" in capsys.readouterr().err
+    # nor is an encoder scored few-shot: it writes no answer
+    argv = ["fewshot", "--run", str(run), "--train", "t.jsonl", "--eval", "e.jsonl"]
+    assert main(argv) == 2
+    assert "few-shot scoring needs a model that writes text" in capsys.readouterr().err
 
 
 def test_span_corruption_resume_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
