@@ -215,12 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fs = commands.add_parser(
         "fewshot",
-        help="in-context (few-shot) classification accuracy of a run's model, no training",
-        description="Each example to classify follows K solved examples drawn from --train "
-        "(GPT-3's few-shot evaluation); each label's answer word is scored by its "
-        "log-likelihood as the continuation. Reports accuracy, accuracy per character of the "
-        "answer and calibrated accuracy (minus each answer's likelihood without the text). "
-        "Decoder and encoder-decoder runs.",
+        help="in-context (few-shot) accuracy of a run's model on classification or "
+        "multiple-choice questions, no training",
+        description="Each question follows K solved ones drawn from --train (GPT-3's few-shot "
+        "evaluation); each choice (a label's answer word, or one of the record's choices) is "
+        "scored by its log-likelihood as the continuation. Reports accuracy, accuracy per "
+        "character of the choice and calibrated accuracy (minus each choice's likelihood "
+        "without the text). Decoder and encoder-decoder runs.",
     )
     fs.add_argument("--run", required=True, help="run directory")
     fs.add_argument("--train", nargs="+", required=True,
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--answer", nargs="+", metavar="LABEL=WORD",
                     help="the answer word of each label, e.g. 0=negative 1=positive "
                     "(default: the labels as written)")  # fmt: skip
+    fs.add_argument("--choices-key", metavar="KEY",
+                    help="multiple choice: each record's choices are the list under KEY and "
+                    "its label is the index of the right one")  # fmt: skip
     fs.add_argument("--checkpoint", default="latest")
     fs.add_argument("--max-examples", type=_positive_int, help="score the first N only")
     fs.add_argument("--batch-size", type=_positive_int, default=16)

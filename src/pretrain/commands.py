@@ -217,20 +217,22 @@ def finetune(args: argparse.Namespace) -> int:
 
 def few_shot(args: argparse.Namespace) -> int:
     from pretrain.atomic import atomic_write_text
-    from pretrain.eval.few_shot import FewShotSettings, few_shot_eval
+    from pretrain.config import FewShotTaskConfig
+    from pretrain.eval.few_shot import few_shot_eval
 
-    settings = FewShotSettings(
-        shots=args.shots,
+    task = FewShotTaskConfig(
+        train=list(args.train),
+        eval=list(args.eval),
         template=args.template.replace("\\n", "\n").replace("\\t", "\t"),
         answers=_label_words(args.answer),
-        seed=args.seed,
+        choices_key=args.choices_key,
+        shots=args.shots,
         max_examples=args.max_examples,
-        batch_size=args.batch_size,
+        seed=args.seed,
         text_key=args.text_key,
         label_key=args.label_key,
-        device=args.device,
     )
-    summary = few_shot_eval(args.run, args.train, args.eval, settings, args.checkpoint)
+    summary = few_shot_eval(args.run, task, args.checkpoint, args.batch_size, args.device)
     predictions = summary.pop("predictions")
     if args.predictions:
         lines = "".join(json.dumps(p) + "\n" for p in predictions)
@@ -248,7 +250,9 @@ def few_shot(args: argparse.Namespace) -> int:
         ("per_char", "accuracy_per_char", "log-likelihood per character"),
         ("calibrated", "accuracy_calibrated", "calibrated (minus the premise's)"),
     ):
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["predicted"][metric].items()))
+        given = sorted(summary["predicted"][metric].items())
+        # by word for a classification, else by the choice's index
+        counts = ", ".join(f"{k if summary['choices'] else '#' + k} {v}" for k, v in given)
         table.add_row(name, f"{summary[key]:.4f}", counts)
     table.add_row("(the majority label)", f"{summary['majority_accuracy']:.4f}", "")
     table.add_row("(chance)", f"{summary['chance_accuracy']:.4f}", "")

@@ -511,6 +511,51 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class FewShotTaskConfig:
+    """A few-shot task (``pretrain fewshot``; ``eval.tasks`` during training): questions from
+    labeled or multiple-choice records, each after ``shots`` solved ones."""
+
+    name: str = "task"
+    train: list[str] = dataclasses.field(default_factory=list)
+    """Files or directories of records to draw the solved examples from."""
+    eval: list[str] = dataclasses.field(default_factory=list)
+    """Files or directories of the records to score."""
+    template: str = "{text}\nAnswer:"
+    """An example's text around ``{text}``; the answer follows after a space."""
+    answers: dict[str, str] | None = None
+    """Classification: the answer word of each label (``{0: negative, 1: positive}``); None:
+    the labels as written."""
+    choices_key: str | None = None
+    """Multiple choice: each record's choices are the list under this key and its label the
+    index of the right one."""
+    shots: int = 5
+    max_examples: int | None = None
+    """Score the first N records only; None: all."""
+    seed: int = 0
+    """Of the draw of solved examples."""
+    text_key: str = "text"
+    label_key: str = "label"
+
+    def validate(self, where: str) -> FewShotTaskConfig:
+        if not self.train or not self.eval:
+            raise ConfigError(f"{where}: give the task's train and eval files")
+        if self.shots < 0:
+            raise ConfigError(f"{where}.shots must be >= 0, got {self.shots}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"{where}.max_examples must be >= 1, got {self.max_examples}")
+        if "{text}" not in self.template:
+            raise ConfigError(f"{where}.template must hold {{text}}, got {self.template!r}")
+        if self.answers is not None and self.choices_key is not None:
+            raise ConfigError(
+                f"{where}: answers name the words of labels, choices_key a multiple-choice "
+                "record's choices; give one"
+            )
+        if self.answers is not None:
+            self.answers = {str(k): str(v) for k, v in self.answers.items()}
+        return self
+
+
+@dataclasses.dataclass
 class EvalConfig:
     every_steps: int = 200
     max_batches: int | None = 50
@@ -520,6 +565,9 @@ class EvalConfig:
     """Windows a val batch holds; None: ``train.micro_batch_size``. Set it to keep the
     evaluated tokens, and so the val losses and ``best``, the same when the micro-batch
     changes (another number of ranks, a resume with other memory)."""
+    tasks: list[FewShotTaskConfig] | None = None
+    """Few-shot tasks scored at each evaluation (OLMo's in-loop downstream evaluation), their
+    accuracies logged with the val loss under ``downstream``."""
 
 
 @dataclasses.dataclass
@@ -644,6 +692,18 @@ class ExperimentConfig:
         }
         if self.eval.max_batches is not None:
             positive["eval.max_batches"] = self.eval.max_batches
+        for i, task in enumerate(self.eval.tasks or []):
+            task.validate(f"eval.tasks[{i}]")
+        names = [task.name for task in self.eval.tasks or []]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"eval.tasks: two tasks have one name: {names}")
+        if names and not self.data.val:
+            raise ConfigError("eval.tasks are scored with the val loss: set data.val too")
+        if names and self.model.family not in ("decoder", "encoder_decoder"):
+            raise ConfigError(
+                f"eval.tasks: few-shot scoring needs a model that writes text (a decoder or an "
+                f"encoder-decoder), model.family is {self.model.family!r}"
+            )
         if self.eval.batch_size is not None:
             positive["eval.batch_size"] = self.eval.batch_size
         non_negative = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.config import ExperimentConfig, load_config
+from pretrain.config import ExperimentConfig, FewShotTaskConfig, load_config
 from pretrain.distributed.env import free_port
+from pretrain.eval.few_shot import few_shot_eval
 from pretrain.runs import load_run
 from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, step_dir_name
 from pretrain.train.metrics import read_metrics
@@ -124,6 +126,39 @@ def _assert_same_run(run: Path, reference: Path, first_step: int = 1) -> dict[st
     return {"loss_rel": loss_rel, "param_abs": param_abs}
 
 
+def _few_shot_task(tmp_path: Path) -> tuple[str, FewShotTaskConfig]:
+    """A labeled task of 15 questions (an odd number: the ranks' shares differ), as an
+    ``eval.tasks`` override and as the config ``pretrain fewshot`` takes."""
+    rng = random.Random(0)
+    words = "the a of and to in was he it his".split()
+    files = {}
+    for name, n in (("train", 20), ("eval", 15)):
+        lines = [
+            json.dumps({"text": " ".join(rng.choices(words, k=4)), "label": rng.randrange(2)})
+            for _ in range(n)
+        ]
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("\n".join(lines) + "\n")
+    task = FewShotTaskConfig(name="words", train=[str(files["train"])], eval=[str(files["eval"])],
+                             answers={"0": "no", "1": "yes"}, shots=2)  # fmt: skip
+    override = (f"[{{name: words, train: [{files['train']}], eval: [{files['eval']}], "
+                "answers: {0: 'no', 1: 'yes'}, shots: 2}]")  # fmt: skip
+    return override, task
+
+
+def _assert_tasks_scored_as_one_process_scores_them(run: Path, task: FewShotTaskConfig) -> None:
+    """The accuracies logged at each evaluation are those ``pretrain fewshot`` gives the
+    checkpoint of that step in one process."""
+    val = [r for r in read_metrics(run) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [5, 10]
+    for record in val:
+        during = record["downstream"]["words"]
+        after = few_shot_eval(run, task, checkpoint=step_dir_name(record["step"]))
+        assert during["examples"] == after["examples"] == 15
+        for key in ("accuracy", "accuracy_per_char", "accuracy_calibrated"):
+            assert during[key] == after[key], (record["step"], key, during, after)
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
     """The reference: one process, 4 micro-batches a step."""
@@ -142,15 +177,18 @@ def test_ddp_equals_one_process_with_twice_the_accumulation(
     batch_worker, single_run, shards_dir, tokenizer_dir, tmp_path
 ):
     run = tmp_path / "ddp"
+    tasks, task = _few_shot_task(tmp_path)  # each rank scores its share of the questions
     args = _overrides(
         shards_dir,
         tokenizer_dir,
         run,
         distributed__strategy="ddp",
         data__batch_worker=batch_worker,
+        eval__tasks=tasks,
     )
     _torchrun(["-m", "pretrain", "train"], args)
     diffs = _assert_same_run(run, single_run)
+    _assert_tasks_scored_as_one_process_scores_them(run, task)
     print("ddp vs single:", diffs)
     val, ref_val = _losses(run, "val"), _losses(single_run, "val")
     assert val == pytest.approx(ref_val, rel=1e-6)
@@ -217,9 +255,13 @@ def test_fsdp_equals_one_process_reads_disjoint_data_and_resumes_on_one_rank(
     single_run, shards_dir, tokenizer_dir, tmp_path, caplog
 ):
     run = tmp_path / "fsdp"
-    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="fsdp")
+    tasks, task = _few_shot_task(tmp_path)  # every rank scores every question, in lockstep
+    args = _overrides(
+        shards_dir, tokenizer_dir, run, distributed__strategy="fsdp", eval__tasks=tasks
+    )
     _torchrun([str(REPO / "tests" / "distributed" / "record_samples.py"), str(tmp_path)], args)
     diffs = _assert_same_run(run, single_run)
+    _assert_tasks_scored_as_one_process_scores_them(run, task)
     print("fsdp vs single:", diffs)
     # evaluation split over the ranks (FSDP: in lockstep) reports what one process reports
     assert _losses(run, "val") == pytest.approx(_losses(single_run, "val"), rel=1e-6)

@@ -45,12 +45,16 @@ def task(tmp_path_factory) -> dict[str, Path]:
     argv = ["tokenizer", "train", "--input", corpus, "--vocab-size", "512", "--out", str(tok)]
     assert main(argv) == 0
     assert main(["data", "tokenize", "--tokenizer", str(tok), "--input", corpus, "--out",
-                 str(shards), "--val-fraction", "0"]) == 0  # fmt: skip
+                 str(shards), "--val-fraction", "0.05"]) == 0  # fmt: skip
+    # scored during training too, at steps 20 and 40 (eval.tasks)
+    tasks = (f"[{{name: words, train: [{train}], eval: [{evaluate}], template: '{{text}}', "
+             "answers: {0: negative, 1: positive}, shots: 3}]")  # fmt: skip
     assert main(["train", "--model.size=debug", "--model.d_model=64", "--model.n_layers=2",
-                 "--model.n_heads=4", f"--data.train=[{shards}]", f"--data.tokenizer={tok}",
-                 "--train.seq_len=128", "--train.micro_batch_size=8",
+                 "--model.n_heads=4", f"--data.train=[{shards}]", f"--data.val={shards}",
+                 f"--data.tokenizer={tok}", "--train.seq_len=128", "--train.micro_batch_size=8",
                  "--train.tokens_per_batch=1024", "--train.max_steps=40", "--optim.lr=3e-3",
-                 "--optim.warmup_steps=5", "--eval.every_steps=0", "--log.progress=false",
+                 "--optim.warmup_steps=5", "--eval.every_steps=20", "--eval.max_batches=2",
+                 f"--eval.tasks={tasks}", "--checkpoint.every_steps=20", "--log.progress=false",
                  "--log.tensorboard=false", f"--run.dir={run}"]) == 0  # fmt: skip
     return {"run": run, "train": train, "eval": evaluate, "dir": out}
 
@@ -77,13 +81,14 @@ def test_the_pretrained_decoder_classifies_in_context(task, capsys):
     assert all(" ".join(block.split()[:-1]) in train_texts for block in first[:3])
     # every example's record: the accuracy is what its log-likelihoods say
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert len(records) == 60
-    right = sum(max(r["log_likelihoods"], key=r["log_likelihoods"].get) == r["answer"]
-                for r in records)  # fmt: skip
-    assert right / 60 == summary["accuracy"]
-    assert sum(r["prediction"] == "positive" for r in records) == summary["predicted"]["raw"].get(
-        "positive", 0
+    assert len(records) == 60 and all(r["choices"] == list(ANSWERS) for r in records)
+    best = [max(range(2), key=r["log_likelihoods"].__getitem__) for r in records]
+    assert best == [r["prediction"] for r in records]
+    assert (
+        sum(b == r["answer"] for b, r in zip(best, records, strict=True)) / 60
+        == summary["accuracy"]
     )
+    assert best.count(1) == summary["predicted"]["raw"].get("positive", 0)
 
 
 def test_zero_shots_and_a_short_context_give_fewer_demonstrations(task, capsys):
@@ -103,7 +108,7 @@ def test_zero_shots_and_a_short_context_give_fewer_demonstrations(task, capsys):
     [
         (["--answer", "0=negative"], "--answer: give one word for each label of the data (0, 1)"),
         (["--answer", "0negative", "1=positive"], "--answer: write LABEL=WORD, got '0negative'"),
-        (["--template", "Review:"], "the template must hold {text}"),
+        (["--template", "Review:"], "template must hold {text}"),
     ],
 )
 def test_bad_settings_are_refused_by_name(task, capsys, extra, message):
@@ -136,3 +141,75 @@ def test_an_example_longer_than_the_context_is_scored_on_its_last_tokens(task, t
     assert summary["first_prompt"].endswith("w299 the plot dull negative")
     assert "w0 " not in summary["first_prompt"] and "\n\n" not in summary["first_prompt"]
     assert summary["accuracy"] == 1.0  # the deciding last word was kept
+
+
+def _choice_question(rng: random.Random) -> dict:
+    """A multiple-choice record: the right answer word among two others, in random order."""
+    text, label = _example(rng)
+    choices = [ANSWERS[label], ANSWERS[1 - label], rng.choice(FILLER)]
+    rng.shuffle(choices)
+    return {"text": text, "choices": choices, "label": choices.index(ANSWERS[label])}
+
+
+def test_multiple_choice_questions_each_with_their_own_choices(task, tmp_path, capsys):
+    rng = random.Random(1)
+    files = {}
+    for name, n in (("mc_train", 50), ("mc_eval", 40)):
+        records = [_choice_question(rng) for _ in range(n)]
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["fewshot", "--run", str(task["run"]), "--train", str(files["mc_train"]), "--eval",
+            str(files["mc_eval"]), "--template", "{text}", "--choices-key", "choices",
+            "--shots", "2", "--json"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 40 and summary["choices"] is None
+    assert summary["chance_accuracy"] == pytest.approx(1 / 3)
+    assert summary["accuracy"] >= 0.9
+    # answers given are counted by position, which differs from question to question
+    assert sum(summary["predicted"]["raw"].values()) == 40
+    assert len(summary["predicted"]["raw"]) == 3
+    # a solved example ends with its right choice
+    solved = summary["first_prompt"].split("\n\n")[0].split()
+    assert solved[-1] in ANSWERS and solved[-2] in GOOD + BAD
+    assert (solved[-2] in GOOD) == (solved[-1] == "positive")
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"text": "a", "choices": ["x"], "label": 0}, "must be a list of at least two"),
+        ({"text": "a", "choices": ["x", "y"], "label": 2}, "must be the index of the right"),
+        ({"text": "a", "choices": ["x", ""], "label": 0}, "must be a list of at least two"),
+    ],
+)
+def test_a_bad_multiple_choice_record_is_refused_naming_its_line(
+    task, tmp_path, capsys, record, message
+):
+    bad = tmp_path / "bad.jsonl"
+    good = {"text": "b", "choices": ["x", "y"], "label": 1}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    argv = ["fewshot", "--run", str(task["run"]), "--train", str(bad), "--eval", str(bad),
+            "--choices-key", "choices"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "bad.jsonl:2" in err
+
+
+def test_tasks_scored_during_training_equal_fewshot_on_the_same_checkpoint(task, capsys):
+    from pretrain.train.metrics import read_metrics
+
+    val = [r for r in read_metrics(task["run"]) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [20, 40]
+    for record in val:
+        during = record["downstream"]["words"]
+        assert during["examples"] == 60
+        capsys.readouterr()
+        argv = _argv(task, "--shots", "3", "--json", "--checkpoint", f"step_{record['step']}")
+        assert main(argv) == 0
+        after = json.loads(capsys.readouterr().out)
+        for key in ("accuracy", "accuracy_per_char", "accuracy_calibrated"):
+            assert during[key] == after[key], (record["step"], key)
+    assert val[-1]["downstream"]["words"]["accuracy"] >= 0.95

@@ -125,6 +125,35 @@ def test_experiment_values_at_their_bounds_are_refused_by_key(override, message)
         load_config(ExperimentConfig, None, ["--data.train=[x]", override]).validate()
 
 
+TASK = "name: s, train: [t.jsonl], eval: [e.jsonl]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([f"--eval.tasks=[{{{TASK}, shots: -1}}]"], r"eval.tasks\[0\].shots must be >= 0"),
+        ([f"--eval.tasks=[{{{TASK}, template: 'Q:'}}]"], r"eval.tasks\[0\].template must hold"),
+        ([f"--eval.tasks=[{{{TASK}, max_examples: 0}}]"], r"tasks\[0\].max_examples must be >= 1"),
+        (["--eval.tasks=[{name: s, eval: [e.jsonl]}]"], r"eval.tasks\[0\]: give the task's train"),
+        ([f"--eval.tasks=[{{{TASK}, answers: {{0: a}}, choices_key: c}}]"], "give one"),
+        ([f"--eval.tasks=[{{{TASK}}}, {{{TASK}}}]"], "two tasks have one name"),
+        ([f"--eval.tasks=[{{{TASK}, shot: 2}}]"], r"unknown config key 'eval.tasks\[0\].shot'"),
+        ([f"--eval.tasks=[{{{TASK}}}]", "--data.val="], "set data.val too"),
+        (
+            [f"--eval.tasks=[{{{TASK}}}]", "--model.family=encoder", "--objective.name=mlm"],
+            "needs a model that writes text",
+        ),  # fmt: skip
+    ],
+)
+def test_few_shot_tasks_in_training_are_checked_when_the_config_loads(overrides, message):
+    from pretrain.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(
+            ExperimentConfig, None, ["--data.train=[x]", "--data.val=v", *overrides]
+        ).validate()
+
+
 def test_experiment_values_at_their_bounds_are_accepted():
     from pretrain.config import ExperimentConfig
 

@@ -5,30 +5,28 @@ from __future__ import annotations
 
 import pytest
 
-from pretrain.eval.few_shot import answer_words
+from pretrain.eval.few_shot_data import answer_words
 from pretrain.eval.few_shot_prompts import FewShotFormat, draw_demonstrations, fit_prompt
 
-FMT = FewShotFormat("Review: {text}\nSentiment:", ("negative", "positive"))
+FMT = FewShotFormat("Review: {text}\nSentiment:")
 
 
 def test_solved_examples_then_the_question_separated_by_blank_lines():
-    context = FMT.context([("dull", 0), ("superb", 1)], "fine")
+    context = FMT.context([("dull", "negative"), ("superb", "positive")], "fine")
     assert context == (
         "Review: dull\nSentiment: negative\n\n"
         "Review: superb\nSentiment: positive\n\n"
         "Review: fine\nSentiment:"
     )
-    assert FMT.continuation(1) == " positive"
+    assert FMT.continuation("positive") == " positive"
     assert FMT.context([], "fine") == "Review: fine\nSentiment:"
     assert FMT.premise() == "Sentiment:"
-    assert FewShotFormat("{text}", ("a", "b")).premise() == ""
+    assert FewShotFormat("{text}").premise() == ""
 
 
-def test_a_template_without_text_or_two_labels_with_one_word_are_refused():
+def test_a_template_without_text_is_refused():
     with pytest.raises(ValueError, match="must hold {text}"):
-        FewShotFormat("Review:", ("a", "b"))
-    with pytest.raises(ValueError, match="same answer word"):
-        FewShotFormat("{text}", ("yes", "yes"))
+        FewShotFormat("Review:")
 
 
 def test_demonstrations_are_distinct_seeded_per_example_and_never_the_example_itself():
@@ -62,7 +60,7 @@ def _fit(demonstrations, text, budget):
 
 
 def test_the_demonstrations_farthest_from_the_example_are_dropped_to_fit():
-    demos = [("one two three", 0), ("four five", 1), ("six", 0)]
+    demos = [("one two three", "negative"), ("four five", "positive"), ("six", "negative")]
     # each solved example: "Review:" + words + "Sentiment:" + answer; the question: 2 + words
     full = _fit(demos, "seven", 100)
     assert full.shots == 3 and not full.truncated and len(full.context_ids) == 6 + 5 + 4 + 3
@@ -73,7 +71,7 @@ def test_the_demonstrations_farthest_from_the_example_are_dropped_to_fit():
 
 
 def test_an_example_too_long_alone_keeps_its_last_tokens():
-    fitted = _fit([("one", 0)], "a b c d e f g", 5)
+    fitted = _fit([("one", "positive")], "a b c d e f g", 5)
     assert fitted.shots == 0 and fitted.truncated
     assert fitted.context == FMT.context([], "e f g")
     assert fitted.context_ids == _words(fitted.context)
@@ -88,19 +86,20 @@ def test_answer_words_cover_the_labels_exactly():
         answer_words([0, 1], {"0": "negative"})
     with pytest.raises(ValueError, match=r"no such label: \['2'\]"):
         answer_words([0, 1], {"0": "negative", "1": "positive", "2": "neutral"})
+    with pytest.raises(ValueError, match="two labels have the same answer word"):
+        answer_words([0, 1], {"0": "yes", "1": "yes"})
 
 
 def _layout(tokenizer, family: str, objective: str, **objective_keys):
     from pretrain.config import ExperimentConfig
-    from pretrain.eval.few_shot import _Layout
-    from pretrain.runs import LoadedRun
+    from pretrain.eval.answer_layout import AnswerLayout
 
     cfg = ExperimentConfig()
     cfg.model.family = family
     cfg.objective.name = objective
     for key, value in objective_keys.items():
         setattr(cfg.objective, key, value)
-    return _Layout(LoadedRun(None, cfg, tokenizer, None, 0, None))
+    return AnswerLayout(cfg, tokenizer)
 
 
 @pytest.mark.parametrize(

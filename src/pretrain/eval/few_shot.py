@@ -1,234 +1,230 @@
-"""``pretrain fewshot``: in-context classification accuracy of a run's model, no training.
+"""``pretrain fewshot``: in-context accuracy of a run's model on classification or
+multiple-choice questions, no training.
 
-Each example to evaluate gets K solved examples from a training file before it
-(:mod:`pretrain.eval.few_shot_prompts`), and each label's answer word is scored by its
-log-likelihood as the continuation (:mod:`pretrain.eval.choice_scoring`). Three accuracies,
-as OLMo and lm-evaluation-harness report them:
+Each question to evaluate gets K solved questions from a training file before it
+(:mod:`pretrain.eval.few_shot_prompts`), and each of its choices is scored by its
+log-likelihood as the continuation (:mod:`pretrain.eval.choice_scoring`); the questions come
+from labeled or multiple-choice records (:mod:`pretrain.eval.few_shot_data`). Three
+accuracies, as OLMo and lm-evaluation-harness report them:
 
-- ``accuracy``: the answer with the highest log-likelihood;
-- ``accuracy_per_char``: that log-likelihood divided by the answer's length in characters
-  (lm-evaluation-harness's ``acc_norm``), which stops short answers winning for being short;
-- ``accuracy_calibrated``: minus the answer's log-likelihood after the template's words alone
-  (Holtzman et al. 2021, domain-conditional PMI), which stops one answer winning everywhere
-  for being the more common word; a small model's few-shot errors are mostly that bias.
+- ``accuracy``: the choice with the highest log-likelihood;
+- ``accuracy_per_char``: that log-likelihood divided by the choice's length in characters
+  (lm-evaluation-harness's ``acc_norm``), so that a long choice does not lose for its length;
+- ``accuracy_calibrated``: minus the choice's log-likelihood after the template's words alone
+  (Holtzman et al. 2021, domain-conditional PMI), so that a choice does not win everywhere for
+  being a common string.
 
-The prompt is laid out as the run's objective trained the model: a decoder reads it as
-``pretrain generate`` would (causally, or as a bidirectional prefix for a prefix LM or UL2);
-an encoder-decoder reads it in its encoder and its decoder writes the answer: directly after
-a prefix LM or UL2 (mode ``[S]``), after the sentinel of a blank put at the prompt's end for
-span corruption, and after a copy of the prompt for BART, whose decoder rewrites its input.
+The prompt is laid out as the run's objective trained the model
+(:mod:`pretrain.eval.answer_layout`). A task is prepared once (its questions read, their
+prompts drawn and fitted) and scored at any weights: by ``pretrain fewshot`` on a checkpoint,
+and during training at each evaluation (``eval.tasks``), each rank scoring its share.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain.eval.choice_scoring import decoder_log_likelihoods, encoder_decoder_log_likelihoods
-from pretrain.eval.few_shot_prompts import FewShotFormat, draw_demonstrations, fit_prompt
-from pretrain.eval.labeled_data import Label, LabeledExamples, read_labeled
-from pretrain.runs import LoadedRun, load_run
-from pretrain.train.device_setup import resolve_device
+import torch
 
-DEFAULT_TEMPLATE = "{text}\nAnswer:"
+from pretrain.config import FewShotTaskConfig
+from pretrain.eval.answer_layout import AnswerLayout
+from pretrain.eval.few_shot_data import (
+    Question,
+    answer_words,
+    classification_questions,
+    read_multiple_choice,
+)
+from pretrain.eval.few_shot_prompts import FewShotFormat, draw_demonstrations, fit_prompt
+from pretrain.eval.labeled_data import read_labeled
+
+METRICS = ("raw", "per_char", "calibrated")
+"""How a choice is picked: log-likelihood, per character, minus the premise's."""
+ACCURACY_KEYS = {
+    "raw": "accuracy",
+    "per_char": "accuracy_per_char",
+    "calibrated": "accuracy_calibrated",
+}
+"""The name of each metric's accuracy in summaries and ``metrics.jsonl``."""
 
 
 @dataclass(frozen=True)
-class FewShotSettings:
-    shots: int = 5
-    template: str = DEFAULT_TEMPLATE
-    answers: dict[str, str] | None = None
-    """The answer word of each label, keyed by the label as written (``"1"``); None: the
-    labels themselves."""
-    seed: int = 0
-    max_examples: int | None = None
-    """Evaluate the first N examples only."""
-    batch_size: int = 16
-    text_key: str = "text"
-    label_key: str = "label"
-    device: str = "cpu"
+class PreparedTask:
+    """A task's questions with their prompts, ready to score at any weights."""
+
+    task: FewShotTaskConfig
+    fmt: FewShotFormat
+    questions: list[Question]
+    contexts: list[str]
+    continuations: list[list[list[int]]]
+    """Each question's choices as token ids, the separator before them included."""
+    shots: list[int]
+    truncated: list[bool]
 
 
-def few_shot_eval(
-    run_dir: str | os.PathLike,
-    train_inputs: Sequence[str | os.PathLike],
-    eval_inputs: Sequence[str | os.PathLike],
-    settings: FewShotSettings,
-    checkpoint: str = "latest",
-) -> dict[str, Any]:
-    """Score every evaluation example; returns the summary and, under ``predictions``, one
-    record per example (its label, each answer's log-likelihood, the shots it got).
+def read_questions(task: FewShotTaskConfig) -> tuple[list[Question], list[Question]]:
+    """(the questions to draw solved examples from, those to evaluate)."""
+    if task.choices_key is not None:
+        if task.answers is not None:
+            raise ValueError("--answer applies to classification records, not --choices-key")
+        keys = (task.text_key, task.choices_key, task.label_key)
+        return read_multiple_choice(task.train, *keys), read_multiple_choice(task.eval, *keys)
+    keys = (task.text_key, task.label_key)
+    pool = read_labeled(task.train, *keys)
+    examples = read_labeled(task.eval, *keys, pool.label_names)
+    words = answer_words(pool.label_names, task.answers)
+    return classification_questions(pool, words), classification_questions(examples, words)
+
+
+def prepare_task(task: FewShotTaskConfig, layout: AnswerLayout, seq_len: int) -> PreparedTask:
+    """Read ``task``'s records and write each question's prompt within ``seq_len`` tokens.
 
     Raises:
-        ValueError: an encoder or XLNet run, bad examples (naming file and line), a label
-            without an answer word or an answer word for no label.
+        ValueError: a bad record (naming its file and line), or answer words that do not fit
+            the labels.
     """
-    device = resolve_device(settings.device)
-    run = load_run(run_dir, checkpoint, device=str(device))
-    family = run.config.model.family
-    if family not in ("decoder", "encoder_decoder"):
-        raise ValueError(
-            f"{run_dir}: few-shot scoring needs a model that writes text (a decoder or an "
-            f"encoder-decoder), this run is {family!r}; fine-tune it instead (pretrain finetune)"
-        )
-    pool = read_labeled(train_inputs, settings.text_key, settings.label_key)
-    examples = read_labeled(eval_inputs, settings.text_key, settings.label_key, pool.label_names)
-    if settings.max_examples is not None:
-        n = settings.max_examples
-        examples = LabeledExamples(examples.texts[:n], examples.labels[:n], pool.label_names)
-    fmt = FewShotFormat(settings.template, answer_words(pool.label_names, settings.answers))
-    layout = _Layout(run)
-    continuations = [layout.tokenizer.encode(fmt.continuation(c)) for c in range(len(fmt.answers))]
-    budget = run.config.train.seq_len - max(map(len, continuations))
-
-    contexts, shots, truncated = [], [], []
-    for i, (text, _) in enumerate(zip(examples.texts, examples.labels, strict=True)):
-        drawn = draw_demonstrations(pool.texts, settings.shots, settings.seed, i, text)
-        demonstrations = [(pool.texts[j], pool.labels[j]) for j in drawn]
+    fmt = FewShotFormat(task.template)
+    pool, questions = read_questions(task)
+    questions = questions[: task.max_examples]
+    pool_texts = [q.text for q in pool]
+    solved = [(q.text, q.choices[q.answer]) for q in pool]
+    tokenizer = layout.tokenizer
+    contexts, continuations, shots, truncated = [], [], [], []
+    for i, question in enumerate(questions):
+        answers = [tokenizer.encode(fmt.continuation(c)) for c in question.choices]
+        drawn = draw_demonstrations(pool_texts, task.shots, task.seed, i, question.text)
         fitted = fit_prompt(
             fmt,
-            demonstrations,
-            text,
+            [solved[j] for j in drawn],
+            question.text,
             layout.encode_context,
-            layout.tokenizer.encode,
-            layout.tokenizer.decode,
-            budget,
+            tokenizer.encode,
+            tokenizer.decode,
+            seq_len - max(map(len, answers)),
         )
         contexts.append(fitted.context)
+        continuations.append(answers)
         shots.append(fitted.shots)
         truncated.append(fitted.truncated)
-    scores = layout.score(contexts, continuations, settings.batch_size)
-    premise = layout.score([fmt.premise()], continuations, settings.batch_size)[0]
-    return _summary(run, examples, fmt, scores, premise, shots, truncated, contexts, settings)
+    return PreparedTask(task, fmt, questions, contexts, continuations, shots, truncated)
 
 
-def answer_words(labels: Sequence[Label], answers: dict[str, str] | None) -> tuple[str, ...]:
-    """The answer word of each label (keyed by the label as written: ``"1"`` for 1).
+def score_task(
+    prepared: PreparedTask,
+    layout: AnswerLayout,
+    model: torch.nn.Module,
+    batch_size: int,
+    indices: Sequence[int] | None = None,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """(each question's choices' log-likelihoods after its prompt, and after the premise
+    alone), for the questions at ``indices`` (None: all)."""
+    if indices is None:
+        indices = range(len(prepared.questions))
+    requests = [(prepared.contexts[i], prepared.continuations[i]) for i in indices]
+    # The premise is scored once per set of choices: once for a classification.
+    distinct: dict[tuple[str, ...], int] = {}
+    premise_requests = []
+    for i in indices:
+        choices = prepared.questions[i].choices
+        if choices not in distinct:
+            distinct[choices] = len(premise_requests)
+            premise_requests.append((prepared.fmt.premise(), prepared.continuations[i]))
+    scores = layout.score(model, requests, batch_size)
+    alone = layout.score(model, premise_requests, batch_size)
+    return scores, [alone[distinct[prepared.questions[i].choices]] for i in indices]
 
-    Raises:
-        ValueError: a label without a word, or a word for a label the data does not have.
-    """
-    if answers is None:
-        return tuple(str(label) for label in labels)
-    written = [str(label) for label in labels]
-    missing = [label for label in written if label not in answers]
-    unknown = sorted(set(answers) - set(written))
-    if missing or unknown:
-        raise ValueError(
-            f"--answer: give one word for each label of the data ({', '.join(written)}); "
-            + (f"missing: {', '.join(missing)}" if missing else f"no such label: {unknown}")
-        )
-    return tuple(answers[label] for label in written)
 
-
-class _Layout:
-    """The run's model and how it reads a context and writes an answer."""
-
-    def __init__(self, run: LoadedRun):
-        from pretrain.blank_prompts import encoder_decoder_prompt_ids
-        from pretrain.prompting import objective_names, prompt_ids, prompt_plan
-
-        self.run, self.tokenizer = run, run.tokenizer
-        special = self.tokenizer.special
-        self.decoder_prefix: Callable[[str], list[int]] = lambda context: []
-        self.prefix = False  # a decoder's context read bidirectionally
-        if run.config.model.family == "decoder":
-            plan = prompt_plan(run.config)
-            self.prefix = plan.prefix
-            self.encode_context = lambda context: prompt_ids(context, self.tokenizer, plan)
-            return
-        names = objective_names(run.config)
-        blank = ""
-        if not names & {"prefix_lm", "ul2"} and "span" in names:
-            blank = " <|extra_id_0|>"  # the answer fills a blank at the end
-            self.decoder_prefix = lambda context: [special.sentinels[0]]
-        elif names == {"bart"}:
-            blank = " <|mask|>"  # the decoder rewrites the prompt, the answer in the blank
-            self.decoder_prefix = lambda context: [special.bos, *self.tokenizer.encode(context)]
-
-        def encode(context: str) -> list[int]:
-            return encoder_decoder_prompt_ids(context + blank, self.tokenizer, run.config)[0]
-
-        self.encode_context = encode
-
-    def score(
-        self, contexts: Sequence[str], continuations: Sequence[list[int]], batch_size: int
-    ) -> list[list[float]]:
-        """Each context's log-likelihood of each continuation."""
-        n = len(continuations)
-        if self.run.config.model.family == "decoder":
-            requests = [(self.encode_context(c), cont) for c in contexts for cont in continuations]
-            flat = decoder_log_likelihoods(self.run.model, requests, self.prefix, batch_size)
-        else:
-            enc_requests = [
-                (self.encode_context(c), self.decoder_prefix(c), cont)
-                for c in contexts
-                for cont in continuations
-            ]
-            flat = encoder_decoder_log_likelihoods(self.run.model, enc_requests, batch_size)
-        return [flat[i : i + n] for i in range(0, len(flat), n)]
+def picks(question: Question, scores: list[float], premise: list[float]) -> dict[str, int]:
+    """The choice each metric picks (:data:`METRICS`)."""
+    lengths = [len(c) for c in question.choices]
+    return {
+        "raw": _argmax(scores),
+        "per_char": _argmax([s / n for s, n in zip(scores, lengths, strict=True)]),
+        "calibrated": _argmax([s - p for s, p in zip(scores, premise, strict=True)]),
+    }
 
 
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def _summary(
-    run: LoadedRun,
-    examples: LabeledExamples,
-    fmt: FewShotFormat,
-    scores: list[list[float]],
-    premise: list[float],
-    shots: list[int],
-    truncated: list[bool],
-    contexts: list[str],
-    settings: FewShotSettings,
+def few_shot_eval(
+    run_dir: str | os.PathLike,
+    task: FewShotTaskConfig,
+    checkpoint: str = "latest",
+    batch_size: int = 16,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    lengths = [len(a) for a in fmt.answers]
-    predictions, counts = [], {"raw": Counter(), "per_char": Counter(), "calibrated": Counter()}
+    """Score every question of ``task`` with a run's checkpoint; returns the summary and,
+    under ``predictions``, one record per question (its answer, each choice's
+    log-likelihood, the shots it got).
+
+    Raises:
+        ValueError: an encoder or XLNet run, a bad record (naming file and line), answer words
+            that do not fit the labels.
+    """
+    from pretrain.runs import load_run
+    from pretrain.train.device_setup import resolve_device
+
+    run = load_run(run_dir, checkpoint, device=str(resolve_device(device)))
+    try:
+        layout = AnswerLayout(run.config, run.tokenizer)
+    except ValueError as e:
+        raise ValueError(f"{run_dir}: {e}") from None
+    prepared = prepare_task(task.validate("task"), layout, run.config.train.seq_len)
+    scores, premise = score_task(prepared, layout, run.model, batch_size)
+    summary = summarize(prepared, scores, premise)
+    return {"run": str(run.run_dir), "checkpoint": str(run.checkpoint), **summary}
+
+
+def summarize(
+    prepared: PreparedTask, scores: list[list[float]], premise: list[list[float]]
+) -> dict[str, Any]:
+    """Accuracies, answers given, and each question's record, of a fully scored task."""
+    questions = prepared.questions
+    # Answers given are counted by word where every question has the same choices (a
+    # classification), else by index.
+    shared = len({q.choices for q in questions}) == 1
+    counts = {metric: Counter() for metric in METRICS}
     correct = Counter()
-    for i, (label, row) in enumerate(zip(examples.labels, scores, strict=True)):
-        chosen = {
-            "raw": _argmax(row),
-            "per_char": _argmax([s / n for s, n in zip(row, lengths, strict=True)]),
-            "calibrated": _argmax([s - p for s, p in zip(row, premise, strict=True)]),
-        }
+    predictions = []
+    for i, (question, row, alone) in enumerate(zip(questions, scores, premise, strict=True)):
+        chosen = picks(question, row, alone)
         for metric, c in chosen.items():
-            counts[metric][fmt.answers[c]] += 1
-            correct[metric] += c == label
+            counts[metric][question.choices[c] if shared else str(c)] += 1
+            correct[metric] += c == question.answer
         predictions.append(
             {
                 "index": i,
-                "label": examples.label_names[label],
-                "answer": fmt.answers[label],
-                "log_likelihoods": dict(zip(fmt.answers, row, strict=True)),
-                "prediction": fmt.answers[chosen["raw"]],
-                "shots": shots[i],
-                "truncated": truncated[i],
+                "answer": question.answer,
+                "choices": list(question.choices),
+                "log_likelihoods": row,
+                "premise_log_likelihoods": alone,
+                "prediction": chosen["raw"],
+                "shots": prepared.shots[i],
+                "truncated": prepared.truncated[i],
             }
         )
-    n = len(examples.labels)
+    n = len(questions)
+    first = questions[0]
+    task = prepared.task
     return {
-        "run": str(run.run_dir),
-        "checkpoint": str(run.checkpoint),
         "examples": n,
-        "shots": settings.shots,
-        "mean_shots": sum(shots) / n,
-        "fewer_shots": sum(s < settings.shots for s in shots),
-        "truncated": sum(truncated),
-        "accuracy": correct["raw"] / n,
-        "accuracy_per_char": correct["per_char"] / n,
-        "accuracy_calibrated": correct["calibrated"] / n,
-        "majority_accuracy": max(Counter(examples.labels).values()) / n,
-        "chance_accuracy": 1 / len(fmt.answers),
+        "shots": task.shots,
+        "mean_shots": sum(prepared.shots) / n,
+        "fewer_shots": sum(s < task.shots for s in prepared.shots),
+        "truncated": sum(prepared.truncated),
+        **{ACCURACY_KEYS[metric]: correct[metric] / n for metric in METRICS},
+        "majority_accuracy": max(Counter(q.answer for q in questions).values()) / n,
+        "chance_accuracy": sum(1 / len(q.choices) for q in questions) / n,
         "predicted": {metric: dict(c) for metric, c in counts.items()},
-        "answers": dict(zip(map(str, examples.label_names), fmt.answers, strict=True)),
-        "premise_log_likelihoods": dict(zip(fmt.answers, premise, strict=True)),
-        "template": fmt.template,
-        "seed": settings.seed,
-        "first_prompt": contexts[0] + fmt.continuation(examples.labels[0]),
+        "choices": list(first.choices) if shared else None,
+        "template": task.template,
+        "seed": task.seed,
+        "first_prompt": prepared.contexts[0]
+        + prepared.fmt.continuation(first.choices[first.answer]),
         "predictions": predictions,
     }

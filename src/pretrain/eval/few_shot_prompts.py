@@ -25,33 +25,29 @@ class FewShotFormat:
 
     Attributes:
         template: an example's text around ``{text}``; the answer follows it.
-        answers: the word written for each label, in the order of the labels.
         answer_separator: between the template and the answer (the answer's first token
             carries it, as byte-level BPE tokens carry the space before a word).
         example_separator: between examples.
     """
 
     template: str
-    answers: tuple[str, ...]
     answer_separator: str = " "
     example_separator: str = "\n\n"
 
     def __post_init__(self) -> None:
         if "{text}" not in self.template:
             raise ValueError(f"the template must hold {{text}}, got {self.template!r}")
-        if len(set(self.answers)) != len(self.answers):
-            raise ValueError(f"two labels have the same answer word: {list(self.answers)}")
 
     def question(self, text: str) -> str:
         return self.template.replace("{text}", text)
 
-    def continuation(self, label: int) -> str:
-        """What follows the question when the answer is ``label``."""
-        return self.answer_separator + self.answers[label]
+    def continuation(self, answer: str) -> str:
+        """What follows the question when the answer is ``answer``."""
+        return self.answer_separator + answer
 
-    def context(self, demonstrations: Sequence[tuple[str, int]], text: str) -> str:
-        """The solved ``demonstrations`` (text, label), then ``text``'s question."""
-        solved = [self.question(t) + self.continuation(label) for t, label in demonstrations]
+    def context(self, demonstrations: Sequence[tuple[str, str]], text: str) -> str:
+        """The solved ``demonstrations`` (text, answer), then ``text``'s question."""
+        solved = [self.question(t) + self.continuation(answer) for t, answer in demonstrations]
         return self.example_separator.join([*solved, self.question(text)])
 
     def premise(self) -> str:
@@ -88,7 +84,7 @@ class FittedPrompt:
 
 def fit_prompt(
     fmt: FewShotFormat,
-    demonstrations: Sequence[tuple[str, int]],
+    demonstrations: Sequence[tuple[str, str]],
     text: str,
     encode_context: Callable[[str], list[int]],
     tokenize_text: Callable[[str], list[int]],

@@ -51,6 +51,7 @@ from pretrain.distributed.parallelize import (
     apply_activation_checkpointing,
     gathered,
     gradient_sync,
+    is_fsdp,
     parallelize,
 )
 from pretrain.eval.perplexity import evaluate
@@ -70,6 +71,7 @@ from pretrain.train.device_setup import (
     resolve_device,
     start_distributed,
 )
+from pretrain.train.downstream import DownstreamTasks
 from pretrain.train.errors import TrainingError
 from pretrain.train.garbage_collection import ScheduledGarbageCollection
 from pretrain.train.interrupt import StopOnSignal, TrainingInterrupted
@@ -169,6 +171,11 @@ class Trainer:
             self.val_batches = open_val_loader(
                 cfg, self.window_seq_len, self._verify_checksums, self.tokenizer.hash
             )
+        self.downstream = None  # read now: a bad record fails before training
+        if cfg.eval.tasks:
+            lockstep = is_fsdp(self.train_module)  # every rank runs every forward
+            rank, world = self.dist.rank, self.dist.world_size
+            self.downstream = DownstreamTasks(cfg, self.tokenizer, rank, world, lockstep)
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
             self.batches = WorkerStepBatches(source, self.batches)
@@ -511,14 +518,24 @@ class Trainer:
             )
         lr = self.optimizer.param_groups[0]["lr"]
         record = val_record(result, self.state.step, lr, self.state.tokens_seen)
+        if self.downstream is not None:
+            with gathered(self.train_module):
+                record["downstream"] = self.downstream.evaluate(
+                    self.model, self.device, self._autocast
+                )
         self.metrics.write(record)
         self.state.last_eval_step = self.state.step
         if self.dist.is_main:
+            tasks = "".join(
+                f", {name} accuracy {r['accuracy']:.4f}"
+                for name, r in record.get("downstream", {}).items()
+            )
             log.info(
-                "step %d: val loss %.4f, bits/byte %s",
+                "step %d: val loss %.4f, bits/byte %s%s",
                 self.state.step,
                 result["loss"],
                 "n/a" if result["bits_per_byte"] is None else f"{result['bits_per_byte']:.4f}",
+                tasks,
             )
         return record
 
