@@ -109,6 +109,7 @@ def test_zero_shots_and_a_short_context_give_fewer_demonstrations(task, capsys):
         (["--answer", "0=negative"], "--answer: give one word for each label of the data (0, 1)"),
         (["--answer", "0negative", "1=positive"], "--answer: write LABEL=WORD, got '0negative'"),
         (["--template", "Review:"], "template must hold {text}"),
+        (["--choices-key", "choices"], "answers name the words of labels"),  # with --answer
     ],
 )
 def test_bad_settings_are_refused_by_name(task, capsys, extra, message):

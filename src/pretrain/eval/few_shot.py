@@ -68,8 +68,6 @@ class PreparedTask:
 def read_questions(task: FewShotTaskConfig) -> tuple[list[Question], list[Question]]:
     """(the questions to draw solved examples from, those to evaluate)."""
     if task.choices_key is not None:
-        if task.answers is not None:
-            raise ValueError("--answer applies to classification records, not --choices-key")
         keys = (task.text_key, task.choices_key, task.label_key)
         return read_multiple_choice(task.train, *keys), read_multiple_choice(task.eval, *keys)
     keys = (task.text_key, task.label_key)
