@@ -24,10 +24,16 @@ def _ids(rng: torch.Generator, n: int) -> list[int]:
 
 
 def _requests(seed: int) -> list[tuple[list[int], list[int]]]:
-    """Contexts of 1 to 30 tokens, continuations of 1 to 4: rows of unequal lengths."""
+    """Contexts of 1 to 30 tokens, continuations of 1 to 4: rows of unequal lengths; and
+    answers to one context that share a row (one-token answers, and answers that differ in
+    their last token only)."""
     rng = torch.Generator().manual_seed(seed)
     lengths = [(30, 1), (1, 3), (17, 4), (9, 2), (23, 1)]
-    return [(_ids(rng, c), _ids(rng, n)) for c, n in lengths]
+    requests = [(_ids(rng, c), _ids(rng, n)) for c, n in lengths]
+    context, (a, b, c, d) = _ids(rng, 12), _ids(rng, 4)
+    shared = [(context, [a]), (context, [b]), (context, [a, c]), (context, [a, d])]
+    # the same row (context + [a]) read as a longer context, which a prefix reads otherwise
+    return [*requests[:2], *shared, (context + [a], [c]), *requests[2:]]
 
 
 def _sum_log_probs(logits: torch.Tensor, first: int, continuation: list[int]) -> float:

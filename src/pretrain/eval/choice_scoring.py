@@ -29,26 +29,39 @@ def decoder_log_likelihoods(
 ) -> list[float]:
     """``log p(continuation | context)`` for each (context ids, continuation ids).
 
+    The last token of a continuation is predicted, never read, so a request's row is
+    ``context + continuation[:-1]``, and requests with the same row share one: all the
+    one-token answers to one prompt are scored from a single row (a forward for the prompt,
+    not one per answer).
+
     Args:
         prefix: the context attends to itself bidirectionally (a prefix LM's prompt).
     """
-    scores: list[float] = []
+    rows: dict[tuple[tuple[int, ...], int], list[int]] = {}  # (row, context length): requests
+    for i, (context, continuation) in enumerate(requests):
+        if len(context) == 0 or len(continuation) == 0:
+            raise ValueError("a request needs a context and a continuation of a token or more")
+        key = (tuple(context) + tuple(continuation[:-1]), len(context))
+        rows.setdefault(key, []).append(i)
+    scores = [0.0] * len(requests)
     device = model.output_weight.device
+    keys = list(rows)
     with inference(model):
-        for start in range(0, len(requests), batch_size):
-            batch = requests[start : start + batch_size]
-            rows = [[*context, *continuation] for context, continuation in batch]
-            input_ids = _right_padded(rows, pad=0, device=device)
+        for start in range(0, len(keys), batch_size):
+            batch = keys[start : start + batch_size]
+            input_ids = _right_padded([ids for ids, _ in batch], pad=0, device=device)
             spec = None
             if prefix:
-                lengths = torch.tensor([len(c) for c, _ in batch], device=device)
+                lengths = torch.tensor([n for _, n in batch], device=device)
                 spec = AttentionSpec(kind="prefix", prefix_lengths=lengths)
             hidden = model.forward_tokens(input_ids, attention=spec)  # (B, T, d)
-            for row, (context, continuation) in enumerate(batch):
-                # position t predicts token t + 1: the continuation from the context's last
-                first, n = len(context) - 1, len(continuation)
-                logits = model.logits(hidden[row, first : first + n])  # (n, V)
-                scores.append(_sum_log_probs(logits, continuation, device))
+            for row, key in enumerate(batch):
+                for i in rows[key]:
+                    context, continuation = requests[i]
+                    # position t predicts token t + 1: the continuation from the context's last
+                    first, n = len(context) - 1, len(continuation)
+                    logits = model.logits(hidden[row, first : first + n])  # (n, V)
+                    scores[i] = _sum_log_probs(logits, continuation, device)
     return scores
 
 
