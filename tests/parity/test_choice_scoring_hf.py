@@ -92,6 +92,14 @@ def test_encoder_decoder_scores_equal_hf_t5_scoring_each_request_alone():
     rng = torch.Generator().manual_seed(3)
     shapes = [(30, 0, 2), (5, 1, 3), (12, 6, 1), (1, 0, 4)]  # encoder, decoder prefix, answer
     requests = [(_ids(rng, e), _ids(rng, p), _ids(rng, n)) for e, p, n in shapes]
+    # answers to one input: one-token ones share a decoder row, all share the encoding
+    encoder_input, prefix, (a, b, c) = _ids(rng, 9), _ids(rng, 2), _ids(rng, 3)
+    shared = [
+        (encoder_input, prefix, [a]),
+        (encoder_input, prefix, [b]),
+        (encoder_input, [], [a, c]),
+    ]
+    requests = [requests[0], *shared, *requests[1:], (encoder_input, prefix + [a], [c])]
     ours = encoder_decoder_log_likelihoods(model, requests, batch_size=4)
     with torch.no_grad():
         for (encoder_ids, prefix, continuation), score in zip(requests, ours, strict=True):

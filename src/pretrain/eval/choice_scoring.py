@@ -72,22 +72,36 @@ def encoder_decoder_log_likelihoods(
 ) -> list[float]:
     """``log p(continuation | encoder input, decoder prefix)`` for each (encoder input ids,
     decoder prefix ids, continuation ids): the decoder is teacher-forced through the prefix
-    (a sentinel, or BART's copy of the input), and only the continuation is scored."""
-    scores: list[float] = []
+    (a sentinel, or BART's copy of the input), and only the continuation is scored.
+
+    As for decoders, requests whose decoder rows (``[start] + prefix + continuation[:-1]``)
+    and encoder inputs are equal share a row, and each encoder input of a batch is encoded
+    once, however many answers to it the batch scores."""
+    rows: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for i, (encoder_input, decoder_prefix, continuation) in enumerate(requests):
+        if len(encoder_input) == 0 or len(continuation) == 0:
+            raise ValueError("a request needs an encoder input and a continuation")
+        decoder_row = (model.cfg.decoder_start_id, *decoder_prefix, *continuation[:-1])
+        rows.setdefault((tuple(encoder_input), decoder_row), []).append(i)
+    scores = [0.0] * len(requests)
     device = model.output_weight.device
-    start_id = model.cfg.decoder_start_id
+    keys = list(rows)
     with inference(model):
-        for start in range(0, len(requests), batch_size):
-            batch = requests[start : start + batch_size]
-            encoder_ids = _right_padded([e for e, _, _ in batch], model.cfg.pad_id, device)
-            targets = [[*p, *c] for _, p, c in batch]
-            decoder_ids = _right_padded([[start_id, *t[:-1]] for t in targets], 0, device)
-            memory = model.encode(encoder_ids)
-            hidden = model.decode(decoder_ids, memory, encoder_ids != model.cfg.pad_id)
-            for row, (_, decoder_prefix, continuation) in enumerate(batch):
-                first, n = len(decoder_prefix), len(continuation)
-                logits = model.logits(hidden[row, first : first + n])
-                scores.append(_sum_log_probs(logits, continuation, device))
+        for start in range(0, len(keys), batch_size):
+            batch = keys[start : start + batch_size]
+            inputs = list(dict.fromkeys(encoder_input for encoder_input, _ in batch))
+            encoder_ids = _right_padded(inputs, model.cfg.pad_id, device)
+            memory = model.encode(encoder_ids)  # (distinct inputs, T_enc, d)
+            which = torch.tensor([inputs.index(e) for e, _ in batch], device=device)
+            keys_mask = (encoder_ids != model.cfg.pad_id)[which]
+            decoder_ids = _right_padded([row for _, row in batch], 0, device)
+            hidden = model.decode(decoder_ids, memory[which], keys_mask)
+            for row, key in enumerate(batch):
+                for i in rows[key]:
+                    _, decoder_prefix, continuation = requests[i]
+                    first, n = len(decoder_prefix), len(continuation)
+                    logits = model.logits(hidden[row, first : first + n])
+                    scores[i] = _sum_log_probs(logits, continuation, device)
     return scores
 
 
