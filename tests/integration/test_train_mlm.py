@@ -11,6 +11,7 @@ import torch
 from pretrain.blank_prompts import encode_with_blanks
 from pretrain.cli import main
 from pretrain.config import ExperimentConfig, load_config
+from pretrain.eval.choice_scoring import encoder_decoder_log_likelihoods
 from pretrain.generate_encoder_decoder import fill_spans, generate_encoder_decoder
 from pretrain.runs import load_run
 from pretrain.train.metrics import read_metrics
@@ -125,6 +126,25 @@ def test_generate_fills_the_sentinels_of_a_span_corruption_prompt(
     filled = fill_spans(encoder_input[:-1], expected, tokenizer.special.sentinels)
     assert out["filled"] == tokenizer.decode(filled)
     assert main([*argv, "--attention", "prefix"]) == 2  # a decoder's option
+
+    # few-shot: the answer is scored as the span of a blank at the prompt's end
+    records = [{"text": "It was the best", "label": 1}, {"text": "of times", "label": 0}]
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("".join(json.dumps(r) + "\n" for r in records))
+    predictions = tmp_path / "predictions.jsonl"
+    argv = ["fewshot", "--run", str(run), "--train", str(labeled), "--eval", str(labeled),
+            "--shots", "1", "--answer", "0=no", "1=yes",
+            "--predictions", str(predictions)]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads(predictions.read_text().splitlines()[0])
+    context = "of times\nAnswer: no\n\nIt was the best\nAnswer:"  # the other record, solved
+    special = tokenizer.special
+    encoder_input = [*tokenizer.encode(context), special.sentinels[0], special.eos]
+    expected = encoder_decoder_log_likelihoods(
+        loaded.model,
+        [(encoder_input, [special.sentinels[0]], tokenizer.encode(f" {w}")) for w in ("no", "yes")],
+    )
+    assert first["log_likelihoods"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_encoder_decoder_prefix_lm_trains_from_the_cli(shards_dir, tokenizer_dir, tmp_path):
