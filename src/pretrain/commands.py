@@ -140,6 +140,8 @@ def train(args: argparse.Namespace) -> int:
         table.add_row("val loss", f"{summary['val']['loss']:.4f}")
         bpb = summary["val"]["bits_per_byte"]
         table.add_row("val bits/byte", "n/a" if bpb is None else f"{bpb:.4f}")
+        for name, task in summary["val"].get("downstream", {}).items():
+            table.add_row(f"{name}: few-shot accuracy", f"{task['accuracy']:.4f}")
     nonfinite = summary["skipped_steps"] - summary["spike_steps"]
     if nonfinite:
         table.add_row("skipped steps (non-finite)", str(nonfinite))

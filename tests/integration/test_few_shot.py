@@ -3,8 +3,11 @@ decides its answer word classifies new examples in context; bad input is refused
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -49,14 +52,19 @@ def task(tmp_path_factory) -> dict[str, Path]:
     # scored during training too, at steps 20 and 40 (eval.tasks)
     tasks = (f"[{{name: words, train: [{train}], eval: [{evaluate}], template: '{{text}}', "
              "answers: {0: negative, 1: positive}, shots: 3}]")  # fmt: skip
-    assert main(["train", "--model.size=debug", "--model.d_model=64", "--model.n_layers=2",
-                 "--model.n_heads=4", f"--data.train=[{shards}]", f"--data.val={shards}",
-                 f"--data.tokenizer={tok}", "--train.seq_len=128", "--train.micro_batch_size=8",
-                 "--train.tokens_per_batch=1024", "--train.max_steps=40", "--optim.lr=3e-3",
-                 "--optim.warmup_steps=5", "--eval.every_steps=20", "--eval.max_batches=2",
-                 f"--eval.tasks={tasks}", "--checkpoint.every_steps=20", "--log.progress=false",
-                 "--log.tensorboard=false", f"--run.dir={run}"]) == 0  # fmt: skip
-    return {"run": run, "train": train, "eval": evaluate, "dir": out}
+    printed = io.StringIO()  # the run's closing table (the fixture outlives capsys)
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "--model.size=debug", "--model.d_model=64",
+                     "--model.n_layers=2", "--model.n_heads=4", f"--data.train=[{shards}]",
+                     f"--data.val={shards}", f"--data.tokenizer={tok}", "--train.seq_len=128",
+                     "--train.micro_batch_size=8", "--train.tokens_per_batch=1024",
+                     "--train.max_steps=40", "--optim.lr=3e-3", "--optim.warmup_steps=5",
+                     "--eval.every_steps=20", "--eval.max_batches=2", f"--eval.tasks={tasks}",
+                     "--checkpoint.every_steps=20", "--log.progress=false",
+                     "--log.tensorboard=false", f"--run.dir={run}"])  # fmt: skip
+    assert code == 0
+    return {"run": run, "train": train, "eval": evaluate, "dir": out,
+            "train_output": printed.getvalue()}  # fmt: skip
 
 
 def _argv(task: dict[str, Path], *extra: str) -> list[str]:
@@ -214,3 +222,6 @@ def test_tasks_scored_during_training_equal_fewshot_on_the_same_checkpoint(task,
         for key in ("accuracy", "accuracy_per_char", "accuracy_calibrated"):
             assert during[key] == after[key], (record["step"], key)
     assert val[-1]["downstream"]["words"]["accuracy"] >= 0.95
+    # the run's closing table says it too
+    accuracy = f"{val[-1]['downstream']['words']['accuracy']:.4f}"
+    assert re.search(rf"words: few-shot accuracy\s*│\s*{accuracy}", task["train_output"])
