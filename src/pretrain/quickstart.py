@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import statistics
 import tempfile
 import time
 from importlib import resources
@@ -67,7 +68,9 @@ def quickstart_config(out: Path, max_steps: int, minutes: float) -> ExperimentCo
 
 
 def _seconds_per_step(out: Path) -> float:
-    """Time two training steps of the quickstart model on the real shards (after one warm-up)."""
+    """The median time of three training steps of the quickstart model on the real shards
+    (after one warm-up): one step slowed by something else on the machine does not cut the
+    run's step budget."""
     from pretrain.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,11 +79,13 @@ def _seconds_per_step(out: Path) -> float:
         cfg.log.tensorboard = False
         trainer = Trainer(cfg)
         trainer.train_step()
-        start = time.perf_counter()
-        for _ in range(2):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
             trainer.train_step()
+            times.append(time.perf_counter() - start)
         trainer.metrics.close()
-        return (time.perf_counter() - start) / 2
+        return statistics.median(times)
 
 
 def run_quickstart(out: str | Path, minutes: float = 5.0, workers: int = 2) -> dict[str, Any]:
