@@ -125,6 +125,11 @@ class KVCache:
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row ``i`` becomes the old row ``rows[i]`` (beam search keeps the best beams)."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+
 
 class Attention(nn.Module):
     """Self-attention: fused qkv projection, optional q/k norm and RoPE, SDPA, output projection.

@@ -35,3 +35,9 @@ class DecoderCache:
         self.self_attention = [AttentionCache() for _ in range(n_layers)]
         self.cross_attention = [AttentionCache() for _ in range(n_layers)]
         self.length = 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row ``i`` becomes the old row ``rows[i]`` (beam search keeps the best beams)."""
+        for cache in (*self.self_attention, *self.cross_attention):
+            if cache.k is not None and cache.v is not None:
+                cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
