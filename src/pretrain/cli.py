@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample among the most likely tokens whose probabilities add up to p",
     )
     gen.add_argument("--seed", type=int, help="of the sampling (default 0)")
+    gen.add_argument("--num-beams", type=_positive_int, default=1,
+                     help="beam search with this many beams instead of sampling (Hugging "
+                     "Face's search and defaults); 1: sampling, or greedy at "
+                     "--temperature 0")  # fmt: skip
     gen.add_argument(
         "--attention",
         choices=["auto", "causal", "prefix"],

@@ -52,15 +52,24 @@ def sampling_settings(args: argparse.Namespace, family: str) -> None:
     """Fill in the sampling settings' defaults, or, for an encoder run, which samples
     nothing, refuse any that was given (it would be ignored)."""
     given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
-    if family == "encoder" and given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    if family == "encoder" and (given or args.num_beams > 1):
         raise ValueError(
-            f"{flags}: an encoder run writes no tokens, it predicts each <|mask|> of the "
-            "prompt in one pass (--top-k: how many predictions to show per mark)"
+            f"{_flags(given or ['num_beams'])}: an encoder run writes no tokens, it predicts "
+            "each <|mask|> of the prompt in one pass (--top-k: how many predictions to show "
+            "per mark)"
         )
+    sampling = [name for name in given if name != "max_new_tokens"]
+    if args.top_k is not None:
+        sampling.append("top_k")
+    if args.num_beams > 1 and sampling:
+        raise ValueError(f"{_flags(sampling)}: beam search (--num-beams) samples nothing")
     for name, default in SAMPLING_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
+
+
+def _flags(names: list[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 def _display(result: dict[str, Any]) -> str:
@@ -82,18 +91,27 @@ def _continue(run: Any, args: argparse.Namespace) -> dict[str, Any]:
     plan = prompt_plan(run.config, args.attention, args.ul2_mode)
     log.info("prompt: %s", plan.describe())
     prompt = prompt_ids(args.prompt, run.tokenizer, plan)
-    ids = generate(
-        run.model,
-        torch.tensor(prompt),
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=run.tokenizer.special.eos,
-        generator=torch.Generator().manual_seed(args.seed),
-        prefix=plan.prefix,
-    )
-    new = _until_eos(ids[len(prompt) :].tolist(), run.tokenizer.special.eos)
+    eos = run.tokenizer.special.eos
+    if args.num_beams > 1:
+        from pretrain.beam_search import decoder_beam_search
+
+        [ids] = decoder_beam_search(
+            run.model, torch.tensor([prompt]), args.max_new_tokens, args.num_beams, eos, plan.prefix
+        )
+        new = _until_eos(ids, eos)
+    else:
+        ids = generate(
+            run.model,
+            torch.tensor(prompt),
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=eos,
+            generator=torch.Generator().manual_seed(args.seed),
+            prefix=plan.prefix,
+        )
+        new = _until_eos(ids[len(prompt) :].tolist(), eos)
     text = args.prompt + run.tokenizer.decode(new)
     return {"prompt": args.prompt, "text": text, "new_token_ids": new}
 
@@ -105,17 +123,24 @@ def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
     tokenizer, special = run.tokenizer, run.tokenizer.special
     prompt, mode = encoder_decoder_prompt_ids(args.prompt, tokenizer, run.config, args.ul2_mode)
     log.info("encoder input: %s", tokenizer.decode(prompt))
-    ids = generate_encoder_decoder(
-        run.model,
-        torch.tensor(prompt),
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=special.eos,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    new = _until_eos(ids.tolist(), special.eos)
+    if args.num_beams > 1:
+        from pretrain.beam_search import encoder_decoder_beam_search
+
+        [ids] = encoder_decoder_beam_search(
+            run.model, torch.tensor([prompt]), args.max_new_tokens, args.num_beams, special.eos
+        )
+    else:
+        ids = generate_encoder_decoder(
+            run.model,
+            torch.tensor(prompt),
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=special.eos,
+            generator=torch.Generator().manual_seed(args.seed),
+        ).tolist()
+    new = _until_eos(ids, special.eos)
     if new[:1] == [special.bos]:  # BART's targets begin with BOS, as its inputs do
         new = new[1:]
     result = {"prompt": args.prompt, "text": tokenizer.decode(new), "new_token_ids": new}

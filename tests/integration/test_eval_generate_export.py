@@ -103,6 +103,18 @@ def test_hf_export_loads_offline_with_identical_logits_and_tokens(
         expected = ours.model.logits(ours.model.forward_tokens(x))
         got = hf_model(x).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # beam search from the command line writes what the exported model's generate writes
+    capsys.readouterr()
+    argv = ["generate", "--run", str(run), "--prompt", text, "--num-beams", "3",
+            "--max-new-tokens", "10", "--json"]  # fmt: skip
+    ours_beams = _json(capsys, argv)["new_token_ids"]
+    eos = hf_tok.eos_token_id
+    hf_beams = hf_model.generate(x, attention_mask=torch.ones_like(x), num_beams=3,
+                                 do_sample=False, max_new_tokens=10, eos_token_id=eos,
+                                 pad_token_id=eos)[0, len(ids) :].tolist()  # fmt: skip
+    assert ours_beams == (hf_beams[: hf_beams.index(eos)] if eos in hf_beams else hf_beams)
+    assert main([*argv, "--temperature", "0"]) == EXIT_BAD_INPUT
+    assert "--temperature: beam search (--num-beams) samples nothing" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from pretrain.beam_search import encoder_decoder_beam_search
 from pretrain.blank_prompts import encode_with_blanks
 from pretrain.cli import main
 from pretrain.config import ExperimentConfig, load_config
@@ -126,6 +127,15 @@ def test_generate_fills_the_sentinels_of_a_span_corruption_prompt(
     filled = fill_spans(encoder_input[:-1], expected, tokenizer.special.sentinels)
     assert out["filled"] == tokenizer.decode(filled)
     assert main([*argv, "--attention", "prefix"]) == 2  # a decoder's option
+    # beam search: the search's best hypothesis, up to EOS
+    assert main(["generate", "--run", str(run), "--prompt", prompt, "--json", "--num-beams", "2",
+                 "--max-new-tokens", "12"]) == 0  # fmt: skip
+    [beams] = encoder_decoder_beam_search(
+        loaded.model, torch.tensor([encoder_input]), 12, 2, tokenizer.special.eos
+    )
+    eos = tokenizer.special.eos
+    expected = beams[: beams.index(eos)] if eos in beams else beams
+    assert json.loads(capsys.readouterr().out)["new_token_ids"] == expected
 
     # few-shot: the answer is scored as the span of a blank at the prompt's end
     records = [{"text": "It was the best", "label": 1}, {"text": "of times", "label": 0}]
