@@ -1,7 +1,7 @@
 """``pretrain generate``: what each model family does with a prompt.
 
-- decoder: continues the prompt (:mod:`pretrain.generate`), laid out as its objective trained
-  it (:mod:`pretrain.prompting`);
+- decoder: continues the prompt (:mod:`pretrain.generate`; with ``--num-beams``,
+  :mod:`pretrain.beam_search`), laid out as its objective trained it (:mod:`pretrain.prompting`);
 - encoder_decoder: the prompt is the encoder's input and the decoder writes the output
   (:mod:`pretrain.generate_encoder_decoder`); a prompt with sentinels comes back filled;
 - encoder: predicts the prompt's ``<|mask|>`` marks (:mod:`pretrain.fill_mask`).
@@ -49,8 +49,8 @@ SAMPLING_DEFAULTS = {"max_new_tokens": 100, "temperature": 0.8, "top_p": None, "
 
 
 def sampling_settings(args: argparse.Namespace, family: str) -> None:
-    """Fill in the sampling settings' defaults, or, for an encoder run, which samples
-    nothing, refuse any that was given (it would be ignored)."""
+    """Fill in the sampling settings' defaults; where nothing is sampled (an encoder run,
+    or beam search) refuse any that was given, rather than ignore it."""
     given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
     if family == "encoder" and (given or args.num_beams > 1):
         raise ValueError(
