@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="labeled files or dirs to draw the solved examples from")  # fmt: skip
     fs.add_argument("--eval", nargs="+", required=True, help="labeled files or dirs to score")
     fs.add_argument("--shots", type=_non_negative_int, default=5,
-                    help="solved examples before each (fewer if the context is full)")  # fmt: skip
+                    help="solved examples before each, default 5 (fewer if they do not "
+                    "fit)")  # fmt: skip
     fs.add_argument("--template", default="{text}\\nAnswer:",
                     help="an example around {text}; \\n and \\t are a newline and a tab "
                     "(default: '{text}\\nAnswer:')")  # fmt: skip
