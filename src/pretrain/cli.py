@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="beam search with this many beams instead of sampling (Hugging "
                      "Face's search and defaults); 1: sampling, or greedy at "
                      "--temperature 0")  # fmt: skip
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam search: a finished hypothesis scores its summed log-probability "
+                     "over length ** this; above 1 favours longer ones (default 1)")  # fmt: skip
     gen.add_argument(
         "--attention",
         choices=["auto", "causal", "prefix"],

@@ -63,6 +63,8 @@ def sampling_settings(args: argparse.Namespace, family: str) -> None:
         sampling.append("top_k")
     if args.num_beams > 1 and sampling:
         raise ValueError(f"{_flags(sampling)}: beam search (--num-beams) samples nothing")
+    if args.num_beams == 1 and args.length_penalty != 1.0:
+        raise ValueError("--length-penalty applies to beam search: give --num-beams 2 or more")
     for name, default in SAMPLING_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -96,7 +98,13 @@ def _continue(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         from pretrain.beam_search import decoder_beam_search
 
         [ids] = decoder_beam_search(
-            run.model, torch.tensor([prompt]), args.max_new_tokens, args.num_beams, eos, plan.prefix
+            run.model,
+            torch.tensor([prompt]),
+            args.max_new_tokens,
+            args.num_beams,
+            eos,
+            plan.prefix,
+            args.length_penalty,
         )
         new = _until_eos(ids, eos)
     else:
@@ -127,7 +135,12 @@ def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         from pretrain.beam_search import encoder_decoder_beam_search
 
         [ids] = encoder_decoder_beam_search(
-            run.model, torch.tensor([prompt]), args.max_new_tokens, args.num_beams, special.eos
+            run.model,
+            torch.tensor([prompt]),
+            args.max_new_tokens,
+            args.num_beams,
+            special.eos,
+            args.length_penalty,
         )
     else:
         ids = generate_encoder_decoder(

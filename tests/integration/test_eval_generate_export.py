@@ -107,14 +107,23 @@ def test_hf_export_loads_offline_with_identical_logits_and_tokens(
     capsys.readouterr()
     argv = ["generate", "--run", str(run), "--prompt", text, "--num-beams", "3",
             "--max-new-tokens", "10", "--json"]  # fmt: skip
-    ours_beams = _json(capsys, argv)["new_token_ids"]
     eos = hf_tok.eos_token_id
-    hf_beams = hf_model.generate(x, attention_mask=torch.ones_like(x), num_beams=3,
-                                 do_sample=False, max_new_tokens=10, eos_token_id=eos,
-                                 pad_token_id=eos)[0, len(ids) :].tolist()  # fmt: skip
-    assert ours_beams == (hf_beams[: hf_beams.index(eos)] if eos in hf_beams else hf_beams)
+
+    def hf_beams(length_penalty: float) -> list[int]:
+        out = hf_model.generate(x, attention_mask=torch.ones_like(x), num_beams=3,
+                                do_sample=False, max_new_tokens=10, eos_token_id=eos,
+                                pad_token_id=eos, length_penalty=length_penalty)  # fmt: skip
+        row = out[0, len(ids) :].tolist()
+        return row[: row.index(eos)] if eos in row else row
+
+    assert _json(capsys, argv)["new_token_ids"] == hf_beams(1.0)
+    longer = _json(capsys, [*argv, "--length-penalty", "2"])["new_token_ids"]
+    assert longer == hf_beams(2.0)
     assert main([*argv, "--temperature", "0"]) == EXIT_BAD_INPUT
     assert "--temperature: beam search (--num-beams) samples nothing" in capsys.readouterr().err
+    sampled = ["generate", "--run", str(run), "--prompt", text, "--length-penalty", "2"]
+    assert main(sampled) == EXIT_BAD_INPUT
+    assert "--length-penalty applies to beam search" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])

@@ -25,9 +25,9 @@ def _prompts(seed: int, shape: tuple[int, int]) -> torch.Tensor:
     return torch.randint(1, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _hf_beams(hf, num_beams: int, eos: int, **inputs) -> list[list[int]]:
+def _hf_beams(hf, num_beams: int, eos: int, length_penalty=1.0, **inputs) -> list[list[int]]:
     out = hf.generate(**inputs, num_beams=num_beams, do_sample=False, max_new_tokens=NEW,
-                      eos_token_id=eos, pad_token_id=eos, length_penalty=1.0,
+                      eos_token_id=eos, pad_token_id=eos, length_penalty=length_penalty,
                       early_stopping=False)  # fmt: skip
     rows = []
     start = 1 if hf.config.is_encoder_decoder else inputs["input_ids"].shape[1]
@@ -98,3 +98,19 @@ def test_encoder_decoder_beams_equal_hf(num_beams):
     theirs = _hf_beams(hf, num_beams, eos, input_ids=inputs, attention_mask=mask)
     assert ours == theirs
     assert any(row[-1] == eos and len(row) < NEW for row in ours)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 0.5, 2.0])
+def test_length_penalty_is_hfs(length_penalty):
+    """Finished hypotheses are scored by their sum over length ** length_penalty (0: the sum;
+    above 1: longer ones favoured), as in HF."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, max_seq_len=64,
+                        style="gpt2", init_std=0.2)  # fmt: skip
+    model = perturb_norms_and_biases(DecoderLM(cfg)).eval()
+    prompts = _prompts(1, (3, 5))
+    eos = _eos_met_by(generate(model, prompts[0], NEW, temperature=0)[5:].tolist())
+    ours = decoder_beam_search(model, prompts, NEW, 3, eos, length_penalty=length_penalty)
+    hf = decoder_to_hf(model).eval()
+    mask = torch.ones_like(prompts)
+    assert ours == _hf_beams(hf, 3, eos, length_penalty, input_ids=prompts, attention_mask=mask)
