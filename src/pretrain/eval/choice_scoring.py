@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from pretrain.generate import inference
 from pretrain.models.decoder.model import DecoderLM
@@ -49,7 +50,7 @@ def decoder_log_likelihoods(
     with inference(model):
         for start in range(0, len(keys), batch_size):
             batch = keys[start : start + batch_size]
-            input_ids = _right_padded([ids for ids, _ in batch], pad=0, device=device)
+            input_ids = _right_padded([ids for ids, _ in batch], 0, device)
             spec = None
             if prefix:
                 lengths = torch.tensor([n for _, n in batch], device=device)
@@ -59,9 +60,7 @@ def decoder_log_likelihoods(
                 for i in rows[key]:
                     context, continuation = requests[i]
                     # position t predicts token t + 1: the continuation from the context's last
-                    first, n = len(context) - 1, len(continuation)
-                    logits = model.logits(hidden[row, first : first + n])  # (n, V)
-                    scores[i] = _sum_log_probs(logits, continuation, device)
+                    scores[i] = _log_prob(model, hidden[row], len(context) - 1, continuation)
     return scores
 
 
@@ -99,23 +98,20 @@ def encoder_decoder_log_likelihoods(
             for row, key in enumerate(batch):
                 for i in rows[key]:
                     _, decoder_prefix, continuation = requests[i]
-                    first, n = len(decoder_prefix), len(continuation)
-                    logits = model.logits(hidden[row, first : first + n])
-                    scores[i] = _sum_log_probs(logits, continuation, device)
+                    scores[i] = _log_prob(model, hidden[row], len(decoder_prefix), continuation)
     return scores
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> torch.Tensor:
-    if any(len(r) == 0 for r in rows):
-        raise ValueError("a request has no tokens to read")
-    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out.to(device)
+    tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
+    return pad_sequence(tensors, batch_first=True, padding_value=pad).to(device)
 
 
-def _sum_log_probs(logits: torch.Tensor, targets: Sequence[int], device: torch.device) -> float:
-    if len(targets) == 0:
-        raise ValueError("a continuation has no tokens to score")
-    target = torch.tensor(list(targets), dtype=torch.long, device=device)
-    return float(F.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None]).sum())
+def _log_prob(
+    model: torch.nn.Module, hidden: torch.Tensor, first: int, continuation: Sequence[int]
+) -> float:
+    """``sum log p(continuation)`` read from one row's hidden states (T, d), the first token
+    predicted at position ``first``."""
+    logits = model.logits(hidden[first : first + len(continuation)]).float()  # (n, V)
+    target = torch.tensor(list(continuation), dtype=torch.long, device=logits.device)
+    return float(F.log_softmax(logits, dim=-1).gather(-1, target[:, None]).sum())
