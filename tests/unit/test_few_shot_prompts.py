@@ -41,6 +41,17 @@ def test_demonstrations_are_distinct_seeded_per_example_and_never_the_example_it
     assert sorted(draw_demonstrations(pool[:4], 9, 0, 0, "text 2")) == [0, 1, 3]
 
 
+def test_an_example_repeated_in_the_pool_still_gets_all_its_shots():
+    # "same" fills most of the pool: the two spare draws cannot cover it
+    pool = ["same"] * 40 + [f"other {i}" for i in range(6)]
+    for index in range(30):
+        drawn = draw_demonstrations(pool, 5, 0, index, "same")
+        assert len(drawn) == len(set(drawn)) == 5
+        assert all(pool[i] != "same" for i in drawn)
+    # fewer other texts than shots: all of them
+    assert sorted(draw_demonstrations(pool, 9, 0, 0, "same")) == list(range(40, 46))
+
+
 def _words(text: str) -> list[int]:
     """A tokenizer of one token per word (its length), enough to count."""
     return [len(w) for w in text.split()]

@@ -65,11 +65,16 @@ def draw_demonstrations(
     however many are evaluated), none of whose texts is the example's own."""
     candidates = range(len(pool_texts))
     rng = random.Random(f"{seed}:{index}")
-    if shots >= len(pool_texts):
-        drawn = rng.sample(candidates, len(pool_texts))
-    else:  # draw a few spare in case the example itself is in the pool
-        drawn = rng.sample(candidates, min(len(pool_texts), shots + 2))
-    return [i for i in drawn if pool_texts[i] != exclude_text][:shots]
+    # A few spare in case the example itself is in the pool (the pool is not scanned: it may
+    # be large and the draws many).
+    drawn = rng.sample(candidates, min(len(pool_texts), shots + 2))
+    kept = [i for i in drawn if pool_texts[i] != exclude_text]
+    if len(kept) < shots and len(drawn) < len(pool_texts):
+        # The example's text is in the pool more often than the spares cover: draw again
+        # from the texts that differ from it.
+        eligible = [i for i in candidates if pool_texts[i] != exclude_text]
+        kept = rng.sample(eligible, min(shots, len(eligible)))
+    return kept[:shots]
 
 
 @dataclass(frozen=True)
