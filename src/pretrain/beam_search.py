@@ -109,11 +109,12 @@ def decoder_beam_search(
     prefix: bool = False,
     length_penalty: float = 1.0,
 ) -> list[list[int]]:
-    """:func:`beam_search` continuing each of ``input_ids`` (B, T0), prompts of equal length,
-    with a decoder's KV cache; ``prefix``: the prompt attends to itself bidirectionally."""
-    from pretrain.generate import inference
+    """:func:`beam_search` continuing each of ``input_ids`` (B, T0), prompts of equal length
+    (or one prompt (T0,)), with a decoder's KV cache; ``prefix``: the prompt attends to itself bidirectionally."""
+    from pretrain.generate import batched_prompts, inference
     from pretrain.objectives.base import AttentionSpec
 
+    input_ids, _ = batched_prompts(input_ids, max_new_tokens)
     B, T0 = input_ids.shape
     device = model.output_weight.device
     rows = input_ids.to(device).repeat_interleave(num_beams, dim=0)  # (B * k, T0)
@@ -144,9 +145,11 @@ def encoder_decoder_beam_search(
     length_penalty: float = 1.0,
 ) -> list[list[int]]:
     """:func:`beam_search` of the decoder's output for each encoder input of ``input_ids``
-    (B, T), right-padded with the model's ``pad_id``; the encoder runs once per input."""
-    from pretrain.generate import inference
+    (B, T), right-padded with the model's ``pad_id`` (or one input (T,)); the encoder runs
+    once per input."""
+    from pretrain.generate import batched_prompts, inference
 
+    input_ids, _ = batched_prompts(input_ids, max_new_tokens)
     B = input_ids.shape[0]
     device = model.output_weight.device
     input_ids = input_ids.to(device)

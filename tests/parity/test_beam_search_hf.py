@@ -60,6 +60,10 @@ def test_decoder_beams_equal_hf(style, num_beams):
     assert any(row[-1] == eos and len(row) < NEW for row in ours)  # a hypothesis ended early
     # one beam is greedy decoding
     assert decoder_beam_search(model, prompts[:1], NEW, 1, None)[0] == greedy
+    # one prompt (T,) is a batch of one; an empty one is refused before the model runs
+    assert decoder_beam_search(model, prompts[0], NEW, num_beams, eos) == ours[:1]
+    with pytest.raises(ValueError, match="T >= 1"):
+        decoder_beam_search(model, prompts[:, :0], NEW, num_beams, eos)
 
 
 @pytest.mark.parametrize(("seed", "first_token", "num_beams"), [(1, 2, 3), (2, 0, 2), (4, 2, 2)])
@@ -98,6 +102,7 @@ def test_encoder_decoder_beams_equal_hf(num_beams):
     theirs = _hf_beams(hf, num_beams, eos, input_ids=inputs, attention_mask=mask)
     assert ours == theirs
     assert any(row[-1] == eos and len(row) < NEW for row in ours)
+    assert encoder_decoder_beam_search(model, inputs[0], NEW, num_beams, eos) == ours[:1]
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 0.5, 2.0])
