@@ -13,6 +13,7 @@ from pretrain.config import ExperimentConfig, load_config
 from pretrain.models.spec import model_from_config_dict
 from pretrain.tokenizer import Tokenizer
 from pretrain.train.checkpoint import CheckpointError, load_checkpoint
+from pretrain.train.run_files import MODEL_CONFIG_FILE
 
 
 @dataclass
@@ -41,7 +42,7 @@ def load_run(
         raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
     cfg = load_config(ExperimentConfig, config_path)
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
-    model_config = run_dir / "model_config.json"  # the exact architecture the run trained
+    model_config = run_dir / MODEL_CONFIG_FILE  # the exact architecture the run trained
     if not model_config.exists():
         raise FileNotFoundError(f"{model_config}: missing; the run directory is incomplete")
     arch = json.loads(model_config.read_text())
