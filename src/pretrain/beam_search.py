@@ -110,7 +110,8 @@ def decoder_beam_search(
     length_penalty: float = 1.0,
 ) -> list[list[int]]:
     """:func:`beam_search` continuing each of ``input_ids`` (B, T0), prompts of equal length
-    (or one prompt (T0,)), with a decoder's KV cache; ``prefix``: the prompt attends to itself bidirectionally."""
+    (or one prompt (T0,)), with a decoder's KV cache; ``prefix``: the prompt attends to
+    itself bidirectionally."""
     from pretrain.generate import batched_prompts, inference
     from pretrain.objectives.base import AttentionSpec
 

@@ -412,6 +412,11 @@ class DistributedConfig:
     reshard_after_forward: bool = True
     """fsdp: free gathered weights after each block's forward (ZeRO-3); False keeps them until
     backward (ZeRO-2-like: more memory, one all-gather less per block)."""
+    replicate_degree: int = 1
+    """fsdp: 1 shards over all ranks; R > 1 is hybrid sharding (HSDP): the ranks form R groups
+    of WORLD_SIZE / R consecutive ranks, each group holding one sharded copy, the groups'
+    gradients all-reduced (Zhao et al. 2023, PyTorch FSDP §3.2, "hybrid sharding"). With a
+    group per node the weights' all-gathers stay inside it; only gradients cross nodes."""
 
 
 @dataclasses.dataclass
@@ -592,6 +597,14 @@ class ExperimentConfig:
                     f"train.device must be 'auto' or a torch device such as 'cpu', 'cuda' or "
                     f"'cuda:1', got {self.train.device!r}"
                 ) from None
+        replicas = self.distributed.replicate_degree
+        if replicas < 1:
+            raise ConfigError(f"distributed.replicate_degree must be >= 1, got {replicas}")
+        if replicas > 1 and self.distributed.strategy != "fsdp":
+            raise ConfigError(
+                f"distributed.replicate_degree={replicas} replicates FSDP's shard groups "
+                f"(HSDP): set distributed.strategy=fsdp (it is {self.distributed.strategy!r})"
+            )
         if self.distributed.timeout_seconds <= 0:
             raise ConfigError(
                 f"distributed.timeout_seconds must be > 0, got {self.distributed.timeout_seconds}"

@@ -1,4 +1,5 @@
-"""Worker for tests: train like ``pretrain train`` and record the global sample ids each rank read.
+"""Worker for tests: train like ``pretrain train`` and record the global sample ids each rank read
+(and, for FSDP, how the first weight lies over the ranks).
 
 Usage: ``torchrun ... tests/distributed/record_samples.py OUT_DIR [--resume] --key=value ...``
 """
@@ -31,6 +32,17 @@ def main() -> None:
     rank = trainer.dist.rank
     trainer.fit()
     (out / f"samples_rank{rank}.json").write_text(json.dumps(seen))
+    weight = next(trainer.model.parameters())
+    if hasattr(weight, "device_mesh"):  # FSDP: how the weights lie over the ranks
+        local = weight.to_local()
+        layout = {
+            "mesh_shape": list(weight.device_mesh.shape),
+            "placements": [type(p).__name__ for p in weight.placements],
+            "local_rows": local.shape[0],
+            "rows": weight.shape[0],
+            "local_sum": float(local.double().sum()),
+        }
+        (out / f"layout_rank{rank}.json").write_text(json.dumps(layout))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ GLOBAL_BATCH = 8  # windows a step (train.tokens_per_batch / train.seq_len)
 
 
 @pytest.mark.parametrize(
-    ("saved_with", "strategy"), [("fsdp", "fsdp"), ("ddp", "ddp"), ("ddp", "fsdp")]
+    ("saved_with", "strategy"),
+    [("fsdp", "fsdp"), ("ddp", "ddp"), ("ddp", "fsdp"), ("fsdp", "hsdp")],
 )
 def test_saved_on_two_ranks_resumes_on_four(
     saved_with,
@@ -58,7 +59,10 @@ def test_saved_on_two_ranks_resumes_on_four(
     run = tmp_path / "run"
     saved_args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=saved_with)
     _torchrun(["-m", "pretrain", "train"], saved_args)
-    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=strategy)
+    # hsdp: two shard groups of two ranks, {0, 1} and {2, 3}, each a whole copy
+    hybrid = {"distributed__strategy": "fsdp", "distributed__replicate_degree": 2}
+    resume = hybrid if strategy == "hsdp" else {"distributed__strategy": strategy}
+    args = _overrides(shards_dir, tokenizer_dir, run, **resume)
     shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
     saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
     assert saved["world_size"] == 2
@@ -92,7 +96,15 @@ def test_saved_on_two_ranks_resumes_on_four(
     state = json.loads((run / "checkpoints" / step_dir_name(STEPS) / STATE_FILE).read_text())
     assert state["world_size"] == 4
     assert state["loader"]["num_samples_consumed"] == STEPS * GLOBAL_BATCH
-    if strategy == "fsdp":
+    if strategy == "hsdp":
+        # a shard group's ranks hold different halves; the two groups, the same ones
+        layout = [json.loads((out / f"layout_rank{r}.json").read_text()) for r in range(4)]
+        assert all(lay["mesh_shape"] == [2, 2] for lay in layout)
+        assert layout[0]["placements"] == ["Replicate", "Shard"]
+        assert all(2 * lay["local_rows"] == lay["rows"] for lay in layout)
+        sums = [lay["local_sum"] for lay in layout]
+        assert sums[0] == sums[2] != sums[1] == sums[3]
+    if strategy in ("fsdp", "hsdp"):
         shards = {
             p.name for p in (run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR).iterdir()
         }

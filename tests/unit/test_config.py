@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
 
 from pretrain.config import ConfigError, load_config, save_config
 
@@ -116,6 +117,8 @@ def test_malformed_override_is_named():
         ("--optim.lr=0", "optim.lr must be > 0"),
         ("--optim.betas=[0.9,1.0]", r"optim.betas\[1\] must be in \[0, 1\)"),
         ("--distributed.timeout_seconds=0", "distributed.timeout_seconds must be > 0"),
+        ("--distributed.replicate_degree=0", "distributed.replicate_degree must be >= 1"),
+        ("--distributed.replicate_degree=2", "set distributed.strategy=fsdp"),
     ],
 )
 def test_experiment_values_at_their_bounds_are_refused_by_key(override, message):
@@ -191,3 +194,15 @@ def test_gradient_accumulation_comes_from_the_token_batch_or_the_error_says_what
         cfg.grad_accum_steps(world)
     assert f"train.tokens_per_batch={tokens} is not a multiple of" in str(err.value)
     assert str(err.value).endswith(expected)
+
+
+def test_hybrid_sharding_needs_equal_shard_groups(monkeypatch):
+    from pretrain.config import DistributedConfig
+    from pretrain.distributed.env import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    monkeypatch.setenv("RANK", "0")
+    cfg = DistributedConfig(strategy="fsdp", replicate_degree=4)
+    # refused before joining any process group
+    with pytest.raises(ValueError, match="replicate_degree=4 must divide .* WORLD_SIZE=6"):
+        init_distributed(cfg, torch.device("cpu"))

@@ -63,6 +63,11 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
         )
     if cfg.strategy == "none":
         return DistEnv()
+    if world_size % cfg.replicate_degree:
+        raise ValueError(
+            f"distributed.replicate_degree={cfg.replicate_degree} must divide the number of "
+            f"ranks, WORLD_SIZE={world_size} (HSDP: that many equal shard groups)"
+        )
     backend = cfg.backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -5,6 +5,9 @@
 - **FSDP2** (``torch.distributed.fsdp.fully_shard``): each block, then the root, is sharded
   over the ranks (parameters are ``DTensor`` shards); a block's weights are all-gathered just
   before its forward and backward and freed after, gradients are reduce-scattered. With
+  ``distributed.replicate_degree`` R > 1 (HSDP), consecutive ranks form shard groups of
+  WORLD_SIZE / R, rank r in group r // (WORLD_SIZE / R); the gradients, reduce-scattered
+  within a group, are then all-reduced across the groups. With
   ``train.precision=bf16`` the gathered weights are bf16 and gradients are reduced in fp32
   (torchtitan's ``mixed_precision_param``/``mixed_precision_reduce``).
 
@@ -80,8 +83,15 @@ def parallelize(
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        world = torch.distributed.get_world_size()
-        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+        world, replicas = torch.distributed.get_world_size(), cfg.replicate_degree
+        if replicas == 1:
+            mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+        else:  # HSDP: fully_shard on a 2-D mesh replicates along the first dimension
+            mesh = init_device_mesh(
+                device.type,
+                (replicas, world // replicas),
+                mesh_dim_names=("dp_replicate", "dp_shard"),
+            )
         mp = MixedPrecisionPolicy()
         if param_dtype is not None:
             mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
