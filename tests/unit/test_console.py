@@ -29,14 +29,14 @@ def test_columns_still_decide_where_they_are_set(monkeypatch):
     assert make_console(file=io.StringIO()).width == 60
 
 
-def test_ranks_other_than_0_log_only_their_warnings_and_say_whose_they_are(monkeypatch):
+def test_ranks_other_than_0_log_only_their_warnings_and_say_whose_they_are(monkeypatch, capsys):
     import logging
 
-    from pretrain.console import err_console, setup_logging
+    from pretrain.console import setup_logging
 
+    # The log console writes to whatever sys.stderr is at the time (here capsys's). Pinning
+    # its file in a test would leave it on this test's stream for every later test.
     log = logging.getLogger("pretrain.test_console")
-    out = io.StringIO()
-    monkeypatch.setattr(err_console, "file", out)
     try:
         monkeypatch.setenv("RANK", "1")
         setup_logging()
@@ -48,7 +48,7 @@ def test_ranks_other_than_0_log_only_their_warnings_and_say_whose_they_are(monke
     finally:
         monkeypatch.delenv("RANK")
         setup_logging()
-    lines = [line.strip() for line in out.getvalue().splitlines()]
+    lines = [line.strip() for line in capsys.readouterr().err.splitlines()]
     assert any(line.endswith("[rank 1] shard checksum mismatch") for line in lines), lines
     assert not any("resumed from step 5" in line for line in lines)
     assert any(line.endswith("val loss 3.2") and "[rank" not in line for line in lines), lines
