@@ -186,11 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--json", action="store_true")
 
-    exp = commands.add_parser("export", help="export a run to Hugging Face format")
-    exp.add_argument("--run", required=True, help="run directory")
+    exp = commands.add_parser(
+        "export",
+        help="export a run, or a fine-tuned decoder classifier, to Hugging Face format",
+        description="--run: the run's model as LlamaForCausalLM, GPT2LMHeadModel, "
+        "BertForMaskedLM, T5ForConditionalGeneration or XLNetLMHeadModel. --finetuned: a "
+        "decoder classifier written by pretrain finetune, as LlamaForSequenceClassification "
+        "or GPT2ForSequenceClassification with a tokenizer that appends the EOS it pools.",
+    )
+    source = exp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory")
+    source.add_argument("--finetuned", help="output directory of pretrain finetune")
     exp.add_argument("--format", choices=["hf"], default="hf")
     exp.add_argument("--out", required=True, help="output directory")
-    exp.add_argument("--checkpoint", default="latest")
+    exp.add_argument("--checkpoint", help="with --run: latest (default), best or step_N")
     exp.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
     ft = commands.add_parser(

@@ -178,9 +178,18 @@ def eval_run(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.finetuned is not None:
+        from pretrain.export_classifier import export_classifier_hf
+
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint applies to --run; --finetuned holds one classifier")
+        out = export_classifier_hf(args.finetuned, args.out, overwrite=args.overwrite)
+        console.print(f"exported {args.finetuned} to {out} (Hugging Face format)")
+        return 0
     from pretrain.export import export_hf
 
-    out = export_hf(args.run, args.out, args.checkpoint, overwrite=args.overwrite)
+    checkpoint = args.checkpoint or "latest"
+    out = export_hf(args.run, args.out, checkpoint, overwrite=args.overwrite)
     console.print(f"exported {args.run} to {out} (Hugging Face format)")
     return 0
 

@@ -37,6 +37,20 @@ def load_run(
         device: where to put the model.
     """
     run_dir = Path(run_dir)
+    cfg, tokenizer, model = open_run(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the run's model: {e}") from e
+    model.to(device).eval()
+    return LoadedRun(run_dir, cfg, tokenizer, model, ckpt.step, ckpt.path)
+
+
+def open_run(run_dir: str | os.PathLike) -> tuple[ExperimentConfig, Tokenizer, torch.nn.Module]:
+    """A run's config, tokenizer and model with the exact architecture it trained, its weights
+    freshly initialized (no checkpoint read)."""
+    run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
@@ -51,10 +65,4 @@ def load_run(
         # (FlexAttention is only fast compiled there, and trains only there).
         arch["attention_backend"] = "auto"
     model = model_from_config_dict(cfg.model.family, arch)
-    ckpt = load_checkpoint(run_dir / "checkpoints", checkpoint, map_location="cpu")
-    try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit the run's model: {e}") from e
-    model.to(device).eval()
-    return LoadedRun(run_dir, cfg, tokenizer, model, ckpt.step, ckpt.path)
+    return cfg, tokenizer, model

@@ -7,12 +7,13 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretrain.cli import EXIT_BAD_INPUT, main
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.eval.classifier import SequenceClassifier
-from pretrain.eval.finetune import CLASSIFIER_FILE, encode, evaluate
-from pretrain.eval.labeled_data import read_labeled
+from pretrain.eval.finetune import CLASSIFIER_FILE, encode, evaluate, padded
+from pretrain.eval.labeled_data import LabeledExamples, read_labeled
 from pretrain.runs import load_run
 from pretrain.train.trainer import Trainer
 from tests.integration.test_train import _overrides
@@ -100,6 +101,47 @@ def test_a_decoder_and_an_encoder_decoder_learn_it_too(
     summary = _finetune(capsys, run, task, tmp_path / "ft")
     assert summary["family"] == family
     assert summary["val_accuracy"] >= 0.9, summary["epochs"]
+    out = tmp_path / "hf"
+    argv = ["export", "--finetuned", str(tmp_path / "ft"), "--out", str(out)]
+    if family == "encoder_decoder":  # mean-pooled: no Hugging Face class computes that
+        assert main(argv) == EXIT_BAD_INPUT
+        assert "no exact Hugging Face equivalent" in capsys.readouterr().err
+        assert not out.exists()
+        return
+    assert main([*argv, "--checkpoint", "best"]) == EXIT_BAD_INPUT  # one classifier there
+    assert "--checkpoint applies to --run" in capsys.readouterr().err
+    assert main(argv) == 0
+    _assert_hf_classifier_scores_as_ours(out, tmp_path / "ft", run, task[1], summary)
+
+
+def _assert_hf_classifier_scores_as_ours(out, finetuned, run_dir, val_path, summary) -> None:
+    """The exported model and tokenizer, loaded offline by the Auto classes, turn the val
+    texts into the fine-tuned model's token ids, logits and accuracy."""
+    from safetensors.torch import load_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    hf = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+    val = read_labeled([val_path], label_names=summary["label_names"])
+    texts = [*val.texts, " ".join(["wonderful"] * 60)]  # the last is cut to max_len
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    run = load_run(run_dir)
+    ours = SequenceClassifier(run.model, "decoder", 2, run.tokenizer.special.pad)
+    load_model(ours, str(finetuned / CLASSIFIER_FILE))
+    ours.eval()
+    max_len = summary["settings"]["max_len"]
+    data = LabeledExamples(texts, [*val.labels, 1], summary["label_names"])
+    ids = encode(data, run.tokenizer, max_len, "decoder")
+    assert len(ids[-1]) == max_len
+    got = [row[row != tokenizer.pad_token_id].tolist() for row in batch["input_ids"]]
+    assert got == ids  # the exported tokenizer appends the EOS the classifier pools
+    with torch.no_grad():
+        theirs = hf(**batch).logits
+        want = ours(padded(ids, ours.pad_id))
+    torch.testing.assert_close(theirs, want, atol=1e-4, rtol=0)
+    accuracy = (theirs[:-1].argmax(-1) == torch.tensor(val.labels)).float().mean().item()
+    assert accuracy == pytest.approx(summary["val_accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ How each family's text becomes one vector:
   pretraining does not prepend; mean pooling needs no such token (Reimers & Gurevych 2019
   found it at least as good for BERT's features).
 - encoder-decoder (T5): the mean of the encoder's output, the decoder unused.
-- decoder (GPT, Radford et al. 2018, §3.3): the final hidden state at an EOS appended to the
-  text, the one position that has seen all of it.
+- decoder (GPT, Radford et al. 2018, §3.2-3.3): the final hidden state at an EOS appended to
+  the text, the one position that has seen all of it, times a matrix without bias (GPT's
+  ``softmax(h W_y)``, and Hugging Face's ``*ForSequenceClassification`` decoders, so that a
+  fine-tuned decoder exports to them exactly: :mod:`pretrain.export_classifier`).
 
 Batches are right-padded with the pad id; padding never changes a text's vector (padded keys
 are hidden from the encoders, and a causal decoder's real tokens never see the pads after
@@ -37,9 +39,10 @@ class SequenceClassifier(nn.Module):
             )
         self.backbone, self.family, self.pad_id = backbone, family, pad_id
         d_model = backbone.cfg.d_model
-        self.head = nn.Linear(d_model, num_labels)
+        self.head = nn.Linear(d_model, num_labels, bias=family != "decoder")
         nn.init.normal_(self.head.weight, std=d_model**-0.5)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(input_ids))

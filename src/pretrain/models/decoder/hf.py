@@ -170,7 +170,8 @@ def _entries(cfg: DecoderConfig) -> list[Entry]:
     return [(name, targets, transpose) for name, (targets, transpose) in _table(cfg).items()]
 
 
-def _to_hf_state(model: DecoderLM) -> dict[str, torch.Tensor]:
+def hf_state(model: DecoderLM) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the names and layout of its Hugging Face causal LM."""
     out = to_hf_tensors(model.state_dict(), _entries(model.cfg))
     # HF always has an lm_head; tied, it is the embedding.
     out["lm_head.weight"] = model.output_weight.detach()
@@ -191,7 +192,7 @@ def to_hf(model: DecoderLM) -> PreTrainedModel:
     cfg = model.cfg
     config = hf_config(cfg)
     hf_cls = transformers.LlamaForCausalLM if cfg.style == "llama" else transformers.GPT2LMHeadModel
-    return load_into_hf(hf_cls(config), _to_hf_state(model), model.output_weight)
+    return load_into_hf(hf_cls(config), hf_state(model), model.output_weight)
 
 
 def _llama_decoder_config(c: Any) -> DecoderConfig:
