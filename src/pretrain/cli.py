@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-key", default="text")
     ft.add_argument("--label-key", default="label")
     ft.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ft.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="bf16: autocast, fp32 weights; auto: bf16 on CUDA only")  # fmt: skip
     ft.add_argument("--random-init", action="store_true",
                     help="train the same network from fresh weights (the baseline)")  # fmt: skip
     ft.add_argument("--overwrite", action="store_true", help="replace what --out holds")

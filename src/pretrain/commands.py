@@ -207,6 +207,7 @@ def finetune(args: argparse.Namespace) -> int:
         text_key=args.text_key,
         label_key=args.label_key,
         device=args.device,
+        precision=args.precision,
     )
     summary = finetune(
         args.run, args.train, args.val, args.out, settings, args.checkpoint, args.overwrite

@@ -92,6 +92,18 @@ def test_an_encoder_learns_the_task_and_its_kept_epoch_reloads(encoder_run, task
     assert fresh["epochs"] != summary["epochs"]
 
 
+def test_bf16_autocast_learns_it_too_and_is_recorded(encoder_run, task, tmp_path, capsys):
+    fp32 = _finetune(capsys, encoder_run, task, tmp_path / "fp32")
+    assert fp32["settings"]["precision"] == "fp32"  # auto: fp32 off CUDA
+    bf16 = _finetune(capsys, encoder_run, task, tmp_path / "bf16", "--precision", "bf16")
+    assert bf16["settings"]["precision"] == "bf16"
+    assert bf16["val_accuracy"] >= 0.95
+    # the same steps in another precision: close, not equal
+    for a, b in zip(bf16["epochs"], fp32["epochs"], strict=True):
+        assert a["train_loss"] != b["train_loss"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.1, abs=0.02)
+
+
 @pytest.mark.parametrize(("family", "objective"), [("decoder", "clm"), ("encoder_decoder", "span")])
 def test_a_decoder_and_an_encoder_decoder_learn_it_too(
     family, objective, shards_dir, tokenizer_dir, task, tmp_path, capsys

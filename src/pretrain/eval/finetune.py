@@ -15,6 +15,7 @@ best epoch's weights), ``finetune.json`` (labels, settings, per-epoch results) a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -34,7 +35,8 @@ from pretrain.eval.labeled_data import LabeledExamples, read_labeled
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.runs import load_run
 from pretrain.tokenizer import Tokenizer
-from pretrain.train.device_setup import resolve_device
+from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
+from pretrain.train.device_setup import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ class FinetuneSettings:
     label_key: str = "label"
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (CUDA where there is one)."""
+    precision: str = "auto"
+    """``bf16``: forward and backward under bf16 autocast, weights and AdamW in fp32 (as
+    ``train.precision``); ``fp32``; ``auto``: bf16 on CUDA, fp32 elsewhere."""
 
     def check(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -67,6 +72,8 @@ class FinetuneSettings:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.max_len is not None and self.max_len < 2:
             raise ValueError(f"--max-len must be >= 2, got {self.max_len}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 def finetune(
@@ -92,6 +99,8 @@ def finetune(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
     device = resolve_device(settings.device)
+    bf16 = autocast_dtype(settings.precision, device) is not None
+    warn_if_bf16_is_emulated(device, torch.bfloat16 if bf16 else None, "precision")
     run = load_run(run_dir, checkpoint, device=str(device))
     train_data = read_labeled(train, settings.text_key, settings.label_key)
     val_data = read_labeled(val, settings.text_key, settings.label_key, train_data.label_names)
@@ -125,7 +134,7 @@ def finetune(
         "label_names": train_data.label_names,
         "num_train": len(train_ids),
         "num_val": len(val_ids),
-        "settings": {**asdict(settings), "max_len": max_len},
+        "settings": {**asdict(settings), "max_len": max_len, "precision": _precision(bf16)},
         "epochs": epochs,
         "best_epoch": best["epoch"],
         "val_accuracy": best["val_accuracy"],
@@ -184,14 +193,16 @@ def _train(
             x = padded([train_ids[i] for i in batch.tolist()], model.pad_id)
             y = torch.tensor([labels[i] for i in batch.tolist()])
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x).float(), y)
+            with _autocast(device, s.precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() * len(batch)
             step += 1
-        val_loss, accuracy = evaluate(model, val_ids, val_data.labels, s.batch_size)
+        val_loss, accuracy = evaluate(model, val_ids, val_data.labels, s.batch_size, s.precision)
         record = {
             "epoch": epoch,
             "step": step,
@@ -216,19 +227,36 @@ def _train(
 
 @torch.no_grad()
 def evaluate(
-    model: SequenceClassifier, ids: list[list[int]], labels: list[int], batch_size: int
+    model: SequenceClassifier,
+    ids: list[list[int]],
+    labels: list[int],
+    batch_size: int,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over the examples, in order."""
     model.eval()
+    device = model.head.weight.device
     loss_sum, correct = 0.0, 0
     for start in range(0, len(ids), batch_size):
         x = padded(ids[start : start + batch_size], model.pad_id)
         y = torch.tensor(labels[start : start + batch_size])
-        x, y = x.to(model.head.weight.device), y.to(model.head.weight.device)
-        logits = model(x).float()
+        x, y = x.to(device), y.to(device)
+        with _autocast(device, precision):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=-1) == y).sum())
     return loss_sum / len(ids), correct / len(ids)
+
+
+def _precision(bf16: bool) -> str:
+    return "bf16" if bf16 else "fp32"
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def padded(rows: list[list[int]], pad_id: int) -> torch.Tensor:

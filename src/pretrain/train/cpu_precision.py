@@ -25,15 +25,20 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def warn_if_bf16_is_emulated(device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
-    """Log a warning when bf16 autocast was asked for on a CPU without native bf16.
+def warn_if_bf16_is_emulated(
+    device: torch.device, autocast_dtype: torch.dtype | None, setting: str = "train.precision"
+) -> bool:
+    """Log a warning when bf16 autocast was asked for on a CPU without native bf16
+    (``setting``: the option that asked, as the user writes it).
 
     Returns True when it warned.
     """
     if device.type != "cpu" or autocast_dtype != torch.bfloat16 or cpu_has_native_bf16():
         return False
     log.warning(
-        "train.precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated here and "
-        "is likely no faster than --train.precision=fp32"
+        "%s=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated here and is likely no "
+        "faster than --%s=fp32",
+        setting,
+        setting,
     )
     return True
