@@ -108,6 +108,10 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
+    name: typing.Literal["adamw", "muon"] = "adamw"
+    """adamw; or muon: Muon on the hidden matrices (the blocks' linear weights), AdamW on the
+    rest, both at ``lr`` and ``weight_decay`` (Muon's updates scaled to AdamW's RMS, Liu et
+    al. 2025; ``pretrain.optim_muon``). Not with distributed.strategy=fsdp."""
     lr: float = 3e-4
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -117,6 +121,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     grad_clip: float = 1.0
+    muon_momentum: float = 0.95
+    """name muon: Muon's Nesterov momentum (0.95 in Jordan et al. 2024 and Liu et al. 2025)."""
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""AdamW with the usual parameter groups, and learning-rate schedules as pure functions.
+"""AdamW with the usual parameter groups (or Muon with AdamW: :mod:`pretrain.optim_muon`), and
+learning-rate schedules as pure functions.
 
 Weight decay applies to matrices only: norms, biases and embeddings (so also a tied output
 projection) are not decayed (nanoGPT decays 2-D tensors only; OLMo 2 excludes embeddings).
@@ -69,6 +70,20 @@ def build_optimizer(
     if fused is None:
         fused = fused_adamw_applies(p for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def build_training_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
+    """The optimizer ``optim`` (an :class:`~pretrain.config.OptimConfig`) names:
+    :func:`build_optimizer`'s AdamW, or Muon on the hidden matrices with AdamW on the rest
+    (:class:`pretrain.optim_muon.MuonWithAdamW`)."""
+    betas = tuple(optim.betas)
+    if optim.name == "muon":
+        from pretrain.optim_muon import MuonWithAdamW
+
+        return MuonWithAdamW(
+            model, optim.lr, optim.weight_decay, betas, optim.eps, optim.muon_momentum
+        )
+    return build_optimizer(model, optim.lr, optim.weight_decay, betas, optim.eps)
 
 
 FUSED_ADAMW_DEVICES = frozenset({"cuda", "cpu"})

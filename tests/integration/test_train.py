@@ -88,11 +88,12 @@ def test_loss_falls_and_run_directory_is_complete(shards_dir, tokenizer_dir, tmp
     assert saved.train.max_steps == 40 and saved.model.d_model == 64
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
-    shards_dir, tokenizer_dir, tmp_path, monkeypatch
+    shards_dir, tokenizer_dir, tmp_path, monkeypatch, optimizer
 ):
     straight = tmp_path / "straight"
-    Trainer(_config(shards_dir, tokenizer_dir, straight)).fit()
+    Trainer(_config(shards_dir, tokenizer_dir, straight, optim__name=optimizer)).fit()
 
     crashed = tmp_path / "crashed"
 
@@ -100,7 +101,10 @@ def test_resume_after_a_crash_reproduces_the_losses_bit_for_bit(
         assert list_steps(crashed / "checkpoints") == [4]
 
     crash_then_resume(
-        lambda: _config(shards_dir, tokenizer_dir, crashed), 7, monkeypatch, only_step_4_was_saved
+        lambda: _config(shards_dir, tokenizer_dir, crashed, optim__name=optimizer),
+        7,
+        monkeypatch,
+        only_step_4_was_saved,
     )
     assert _losses(crashed) == _losses(straight)  # exact float equality, steps 1..12
     assert _losses(crashed, "val") == _losses(straight, "val")
@@ -312,6 +316,30 @@ def test_resume_with_another_model_is_refused_naming_the_changed_keys(
         f"{str(tokenizer_dir.parent.resolve())!r}",
         "model.n_heads: 4 -> 2",
     ]
+
+
+def test_resume_with_another_optimizer_is_refused_naming_it(
+    shards_dir, tokenizer_dir, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    err = _four_steps_then_resume_with(shards_dir, tokenizer_dir, run, capsys)("--optim.name=muon")
+    assert "optimizer state does not fit the configured optimizer (changed since the run " in err
+    assert "optim.name: 'adamw' -> 'muon')" in err
+    assert list_steps(run / "checkpoints") == [4]  # nothing written
+
+
+def test_muon_trains_at_adamws_learning_rate(shards_dir, tokenizer_dir, tmp_path):
+    """Muon's updates are scaled to AdamW's RMS (Liu et al. 2025), so the same lr serves;
+    the runs differ (Muon did update the matrices)."""
+    final = {}
+    for name in ("adamw", "muon"):
+        run = tmp_path / name
+        Trainer(_config(shards_dir, tokenizer_dir, run, optim__name=name, train__max_steps=30,
+                        eval__every_steps=30, checkpoint__every_steps=30)).fit()  # fmt: skip
+        losses = [loss for _, loss in _losses(run)]
+        assert sum(losses[-5:]) / 5 < losses[0] - 0.5, (name, losses)
+        final[name] = sum(losses[-5:]) / 5
+    assert final["muon"] != final["adamw"]
 
 
 def test_resume_with_other_data_settings_is_refused_naming_the_changed_keys(

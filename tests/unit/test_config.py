@@ -119,13 +119,15 @@ def test_malformed_override_is_named():
         ("--distributed.timeout_seconds=0", "distributed.timeout_seconds must be > 0"),
         ("--distributed.replicate_degree=0", "distributed.replicate_degree must be >= 1"),
         ("--distributed.replicate_degree=2", "set distributed.strategy=fsdp"),
+        ("--optim.muon_momentum=1", r"optim.muon_momentum must be in \[0, 1\)"),
+        ("--optim.name=muon --distributed.strategy=fsdp", "use distributed.strategy=ddp"),
     ],
 )
 def test_experiment_values_at_their_bounds_are_refused_by_key(override, message):
     from pretrain.config import ExperimentConfig
 
     with pytest.raises(ConfigError, match=message):
-        load_config(ExperimentConfig, None, ["--data.train=[x]", override]).validate()
+        load_config(ExperimentConfig, None, ["--data.train=[x]", *override.split()]).validate()
 
 
 TASK = "name: s, train: [t.jsonl], eval: [e.jsonl]"

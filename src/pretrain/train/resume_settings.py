@@ -3,10 +3,11 @@
 A checkpoint restores weights, optimizer moments, data position and random states; the
 configuration given on the command line decides everything else. So:
 
-* optimizer hyperparameters (``optim.weight_decay``, ``optim.betas``, ``optim.eps``) follow the
-  configuration, as the learning rate does (it is set from the schedule every step), and not the
-  values ``torch.optim.Optimizer.load_state_dict`` brings back with the moments; the
-  ``config.yaml`` the resumed run writes then describes what it trains with;
+* optimizer hyperparameters (``optim.weight_decay``, ``optim.betas``, ``optim.eps``,
+  ``optim.muon_momentum``) follow the configuration, as the learning rate does (it is set from
+  the schedule every step), and not the values ``torch.optim.Optimizer.load_state_dict``
+  brings back with the moments; the ``config.yaml`` the resumed run writes then describes
+  what it trains with (another ``optim.name`` is refused: its state does not fit);
 * a model that no longer fits the checkpoint (another shape, family or tokenizer) is refused
   with the keys that changed since the run's saved ``config.yaml``.
 """
@@ -26,8 +27,9 @@ from pretrain.train.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-# AdamW's per-group settings that the configuration decides; "lr" is set every step.
-_CONFIGURED = ("weight_decay", "betas", "eps")
+# The per-group settings that the configuration decides (AdamW's, Muon's momentum), where a
+# group has them; "lr" is set every step.
+_CONFIGURED = ("weight_decay", "betas", "eps", "momentum")
 # Settings that decide which weights a model has and their shapes.
 _ARCHITECTURE_PREFIXES = ("model.", "data.tokenizer")
 # Settings that decide the loader's sample sequence (its windows' length follows the
@@ -39,7 +41,9 @@ DATA_PREFIXES = ("data.train", "data.weights", "train.seq_len", "train.seed", "o
 def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     """Around loading ``optimizer``'s state: put the configured per-group settings back after
     it, logging those that differ from the checkpoint's."""
-    configured = [{k: group[k] for k in _CONFIGURED} for group in optimizer.param_groups]
+    configured = [
+        {k: group[k] for k in _CONFIGURED if k in group} for group in optimizer.param_groups
+    ]
     yield
     for i, (group, values) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
         for key, value in values.items():
@@ -103,6 +107,18 @@ def model_mismatch_error(
         f"{run_dir / 'checkpoints'}: the latest checkpoint does not fit the configured "
         f"model{what}. Resume with the model and tokenizer the run was started with. Cause: "
         f"{first_reason(error)[:300]}"
+    )
+
+
+def optimizer_mismatch_error(run_dir: Path, cfg: Any, error: ValueError) -> TrainingError:
+    """The error for optimizer state that does not fit the configured optimizer (another
+    ``optim.name``: Muon's groups are not AdamW's)."""
+    changes = architecture_changes(run_dir / "config.yaml", cfg, prefixes=("optim.name",))
+    what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
+    return TrainingError(
+        f"{run_dir / 'checkpoints'}: the latest checkpoint's optimizer state does not fit the "
+        f"configured optimizer{what}. Resume with the optimizer the run was started with. "
+        f"Cause: {first_reason(error)[:300]}"
     )
 
 

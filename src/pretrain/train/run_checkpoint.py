@@ -96,7 +96,9 @@ def load_run_checkpoint(
     if ckpt.sharded is not None:
         # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
         load_sharded(ckpt.sharded, loss_module, optimizer)
-    elif is_fsdp(train_module):
+        return ckpt
+    _check_update_rules(ckpt.optim_state["optimizer"], optimizer)
+    if is_fsdp(train_module):
         # Written by one process or DDP: every rank reads the whole state, keeps its shard.
         load_whole_into_sharded(
             loss_module,
@@ -109,6 +111,25 @@ def load_run_checkpoint(
         loss_module.model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optim_state["optimizer"])
     return ckpt
+
+
+def _check_update_rules(saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse optimizer state saved by another optimizer: Muon's groups (they name their
+    ``algorithm``) and AdamW's can hold the same numbers of parameters, and
+    ``load_state_dict`` compares only those.
+
+    Raises:
+        ValueError: naming both optimizers' update rules, group by group.
+    """
+
+    def rules(groups: list[dict]) -> list[str]:
+        return [group.get("algorithm", "adamw") for group in groups]
+
+    if rules(saved["param_groups"]) != rules(optimizer.param_groups):
+        raise ValueError(
+            f"optimizer state of groups updated by {rules(saved['param_groups'])}, this run's "
+            f"by {rules(optimizer.param_groups)}"
+        )
 
 
 def _load_agreed_checkpoint(ckpt_dir: Path) -> Checkpoint:

@@ -29,6 +29,7 @@ from pretrain.train.resume_settings import (
     configured_hyperparameters,
     data_mismatch_error,
     model_mismatch_error,
+    optimizer_mismatch_error,
 )
 from pretrain.train.rng_state import restore_rng_state, rng_state
 from pretrain.train.rollback import (
@@ -85,6 +86,9 @@ class RunState:
         except RuntimeError as e:  # the weights do not fit: the model settings changed
             cfg = self.cfg.with_absolute_paths()
             raise model_mismatch_error(self.run_dir, cfg, self.model_cfg, e) from e
+        except ValueError as e:  # the optimizer's groups do not fit: another optimizer
+            cfg = self.cfg.with_absolute_paths()
+            raise optimizer_mismatch_error(self.run_dir, cfg, e) from e
         if self.spikes is not None and ckpt.state.get("spikes"):
             try:
                 self.spikes.load_state_dict(ckpt.state["spikes"])

@@ -56,7 +56,7 @@ from pretrain.distributed.parallelize import (
 )
 from pretrain.eval.perplexity import evaluate
 from pretrain.models.spec import build_model
-from pretrain.optim import build_optimizer, lr_at, skips_updates_on_device, step_unless
+from pretrain.optim import build_training_optimizer, lr_at, skips_updates_on_device, step_unless
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
@@ -152,9 +152,7 @@ class Trainer:
             self.device,
             self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
         )
-        self.optimizer = build_optimizer(
-            self.model, cfg.optim.lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps
-        )
+        self.optimizer = build_training_optimizer(self.model, cfg.optim)
         source = BatchSource.from_config(cfg, self.dist.rank, self.dist.world_size)
         # One process per machine reads every shard through sha256; the others trust it (a
         # mismatch stops that process, and its peers then stop at the next collective).

@@ -1,0 +1,139 @@
+"""Muon with AdamW as one optimizer: which weights each updates, updates equal to PyTorch's
+two optimizers run side by side, and a state dict that resumes exactly."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.models.decoder import DecoderConfig, DecoderLM
+from pretrain.optim_muon import (
+    NS_COEFFICIENTS,
+    NS_STEPS,
+    MuonWithAdamW,
+    hidden_matrices,
+    orthogonalize,
+)
+
+
+def _model(**overrides) -> DecoderLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16,
+               tie_embeddings=False)  # fmt: skip
+    return DecoderLM(DecoderConfig(**{**cfg, **overrides}))
+
+
+def _backward(model: DecoderLM, seed: int) -> None:
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(seed))
+    logits = model.logits(model.forward_tokens(tokens[:, :-1]))
+    nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2"])
+def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else(style):
+    model = _model(style=style)
+    optimizer = MuonWithAdamW(model, lr=1e-2, weight_decay=0.1)
+    muon, *adamw = optimizer.param_groups
+    assert muon["algorithm"] == "muon" and {g["algorithm"] for g in adamw} == {"adamw"}
+    linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, nn.Linear)}
+    assert {id(p) for p in muon["params"]} == linear and all(p.ndim == 2 for p in muon["params"])
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+    names = {id(p): n for n, p in model.named_parameters()}
+    rest = {names[id(p)] for g in adamw for p in g["params"]}
+    expected = {"embed.weight", "norm.weight", "lm_head.weight"}  # input, output, gains
+    assert expected <= rest
+    assert all(n in expected or n.split(".")[-1] == "bias" or "norm" in n or n == "pos_embed.weight"
+               for n in rest), rest  # fmt: skip
+    # AdamW's groups keep their decay rule: norms, biases and embeddings undecayed
+    undecayed = {names[id(p)] for g in adamw if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert "embed.weight" in undecayed and "lm_head.weight" not in undecayed
+    assert muon["weight_decay"] == 0.1 and muon["momentum"] == 0.95
+
+
+def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side():
+    ours_model = _model()
+    theirs_model = copy.deepcopy(ours_model)
+    ours = MuonWithAdamW(ours_model, lr=1e-2, weight_decay=0.1, momentum=0.9,
+                         ns_dtype=torch.bfloat16)  # fmt: skip
+    matrices = {id(p) for p in hidden_matrices(theirs_model)}
+    muon = torch.optim.Muon(hidden_matrices(theirs_model), lr=1e-2, weight_decay=0.1,
+                            momentum=0.9, adjust_lr_fn="match_rms_adamw")  # fmt: skip
+    from pretrain.optim import param_groups
+
+    rest = [
+        {**g, "params": [p for p in g["params"] if id(p) not in matrices]}
+        for g in param_groups(theirs_model, 0.1)
+    ]
+    adamw = torch.optim.AdamW(
+        [g for g in rest if g["params"]], lr=1e-2, betas=(0.9, 0.95), fused=True
+    )
+    for step, lr in enumerate([1e-2, 3e-3, 5e-3]):  # the schedule sets every group's lr
+        for group in ours.param_groups:
+            group["lr"] = lr
+        for group in (*muon.param_groups, *adamw.param_groups):
+            group["lr"] = lr
+        _backward(ours_model, step)
+        _backward(theirs_model, step)
+        ours.step()
+        muon.step()
+        adamw.step()
+        ours.zero_grad()
+        muon.zero_grad()
+        adamw.zero_grad()
+    before = _model()
+    for (name, a), b, c in zip(ours_model.named_parameters(), theirs_model.parameters(),
+                               before.parameters(), strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+        assert not torch.equal(a, c), name  # every weight moved
+
+
+def test_a_saved_and_loaded_state_continues_exactly():
+    model = _model()
+    optimizer = MuonWithAdamW(model, lr=1e-2)
+    for step in range(2):
+        _backward(model, step)
+        optimizer.step()
+        optimizer.zero_grad()
+    buffer = io.BytesIO()  # as a checkpoint stores it: no unrestricted pickle
+    torch.save(optimizer.state_dict(), buffer)
+    resumed_model = copy.deepcopy(model)
+    resumed = MuonWithAdamW(resumed_model, lr=1e-2)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.state[resumed.param_groups[0]["params"][0]]["momentum_buffer"].abs().sum() > 0
+    for m, o in ((model, optimizer), (resumed_model, resumed)):
+        for group in o.param_groups:
+            group["lr"] = 4e-3  # reaches both inner updates after a load too
+        _backward(m, 2)
+        o.step()
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_newton_schulz_in_fp32_lands_where_pytorchs_bf16_does():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(96, 32, generator=torch.Generator().manual_seed(0))
+    ours = orthogonalize(g, dtype=torch.float32)
+    theirs = _zeropower_via_newtonschulz(g, NS_COEFFICIENTS, NS_STEPS, 1e-7)
+    assert torch.equal(orthogonalize(g), theirs)  # bf16: the same computation
+    singular = torch.linalg.svdvals(ours)
+    assert ours.shape == g.shape and 0.6 < singular.min() and singular.max() < 1.25
+    assert torch.linalg.svdvals(theirs.float()).sub(singular).abs().max() < 0.05
+    # the update's directions are the gradient's: U V^T of its SVD, up to the band above
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), (u @ vh).flatten(), dim=0) > 0.95
+
+
+def test_fp32_iterations_where_bf16_would_be_emulated(monkeypatch):
+    from pretrain.train import cpu_precision
+
+    monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: False)
+    assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.float32
+    monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: True)
+    assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.bfloat16
