@@ -137,3 +137,22 @@ def test_fp32_iterations_where_bf16_would_be_emulated(monkeypatch):
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.float32
     monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: True)
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", ["encoder", "encoder_decoder", "xlnet"])
+def test_every_family_gives_muon_its_blocks_matrices_and_trains_a_step(family):
+    from pretrain.config import ModelConfig
+    from pretrain.models.spec import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family=family, size="debug"), 64, 16, 0)
+    optimizer = MuonWithAdamW(model, lr=1e-2)
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, nn.Linear)}
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == linear
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
