@@ -326,6 +326,16 @@ def test_resume_with_another_optimizer_is_refused_naming_it(
     assert "optimizer state does not fit the configured optimizer (changed since the run " in err
     assert "optim.name: 'adamw' -> 'muon')" in err
     assert list_steps(run / "checkpoints") == [4]  # nothing written
+    # The same for a sharded checkpoint (FSDP in a group of one), resumed in a plain process
+    sharded = tmp_path / "sharded"
+    fsdp = _overrides(shards_dir, tokenizer_dir, sharded, train__max_steps=4,
+                      distributed__strategy="fsdp")  # fmt: skip
+    assert main(["train", *fsdp]) == 0
+    assert (sharded / "checkpoints" / "step_000004" / "dcp").is_dir()
+    args = _overrides(shards_dir, tokenizer_dir, sharded, train__max_steps=8, optim__name="muon")
+    assert main(["train", *args, "--resume"]) == EXIT_BAD_INPUT
+    assert "optim.name: 'adamw' -> 'muon')" in capsys.readouterr().err
+    assert list_steps(sharded / "checkpoints") == [4]
 
 
 def test_muon_trains_at_adamws_learning_rate(shards_dir, tokenizer_dir, tmp_path):

@@ -110,15 +110,24 @@ def model_mismatch_error(
     )
 
 
-def optimizer_mismatch_error(run_dir: Path, cfg: Any, error: ValueError) -> TrainingError:
+def optimizer_changes(run_dir: Path, cfg: Any) -> list[str]:
+    """``optim.name: saved -> now`` when the run's saved ``config.yaml`` names another
+    optimizer than ``cfg`` (empty when it does not, or cannot be read)."""
+    return architecture_changes(run_dir / "config.yaml", cfg, prefixes=("optim.name",))
+
+
+def optimizer_mismatch_error(
+    run_dir: Path, cfg: Any, error: Exception | None = None
+) -> TrainingError:
     """The error for optimizer state that does not fit the configured optimizer (another
-    ``optim.name``: Muon's groups are not AdamW's)."""
-    changes = architecture_changes(run_dir / "config.yaml", cfg, prefixes=("optim.name",))
+    ``optim.name``: Muon's groups are not AdamW's), with ``error``, the cause, if any."""
+    changes = optimizer_changes(run_dir, cfg)
     what = f" (changed since the run started: {'; '.join(changes)})" if changes else ""
+    cause = f" Cause: {first_reason(error)[:300]}" if error is not None else ""
     return TrainingError(
         f"{run_dir / 'checkpoints'}: the latest checkpoint's optimizer state does not fit the "
-        f"configured optimizer{what}. Resume with the optimizer the run was started with. "
-        f"Cause: {first_reason(error)[:300]}"
+        f"configured optimizer{what}. Resume with the optimizer the run was started with."
+        f"{cause}"
     )
 
 

@@ -29,6 +29,7 @@ from pretrain.train.resume_settings import (
     configured_hyperparameters,
     data_mismatch_error,
     model_mismatch_error,
+    optimizer_changes,
     optimizer_mismatch_error,
 )
 from pretrain.train.rng_state import restore_rng_state, rng_state
@@ -76,6 +77,10 @@ class RunState:
     def load_latest(self) -> tuple[Checkpoint, TrainState]:
         """Load the latest good checkpoint's weights, optimizer state and spike window;
         returns it, for the rest of its state, and the trainer counters it holds."""
+        if optimizer_changes(self.run_dir, self.cfg.with_absolute_paths()):
+            # Refused before reading: a sharded (FSDP) checkpoint's optimizer state would
+            # not say which optimizer wrote it as clearly as its param groups do.
+            raise optimizer_mismatch_error(self.run_dir, self.cfg.with_absolute_paths())
         try:
             with configured_hyperparameters(self.optimizer):
                 ckpt = load_run_checkpoint(
