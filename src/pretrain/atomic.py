@@ -55,6 +55,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def refuse_occupied(out: Path, overwrite: bool) -> None:
+    """Refuse to write a directory at ``out`` over a file or a directory that holds files,
+    unless ``overwrite``: what a user keeps there is never replaced unasked.
+
+    Raises:
+        ValueError: naming ``out`` and the ``--overwrite`` flag.
+    """
+    if overwrite:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a directory; pass --overwrite to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
+
+
 def fresh_partial_dir(out: Path) -> Path:
     """An empty ``OUT.tmp`` beside ``out`` to write a whole directory into (a crashed
     writer's leftovers removed); :func:`replace_dir` then puts it in place."""

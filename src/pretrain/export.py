@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic import fresh_partial_dir, replace_dir
+from pretrain.atomic import fresh_partial_dir, refuse_occupied, replace_dir
 from pretrain.runs import load_run
 from pretrain.tokenizer import BOS, CLS, EOS, MASK, PAD, SEP, Tokenizer
 
@@ -69,10 +69,7 @@ def export_hf(
         ValueError: ``out`` holds files and ``overwrite`` is False.
     """
     out = Path(out).resolve()  # "." and "dir/" name a directory with a parent
-    if out.exists() and not out.is_dir() and not overwrite:
-        raise ValueError(f"{out} is a file, not a directory; pass --overwrite to replace it")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
+    refuse_occupied(out, overwrite)
     try:
         import transformers  # noqa: F401
     except ImportError as e:

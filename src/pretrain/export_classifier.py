@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic import fresh_partial_dir, replace_dir
+from pretrain.atomic import fresh_partial_dir, refuse_occupied, replace_dir
 from pretrain.eval.classifier import SequenceClassifier
 from pretrain.eval.finetune import CLASSIFIER_FILE, SUMMARY_FILE
 from pretrain.export import hf_tokenizer
@@ -106,8 +106,7 @@ def export_classifier_hf(
 
     finetuned_dir = Path(finetuned_dir)
     out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
+    refuse_occupied(out, overwrite)
     summary_path = finetuned_dir / SUMMARY_FILE
     if not summary_path.exists():
         raise FileNotFoundError(

@@ -74,6 +74,30 @@ def _flags(names: list[str]) -> str:
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
+def _sampling(args: argparse.Namespace, eos: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`~pretrain.generate.generate` (and of the
+    encoder-decoder's) that the command line sets."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "eos_id": eos,
+        "generator": torch.Generator().manual_seed(args.seed),
+    }
+
+
+def _search(args: argparse.Namespace, eos: int) -> dict[str, Any]:
+    """The keyword arguments of :mod:`pretrain.beam_search`'s searches that the command line
+    sets."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.num_beams,
+        "eos_id": eos,
+        "length_penalty": args.length_penalty,
+    }
+
+
 def _display(result: dict[str, Any]) -> str:
     """The text, then what a blank prompt adds: the filled prompt, each mask's candidates."""
     lines = [result["text"]]
@@ -98,27 +122,11 @@ def _continue(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         from pretrain.beam_search import decoder_beam_search
 
         [ids] = decoder_beam_search(
-            run.model,
-            torch.tensor([prompt]),
-            args.max_new_tokens,
-            args.num_beams,
-            eos,
-            plan.prefix,
-            args.length_penalty,
+            run.model, torch.tensor([prompt]), **_search(args, eos), prefix=plan.prefix
         )
         new = _until_eos(ids, eos)
     else:
-        ids = generate(
-            run.model,
-            torch.tensor(prompt),
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_id=eos,
-            generator=torch.Generator().manual_seed(args.seed),
-            prefix=plan.prefix,
-        )
+        ids = generate(run.model, torch.tensor(prompt), **_sampling(args, eos), prefix=plan.prefix)
         new = _until_eos(ids[len(prompt) :].tolist(), eos)
     text = args.prompt + run.tokenizer.decode(new)
     return {"prompt": args.prompt, "text": text, "new_token_ids": new}
@@ -135,23 +143,11 @@ def _encoder_decoder(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         from pretrain.beam_search import encoder_decoder_beam_search
 
         [ids] = encoder_decoder_beam_search(
-            run.model,
-            torch.tensor([prompt]),
-            args.max_new_tokens,
-            args.num_beams,
-            special.eos,
-            args.length_penalty,
+            run.model, torch.tensor([prompt]), **_search(args, special.eos)
         )
     else:
         ids = generate_encoder_decoder(
-            run.model,
-            torch.tensor(prompt),
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_id=special.eos,
-            generator=torch.Generator().manual_seed(args.seed),
+            run.model, torch.tensor(prompt), **_sampling(args, special.eos)
         ).tolist()
     new = _until_eos(ids, special.eos)
     if new[:1] == [special.bos]:  # BART's targets begin with BOS, as its inputs do

@@ -15,7 +15,6 @@ best epoch's weights), ``finetune.json`` (labels, settings, per-epoch results) a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -29,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from pretrain.atomic import fresh_partial_dir, replace_dir
+from pretrain.atomic import fresh_partial_dir, refuse_occupied, replace_dir
 from pretrain.eval.classifier import SequenceClassifier
 from pretrain.eval.labeled_data import LabeledExamples, read_labeled
 from pretrain.optim import build_optimizer, lr_at
 from pretrain.runs import load_run
 from pretrain.tokenizer import Tokenizer
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
-from pretrain.train.device_setup import autocast_dtype, resolve_device
+from pretrain.train.device_setup import autocast_context, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +95,10 @@ def finetune(
     settings = settings or FinetuneSettings()
     settings.check()
     out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace what it holds")
+    refuse_occupied(out, overwrite)
     device = resolve_device(settings.device)
-    bf16 = autocast_dtype(settings.precision, device) is not None
-    warn_if_bf16_is_emulated(device, torch.bfloat16 if bf16 else None, "precision")
+    dtype = autocast_dtype(settings.precision, device)  # None: fp32
+    warn_if_bf16_is_emulated(device, dtype, "precision")
     run = load_run(run_dir, checkpoint, device=str(device))
     train_data = read_labeled(train, settings.text_key, settings.label_key)
     val_data = read_labeled(val, settings.text_key, settings.label_key, train_data.label_names)
@@ -123,7 +121,9 @@ def finetune(
         len(train_data.label_names),
         len(val_ids),
     )
-    epochs, best_state = _train(model, train_ids, train_data.labels, val_ids, val_data, settings)
+    epochs, best_state = _train(
+        model, train_ids, train_data.labels, val_ids, val_data, settings, dtype
+    )
     best = max(epochs, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
     majority = max(val_data.labels.count(i) for i in set(val_data.labels)) / len(val_ids)
     summary = {
@@ -134,7 +134,11 @@ def finetune(
         "label_names": train_data.label_names,
         "num_train": len(train_ids),
         "num_val": len(val_ids),
-        "settings": {**asdict(settings), "max_len": max_len, "precision": _precision(bf16)},
+        "settings": {
+            **asdict(settings),
+            "max_len": max_len,
+            "precision": "fp32" if dtype is None else "bf16",
+        },
         "epochs": epochs,
         "best_epoch": best["epoch"],
         "val_accuracy": best["val_accuracy"],
@@ -166,6 +170,7 @@ def _train(
     val_ids: list[list[int]],
     val_data: LabeledExamples,
     s: FinetuneSettings,
+    autocast: torch.dtype | None,
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     device = model.head.weight.device
     steps_per_epoch = math.ceil(len(train_ids) / s.batch_size)
@@ -193,7 +198,7 @@ def _train(
             x = padded([train_ids[i] for i in batch.tolist()], model.pad_id)
             y = torch.tensor([labels[i] for i in batch.tolist()])
             x, y = x.to(device), y.to(device)
-            with _autocast(device, s.precision):
+            with autocast_context(device, autocast):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             loss.backward()
@@ -202,7 +207,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() * len(batch)
             step += 1
-        val_loss, accuracy = evaluate(model, val_ids, val_data.labels, s.batch_size, s.precision)
+        val_loss, accuracy = evaluate(model, val_ids, val_data.labels, s.batch_size, autocast)
         record = {
             "epoch": epoch,
             "step": step,
@@ -231,9 +236,10 @@ def evaluate(
     ids: list[list[int]],
     labels: list[int],
     batch_size: int,
-    precision: str = "fp32",
+    autocast: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over the examples, in order."""
+    """Mean cross-entropy and accuracy of ``model`` over the examples, in order (under
+    autocast to ``autocast``, if given)."""
     model.eval()
     device = model.head.weight.device
     loss_sum, correct = 0.0, 0
@@ -241,22 +247,11 @@ def evaluate(
         x = padded(ids[start : start + batch_size], model.pad_id)
         y = torch.tensor(labels[start : start + batch_size])
         x, y = x.to(device), y.to(device)
-        with _autocast(device, precision):
+        with autocast_context(device, autocast):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(dim=-1) == y).sum())
     return loss_sum / len(ids), correct / len(ids)
-
-
-def _precision(bf16: bool) -> str:
-    return "bf16" if bf16 else "fp32"
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtype = autocast_dtype(precision, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def padded(rows: list[list[int]], pad_id: int) -> torch.Tensor:

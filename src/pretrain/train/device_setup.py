@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from pretrain.config import ExperimentConfig
@@ -54,3 +56,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     bf16 on CUDA only."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.bfloat16 if bf16 else None
+
+
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -66,6 +66,7 @@ from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, trainin
 from pretrain.train.cpu_malloc import keep_freed_memory_mapped
 from pretrain.train.cpu_precision import warn_if_bf16_is_emulated
 from pretrain.train.device_setup import (
+    autocast_context,
     autocast_dtype,
     refuse_flex_off_cuda,
     resolve_device,
@@ -241,9 +242,7 @@ class Trainer:
             self._lock = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype)
 
     # --- the loop ----------------------------------------------------------------------
 
