@@ -137,6 +137,19 @@ def test_fp32_iterations_where_bf16_would_be_emulated(monkeypatch):
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.float32
     monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: True)
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.bfloat16
+    # the dtype reaches the update: Muon's matrices move differently, AdamW's weights alike
+    moved = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _model()
+        _backward(model, 0)
+        MuonWithAdamW(model, lr=1e-2, ns_dtype=dtype).step()
+        moved[dtype] = dict(model.named_parameters())
+    for name, p32 in moved[torch.float32].items():
+        same = torch.equal(p32, moved[torch.bfloat16][name])
+        is_matrix = name.startswith("blocks.") and name.endswith(
+            ("qkv.weight", "out.weight", "gate_up.weight", "down.weight")
+        )
+        assert same != is_matrix, name
 
 
 @pytest.mark.parametrize("family", ["encoder", "encoder_decoder", "xlnet"])
