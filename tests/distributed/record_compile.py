@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from torch.distributed.fsdp import FSDPModule
 
 from pretrain.config import ExperimentConfig, load_config
-from pretrain.distributed.env import exit_process
+from pretrain.distributed.launch import exit_process
 from pretrain.train.trainer import Trainer
 
 

@@ -59,6 +59,7 @@ def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) ->
         "checkpoint.keep_last": 3,
         "log.every_steps": 1,
         "log.progress": False,
+        "log.plots": False,  # matplotlib's import: 1.5 s a process
         "log.tensorboard": False,
         "log.sample_tokens": 4,
         "run.dir": str(run_dir),

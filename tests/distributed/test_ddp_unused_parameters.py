@@ -18,6 +18,7 @@ def test_xlnet_trains_under_ddp(shards_dir, tokenizer_dir, tmp_path):
         "--train.max_steps=3", "--train.seq_len=48", "--train.micro_batch_size=2",
         "--train.tokens_per_batch=192", "--eval.max_batches=1", "--eval.every_steps=0",
         "--distributed.strategy=ddp", f"--run.dir={run}", "--log.progress=false",
+        "--log.plots=false",
         "--log.every_steps=1",
     ]  # fmt: skip
     _torchrun(["-m", "pretrain", "train"], args)  # without find_unused_parameters: step 2 fails

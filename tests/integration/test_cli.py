@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,33 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     argv = ["data", "tokenize", "--tokenizer", str(tmp_path / "none"), "--input", "x.jsonl"]
     assert main([*argv, "--out", str(tmp_path / "o")]) == EXIT_BAD_INPUT
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_data_and_tokenizer_commands_never_import_torch(tmp_path: Path):
+    """Data commands run on CPU nodes, often as thousands of array tasks: each would pay
+    torch's import (3.5 s on a laptop CPU) for nothing."""
+    docs = write_jsonl(tmp_path / "docs.jsonl", [
+        json.dumps({"id": str(i), "text": f"Document {i}: the quick brown fox jumps. " * 20})
+        for i in range(100)
+    ])  # fmt: skip
+    commands = [
+        ["tokenizer", "train", "--input", str(docs), "--vocab-size", "400",
+         "--out", str(tmp_path / "tok")],
+        ["data", "tokenize", "--tokenizer", str(tmp_path / "tok"), "--input", str(docs),
+         "--out", str(tmp_path / "shards")],
+        ["data", "stats", str(tmp_path / "shards")],
+        ["data", "filter", "--input", str(docs), "--out", str(tmp_path / "filtered")],
+        ["data", "dedup", "--input", str(docs), "--out", str(tmp_path / "deduped")],
+    ]  # fmt: skip
+    script = (
+        "import sys\n"
+        "from pretrain.cli import main\n"
+        f"codes = [main(argv) for argv in {commands!r}]\n"
+        "print(codes, sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 0] []"
 
 
 def test_quickstart_runs_every_stage_and_writes_a_loss_curve(

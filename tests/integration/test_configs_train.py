@@ -32,7 +32,8 @@ def test_config_trains_with_falling_loss(config, shards_dir, tokenizer_dir, tmp_
         "--train.seq_len=64", "--train.micro_batch_size=8", "--train.tokens_per_batch=512",
         "--train.max_steps=30", "--optim.warmup_steps=5", "--optim.lr=3e-3",
         "--eval.every_steps=15", "--eval.max_batches=4", "--checkpoint.every_steps=30",
-        "--log.every_steps=1", "--log.progress=false", "--log.tensorboard=false",
+        "--log.every_steps=1", "--log.progress=false",
+        "--log.plots=false", "--log.tensorboard=false",
     ]  # fmt: skip
     assert main(argv) == 0
     losses = [r["loss"] for r in read_metrics(run) if r["split"] == "train"]

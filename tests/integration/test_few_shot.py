@@ -60,7 +60,7 @@ def task(tmp_path_factory) -> dict[str, Path]:
                      "--train.micro_batch_size=8", "--train.tokens_per_batch=1024",
                      "--train.max_steps=40", "--optim.lr=3e-3", "--optim.warmup_steps=5",
                      "--eval.every_steps=20", "--eval.max_batches=2", f"--eval.tasks={tasks}",
-                     "--checkpoint.every_steps=20", "--log.progress=false",
+                     "--checkpoint.every_steps=20", "--log.progress=false", "--log.plots=false",
                      "--log.tensorboard=false", f"--run.dir={run}"])  # fmt: skip
     assert code == 0
     return {"run": run, "train": train, "eval": evaluate, "dir": out,

@@ -51,6 +51,7 @@ def _overrides(shards_dir: Path, tokenizer_dir: Path, run_dir: Path, **extra) ->
         "checkpoint.keep_last": 2,
         "log.every_steps": 1,
         "log.progress": False,
+        "log.plots": False,  # matplotlib's import: 1.5 s a process
         "log.tensorboard": False,
         "run.dir": str(run_dir),
     }
@@ -64,7 +65,8 @@ def _config(*args, **extra) -> ExperimentConfig:
 
 def test_loss_falls_and_run_directory_is_complete(shards_dir, tokenizer_dir, tmp_path):
     run = tmp_path / "run"
-    summary = Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=40)).fit()
+    config = _config(shards_dir, tokenizer_dir, run, train__max_steps=40, log__plots=True)
+    summary = Trainer(config).fit()
     losses = [loss for _, loss in _losses(run)]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # about 6.9 -> 6.0 in 40 steps
@@ -382,7 +384,7 @@ def test_resume_takes_optimizer_settings_from_the_config(shards_dir, tokenizer_d
 
 def test_sigkill_mid_run_then_resume_is_bit_identical(shards_dir, tokenizer_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = dict(train__max_steps=40, checkpoint__every_steps=5, checkpoint__keep_last=3)
+    args = dict(train__max_steps=20, checkpoint__every_steps=5, checkpoint__keep_last=3)
     cmd = [sys.executable, "-m", "pretrain.cli", "train"]
     env = dict(os.environ, PRETRAIN_NO_TENSORBOARD="1")
     subprocess.run(
@@ -405,7 +407,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(shards_dir, tokenizer_dir,
     assert proc.poll() is None, "training finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list_steps(killed / "checkpoints")[-1] < 40
+    assert list_steps(killed / "checkpoints")[-1] < 20
 
     resumed = subprocess.run(
         [*cmd, *_overrides(shards_dir, tokenizer_dir, killed, **args), "--resume"],
@@ -416,6 +418,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(shards_dir, tokenizer_dir,
     assert resumed.returncode == 0, resumed.stderr
     assert _losses(killed) == _losses(straight)
     assert _losses(killed, "val") == _losses(straight, "val")
+    assert not (killed / "plots").exists()  # log.plots: false
 
 
 def test_corrupt_or_truncated_latest_checkpoint_falls_back_to_the_previous(

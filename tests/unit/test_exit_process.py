@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = (
     "import atexit, logging, sys\n"
-    "from pretrain.distributed.env import exit_process\n"
+    "from pretrain.distributed.launch import exit_process\n"
     "atexit.register(lambda: print('finalized'))\n"
     "print('stdout line', end='')\n"
     "print('stderr line', end='', file=sys.stderr)\n"

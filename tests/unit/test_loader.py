@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -50,22 +52,27 @@ def test_windows_are_consecutive_slices_with_true_document_ids(shards_dir: Path,
     assert np.array_equal(np.diff(d, axis=1) == 1, after_eos)
 
 
+def _windows(loader: TokenLoader) -> Iterator[tuple[int, ...]]:
+    """``loader``'s stream of windows, each as a tuple of its tokens: the micro-batch size
+    only groups the stream."""
+    while True:
+        yield from (tuple(row.tolist()) for row in next(loader).tokens)
+
+
 def test_shuffled_epoch_visits_every_window_once_and_is_seeded(shards_dir: Path):
-    loader = TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=1, seed=3)
-    n = loader.num_windows[0]
-    epoch0 = [b.tokens for b in _take(loader, n)]
-    ordered = TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=1, shuffle=False)
-    key = lambda t: tuple(t[0].tolist())  # noqa: E731
-    assert sorted(map(key, epoch0)) == sorted(key(b.tokens) for b in _take(ordered, n))
-    assert [key(t) for t in epoch0] != [
-        key(b.tokens) for b in _take(TokenLoader(shards_dir, SEQ_LEN, 1, shuffle=False), n)
-    ]
-    epoch1 = [key(b.tokens) for b in _take(loader, n)]
-    assert epoch1 != [key(t) for t in epoch0]  # each epoch has its own order
-    same_seed = TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=1, seed=3)
-    assert [key(b.tokens) for b in _take(same_seed, 20)] == [key(t) for t in epoch0[:20]]
-    other_seed = TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=1, seed=4)
-    assert [key(b.tokens) for b in _take(other_seed, 20)] != [key(t) for t in epoch0[:20]]
+    # 16-window micro-batches: whole epochs in few batches
+    stream = _windows(TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=16, seed=3))
+    n = TokenLoader(shards_dir, SEQ_LEN, 1).num_windows[0]
+    epoch0 = list(islice(stream, n))
+    ordered = list(islice(_windows(TokenLoader(shards_dir, SEQ_LEN, 16, shuffle=False)), n))
+    assert sorted(epoch0) == sorted(ordered) and len(set(ordered)) == n
+    assert epoch0 != ordered
+    epoch1 = list(islice(stream, n))
+    assert epoch1 != epoch0 and sorted(epoch1) == sorted(ordered)  # each epoch its own order
+    one_at_a_time = _windows(TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=1, seed=3))
+    assert list(islice(one_at_a_time, 20)) == epoch0[:20]  # the batch size does not change it
+    other_seed = _windows(TokenLoader(shards_dir, SEQ_LEN, micro_batch_size=16, seed=4))
+    assert list(islice(other_seed, 20)) != epoch0[:20]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -86,9 +93,13 @@ def test_ranks_together_cover_an_epoch_exactly_once(shards_dir: Path, world_size
     # and the windows behind those samples (content + position) are each seen once
     windows = Counter()
     for rank in range(world_size):
-        loader = TokenLoader(shards_dir, SEQ_LEN, 1, seed=1, rank=rank, world_size=world_size)
-        for b in _take(loader, n // world_size):
-            windows[tuple(b.tokens[0].tolist() + b.document_ids[0].tolist())] += 1
+        loader = TokenLoader(shards_dir, SEQ_LEN, 16, seed=1, rank=rank, world_size=world_size)
+        rows = (
+            tuple(tokens.tolist() + documents.tolist())
+            for batch in iter(loader.__next__, None)
+            for tokens, documents in zip(batch.tokens, batch.document_ids, strict=True)
+        )
+        windows.update(islice(rows, n // world_size))
     assert sum(windows.values()) == (n // world_size) * world_size
     assert max(windows.values()) == 1
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import sys
-import typing
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from pretrain.config import DistributedConfig
+from pretrain.distributed.launch import env_world
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,6 @@ class DistEnv:
     def is_main(self) -> bool:
         """Rank 0: the one process that logs and writes files."""
         return self.rank == 0
-
-
-def env_world() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` without)."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as e:
-        raise ValueError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers: {e}") from None
-    return rank, local_rank, world_size
 
 
 def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
@@ -103,25 +91,6 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def exit_process(code: int) -> typing.NoReturn:
-    """End the process with ``code``; a worker of a multi-process launch skips interpreter
-    finalization.
-
-    PyTorch can abort a process (SIGABRT, "terminate called without an active exception")
-    while the interpreter is being torn down, when a gloo or autograd worker thread still holds
-    tensors owned by Python (pytorch/pytorch#190489; the atexit fix of #179291 was abandoned).
-    torchrun then reports a finished run as failed. By the time this is called the run's files
-    are written and closed, so a worker flushes its logs and streams and leaves with
-    ``os._exit``; a single process exits normally.
-    """
-    if env_world()[2] > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
 
 
 def free_port() -> int:

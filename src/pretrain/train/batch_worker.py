@@ -45,6 +45,7 @@ from pretrain.data.loader import TokenLoader
 from pretrain.objectives import build_objective, loader_seq_len
 from pretrain.objectives.base import ModelBatch
 from pretrain.tokenizer import Tokenizer
+from pretrain.train.errors import BatchWorkerError
 from pretrain.train.packed_tensors import pack, unpack
 from pretrain.train.step_batches import StepBatches
 
@@ -58,10 +59,6 @@ POLL_SECONDS = 1.0
 
 STOP_SECONDS = 10.0
 """How long :meth:`WorkerStepBatches.close` waits for the worker to exit after SIGKILL."""
-
-
-class BatchWorkerError(RuntimeError):
-    """The worker process raised an error; the message says which (and where, for bad data)."""
 
 
 @dataclasses.dataclass(frozen=True)

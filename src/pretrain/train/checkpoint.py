@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from pretrain.atomic import atomic_write_text, fsync_dir
 from pretrain.data.shards import sha256_file
+from pretrain.train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ STATE_FILE = "state.json"
 SHARDED_DIR = "dcp"
 LATEST, BEST = "latest", "best"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupted."""
 
 
 def step_dir_name(step: int) -> str:

@@ -7,7 +7,8 @@ import contextlib
 import torch
 
 from pretrain.config import ExperimentConfig
-from pretrain.distributed.env import DistEnv, env_world, init_distributed
+from pretrain.distributed.env import DistEnv, init_distributed
+from pretrain.distributed.launch import env_world
 from pretrain.train.errors import TrainingError
 
 

@@ -401,7 +401,7 @@ class Trainer:
         """``plots/loss.png`` and ``samples.txt`` in the run directory (DESIGN.md §5)."""
         from pretrain.train.plots import plot_losses
 
-        if self.dist.is_main:
+        if self.dist.is_main and self.cfg.log.plots:
             plot_losses(self.run_dir)
         write_sample(
             self.run_dir,
