@@ -19,9 +19,10 @@ and the checkpoints see a single ``param_groups`` and ``state_dict``; each group
 update it takes (``"algorithm"``).
 
 Hidden matrices here are the weights of the ``nn.Linear`` layers inside ``model.blocks``. The
-attention's q, k and v projections are one fused matrix, and a SwiGLU MLP's gate and up
-projections another: Muon orthogonalizes each fused matrix as a whole, where Moonlight and
-Keller Jordan's code orthogonalize q, k and v one by one.
+attention's q, k and v projections are one fused matrix here, and a SwiGLU MLP's gate and up
+projections another; the modules name the blocks of rows they fuse
+(``fused_projections()``), and Muon orthogonalizes and scales each block on its own, as it
+would the separate matrices of HF's models, Moonlight's and Keller Jordan's code.
 """
 
 from __future__ import annotations
@@ -51,6 +52,26 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
             if id(module.weight) not in seen:
                 seen.add(id(module.weight))
                 out.append(module.weight)
+    return out
+
+
+def row_blocks(model: nn.Module) -> dict[int, tuple[int, ...]]:
+    """``id(weight)`` -> its blocks of rows, for the fused projections of ``model.blocks``
+    (the modules' ``fused_projections()``: ``qkv`` as q, k and v; ``gate_up`` as gate and up).
+    A weight not listed is one block."""
+    out = {}
+    for module in model.blocks.modules():
+        fused = getattr(module, "fused_projections", None)
+        if fused is None:
+            continue
+        for name, rows in fused().items():
+            weight = getattr(module, name).weight
+            if sum(rows) != weight.size(0):
+                raise ValueError(
+                    f"{type(module).__name__}.{name}: row blocks {rows} do not add up to the "
+                    f"weight's {weight.size(0)} rows"
+                )
+            out[id(weight)] = tuple(rows)
     return out
 
 
@@ -141,6 +162,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if ns_dtype is None:
             ns_dtype = torch.bfloat16 if native_bf16(matrices[0].device) else torch.float32
         self.ns_dtype = ns_dtype
+        self.row_blocks = row_blocks(model)
         self._link()
 
     def _link(self) -> None:
@@ -163,7 +185,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any]) -> None:
         """``torch.optim.Muon``'s update (Nesterov momentum, Newton-Schulz, the RMS-matched
-        rate, decoupled weight decay) of each matrix in ``group`` with a gradient."""
+        rate, decoupled weight decay) of each matrix in ``group`` with a gradient, and of each
+        block of rows of a fused one (:func:`row_blocks`) as if it were a matrix of its own."""
         lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
         for param in group["params"]:
             if param.grad is None:
@@ -175,12 +198,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
             buffer = state["momentum_buffer"]
             buffer.lerp_(grad, 1 - momentum)
             update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-            update = orthogonalize(
-                update, group["ns_steps"], group["ns_coefficients"], group["eps"], self.ns_dtype
-            )
-            rows, cols = param.shape
             param.mul_(1 - lr * decay)
-            param.add_(update, alpha=-(lr * (0.2 * math.sqrt(max(rows, cols)))))
+            blocks = self.row_blocks.get(id(param), (param.size(0),))
+            for block, rows in zip(update.split(blocks), param.split(blocks), strict=True):
+                block = orthogonalize(
+                    block, group["ns_steps"], group["ns_coefficients"], group["eps"], self.ns_dtype
+                )
+                rows.add_(block, alpha=-(lr * (0.2 * math.sqrt(max(block.shape)))))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)  # builds new group dicts and a new state

@@ -226,6 +226,30 @@ def test_ddp_skips_the_spikes_one_process_skips(shards_dir, tokenizer_dir, tmp_p
     assert 2 <= spike_steps(single)[-1] <= STEPS - 4, spike_steps(single)
 
 
+def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
+    """Muon orthogonalizes the all-reduced gradient's momentum on every rank: the ranks take
+    the update one process takes, and stay equal to it."""
+    muon = {"optim__name": "muon", "optim__lr": 1e-2}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(
+            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **muon)
+        )
+        Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    args = _overrides(shards_dir, tokenizer_dir, ddp, distributed__strategy="ddp", **muon)
+    _torchrun(["-m", "pretrain", "train"], args)
+    _assert_same_run(ddp, single)
+    optim = torch.load(ddp / "checkpoints" / step_dir_name(STEPS) / "optim.pt", weights_only=True)[
+        "optimizer"
+    ]
+    muon_group = optim["param_groups"][0]
+    assert muon_group["algorithm"] == "muon"
+    assert all("momentum_buffer" in optim["state"][i] for i in muon_group["params"])
+
+
 @pytest.mark.slow
 def test_fsdp_with_blocks_compiled_follows_one_eager_process(
     single_run, shards_dir, tokenizer_dir, tmp_path

@@ -17,6 +17,7 @@ from pretrain.optim_muon import (
     MuonWithAdamW,
     hidden_matrices,
     orthogonalize,
+    row_blocks,
 )
 
 
@@ -56,17 +57,27 @@ def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else(style):
 
 
 def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side():
+    """PyTorch's Muon on q, k, v, gate and up as separate matrices (as in HF's Llama), the
+    rest as they are; AdamW on everything else: the same weights, bit for bit."""
     ours_model = _model()
     theirs_model = copy.deepcopy(ours_model)
     ours = MuonWithAdamW(ours_model, lr=1e-2, weight_decay=0.1, momentum=0.9,
                          ns_dtype=torch.bfloat16)  # fmt: skip
-    matrices = {id(p) for p in hidden_matrices(theirs_model)}
-    muon = torch.optim.Muon(hidden_matrices(theirs_model), lr=1e-2, weight_decay=0.1,
-                            momentum=0.9, adjust_lr_fn="match_rms_adamw")  # fmt: skip
+    blocks = row_blocks(theirs_model)
+    fused = [p for p in hidden_matrices(theirs_model) if id(p) in blocks]
+    assert len(fused) == 4  # qkv and gate_up of each of 2 layers
+    # each block of rows a matrix of its own; the fused weight is copied back after each step
+    separate = {
+        p: [nn.Parameter(rows.detach().clone()) for rows in p.split(blocks.get(id(p), p.size(0)))]
+        for p in hidden_matrices(theirs_model)
+    }
+    muon = torch.optim.Muon([q for parts in separate.values() for q in parts], lr=1e-2,
+                            weight_decay=0.1, momentum=0.9,
+                            adjust_lr_fn="match_rms_adamw")  # fmt: skip
     from pretrain.optim import param_groups
 
     rest = [
-        {**g, "params": [p for p in g["params"] if id(p) not in matrices]}
+        {**g, "params": [p for p in g["params"] if p not in separate]}
         for g in param_groups(theirs_model, 0.1)
     ]
     adamw = torch.optim.AdamW(
@@ -79,17 +90,39 @@ def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side():
             group["lr"] = lr
         _backward(ours_model, step)
         _backward(theirs_model, step)
+        for p, parts in separate.items():
+            for q, grad in zip(parts, p.grad.split([q.size(0) for q in parts]), strict=True):
+                q.grad = grad.clone()
         ours.step()
         muon.step()
         adamw.step()
+        with torch.no_grad():
+            for p, parts in separate.items():
+                p.copy_(torch.cat(parts))
         ours.zero_grad()
-        muon.zero_grad()
-        adamw.zero_grad()
+        theirs_model.zero_grad()
     before = _model()
     for (name, a), b, c in zip(ours_model.named_parameters(), theirs_model.parameters(),
                                before.parameters(), strict=True):  # fmt: skip
         assert torch.equal(a, b), name
         assert not torch.equal(a, c), name  # every weight moved
+
+
+def test_fused_projections_split_where_hugging_faces_separate_matrices_do():
+    from pretrain.models.decoder.hf import hf_state
+
+    model = _model()  # 4 query heads, 2 key/value heads: q's block is twice k's
+    blocks = row_blocks(model)
+    hf = hf_state(model)
+    for i, block in enumerate(model.blocks):
+        attn, mlp = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        assert blocks[id(block.attn.qkv.weight)] == tuple(
+            hf[f"{attn}{n}_proj.weight"].size(0) for n in "qkv"
+        )
+        assert blocks[id(block.mlp.gate_up.weight)] == tuple(
+            hf[f"{mlp}{n}_proj.weight"].size(0) for n in ("gate", "up")
+        )
+        assert id(block.attn.out.weight) not in blocks
 
 
 def test_a_saved_and_loaded_state_continues_exactly():

@@ -158,6 +158,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
 
+    def fused_projections(self) -> dict[str, tuple[int, ...]]:
+        """Each fused projection's blocks of output rows: ``qkv``'s queries, keys and values
+        (what Muon orthogonalizes one by one, as it would separate matrices)."""
+        hd = self.head_dim
+        return {"qkv": (self.n_heads * hd, self.n_kv_heads * hd, self.n_kv_heads * hd)}
+
     def forward(
         self,
         x: torch.Tensor,

@@ -31,6 +31,10 @@ class SwiGLU(nn.Module):
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)  # rows: [gate; up]
         self.down = nn.Linear(d_ff, d_model, bias=bias)
 
+    def fused_projections(self) -> dict[str, tuple[int, ...]]:
+        """``gate_up``'s blocks of output rows: the gate's, then the up projection's."""
+        return {"gate_up": (self.d_ff, self.d_ff)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, d_ff) each
         return self.down(recomputed_when_compiled(_silu_gate, gate, up))

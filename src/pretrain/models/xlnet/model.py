@@ -149,6 +149,11 @@ class TwoStreamAttention(nn.Module):
         self.segment_embed = nn.Parameter(torch.zeros(2, H, hd))  # same / other segment
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
 
+    def fused_projections(self) -> dict[str, tuple[int, ...]]:
+        """``qkv``'s blocks of output rows: HF's q, k and v."""
+        d = self.qkv.out_features // 3
+        return {"qkv": (d, d, d)}
+
     def score_tables(
         self, q: torch.Tensor, k_pos: torch.Tensor | None, segments: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
