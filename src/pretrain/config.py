@@ -73,6 +73,13 @@ class ModelConfig:
     sdpa elsewhere). None: the family's default (auto for XLNet, sdpa for the others)."""
     position_encoding: typing.Literal["txl", "rope"] | None = None
     """XLNet only: Transformer-XL relative positions (default) or RoPE."""
+    n_experts: int | None = None
+    """Decoder (llama style) only: E > 0 makes every block's MLP a mixture of E SwiGLU experts
+    of width d_ff (Mixtral); None or 0: dense."""
+    experts_per_token: int | None = None
+    """With n_experts: the k experts each token is routed to (default 2)."""
+    router_aux_loss_coef: float | None = None
+    """With n_experts: weight of the load-balancing loss (Switch Transformer; default 0.01)."""
     init_from: str | None = None
     """Local Hugging Face checkpoint directory to continue pretraining from."""
 

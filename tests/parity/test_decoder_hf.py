@@ -21,7 +21,9 @@ CASES = {
     "llama-bias-untied": dict(style="llama", n_heads=4, bias=True, tie_embeddings=False),
     "gpt2-tied": dict(style="gpt2", n_heads=4, tie_embeddings=True),
     "gpt2-untied": dict(style="gpt2", n_heads=4, tie_embeddings=False, d_ff=96),
-}
+    "mixtral-gqa-untied": dict(style="llama", n_heads=4, n_kv_heads=2, tie_embeddings=False,
+                               d_ff=48, n_experts=4, experts_per_token=2),
+}  # fmt: skip
 
 
 def make_model(seed: int = 0, **overrides) -> DecoderLM:
@@ -42,6 +44,8 @@ def case(request) -> DecoderLM:
 def test_logits_match_hf(case: DecoderLM) -> None:
     hf = to_hf(case)
     expected_cls = "LlamaForCausalLM" if case.cfg.style == "llama" else "GPT2LMHeadModel"
+    if case.cfg.n_experts:
+        expected_cls = "MixtralForCausalLM"
     assert type(hf).__name__ == expected_cls
     x = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -49,6 +53,23 @@ def test_logits_match_hf(case: DecoderLM) -> None:
         theirs = hf(x).logits
     assert ours.shape == theirs.shape == (3, 40, VOCAB)
     assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_mixture_of_experts_routes_and_balances_as_mixtral() -> None:
+    """Router logits of every layer, and the load-balancing loss, equal HF Mixtral's."""
+    model = make_model(**CASES["mixtral-gqa-untied"])
+    hf = to_hf(model)
+    x = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.forward_tokens(x)
+        routed = [block.mlp.router_logits for block in model.blocks]
+        ours = model.router_aux_loss()
+        theirs = hf(x, output_router_logits=True)
+    for a, b in zip(routed, theirs.router_logits, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+    coef = model.cfg.router_aux_loss_coef
+    assert abs(ours.item() - coef * theirs.aux_loss.item()) < 1e-6 * coef
+    assert model.router_aux_loss() is None  # read once: the routing is let go
 
 
 def test_explicit_positions_match_hf(case: DecoderLM) -> None:

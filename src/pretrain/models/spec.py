@@ -132,7 +132,10 @@ def _import_hf(path: str, family: str) -> nn.Module:
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Parameters used in matmuls: every matrix but embedding tables, plus the output head."""
+    """Parameters used in matmuls: every matrix but embedding tables, plus the output head.
+
+    A mixture of experts counts what one token runs through: its ``k`` experts' matrices
+    (``MoE.active_matmul_params``), not all ``E``; the FLOPs per token follow from these."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     seen: set[int] = set()
     total = 0
@@ -143,4 +146,5 @@ def matmul_params(model: nn.Module) -> int:
     out = model.output_weight
     if id(out) in embeddings:  # tied: the embedding table doubles as the output matmul
         total += out.numel()
-    return total
+    experts = (m for m in model.modules() if hasattr(m, "active_matmul_params"))
+    return total + sum(m.active_matmul_params() for m in experts)  # stacked (E, ...): 3-D

@@ -20,7 +20,8 @@ from pretrain.objectives.base import ModelBatch
 
 
 class ModelWithLoss(nn.Module):
-    """``forward(batch, groups) -> (loss_sum with z-loss, ce_sum, {task: (ce_sum, count)})``,
+    """``forward(batch, groups) -> (loss_sum with z-loss and a mixture of experts' router
+    loss, ce_sum, {task: (ce_sum, count)})``,
     ``groups`` from :meth:`ModelBatch.loss_groups` (made on the host, so the counts are ints).
 
     Args:
@@ -74,4 +75,11 @@ class ModelWithLoss(nn.Module):
             ce_sum = ce_sum + ce.detach()
             if rows is not None:
                 per_task[name] = (ce.detach(), label_counts[name])
+        router_loss = getattr(self.model, "router_aux_loss", None)
+        aux = None if router_loss is None else router_loss()
+        if aux is not None:
+            # A mixture of experts' load-balancing loss, weighted per label token like the
+            # cross-entropy sum it joins: after the step's division by the label count, each
+            # micro-batch's term counts by its share of the labels.
+            total = total + aux * sum(label_counts.values())
         return total, ce_sum, per_task

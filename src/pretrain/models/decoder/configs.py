@@ -54,6 +54,12 @@ class DecoderConfig(ShapeMixin):
         init_std: std of the normal init; residual output projections get
             ``init_std / sqrt(2 * n_layers)``.
         ffn_multiple_of: rounding of the derived SwiGLU width.
+        n_experts: 0 for a dense MLP in every block; ``E > 0`` replaces it by a mixture of
+            ``E`` SwiGLU experts of width ``d_ff`` each (Mixtral; llama style only; see
+            ``models/common/moe.py``).
+        experts_per_token: the ``k`` experts each token is routed to.
+        router_aux_loss_coef: weight of the load-balancing loss (Switch Transformer) added
+            to the training loss, per label token.
         attention_backend: ``sdpa`` (dense boolean mask for document masking), ``flex``
             (FlexAttention block mask; CUDA for training, see ``models/common/flex.py``) or
             ``auto`` (flex on CUDA, sdpa elsewhere). Default sdpa: flex's speed here is not
@@ -76,6 +82,9 @@ class DecoderConfig(ShapeMixin):
     init_std: float = 0.02
     ffn_multiple_of: int = 256
     attention_backend: Literal["sdpa", "flex", "auto"] = "sdpa"
+    n_experts: int = 0
+    experts_per_token: int = 2
+    router_aux_loss_coef: float = 0.01
 
     def __post_init__(self) -> None:
         check_choices(self, {"style": STYLES, "attention_backend": ATTENTION_BACKENDS})
@@ -103,6 +112,21 @@ class DecoderConfig(ShapeMixin):
             )
         check_positive_ints(self, "d_ff")
         check_positive_numbers(self, "rope_theta", "norm_eps", "init_std")
+        if self.n_experts:
+            if self.n_experts < 0 or self.style != "llama":
+                raise ValueError(
+                    f"n_experts={self.n_experts}: a mixture of experts needs n_experts > 0 and "
+                    f"style 'llama' (SwiGLU experts), got style {self.style!r}"
+                )
+            if not 1 <= self.experts_per_token <= self.n_experts:
+                raise ValueError(
+                    f"experts_per_token must be between 1 and n_experts ({self.n_experts}), "
+                    f"got {self.experts_per_token}"
+                )
+            if self.router_aux_loss_coef < 0:
+                raise ValueError(
+                    f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}"
+                )
 
 
 _SIZES: dict[str, dict[str, Any]] = {

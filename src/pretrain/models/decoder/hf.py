@@ -1,7 +1,8 @@
 """Conversion between :class:`DecoderLM` and Hugging Face ``transformers`` models.
 
-``llama`` style maps to ``LlamaForCausalLM``, ``gpt2`` style to ``GPT2LMHeadModel``. The
-weights are the same numbers in a different layout: our fused ``qkv`` and ``gate_up`` rows
+``llama`` style maps to ``LlamaForCausalLM`` (``MixtralForCausalLM`` with experts), ``gpt2``
+style to ``GPT2LMHeadModel``. The weights are the same numbers in a different layout: our
+fused ``qkv`` and ``gate_up`` rows
 split into HF's separate projections, and GPT-2's ``Conv1D`` stores ``(in, out)`` matrices, the
 transpose of ``nn.Linear``. Options with no exact HF counterpart are refused with a
 ``ValueError`` naming them, never approximated.
@@ -52,6 +53,30 @@ def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
         # SDPA is what our model runs; "eager" would also match within fp32 rounding.
         attn_implementation="sdpa",
     )
+    if cfg.n_experts:
+        refused = ["qk_norm=True (MixtralForCausalLM has no q/k norm)"] if cfg.qk_norm else []
+        if cfg.bias:
+            refused.append("bias=True (Mixtral has no biases)")
+        refuse(refused, "MixtralForCausalLM")
+        return transformers.MixtralConfig(
+            hidden_size=cfg.d_model,
+            intermediate_size=cfg.d_ff,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            hidden_act="silu",
+            max_position_embeddings=cfg.max_seq_len,
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            sliding_window=None,
+            num_local_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.experts_per_token,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+            router_jitter_noise=0.0,
+            attention_dropout=0.0,
+            **common,
+        )
     if cfg.style == "llama":
         refuse(["qk_norm=True (LlamaForCausalLM has no q/k norm)"] if cfg.qk_norm else [], "Llama")
         return transformers.LlamaConfig(
@@ -121,6 +146,11 @@ def _llama_table(cfg: DecoderConfig) -> Table:
                 False,
             )
             table[f"{ours}attn.out.{kind}"] = ([(f"{attn}o_proj.{kind}", None)], False)
+            if cfg.n_experts:  # Mixtral: the router is HF's gate; experts stacked (E, ...)
+                table[ours + "mlp.router.weight"] = ([(hf + "mlp.gate.weight", None)], False)
+                table[ours + "mlp.gate_up"] = ([(hf + "mlp.experts.gate_up_proj", None)], False)
+                table[ours + "mlp.down"] = ([(hf + "mlp.experts.down_proj", None)], False)
+                continue
             table[f"{ours}mlp.gate_up.{kind}"] = (
                 [(f"{mlp}gate_proj.{kind}", cfg.d_ff), (f"{mlp}up_proj.{kind}", cfg.d_ff)],
                 False,
@@ -192,6 +222,8 @@ def to_hf(model: DecoderLM) -> PreTrainedModel:
     cfg = model.cfg
     config = hf_config(cfg)
     hf_cls = transformers.LlamaForCausalLM if cfg.style == "llama" else transformers.GPT2LMHeadModel
+    if cfg.n_experts:
+        hf_cls = transformers.MixtralForCausalLM
     return load_into_hf(hf_cls(config), hf_state(model), model.output_weight)
 
 
@@ -202,7 +234,8 @@ def _llama_decoder_config(c: Any) -> DecoderConfig:
     refused = []
     if c.hidden_act != "silu":
         refused.append(f"hidden_act={c.hidden_act!r} (only 'silu' SwiGLU)")
-    if bool(c.attention_bias) != bool(getattr(c, "mlp_bias", False)):
+    attention_bias = bool(getattr(c, "attention_bias", False))  # Mixtral's config has none
+    if attention_bias != bool(getattr(c, "mlp_bias", False)):
         refused.append("attention_bias != mlp_bias (one bias flag for both)")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     if head_dim * c.num_attention_heads != c.hidden_size:
@@ -222,9 +255,24 @@ def _llama_decoder_config(c: Any) -> DecoderConfig:
         rope_theta=float(theta),
         norm_eps=c.rms_norm_eps,
         tie_embeddings=bool(c.tie_word_embeddings),
-        bias=bool(c.attention_bias),
+        bias=attention_bias,
         init_std=c.initializer_range,
     )
+
+
+def _mixtral_decoder_config(c: Any) -> DecoderConfig:
+    refused = []
+    if getattr(c, "sliding_window", None) is not None:
+        refused.append(f"sliding_window={c.sliding_window} (attention over the whole window)")
+    if getattr(c, "router_jitter_noise", 0.0):
+        refused.append(f"router_jitter_noise={c.router_jitter_noise}")
+    refuse(refused, "DecoderLM")
+    cfg = _llama_decoder_config(c)
+    cfg.n_experts = c.num_local_experts
+    cfg.experts_per_token = c.num_experts_per_tok
+    cfg.router_aux_loss_coef = c.router_aux_loss_coef
+    cfg.__post_init__()
+    return cfg
 
 
 def _gpt2_decoder_config(c: Any) -> DecoderConfig:
@@ -270,10 +318,12 @@ def from_hf(hf_model: PreTrainedModel, dtype: torch.dtype | None = torch.float32
     c = hf_model.config
     if c.model_type == "llama":
         cfg = _llama_decoder_config(c)
+    elif c.model_type == "mixtral":
+        cfg = _mixtral_decoder_config(c)
     elif c.model_type == "gpt2":
         cfg = _gpt2_decoder_config(c)
     else:
-        raise ValueError(f"unsupported model_type {c.model_type!r}; valid: llama, gpt2")
+        raise ValueError(f"unsupported model_type {c.model_type!r}; valid: llama, mixtral, gpt2")
     param = hf_model.get_input_embeddings().weight
     state = from_hf_tensors(hf_model.state_dict(), _entries(cfg))
     model = build_from_state(DecoderLM, cfg, state, param, dtype)

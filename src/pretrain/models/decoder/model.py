@@ -25,8 +25,9 @@ from pretrain.models.common.attention import (
     attention_mask,
     cached_causal_mask,
 )
-from pretrain.models.common.init import init_normal, init_residual_output
+from pretrain.models.common.init import init_normal, init_residual_output, residual_std
 from pretrain.models.common.mlp import GeluMLP, SwiGLU
+from pretrain.models.common.moe import MoE, load_balancing_loss
 from pretrain.models.common.norms import make_norm
 from pretrain.models.common.positions import RotaryEmbedding
 from pretrain.models.decoder.configs import DecoderConfig
@@ -54,8 +55,11 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(
             norm_kind, cfg.d_model, cfg.norm_eps, bias=cfg.bias, feeds_linear=True
         )
-        mlp_cls = SwiGLU if cfg.style == "llama" else GeluMLP
-        self.mlp = mlp_cls(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        if cfg.n_experts:
+            self.mlp: nn.Module = MoE(cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.experts_per_token)
+        else:
+            mlp_cls = SwiGLU if cfg.style == "llama" else GeluMLP
+            self.mlp = mlp_cls(cfg.d_model, cfg.d_ff, bias=cfg.bias)
 
     def forward(
         self,
@@ -101,9 +105,25 @@ class DecoderLM(nn.Module):
         init_normal(self, cfg.init_std)
         for block in self.blocks:
             init_residual_output(block.attn.out, cfg.init_std, cfg.n_layers)
-            init_residual_output(block.mlp.down, cfg.init_std, cfg.n_layers)
+            if isinstance(block.mlp, MoE):
+                block.mlp.init_weights(cfg.init_std, residual_std(cfg.init_std, cfg.n_layers))
+            else:
+                init_residual_output(block.mlp.down, cfg.init_std, cfg.n_layers)
         if self.rope is not None:
             self.rope.reset_parameters()
+
+    def router_aux_loss(self) -> torch.Tensor | None:
+        """The load-balancing loss of the last forward's routing over every MoE layer
+        (:func:`~pretrain.models.common.moe.load_balancing_loss`), already weighted by
+        ``router_aux_loss_coef``; None for a dense model. Reading it lets go of the routing."""
+        layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        if not layers or layers[0].router_logits is None:
+            return None
+        logits = [layer.router_logits for layer in layers]
+        for layer in layers:
+            layer.router_logits = None
+        balance = load_balancing_loss(logits, self.cfg.experts_per_token)
+        return self.cfg.router_aux_loss_coef * balance
 
     @property
     def output_weight(self) -> torch.Tensor:

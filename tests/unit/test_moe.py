@@ -1,0 +1,95 @@
+"""Mixture of experts: what each token's output is, that every expert takes part in the
+backward, the load-balancing loss at its extremes and against HF's, and the loss it adds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.models.common.moe import MoE, load_balancing_loss
+from pretrain.models.decoder import DecoderConfig, DecoderLM
+
+
+def _moe(seed: int = 0, n_experts: int = 4, k: int = 2) -> MoE:
+    torch.manual_seed(seed)
+    moe = MoE(d_model=16, d_ff=24, n_experts=n_experts, experts_per_token=k)
+    moe.init_weights(0.3, 0.3)
+    return moe
+
+
+def test_each_token_is_the_weighted_sum_of_its_top_k_experts():
+    moe = _moe()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    out = moe(x)
+    for n, token in enumerate(x.reshape(-1, 16)):
+        probs = torch.softmax(moe.router.weight @ token, dim=-1)
+        top = probs.topk(2)
+        expected = torch.zeros(16)
+        for p, e in zip(top.values / top.values.sum(), top.indices.tolist(), strict=True):
+            gate, up = (moe.gate_up[e] @ token).chunk(2)
+            expected += p * (moe.down[e] @ (F.silu(gate) * up))
+        assert torch.allclose(out.reshape(-1, 16)[n], expected, atol=1e-5), n
+    assert moe.router_logits.shape == (10, 4)
+
+
+def test_an_expert_without_tokens_gets_a_zero_gradient():
+    moe = _moe()
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:2] = 5.0  # every token's top 2: experts 0 and 1
+    x = torch.rand(3, 4, 16) + 0.1  # positive: experts 0 and 1 win for every token
+    moe(x).sum().backward()
+    assert moe.gate_up.grad is not None and moe.down.grad is not None
+    assert moe.gate_up.grad[:2].abs().sum() > 0 and moe.gate_up.grad[2:].abs().sum() == 0
+    assert moe.down.grad[2:].abs().sum() == 0
+
+
+def test_load_balancing_loss_is_k_when_even_and_e_when_one_expert_takes_all():
+    E, k = 4, 2
+    # token j puts equal weight on experts j and j+1: every expert chosen equally often
+    even = torch.full((E, E), -30.0)
+    for j in range(E):
+        even[j, j] = even[j, (j + 1) % E] = 0.0
+    assert load_balancing_loss([even, even], k).item() == pytest.approx(k, abs=1e-6)
+    one = torch.full((8, E), -30.0)
+    one[:, 0] = 30.0
+    assert load_balancing_loss([one], k).item() == pytest.approx(E, abs=1e-4)
+
+
+def test_load_balancing_loss_equals_hugging_faces():
+    mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.randn(12, 6, generator=g) for _ in range(3)]
+    theirs = mixtral.load_balancing_loss_func(tuple(layers), 6, 2)
+    assert load_balancing_loss(layers, 2).item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_the_training_loss_carries_the_router_loss_per_label_token():
+    from pretrain.objectives.base import AttentionSpec, ModelBatch
+    from pretrain.train.loss_module import ModelWithLoss
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=32,
+                        max_seq_len=16, n_experts=4, router_aux_loss_coef=0.5)  # fmt: skip
+    model = DecoderLM(cfg)
+    tokens = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    batch = ModelBatch(input_ids=tokens[:, :-1], labels=tokens[:, 1:], attention=AttentionSpec())
+    groups = batch.loss_groups()
+    total, ce_sum, _ = ModelWithLoss(model, z_loss=0.0, compute_dtype=None)(batch, groups)
+    model.forward_tokens(tokens[:, :-1])
+    aux = model.router_aux_loss()
+    assert aux > 0
+    assert total.item() == pytest.approx(ce_sum.item() + aux.item() * 16, rel=1e-6)
+    total.backward()
+    assert model.blocks[0].mlp.router.weight.grad.abs().sum() > 0
+
+
+def test_flops_count_the_k_experts_a_token_runs_through():
+    from pretrain.models.spec import matmul_params
+
+    shape = dict(vocab_size=64, d_model=32, n_layers=3, n_heads=4, d_ff=40, max_seq_len=16)
+    dense = DecoderLM(DecoderConfig(**shape))
+    moe = DecoderLM(DecoderConfig(**shape, n_experts=8, experts_per_token=2))
+    swiglu, router = 3 * 32 * 40, 8 * 32
+    assert matmul_params(moe) - matmul_params(dense) == 3 * (swiglu + router)  # 2 MLPs, not 8
