@@ -250,6 +250,27 @@ def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
     assert all("momentum_buffer" in optim["state"][i] for i in muon_group["params"])
 
 
+def test_fsdp_trains_a_mixture_of_experts_as_one_process(shards_dir, tokenizer_dir, tmp_path):
+    """The stacked expert weights are sharded by expert, and each rank's load-balancing loss
+    weighs by its share of the step's label tokens: the run is one process's. One window a
+    micro-batch: the balancing loss is a statistic of the micro-batch's tokens, so it is the
+    same only where the micro-batches are (the ranks read every other window)."""
+    moe = {"model__n_experts": 4, "model__d_ff": 64, "train__micro_batch_size": 1}
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(
+            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **moe)
+        )
+        Trainer(cfg).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    args = _overrides(shards_dir, tokenizer_dir, fsdp, distributed__strategy="fsdp", **moe)
+    _torchrun(["-m", "pretrain", "train"], args)
+    _assert_same_run(fsdp, single)
+    assert _weights(fsdp)["blocks.0.mlp.gate_up"].shape == (4, 128, 64)
+
+
 @pytest.mark.slow
 def test_fsdp_with_blocks_compiled_follows_one_eager_process(
     single_run, shards_dir, tokenizer_dir, tmp_path
