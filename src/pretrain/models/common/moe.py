@@ -13,8 +13,11 @@ The weights are laid out as Hugging Face's ``MixtralExperts``: ``gate_up`` (E, 2
 ``[gate; up]`` per expert, ``down`` (E, d, F), and the router ``(E, d)``.
 
 The experts' weights are stacked, one tensor for all of them, so DDP and FSDP see them used
-in every step whatever the routing. The loop over experts is the plain formulation (HF's);
-grouped GEMMs on GPU are not written yet.
+in every step whatever the routing. The token-expert assignments are sorted by expert and
+every expert's run of rows is multiplied by its matrices in one grouped GEMM
+(``torch._grouped_mm``, as torchtitan's MoE), with no wait for the host: the run lengths stay
+on the device. Where the grouped GEMM is not available (CUDA before compute capability 9.0,
+fp32 on CUDA, fp32 compiled on the CPU) the experts run one after the other.
 """
 
 from __future__ import annotations
@@ -74,14 +77,53 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, shape[-1])  # (N, d)
         logits, experts, weights = self.route(tokens)
         self.router_logits = logits
-        out = torch.zeros_like(tokens)
-        for e in range(self.n_experts):
-            token_idx, slot = torch.where(experts == e)  # the tokens routed to e, in order
-            h = F.linear(tokens[token_idx], self.gate_up[e])
+        # The N*k assignments sorted by expert: each expert's rows are one contiguous run
+        chosen = experts.flatten()
+        order = chosen.argsort(stable=True)
+        token_of = order // self.top_k
+        per_expert = torch.zeros(self.n_experts, dtype=torch.long, device=x.device)
+        per_expert.scatter_add_(0, chosen, torch.ones_like(chosen))  # on the device: no sync
+        rows = tokens[token_of]  # (N*k, d)
+        if grouped_mm_applies(rows):
+            ends = per_expert.cumsum(0).to(torch.int32)
+            h = expert_matmul(rows, self.gate_up, ends)
             gate, up = h.chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down[e])
-            out.index_add_(0, token_idx, (y * weights[token_idx, slot, None]).to(out.dtype))
-        return out.view(shape)
+            y = expert_matmul(F.silu(gate) * up, self.down, ends)
+        else:
+            y = self._expert_loop(rows, per_expert)
+        y = y * weights.flatten()[order, None].to(y.dtype)
+        return torch.zeros_like(tokens).index_add_(0, token_of, y.to(tokens.dtype)).view(shape)
+
+    def _expert_loop(self, rows: torch.Tensor, per_expert: torch.Tensor) -> torch.Tensor:
+        """Each expert's SwiGLU on its run of ``rows``, one matmul pair per expert (reads the
+        run lengths on the host: a sync per layer)."""
+        outputs = []
+        for e, part in enumerate(rows.split(per_expert.tolist())):
+            gate, up = F.linear(part, self.gate_up[e]).chunk(2, dim=-1)
+            outputs.append(F.linear(F.silu(gate) * up, self.down[e]))
+        return torch.cat(outputs)
+
+
+def grouped_mm_applies(rows: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` multiplies ``rows`` by every expert's matrix in one call:
+    on CUDA GPUs of compute capability 9.0+ (H100) in bf16, as torchtitan's MoE does, and on
+    the CPU in eager mode (its compiled form takes bf16 only); elsewhere the experts run one
+    by one."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if rows.device.type == "cpu":
+        return rows.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+    return (
+        rows.device.type == "cuda"
+        and rows.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(rows.device) >= (9, 0)
+    )
+
+
+def expert_matmul(rows: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """``rows[ends[e-1]:ends[e]] @ weights[e].T`` for every expert ``e`` in one grouped GEMM
+    (``weights``: (E, out, in), as ``nn.Linear`` stores each)."""
+    return torch._grouped_mm(rows, weights.to(rows.dtype).transpose(-2, -1), offs=ends)
 
 
 def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int) -> torch.Tensor:
