@@ -11,6 +11,7 @@ import torch
 
 from pretrain.runs import load_run
 from pretrain.train.checkpoint import step_dir_name
+from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
 from tests.helpers import losses
 from tests.integration.test_train import _config
@@ -25,6 +26,9 @@ def test_a_mixture_of_experts_trains_resumes_exactly_and_exports_as_mixtral(
     Trainer(_config(shards_dir, tokenizer_dir, run, train__max_steps=16, **MOE)).fit()
     straight = losses(run)
     assert len(straight) == 16
+    # the balancing loss added, logged apart from the cross-entropy: 0.01 * (k=2 when even)
+    routed = [r["router_loss"] for r in read_metrics(run) if r["split"] == "train"]
+    assert len(routed) == 16 and all(0.01 * 1.9 < v < 0.01 * 4 for v in routed), routed
     assert sum(v for _, v in straight[-4:]) / 4 < sum(v for _, v in straight[:4]) / 4 - 0.3
 
     shutil.rmtree(run / "checkpoints" / step_dir_name(16))  # back to step 12, then on again

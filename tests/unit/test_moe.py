@@ -76,10 +76,12 @@ def test_the_training_loss_carries_the_router_loss_per_label_token():
     tokens = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
     batch = ModelBatch(input_ids=tokens[:, :-1], labels=tokens[:, 1:], attention=AttentionSpec())
     groups = batch.loss_groups()
-    total, ce_sum, _ = ModelWithLoss(model, z_loss=0.0, compute_dtype=None)(batch, groups)
+    loss_module = ModelWithLoss(model, z_loss=0.0, compute_dtype=None)
+    total, ce_sum, _, router_sum = loss_module(batch, groups)
     model.forward_tokens(tokens[:, :-1])
     aux = model.router_aux_loss()
     assert aux > 0
+    assert router_sum.item() == pytest.approx(aux.item() * 16, rel=1e-6)  # 16 label tokens
     assert total.item() == pytest.approx(ce_sum.item() + aux.item() * 16, rel=1e-6)
     total.backward()
     assert model.blocks[0].mlp.router.weight.grad.abs().sum() > 0

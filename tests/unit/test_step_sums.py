@@ -21,8 +21,10 @@ def test_sums_come_back_in_their_slots_in_one_process():
         flops=3.0e12,
         deadline_vote=True,
         grad_norm=torch.tensor(0.25),
+        router_sum=torch.tensor(0.125),
     ).result()
     assert (sums.ce_sum, sums.label_tokens, sums.flops, sums.grad_norm) == (7.5, 5, 3.0e12, 0.25)
+    assert sums.router_sum == 0.125
     assert sums.tasks == {"b": [6.0, 4], "d": [1.5, 1]}  # tasks no rank drew are left out
     assert (sums.signal_votes, sums.deadline_votes) == (0, 1)
     assert sum_over_ranks(torch.tensor(0.0), 0, {}, (), signal_vote=True).result().signal_votes == 1
@@ -34,17 +36,22 @@ def test_two_ranks_add_up_slot_by_slot_and_keep_a_task_drawn_without_labels(monk
     names = ("a", "b", "c", "d")
     vectors = []
     monkeypatch.setattr(comm, "all_reduce_sum", lambda flat, device: vectors.append(flat) or flat)
-    sum_over_ranks(torch.tensor(2.0), 2, {"b": [torch.tensor(2.0), 2]}, names, flops=1.0)
+    sum_over_ranks(
+        torch.tensor(2.0), 2, {"b": [torch.tensor(2.0), 2]}, names, flops=1.0,
+        router_sum=torch.tensor(0.5),
+    )  # fmt: skip
     rank1 = vectors[0].clone()
     # Rank 0 sees rank 1's vector added to its own, as the all-reduce would leave it.
     monkeypatch.setattr(comm, "all_reduce_sum", lambda flat, device: flat + rank1)
     per_task = {"b": [torch.tensor(6.0), 4], "d": [torch.tensor(0.0), 0]}  # d drawn, no labels
     norm = torch.tensor(3.0)  # the same on every rank: not summed
     pending = sum_over_ranks(
-        torch.tensor(6.0), 4, per_task, names, flops=2.0, signal_vote=True, grad_norm=norm
-    )
+        torch.tensor(6.0), 4, per_task, names, flops=2.0, signal_vote=True, grad_norm=norm,
+        router_sum=torch.tensor(0.25),
+    )  # fmt: skip
     sums = pending.result()
     assert (sums.ce_sum, sums.label_tokens, sums.flops, sums.grad_norm) == (8.0, 6, 3.0, 3.0)
+    assert sums.router_sum == 0.75
     assert sums.tasks == {"b": [8.0, 6], "d": [0.0, 0]}
     assert (sums.signal_votes, sums.deadline_votes) == (1, 0)
 
@@ -105,8 +112,8 @@ def test_the_spike_check_sees_the_loss_of_all_ranks(here, other_rank, spike, mon
     spikes = SpikeDetector(6.0, window=8, device="cpu")
     for i in range(8):
         spikes.check(torch.tensor(3.0 + 0.01 * (i % 2)), torch.tensor(1.0))
-    other = torch.zeros(5, dtype=torch.float64)
-    other[0], other[4] = other_rank  # the slots of the ce sum and the label tokens
+    other = torch.zeros(6, dtype=torch.float64)
+    other[0], other[5] = other_rank  # the slots of the ce sum and the label tokens
     monkeypatch.setattr(comm, "all_reduce_sum", lambda t, device: t + other)
     ce_sum, label_tokens = here
     pending = sum_over_ranks(

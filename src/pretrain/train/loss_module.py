@@ -21,7 +21,7 @@ from pretrain.objectives.base import ModelBatch
 
 class ModelWithLoss(nn.Module):
     """``forward(batch, groups) -> (loss_sum with z-loss and a mixture of experts' router
-    loss, ce_sum, {task: (ce_sum, count)})``,
+    loss, ce_sum, {task: (ce_sum, count)}, router loss sum)``,
     ``groups`` from :meth:`ModelBatch.loss_groups` (made on the host, so the counts are ints).
 
     Args:
@@ -53,7 +53,7 @@ class ModelWithLoss(nn.Module):
 
     def forward(
         self, batch: ModelBatch, groups: list[tuple[str, torch.Tensor | None, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, int]], torch.Tensor]:
         run = self.model if self._forward is None else self._forward
         with self._autocast():
             hidden = run(batch)
@@ -77,9 +77,11 @@ class ModelWithLoss(nn.Module):
                 per_task[name] = (ce.detach(), label_counts[name])
         router_loss = getattr(self.model, "router_aux_loss", None)
         aux = None if router_loss is None else router_loss()
+        aux_sum = ce_sum.new_zeros(())
         if aux is not None:
             # A mixture of experts' load-balancing loss, weighted per label token like the
             # cross-entropy sum it joins: after the step's division by the label count, each
             # micro-batch's term counts by its share of the labels.
-            total = total + aux * sum(label_counts.values())
-        return total, ce_sum, per_task
+            aux_sum = aux * sum(label_counts.values())
+            total = total + aux_sum
+        return total, ce_sum, per_task, aux_sum.detach()

@@ -76,6 +76,7 @@ def read_step(queued: QueuedStep, state: TrainState, train: TrainConfig) -> dict
         "step_flops": sums.flops,
         "skipped": not is_applied(sums),
         "tasks": task_losses(sums.tasks),
+        "router_loss": sums.router_sum / max(sums.label_tokens, 1),
         "stop_signal": sums.signal_votes > 0,
         "out_of_time": sums.deadline_votes > 0,
         "rollback_due": rollback_due(state, queued.step, train),
@@ -123,4 +124,5 @@ def train_record(
         **({"spike_steps": state.num_spike_steps} if logs_spikes else {}),
         **({"rollbacks": state.num_rollbacks} if logs_spikes else {}),
         **({"tasks": read["tasks"]} if read.get("tasks") else {}),
+        **({"router_loss": read["router_loss"]} if read.get("router_loss") else {}),
     }

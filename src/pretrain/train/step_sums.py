@@ -32,6 +32,7 @@ class StepSums(NamedTuple):
     deadline_votes: int  # ranks whose clock passed train.max_minutes
     grad_norm: float  # the gradients' total norm, before clipping (the same on every rank)
     spike: bool = False  # the loss or the gradient norm spiked (the update was skipped)
+    router_sum: float = 0.0  # a mixture of experts' weighted balancing loss x label tokens
 
 
 class PendingSums:
@@ -91,6 +92,7 @@ def sum_over_ranks(
     deadline_vote: bool = False,
     grad_norm: torch.Tensor | None = None,
     spikes: SpikeDetector | None = None,
+    router_sum: torch.Tensor | None = None,
 ) -> PendingSums:
     """The step's cross-entropy sum, label tokens, ``{task: [ce sum, label tokens]}`` (for
     the tasks some rank drew), training FLOPs and votes to stop, each summed over all ranks,
@@ -106,9 +108,11 @@ def sum_over_ranks(
         deadline_vote: this rank's clock says the run is out of time.
         grad_norm: the step's gradient norm (a 0-d tensor), default 0.
         spikes: checks the step's mean loss and gradient norm for a spike (and records them).
+        router_sum: a mixture of experts' load-balancing loss, times its label tokens, summed
+            over the step's micro-batches (a 0-d tensor), default 0.
 
-    Each task has fixed slots in one float64 vector ``[ce, ce per task..., flops, signal
-    votes, deadline votes, label tokens, (label tokens, drawn) per task...]``: float64 keeps
+    Each task has fixed slots in one float64 vector ``[ce, ce per task..., router loss, flops,
+    signal votes, deadline votes, label tokens, (label tokens, drawn) per task...]``: float64 keeps
     the counts exact, one all-reduce sums everything, and no rank pickles a dictionary every
     step. Every rank reads the same sums, so a vote from any rank stops all of them after
     the same step. In a single process nothing is communicated. The host's numbers reach the
@@ -124,21 +128,22 @@ def sum_over_ranks(
     if ce_sum.device.type == "cuda":
         host_values = host_values.pin_memory()
     on_device = host_values.to(ce_sum.device, non_blocking=True)
-    flat = torch.cat([torch.stack([ce_sum.detach(), *ces]).double(), on_device])
+    router_sum = zero if router_sum is None else router_sum.detach()
+    flat = torch.cat([torch.stack([ce_sum.detach(), *ces, router_sum]).double(), on_device])
     reduced = comm.all_reduce_sum(flat, flat.device)  # in one process: no exchange
     grad_norm = zero if grad_norm is None else grad_norm
     spike = None
     if spikes is not None:  # every rank holds the same sums, so decides the same
-        mean_loss = reduced[0] / reduced[len(task_names) + 4].clamp(min=1)
+        mean_loss = reduced[0] / reduced[len(task_names) + 5].clamp(min=1)
         spike = spikes.check(mean_loss, grad_norm)
     return PendingSums(reduced, grad_norm, task_names, spike)
 
 
 def _unpack(values: list[float], task_names: tuple[str, ...]) -> StepSums:
     k = len(task_names)
-    total, task_ces = values[0], values[1 : k + 1]
-    all_flops, signals, deadlines, tokens = values[k + 1 : k + 5]
-    task_counts = values[k + 5 : -2]
+    total, task_ces, router = values[0], values[1 : k + 1], values[k + 1]
+    all_flops, signals, deadlines, tokens = values[k + 2 : k + 6]
+    task_counts = values[k + 6 : -2]
     sums = {
         name: [task_ces[i], int(task_counts[2 * i])]
         for i, name in enumerate(task_names)
@@ -153,4 +158,5 @@ def _unpack(values: list[float], task_names: tuple[str, ...]) -> StepSums:
         int(deadlines),
         grad_norm=values[-2],
         spike=values[-1] > 0,
+        router_sum=router,
     )

@@ -448,15 +448,17 @@ class Trainer:
             # on the device, so the host queues the forward without waiting for it
             divisor = comm.all_reduce_sum(local_labels, self.device).clamp(min=1)
         ce_sum = torch.zeros((), device=self.device)
+        router_sum = torch.zeros((), device=self.device)  # a mixture of experts' balancing loss
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
         for i, cpu_batch in enumerate(batches):
             groups = cpu_batch.loss_groups(self.device)
             batch = cpu_batch.to(self.device)
             with gradient_sync(self.train_module, i == len(batches) - 1):
-                total, ce, tasks = self.train_module(batch, groups)
+                total, ce, tasks, router = self.train_module(batch, groups)
                 # DDP and FSDP average gradients over ranks; `* world` turns that into the sum.
                 (total / divisor * world).backward()
             ce_sum += ce
+            router_sum += router
             for name, (task_ce, count) in tasks.items():
                 sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
                 sums[0] += task_ce
@@ -478,6 +480,7 @@ class Trainer:
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
             grad_norm=grad_norm,
             spikes=self.spikes,
+            router_sum=router_sum,
         )
         if skips_updates_on_device(self.optimizer):
             step_unless(self.optimizer, pending.skip)
