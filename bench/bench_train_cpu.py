@@ -1,4 +1,6 @@
-"""CPU training throughput: ``DecoderLM`` against Hugging Face ``LlamaForCausalLM``.
+"""CPU training throughput: ``DecoderLM`` against Hugging Face ``LlamaForCausalLM`` (with
+``--n-experts``, a mixture of experts against ``MixtralForCausalLM``, both adding their
+load-balancing loss).
 
 Both models have the same shape and the same initial weights: ours is built from
 ``decoder_config(size, vocab, **overrides)``, the Hugging Face one by
@@ -46,6 +48,7 @@ Run from the repository root::
     python bench/bench_train_cpu.py --d-model 512 --n-layers 8 --n-heads 8 --batch 4 \\
         --seq-len 512 --steps 3 --warmup 2 --rounds 2
     python bench/bench_train_cpu.py --profile 3          # top ops by self CPU time, both sides
+    python bench/bench_train_cpu.py --n-experts 8 --d-ff 256   # a mixture of experts: Mixtral
 
 This is a benchmark, not a test: it prints numbers and never fails on them.
 """
@@ -150,7 +153,9 @@ def ours_step_fn(
         )
         if loss_seconds is not None:
             loss_seconds.append(time.perf_counter() - loss_start)
-        (total / max(num_label_tokens, 1)).backward()
+        router = model.router_aux_loss()  # a mixture of experts' balancing loss, else None
+        loss_mean = total / max(num_label_tokens, 1)
+        (loss_mean if router is None else loss_mean + router).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         loss = float(ce) / max(num_label_tokens, 1)
         if math.isfinite(loss) and bool(torch.isfinite(grad_norm)):
@@ -170,13 +175,18 @@ def hf_step_fn(hf, bf16: bool, compile_model: bool) -> Callable:
         param_groups(hf, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=True
     )
 
+    moe = hasattr(hf.config, "num_local_experts")  # Mixtral: its balancing loss too
+
     def step(xy: tuple[torch.Tensor, torch.Tensor]) -> float:
         x, y = xy
+        extra = {"output_router_logits": True} if moe else {}
         with autocast(bf16):
-            loss = step_model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
-        loss.backward()
+            out = step_model(input_ids=x, labels=y, shift_labels=y, use_cache=False, **extra)
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(hf.parameters(), GRAD_CLIP)
-        value = float(loss.detach())
+        value = float(out.loss.detach())
+        if moe:  # the cross-entropy alone, as ours reports it
+            value -= hf.config.router_aux_loss_coef * float(out.aux_loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return value
@@ -216,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-model", type=int, default=None, help="override the size's d_model")
     p.add_argument("--n-layers", type=int, default=None, help="override the size's n_layers")
     p.add_argument("--n-heads", type=int, default=None, help="override the size's n_heads")
+    p.add_argument("--d-ff", type=int, default=None, help="override the size's d_ff")
+    p.add_argument(
+        "--n-experts", type=int, default=None, help="a mixture of experts (HF side: Mixtral)"
+    )
+    p.add_argument("--experts-per-token", type=int, default=None)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed steps per round and side")
@@ -251,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             ("d_model", args.d_model),
             ("n_layers", args.n_layers),
             ("n_heads", args.n_heads),
+            ("d_ff", args.d_ff),
+            ("n_experts", args.n_experts),
+            ("experts_per_token", args.experts_per_token),
         )
         if v is not None
     }
@@ -275,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"shape: size {args.size} d_model {cfg.d_model} n_layers {cfg.n_layers} n_heads "
-        f"{cfg.n_heads} n_kv_heads {cfg.n_kv_heads} d_ff {cfg.d_ff} vocab {cfg.vocab_size} "
+        f"{cfg.n_heads} n_kv_heads {cfg.n_kv_heads} d_ff {cfg.d_ff} experts {cfg.n_experts} "
+        f"(top {cfg.experts_per_token}) vocab {cfg.vocab_size} "
         f"tied {cfg.tie_embeddings}; params ours {ours.num_params():,} "
         f"hf {sum(p.numel() for p in hf.parameters()):,}; "
         f"hf attn_implementation {hf.config._attn_implementation}"
