@@ -186,7 +186,7 @@ def hf_step_fn(hf, bf16: bool, compile_model: bool) -> Callable:
         torch.nn.utils.clip_grad_norm_(hf.parameters(), GRAD_CLIP)
         value = float(out.loss.detach())
         if moe:  # the cross-entropy alone, as ours reports it
-            value -= hf.config.router_aux_loss_coef * float(out.aux_loss)
+            value -= hf.config.router_aux_loss_coef * float(out.aux_loss.detach())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return value
