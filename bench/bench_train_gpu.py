@@ -85,6 +85,10 @@ def build_models(args, device):
         overrides = {} if args.style is None else {"style": args.style}
         if args.style == "llama":
             overrides["bias"] = False
+        if args.n_experts:  # HF side: MixtralForCausalLM
+            overrides.update(n_experts=args.n_experts, experts_per_token=args.experts_per_token)
+            if args.d_ff:
+                overrides["d_ff"] = args.d_ff
         cfg = decoder_config(
             args.size,
             args.vocab,
@@ -198,7 +202,8 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
                 compiled=compiled,
                 label_positions=positions,
             )
-            (total / n).backward()
+            router = ours.router_aux_loss() if hasattr(ours, "router_aux_loss") else None
+            (total / n if router is None else total / n + router).backward()
             torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
             ours_opt.step()
             ours_opt.zero_grad(set_to_none=True)
@@ -214,6 +219,8 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
             kwargs = {"input_ids": batch.input_ids.contiguous(), "labels": labels}
             if args.objective == "clm":
                 kwargs.update(shift_labels=labels, use_cache=False)
+                if args.n_experts:  # Mixtral adds its balancing loss, as ours does
+                    kwargs.update(output_router_logits=True)
             elif args.objective == "span":
                 kwargs.update(decoder_input_ids=batch.decoder_input_ids, use_cache=False)
             elif args.objective == "plm":
@@ -229,12 +236,14 @@ def make_steps(ours, hf, args, device, label_positions: dict[int, torch.Tensor])
                     rows[tm.sum(-1) == 0] = -100
                 kwargs.update(labels=rows, perm_mask=perm, target_mapping=tm, use_mems=False)
             with autocast():
-                loss = model(**kwargs).loss
-            loss.backward()
+                out = model(**kwargs)
+            out.loss.backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             hf_opt.step()
             hf_opt.zero_grad(set_to_none=True)
-            return loss.detach()
+            if getattr(out, "aux_loss", None) is not None:  # the cross-entropy, as ours reports
+                return (out.loss - hf.config.router_aux_loss_coef * out.aux_loss).detach()
+            return out.loss.detach()
 
         return step
 
@@ -346,6 +355,9 @@ def parse_args(add_arguments=None) -> argparse.Namespace:
     p.add_argument("--style", choices=["gpt2", "llama"], default=None)
     p.add_argument("--vocab", type=int)
     p.add_argument("--batch", type=int)
+    p.add_argument("--n-experts", type=int, default=0, help="clm: a mixture of experts")
+    p.add_argument("--experts-per-token", type=int, default=2)
+    p.add_argument("--d-ff", type=int, default=None, help="clm with --n-experts: expert width")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)

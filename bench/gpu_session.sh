@@ -30,6 +30,8 @@ pytest_gpu() { part pytest_gpu "${1:-90}" $PY -m pytest -v -rf --tb=short -m gpu
 pytest_gpu_flex() { part pytest_gpu_flex "${1:-110}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k flex -p no:cacheprovider; }
 pytest_gpu_sync() { part pytest_gpu_sync "${1:-60}" $PY -m pytest -v -rf --tb=short -m gpu tests/gpu -k "never_waits or broadcast_block_masks" -p no:cacheprovider; }
 clm_llama() { part clm_llama "${1:-70}" $BENCH --objective clm --style llama --sides "${2:-ours,hf}"; }
+# a mixture of experts (8 experts of width 2048, top 2, on llama style) against HF Mixtral
+clm_moe() { part clm_moe "${1:-120}" $BENCH --objective clm --style llama --n-experts 8 --d-ff 2048 --sides "${2:-ours,hf}"; }
 # XLNet: each side in its own process, so each peak is its own (HF eager needs ~71 GiB)
 plm_xlnet() { part plm_xlnet "${1:-120}" $BENCH --objective plm --sides "${2:-ours}"; }
 plm_xlnet_hf() { part plm_xlnet_hf "${1:-120}" $BENCH --objective plm --sides "${2:-hf_eager}"; }
