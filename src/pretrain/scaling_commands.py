@@ -268,11 +268,12 @@ def scaling_flops(args: argparse.Namespace) -> int:
             steps=tokens / cfg.train.tokens_per_batch,
             flops_per_step=counts.flops_per_token * cfg.train.tokens_per_batch,
             flops=counts.flops_per_token * tokens,
-            flops_6nd=training_flops(counts.total, tokens),
-            flops_per_token_6n=training_flops(counts.total, 1),
+            flops_6nd=training_flops(counts.active, tokens),
+            flops_per_token_6n=training_flops(counts.active, 1),
             flops_6nd_non_embedding=training_flops(counts.non_embedding, tokens),
             flops_6nd_counted_as="flops_per_token_6n x tokens, 6N with N = params (every "
-            "parameter: Chinchilla's C, as plan, ladder and fit count it); "
+            "parameter: Chinchilla's C, as plan, ladder and fit count it; a mixture of "
+            "experts counts its active parameters, the k experts a token uses); "
             "flops_6nd_non_embedding: N = non_embedding (Kaplan's)",
         )
         out.update(_objective_count(cfg, args.attention, counts.flops_per_token, tokens))

@@ -60,6 +60,26 @@ def test_flops_fields_say_which_count_and_which_n(capsys, attention, per_token, 
     assert out["flops_6nd_counted_as"].startswith("flops_per_token_6n x tokens, 6N with N = params")
 
 
+def test_flops_of_a_mixture_of_experts_count_the_experts_a_token_uses(capsys):
+    base = ["scaling", "flops", "--set", "model.size=tiny", "--set", "model.d_ff=512",
+            "--set", "train.seq_len=256", "--vocab-size", "4096", "--json"]  # fmt: skip
+    dense = _json(capsys, base)
+    moe = _json(capsys, [*base, "--set", "model.n_experts=8"])  # top 2 of 8
+    expert, router, layers = 3 * 256 * 512, 8 * 256, 4  # one SwiGLU expert's weights
+    assert moe["total"] - dense["total"] == layers * (7 * expert + router)
+    assert moe["active"] - dense["active"] == layers * (expert + router)  # 2 experts, not 1
+    assert dense["active"] == dense["total"]
+    assert moe["flops_per_token_6n"] == 6 * moe["active"]
+    assert moe["flops_per_token"] - dense["flops_per_token"] == 6 * layers * (expert + router)
+
+
+def test_a_ladder_of_a_mixture_of_experts_is_refused(capsys):
+    argv = ["scaling", "ladder", "--config", "configs/tiny-clm.yaml", "--sizes", "debug",
+            "--tokens-per-param", "20", "--set", "model.n_experts=8"]  # fmt: skip
+    assert main(argv) == EXIT_BAD_INPUT
+    assert "model.n_experts=8" in capsys.readouterr().err
+
+
 def test_flops_of_an_mlm_config_is_the_trainers_count_per_input_token(capsys, tokenizer_dir):
     """MFU from ``scaling flops`` divides by what the trainer's does: masked LM projects only
     its selected positions onto the vocabulary, so it does fewer FLOPs than 6N + 12LHQT."""

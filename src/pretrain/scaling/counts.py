@@ -27,6 +27,9 @@ class ModelCounts:
     total: int
     non_embedding: int
     matmul: int
+    active: int
+    """Parameters one token uses: ``total`` but, in a mixture of experts, only ``k`` of the
+    ``E`` experts' (Fedus et al. 2022's count of a sparse model's FLOPs)."""
     n_layers: int
     n_heads: int
     head_dim: int
@@ -42,6 +45,15 @@ class ModelCounts:
 def unique_params(model: nn.Module) -> int:
     """Every parameter once (a tied embedding/output matrix counts once)."""
     return sum(p.numel() for p in model.parameters())  # parameters() already deduplicates
+
+
+def idle_expert_params(model: nn.Module) -> int:
+    """The expert weights a token does not use: ``(E - k) / E`` of each mixture of experts'."""
+    idle = 0
+    for m in model.modules():
+        if hasattr(m, "active_matmul_params"):  # pretrain.models.common.moe.MoE
+            idle += m.gate_up.numel() + m.down.numel() - m.active_matmul_params()
+    return idle
 
 
 def build_meta_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
@@ -66,6 +78,7 @@ def count_model(model: nn.Module, seq_len: int, attention: Attention = "palm") -
         total=total,
         non_embedding=model.num_params(exclude_embeddings=True),
         matmul=matmul,
+        active=total - idle_expert_params(model),
         n_layers=layers,
         n_heads=cfg.n_heads,
         head_dim=cfg.head_dim,

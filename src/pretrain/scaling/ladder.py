@@ -117,6 +117,12 @@ def plan_ladder(
     if bool(tokens_per_param) == bool(isoflop):
         raise ValueError("give either --tokens-per-param or --isoflop (not both)")
     base = load_config(ExperimentConfig, base_config, list(overrides))
+    if base.model.n_experts:
+        raise ValueError(
+            f"model.n_experts={base.model.n_experts}: a ladder fits Chinchilla's law, made for "
+            "dense models; a mixture of experts scales by its own (Clark et al. 2022, "
+            "'Unified Scaling Laws for Routed Language Models'), which is not built here"
+        )
     root = Path(out_dir or base.run.dir)
     vocab = _vocab_size(base, vocab_size)
     batch = base.train.tokens_per_batch
