@@ -112,3 +112,39 @@ def test_experts_one_by_one_compute_what_the_grouped_gemm_does(monkeypatch):
         results.append((out, layer.gate_up.grad, layer.down.grad, layer.router.weight.grad))
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_recomputed_blocks_give_the_router_loss_its_gradient():
+    """Activation checkpointing reruns each block in the backward; the balancing loss, read
+    from the first forward's routing, still reaches the router (non-reentrant checkpoints)."""
+    from pretrain.distributed.parallelize import apply_activation_checkpointing
+
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        cfg = DecoderConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=32,
+                            max_seq_len=16, n_experts=4, router_aux_loss_coef=1.0)  # fmt: skip
+        model = DecoderLM(cfg)
+        if recompute:
+            apply_activation_checkpointing(model)
+        tokens = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+        hidden = model.forward_tokens(tokens)
+        (model.logits(hidden).square().mean() + model.router_aux_loss()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(n_experts=-1), "n_experts must be >= 0"),
+        (dict(n_experts=4, style="gpt2"), "style 'llama', got 'gpt2'"),
+        (dict(n_experts=4, experts_per_token=5), "experts_per_token must be between 1 and"),
+        (dict(n_experts=4, router_aux_loss_coef=-0.1), "router_aux_loss_coef must be >= 0"),
+    ],
+)
+def test_impossible_mixtures_are_refused_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DecoderConfig(vocab_size=64, d_model=32, n_heads=4, **overrides)

@@ -112,11 +112,13 @@ class DecoderConfig(ShapeMixin):
             )
         check_positive_ints(self, "d_ff")
         check_positive_numbers(self, "rope_theta", "norm_eps", "init_std")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts must be >= 0 (0: dense), got {self.n_experts}")
         if self.n_experts:
-            if self.n_experts < 0 or self.style != "llama":
+            if self.style != "llama":
                 raise ValueError(
-                    f"n_experts={self.n_experts}: a mixture of experts needs n_experts > 0 and "
-                    f"style 'llama' (SwiGLU experts), got style {self.style!r}"
+                    f"n_experts={self.n_experts}: a mixture of experts has SwiGLU experts, so "
+                    f"style 'llama', got {self.style!r}"
                 )
             if not 1 <= self.experts_per_token <= self.n_experts:
                 raise ValueError(
