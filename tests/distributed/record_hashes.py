@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pretrain.config import ExperimentConfig, load_config
-from pretrain.distributed.env import exit_process
+from pretrain.distributed.launch import exit_process
 from pretrain.train import checkpoint
 from pretrain.train.trainer import Trainer
 

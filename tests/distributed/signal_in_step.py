@@ -14,7 +14,7 @@ import sys
 from unittest import mock
 
 from pretrain.cli import main
-from pretrain.distributed.env import exit_process
+from pretrain.distributed.launch import exit_process
 from pretrain.train.trainer import Trainer
 
 

@@ -14,7 +14,7 @@ from unittest import mock
 
 from pretrain import losses as losses_mod
 from pretrain.cli import main
-from pretrain.distributed.env import exit_process
+from pretrain.distributed.launch import exit_process
 from pretrain.train.trainer import Trainer
 
 

@@ -173,6 +173,23 @@ def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
     return run
 
 
+def _one_process_and_two_ranks(
+    shards_dir: Path, tokenizer_dir: Path, tmp_path: Path, strategy: str, **overrides
+) -> tuple[Path, Path]:
+    """The same run twice: in this process (one thread, as ``single_run``), then on 2 ranks
+    under ``strategy``; returns both run directories."""
+    single, launched = tmp_path / "single", tmp_path / strategy
+    torch.set_num_threads(1)
+    try:
+        args = _overrides(shards_dir, tokenizer_dir, single, **overrides)
+        Trainer(load_config(ExperimentConfig, None, args)).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    args = _overrides(shards_dir, tokenizer_dir, launched, **overrides)
+    _torchrun(["-m", "pretrain", "train"], [*args, f"--distributed.strategy={strategy}"])
+    return single, launched
+
+
 @pytest.mark.parametrize("batch_worker", ["none", "process"])  # drawn by each rank, or its worker
 def test_ddp_equals_one_process_with_twice_the_accumulation(
     batch_worker, single_run, shards_dir, tokenizer_dir, tmp_path
@@ -206,17 +223,7 @@ def test_ddp_skips_the_spikes_one_process_skips(shards_dir, tokenizer_dir, tmp_p
     skips and stay equal to it. (Here the gradient norm decides: the loss falls every step.
     tests/unit/test_step_sums.py shows that the loss checked is the one of all ranks.)"""
     spikes = {"train__spike_sigma": 1.5, "train__spike_window_steps": 2}
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(
-            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **spikes)
-        )
-        Trainer(cfg).fit()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    args = _overrides(shards_dir, tokenizer_dir, ddp, distributed__strategy="ddp", **spikes)
-    _torchrun(["-m", "pretrain", "train"], args)
+    single, ddp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "ddp", **spikes)
     _assert_same_run(ddp, single)
 
     def spike_steps(run: Path) -> list[int]:
@@ -230,17 +237,7 @@ def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
     """Muon orthogonalizes the all-reduced gradient's momentum on every rank: the ranks take
     the update one process takes, and stay equal to it."""
     muon = {"optim__name": "muon", "optim__lr": 1e-2}
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(
-            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **muon)
-        )
-        Trainer(cfg).fit()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    args = _overrides(shards_dir, tokenizer_dir, ddp, distributed__strategy="ddp", **muon)
-    _torchrun(["-m", "pretrain", "train"], args)
+    single, ddp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "ddp", **muon)
     _assert_same_run(ddp, single)
     optim = torch.load(ddp / "checkpoints" / step_dir_name(STEPS) / "optim.pt", weights_only=True)[
         "optimizer"
@@ -256,17 +253,7 @@ def test_fsdp_trains_a_mixture_of_experts_as_one_process(shards_dir, tokenizer_d
     micro-batch: the balancing loss is a statistic of the micro-batch's tokens, so it is the
     same only where the micro-batches are (the ranks read every other window)."""
     moe = {"model__n_experts": 4, "model__d_ff": 64, "train__micro_batch_size": 1}
-    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(
-            ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **moe)
-        )
-        Trainer(cfg).fit()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    args = _overrides(shards_dir, tokenizer_dir, fsdp, distributed__strategy="fsdp", **moe)
-    _torchrun(["-m", "pretrain", "train"], args)
+    single, fsdp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "fsdp", **moe)
     _assert_same_run(fsdp, single)
     assert _weights(fsdp)["blocks.0.mlp.gate_up"].shape == (4, 128, 64)
 

@@ -53,33 +53,13 @@ def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
         # SDPA is what our model runs; "eager" would also match within fp32 rounding.
         attn_implementation="sdpa",
     )
-    if cfg.n_experts:
-        refused = ["qk_norm=True (MixtralForCausalLM has no q/k norm)"] if cfg.qk_norm else []
-        if cfg.bias:
-            refused.append("bias=True (Mixtral has no biases)")
-        refuse(refused, "MixtralForCausalLM")
-        return transformers.MixtralConfig(
-            hidden_size=cfg.d_model,
-            intermediate_size=cfg.d_ff,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_kv_heads,
-            head_dim=cfg.head_dim,
-            hidden_act="silu",
-            max_position_embeddings=cfg.max_seq_len,
-            rms_norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta,
-            sliding_window=None,
-            num_local_experts=cfg.n_experts,
-            num_experts_per_tok=cfg.experts_per_token,
-            router_aux_loss_coef=cfg.router_aux_loss_coef,
-            router_jitter_noise=0.0,
-            attention_dropout=0.0,
-            **common,
-        )
     if cfg.style == "llama":
-        refuse(["qk_norm=True (LlamaForCausalLM has no q/k norm)"] if cfg.qk_norm else [], "Llama")
-        return transformers.LlamaConfig(
+        name = "MixtralForCausalLM" if cfg.n_experts else "LlamaForCausalLM"
+        refused = [f"qk_norm=True ({name} has no q/k norm)"] if cfg.qk_norm else []
+        if cfg.n_experts and cfg.bias:
+            refused.append("bias=True (Mixtral has no biases)")
+        refuse(refused, name)
+        llama = dict(
             hidden_size=cfg.d_model,
             intermediate_size=cfg.d_ff,
             num_hidden_layers=cfg.n_layers,
@@ -90,11 +70,19 @@ def hf_config(cfg: DecoderConfig) -> PretrainedConfig:
             max_position_embeddings=cfg.max_seq_len,
             rms_norm_eps=cfg.norm_eps,
             rope_theta=cfg.rope_theta,
-            attention_bias=cfg.bias,
-            mlp_bias=cfg.bias,
             attention_dropout=0.0,
             **common,
         )
+        if cfg.n_experts:
+            return transformers.MixtralConfig(
+                sliding_window=None,
+                num_local_experts=cfg.n_experts,
+                num_experts_per_tok=cfg.experts_per_token,
+                router_aux_loss_coef=cfg.router_aux_loss_coef,
+                router_jitter_noise=0.0,
+                **llama,
+            )
+        return transformers.LlamaConfig(attention_bias=cfg.bias, mlp_bias=cfg.bias, **llama)
     refused = []
     if cfg.qk_norm:
         refused.append("qk_norm=True (GPT2LMHeadModel has no q/k norm)")
