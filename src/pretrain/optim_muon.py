@@ -42,34 +42,39 @@ NS_STEPS = 5
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of the ``nn.Linear`` layers inside ``model.blocks``: what Muon updates."""
+    """What Muon updates: the weights of the ``nn.Linear`` layers inside ``model.blocks``, and
+    a mixture of experts' stacked expert weights (3-D: one matrix per expert)."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError(f"{type(model).__name__} has no .blocks: no hidden matrices for Muon")
     out, seen = [], set()
     for module in blocks.modules():
-        if isinstance(module, nn.Linear) and module.weight.requires_grad:
-            if id(module.weight) not in seen:
-                seen.add(id(module.weight))
-                out.append(module.weight)
+        weights = [module.weight] if isinstance(module, nn.Linear) else []
+        if hasattr(module, "expert_matrices"):  # pretrain.models.common.moe.MoE
+            weights += module.expert_matrices()
+        for weight in weights:
+            if weight.requires_grad and id(weight) not in seen:
+                seen.add(id(weight))
+                out.append(weight)
     return out
 
 
 def row_blocks(model: nn.Module) -> dict[int, tuple[int, ...]]:
     """``id(weight)`` -> its blocks of rows, for the fused projections of ``model.blocks``
-    (the modules' ``fused_projections()``: ``qkv`` as q, k and v; ``gate_up`` as gate and up).
-    A weight not listed is one block."""
+    (the modules' ``fused_projections()``: ``qkv`` as q, k and v; ``gate_up`` as gate and up,
+    each expert's for a mixture of experts). A weight not listed is one block."""
     out = {}
     for module in model.blocks.modules():
         fused = getattr(module, "fused_projections", None)
         if fused is None:
             continue
         for name, rows in fused().items():
-            weight = getattr(module, name).weight
-            if sum(rows) != weight.size(0):
+            weight = getattr(module, name)
+            weight = weight.weight if isinstance(weight, nn.Module) else weight
+            if sum(rows) != weight.size(-2):
                 raise ValueError(
                     f"{type(module).__name__}.{name}: row blocks {rows} do not add up to the "
-                    f"weight's {weight.size(0)} rows"
+                    f"weight's {weight.size(-2)} rows"
                 )
             out[id(weight)] = tuple(rows)
     return out
@@ -199,12 +204,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
             buffer.lerp_(grad, 1 - momentum)
             update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
             param.mul_(1 - lr * decay)
-            blocks = self.row_blocks.get(id(param), (param.size(0),))
-            for block, rows in zip(update.split(blocks), param.split(blocks), strict=True):
-                block = orthogonalize(
-                    block, group["ns_steps"], group["ns_coefficients"], group["eps"], self.ns_dtype
-                )
-                rows.add_(block, alpha=-(lr * (0.2 * math.sqrt(max(block.shape)))))
+            blocks = self.row_blocks.get(id(param), (param.size(-2),))
+            # a 2-D weight, or each expert's matrix of a stacked (E, rows, cols) one
+            for matrix, target in zip(update.view(-1, *update.shape[-2:]),
+                                      param.view(-1, *param.shape[-2:]), strict=True):  # fmt: skip
+                for block, rows in zip(matrix.split(blocks), target.split(blocks), strict=True):
+                    block = orthogonalize(
+                        block, group["ns_steps"], group["ns_coefficients"], group["eps"],
+                        self.ns_dtype,
+                    )  # fmt: skip
+                    rows.add_(block, alpha=-(lr * (0.2 * math.sqrt(max(block.shape)))))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)  # builds new group dicts and a new state

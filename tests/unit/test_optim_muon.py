@@ -56,19 +56,32 @@ def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else(style):
     assert muon["weight_decay"] == 0.1 and muon["momentum"] == 0.95
 
 
-def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side():
-    """PyTorch's Muon on q, k, v, gate and up as separate matrices (as in HF's Llama), the
-    rest as they are; AdamW on everything else: the same weights, bit for bit."""
-    ours_model = _model()
+def _matrices(t: torch.Tensor, rows: tuple[int, ...]) -> list[torch.Tensor]:
+    """The separate matrices of a fused or stacked weight (or its gradient): each expert's
+    (3-D), then each block of ``rows``."""
+    return [block for matrix in t.view(-1, *t.shape[-2:]) for block in matrix.split(rows)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "num_fused"),
+    [({}, 4), ({"n_experts": 3, "d_ff": 24}, 4)],  # qkv, gate_up (per expert) of 2 layers
+    ids=["dense", "experts"],
+)
+def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side(overrides, num_fused):
+    """PyTorch's Muon on q, k, v, gate and up as separate matrices (as in HF's Llama), and on
+    each expert's gate, up and down (HF's Mixtral stacks them), the rest as they are; AdamW
+    on everything else: the same weights, bit for bit."""
+    ours_model = _model(**overrides)
     theirs_model = copy.deepcopy(ours_model)
     ours = MuonWithAdamW(ours_model, lr=1e-2, weight_decay=0.1, momentum=0.9,
                          ns_dtype=torch.bfloat16)  # fmt: skip
     blocks = row_blocks(theirs_model)
     fused = [p for p in hidden_matrices(theirs_model) if id(p) in blocks]
-    assert len(fused) == 4  # qkv and gate_up of each of 2 layers
-    # each block of rows a matrix of its own; the fused weight is copied back after each step
+    assert len(fused) == num_fused
+    # each matrix a parameter of its own; the fused weight is copied back after each step
+    rows = {id(p): blocks.get(id(p), (p.size(-2),)) for p in hidden_matrices(theirs_model)}
     separate = {
-        p: [nn.Parameter(rows.detach().clone()) for rows in p.split(blocks.get(id(p), p.size(0)))]
+        p: [nn.Parameter(m.detach().clone()) for m in _matrices(p, rows[id(p)])]
         for p in hidden_matrices(theirs_model)
     }
     muon = torch.optim.Muon([q for parts in separate.values() for q in parts], lr=1e-2,
@@ -91,17 +104,17 @@ def test_in_bf16_its_updates_are_pytorchs_muon_and_adamw_side_by_side():
         _backward(ours_model, step)
         _backward(theirs_model, step)
         for p, parts in separate.items():
-            for q, grad in zip(parts, p.grad.split([q.size(0) for q in parts]), strict=True):
+            for q, grad in zip(parts, _matrices(p.grad, rows[id(p)]), strict=True):
                 q.grad = grad.clone()
         ours.step()
         muon.step()
         adamw.step()
         with torch.no_grad():
             for p, parts in separate.items():
-                p.copy_(torch.cat(parts))
+                p.copy_(torch.cat(parts).view_as(p))
         ours.zero_grad()
         theirs_model.zero_grad()
-    before = _model()
+    before = _model(**overrides)
     for (name, a), b, c in zip(ours_model.named_parameters(), theirs_model.parameters(),
                                before.parameters(), strict=True):  # fmt: skip
         assert torch.equal(a, b), name

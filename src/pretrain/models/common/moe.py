@@ -59,6 +59,15 @@ class MoE(nn.Module):
         nn.init.normal_(self.gate_up, std=std)
         nn.init.normal_(self.down, std=residual_std)
 
+    def expert_matrices(self) -> list[nn.Parameter]:
+        """The stacked expert weights, (E, rows, cols) each: E matrices apiece."""
+        return [self.gate_up, self.down]
+
+    def fused_projections(self) -> dict[str, tuple[int, ...]]:
+        """Each expert's ``gate_up`` rows: the gate's, then the up projection's (as the dense
+        SwiGLU's; Muon orthogonalizes them apart, expert by expert)."""
+        return {"gate_up": (self.d_ff, self.d_ff)}
+
     def active_matmul_params(self) -> int:
         """The expert weights one token is multiplied by: ``k`` experts' (the router, an
         ``nn.Linear``, is counted with the other matrices)."""
