@@ -1,11 +1,12 @@
 """Export a fine-tuned decoder classifier (``pretrain finetune``'s output) to Hugging Face.
 
-A Llama-style decoder becomes ``LlamaForSequenceClassification``, a GPT-2-style one
-``GPT2ForSequenceClassification``: the same backbone weights as ``pretrain export``, and
-the head as their ``score`` matrix. Both pool the hidden state of the last token that is not
-padding, and fine-tuning pools the EOS it appends to every text (:mod:`pretrain.eval.
-classifier`), so the exported tokenizer appends that EOS too: ``tokenizer(texts,
-padding=True)`` into ``AutoModelForSequenceClassification`` gives the fine-tuned model's
+A Llama-style decoder becomes ``LlamaForSequenceClassification`` (a mixture of experts
+``MixtralForSequenceClassification``), a GPT-2-style one ``GPT2ForSequenceClassification``:
+the same backbone weights as ``pretrain export``, and the head as their ``score`` matrix.
+Both pool the hidden state of the last token that is not padding, and fine-tuning pools the
+EOS it appends to every text (:mod:`pretrain.eval.classifier`), so the exported tokenizer
+appends that EOS too: ``tokenizer(texts, padding=True)`` into
+``AutoModelForSequenceClassification`` gives the fine-tuned model's
 logits. The labels' names become ``id2label``.
 
 Encoder and encoder-decoder classifiers are refused: they mean-pool, while Hugging Face's
@@ -59,12 +60,12 @@ def classifier_to_hf(classifier: SequenceClassifier, label_names: list[Any]) -> 
     config.id2label = dict(enumerate(names))
     config.label2id = {name: i for i, name in enumerate(names)}
     config.pad_token_id = classifier.pad_id  # how HF finds each row's last real token
-    llama = backbone.cfg.style == "llama"
-    hf_cls = (
-        transformers.LlamaForSequenceClassification
-        if llama
-        else transformers.GPT2ForSequenceClassification
-    )
+    if backbone.cfg.n_experts:
+        hf_cls = transformers.MixtralForSequenceClassification
+    elif backbone.cfg.style == "llama":
+        hf_cls = transformers.LlamaForSequenceClassification
+    else:
+        hf_cls = transformers.GPT2ForSequenceClassification
     state = {k: v for k, v in hf_state(backbone).items() if not k.startswith("lm_head.")}
     state["score.weight"] = classifier.head.weight.detach()
     return load_into_hf(hf_cls(config), state, classifier.head.weight)

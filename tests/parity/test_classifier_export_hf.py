@@ -33,8 +33,9 @@ def test_decoder_classifier_logits_equal_hf_sequence_classification(case):
     classifier = SequenceClassifier(model, "decoder", len(LABELS), PAD).eval()
     assert classifier.head.bias is None  # GPT's softmax(h W_y), as HF's score layer
     hf = classifier_to_hf(classifier, LABELS)
-    assert type(hf).__name__ == ("LlamaForSequenceClassification" if "llama" in case
-                                 else "GPT2ForSequenceClassification")  # fmt: skip
+    expected = {"llama": "LlamaForSequenceClassification", "gpt2": "GPT2ForSequenceClassification",
+                "mixtral": "MixtralForSequenceClassification"}[case.split("-")[0]]  # fmt: skip
+    assert type(hf).__name__ == expected
     assert hf.config.id2label == dict(enumerate(LABELS))
     assert hf.config.label2id["positive"] == 2
     ids = _texts(0)
