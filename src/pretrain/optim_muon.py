@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.models.common.moe import MoE
 from pretrain.optim import fused_adamw_applies, param_groups
 
 MUON, ADAMW = "muon", "adamw"
@@ -50,7 +51,7 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     out, seen = [], set()
     for module in blocks.modules():
         weights = [module.weight] if isinstance(module, nn.Linear) else []
-        if hasattr(module, "expert_matrices"):  # pretrain.models.common.moe.MoE
+        if isinstance(module, MoE):
             weights += module.expert_matrices()
         for weight in weights:
             if weight.requires_grad and id(weight) not in seen:

@@ -248,10 +248,11 @@ def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
 
 
 def test_fsdp_trains_a_mixture_of_experts_as_one_process(shards_dir, tokenizer_dir, tmp_path):
-    """The stacked expert weights are sharded by expert, and each rank's load-balancing loss
-    weighs by its share of the step's label tokens: the run is one process's. One window a
-    micro-batch: the balancing loss is a statistic of the micro-batch's tokens, so it is the
-    same only where the micro-batches are (the ranks read every other window)."""
+    """The stacked expert weights are sharded by expert, the load-balancing loss is on, and
+    the run is one process's. One window a micro-batch: the balancing loss is a statistic of
+    the micro-batch's tokens, so it is the same only where the micro-batches are (the ranks
+    read every other window). With equal micro-batches this cannot tell how each term is
+    weighted; tests/unit/test_moe.py checks the weighting by label tokens."""
     moe = {"model__n_experts": 4, "model__d_ff": 64, "train__micro_batch_size": 1}
     single, fsdp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "fsdp", **moe)
     _assert_same_run(fsdp, single)

@@ -102,14 +102,19 @@ def test_experts_one_by_one_compute_what_the_grouped_gemm_does(monkeypatch):
     on the CPU: the same outputs and gradients."""
     from pretrain.models.common import moe as moe_module
 
-    results = []
+    results, grouped_calls = [], []
+    real_matmul = moe_module.expert_matmul
+    monkeypatch.setattr(moe_module, "expert_matmul",
+                        lambda *a: grouped_calls.append(1) or real_matmul(*a))  # fmt: skip
     for grouped in (True, False):
         monkeypatch.setattr(moe_module, "grouped_mm_applies", lambda rows, g=grouped: g)
+        grouped_calls.clear()
         layer = _moe(n_experts=5, k=2)
         x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(2))
         out = layer(x)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append((out, layer.gate_up.grad, layer.down.grad, layer.router.weight.grad))
+        assert len(grouped_calls) == (2 if grouped else 0)  # each path is the one taken
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -120,7 +125,7 @@ def test_recomputed_blocks_give_the_router_loss_its_gradient():
     from pretrain.distributed.parallelize import apply_activation_checkpointing
 
     grads = []
-    for recompute in (False, True):
+    for recompute, router_loss in ((False, True), (True, True), (True, False)):
         torch.manual_seed(0)
         cfg = DecoderConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=32,
                             max_seq_len=16, n_experts=4, router_aux_loss_coef=1.0)  # fmt: skip
@@ -129,11 +134,16 @@ def test_recomputed_blocks_give_the_router_loss_its_gradient():
             apply_activation_checkpointing(model)
         tokens = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
         hidden = model.forward_tokens(tokens)
-        (model.logits(hidden).square().mean() + model.router_aux_loss()).backward()
+        loss = model.logits(hidden).square().mean()
+        if router_loss:
+            loss = loss + model.router_aux_loss()
+        loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    router = "blocks.0.mlp.router.weight"  # the router loss moved it: the comparison means it
+    assert not torch.allclose(grads[1][router], grads[2][router], atol=1e-4)
 
 
 @pytest.mark.parametrize(

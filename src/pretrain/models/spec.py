@@ -146,5 +146,7 @@ def matmul_params(model: nn.Module) -> int:
     out = model.output_weight
     if id(out) in embeddings:  # tied: the embedding table doubles as the output matmul
         total += out.numel()
-    experts = (m for m in model.modules() if hasattr(m, "active_matmul_params"))
-    return total + sum(m.active_matmul_params() for m in experts)  # stacked (E, ...): 3-D
+    from pretrain.models.common.moe import MoE
+
+    experts = (m for m in model.modules() if isinstance(m, MoE))  # stacked (E, ...): 3-D
+    return total + sum(m.active_matmul_params() for m in experts)

@@ -49,10 +49,12 @@ def unique_params(model: nn.Module) -> int:
 
 def idle_expert_params(model: nn.Module) -> int:
     """The expert weights a token does not use: ``(E - k) / E`` of each mixture of experts'."""
+    from pretrain.models.common.moe import MoE
+
     idle = 0
     for m in model.modules():
-        if hasattr(m, "active_matmul_params"):  # pretrain.models.common.moe.MoE
-            idle += m.gate_up.numel() + m.down.numel() - m.active_matmul_params()
+        if isinstance(m, MoE):
+            idle += sum(p.numel() for p in m.expert_matrices()) - m.active_matmul_params()
     return idle
 
 
