@@ -271,6 +271,11 @@ class DistributedConfig:
     of WORLD_SIZE / R consecutive ranks, each group holding one sharded copy, the groups'
     gradients all-reduced (Zhao et al. 2023, PyTorch FSDP §3.2, "hybrid sharding"). With a
     group per node the weights' all-gathers stay inside it; only gradients cross nodes."""
+    tensor_parallel_degree: int = 1
+    """fsdp: T > 1 splits each block's attention heads and MLP width over groups of T
+    consecutive ranks (Megatron-LM's tensor parallelism, ``pretrain.distributed.tensor_parallel``;
+    decoder and encoder families, dense MLPs); FSDP shards over the WORLD_SIZE / T data-parallel
+    ranks. The ranks of a group read the same batches. Keep a group inside a node (fast links)."""
 
 
 @dataclasses.dataclass
@@ -324,7 +329,10 @@ class ExperimentConfig:
         return dataclasses.replace(self, data=data, model=model)
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
-        """Micro-batches per optimizer step on each rank, from the token batch size."""
+        """Micro-batches per optimizer step on each rank, from the token batch size.
+
+        ``world_size`` counts the data-parallel ranks: the ranks of a tensor-parallel group
+        share their batches."""
         train = self.train
         per_micro = train.micro_batch_size * train.seq_len * world_size
         if train.tokens_per_batch % per_micro:

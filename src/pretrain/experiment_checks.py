@@ -130,6 +130,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             f"distributed.replicate_degree={replicas} replicates FSDP's shard groups "
             f"(HSDP): set distributed.strategy=fsdp (it is {cfg.distributed.strategy!r})"
         )
+    _check_tensor_parallel(cfg)
     if cfg.distributed.timeout_seconds <= 0:
         raise ConfigError(
             f"distributed.timeout_seconds must be > 0, got {cfg.distributed.timeout_seconds}"
@@ -141,7 +142,32 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             + ", ".join(f"model.{k}" for k in shape_keys)
         )
     # torchrun's WORLD_SIZE, so the batch is checked (and a fix suggested) for this launch
-    cfg.grad_accum_steps(int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.grad_accum_steps(max(world // cfg.distributed.tensor_parallel_degree, 1))
+
+
+def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
+    degree = cfg.distributed.tensor_parallel_degree
+    if degree < 1:
+        raise ConfigError(f"distributed.tensor_parallel_degree must be >= 1, got {degree}")
+    if degree == 1:
+        return
+    if cfg.distributed.strategy != "fsdp":
+        raise ConfigError(
+            f"distributed.tensor_parallel_degree={degree} composes with FSDP: set "
+            f"distributed.strategy=fsdp (it is {cfg.distributed.strategy!r}; with as many "
+            "ranks as the degree, FSDP has one data-parallel rank and shards nothing)"
+        )
+    if cfg.model.family not in ("decoder", "encoder"):
+        raise ConfigError(
+            f"distributed.tensor_parallel_degree={degree}: model.family={cfg.model.family} is "
+            "not supported (decoder and encoder are); use distributed.tensor_parallel_degree=1"
+        )
+    if cfg.model.n_experts:
+        raise ConfigError(
+            f"distributed.tensor_parallel_degree={degree} splits dense MLPs; "
+            f"model.n_experts={cfg.model.n_experts} (a mixture of experts) is not supported"
+        )
 
 
 def _check_optim(optim: OptimConfig, strategy: str) -> None:

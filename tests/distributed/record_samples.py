@@ -1,5 +1,6 @@
 """Worker for tests: train like ``pretrain train`` and record the global sample ids each rank read
-(and, for FSDP, how the first weight lies over the ranks).
+(and, for FSDP, how the first weight lies over the ranks; under tensor parallelism, how the
+first block's query projection does).
 
 Usage: ``torchrun ... tests/distributed/record_samples.py OUT_DIR [--resume] --key=value ...``
 """
@@ -43,6 +44,17 @@ def main() -> None:
             "local_sum": float(local.double().sum()),
         }
         (out / f"layout_rank{rank}.json").write_text(json.dumps(layout))
+    qkv = trainer.model.blocks[0].attn.qkv
+    if hasattr(qkv, "parts"):  # tensor parallel: the first block's query projection
+        weight = qkv.parts[0].weight
+        local = weight.to_local()
+        layout = {
+            "mesh_shape": list(weight.device_mesh.shape),
+            "local_rows": local.shape[0],
+            "rows": weight.shape[0],
+            "local_sum": float(local.double().sum()),
+        }
+        (out / f"tp_layout_rank{rank}.json").write_text(json.dumps(layout))
 
 
 if __name__ == "__main__":

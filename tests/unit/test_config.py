@@ -121,6 +121,21 @@ def test_malformed_override_is_named():
         ("--distributed.replicate_degree=2", "set distributed.strategy=fsdp"),
         ("--optim.muon_momentum=1", r"optim.muon_momentum must be in \[0, 1\)"),
         ("--optim.name=muon --distributed.strategy=fsdp", "use distributed.strategy=ddp"),
+        ("--distributed.tensor_parallel_degree=0", "tensor_parallel_degree must be >= 1"),
+        (
+            "--distributed.tensor_parallel_degree=2 --distributed.strategy=ddp",
+            "composes with FSDP: set distributed.strategy=fsdp",
+        ),
+        (
+            "--distributed.tensor_parallel_degree=2 --distributed.strategy=fsdp "
+            "--model.family=encoder_decoder --objective.name=span",
+            "model.family=encoder_decoder is not supported",
+        ),
+        (
+            "--distributed.tensor_parallel_degree=2 --distributed.strategy=fsdp "
+            "--model.n_experts=4",
+            r"model.n_experts=4 \(a mixture of experts\) is not supported",
+        ),
     ],
 )
 def test_experiment_values_at_their_bounds_are_refused_by_key(override, message):

@@ -30,11 +30,28 @@ class DistEnv:
     world_size: int = 1
     strategy: str = "none"
     backend: str | None = None
+    tp_size: int = 1  # ranks in a tensor-parallel group: consecutive, they share their batches
 
     @property
     def is_main(self) -> bool:
         """Rank 0: the one process that logs and writes files."""
         return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's place among the data-parallel ranks: which batches it reads."""
+        return self.rank // self.tp_size
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel ranks: groups of ``tp_size`` ranks, each reading its own batches."""
+        return self.world_size // self.tp_size
+
+    @property
+    def counts_data(self) -> bool:
+        """Whether this rank's loss sums and token counts enter the sums over ranks: the first
+        rank of each tensor-parallel group speaks for it (its peers saw the same batches)."""
+        return self.rank % self.tp_size == 0
 
 
 def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
@@ -55,6 +72,12 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
         raise ValueError(
             f"distributed.replicate_degree={cfg.replicate_degree} must divide the number of "
             f"ranks, WORLD_SIZE={world_size} (HSDP: that many equal shard groups)"
+        )
+    tp = cfg.tensor_parallel_degree
+    if world_size % (tp * cfg.replicate_degree):
+        raise ValueError(
+            f"distributed.tensor_parallel_degree={tp} times distributed.replicate_degree="
+            f"{cfg.replicate_degree} must divide the number of ranks, WORLD_SIZE={world_size}"
         )
     backend = cfg.backend
     if backend == "auto":
@@ -77,11 +100,12 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             timeout=datetime.timedelta(seconds=cfg.timeout_seconds),
             device_id=device if backend == "nccl" else None,
         )
-    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend)
+    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend, tp)
     if not env.is_main:
         # Only rank 0 reports progress (DESIGN.md §8); other ranks still report problems.
         logging.getLogger("pretrain").setLevel(logging.WARNING)
-    log.info("rank %d of %d (%s, %s)", rank, world_size, backend, cfg.strategy)
+    log.info("rank %d of %d (%s, %s, tensor parallel %d)", rank, world_size, backend,
+             cfg.strategy, tp)  # fmt: skip
     return env
 
 

@@ -10,6 +10,9 @@
   within a group, are then all-reduced across the groups. With
   ``train.precision=bf16`` the gathered weights are bf16 and gradients are reduced in fp32
   (torchtitan's ``mixed_precision_param``/``mixed_precision_reduce``).
+  With ``distributed.tensor_parallel_degree`` T > 1 each block is first split over groups of
+  T consecutive ranks (:mod:`pretrain.distributed.tensor_parallel`), and FSDP shards over the
+  WORLD_SIZE / T data-parallel ranks (2-D, as torchtitan composes them).
 
 The wrapped module is the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, whose
 ``model`` holds ``blocks`` (every family in ``pretrain.models`` does).
@@ -80,18 +83,13 @@ def parallelize(
             module, device_ids=ids, find_unused_parameters=unused, **no_sync
         )
     if cfg.strategy == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        world, replicas = torch.distributed.get_world_size(), cfg.replicate_degree
-        if replicas == 1:
-            mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
-        else:  # HSDP: fully_shard on a 2-D mesh replicates along the first dimension
-            mesh = init_device_mesh(
-                device.type,
-                (replicas, world // replicas),
-                mesh_dim_names=("dp_replicate", "dp_shard"),
-            )
+        mesh, tp_mesh = _meshes(device.type, cfg)
+        if tp_mesh is not None:
+            from pretrain.distributed.tensor_parallel import apply_tensor_parallel
+
+            apply_tensor_parallel(module.model, tp_mesh)
         mp = MixedPrecisionPolicy()
         if param_dtype is not None:
             mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -103,6 +101,33 @@ def parallelize(
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
         return module
     raise ValueError(f"distributed.strategy={cfg.strategy!r}: use none, ddp or fsdp")
+
+
+def _meshes(device_type: str, cfg: DistributedConfig):
+    """The data-parallel DeviceMesh FSDP shards over, and the tensor-parallel one (or None).
+
+    Ranks are laid out ``(replicate, shard, tp)``, tensor parallelism innermost: a group of
+    ``tp`` consecutive ranks (one node's GPUs) exchanges activations every block; HSDP's
+    replicas (``fully_shard`` on a 2-D mesh replicates along its first dimension) exchange
+    only gradients.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world, replicas = torch.distributed.get_world_size(), cfg.replicate_degree
+    tp = cfg.tensor_parallel_degree
+    shards = world // (replicas * tp)
+    shape, names = [shards], ["dp_shard"]
+    if replicas > 1:
+        shape, names = [replicas, *shape], ["dp_replicate", *names]
+    if tp > 1:
+        shape, names = [*shape, tp], [*names, "tp"]
+    if shape == [world]:  # plain FSDP: one dimension
+        names = ["dp"]
+    mesh = init_device_mesh(device_type, tuple(shape), mesh_dim_names=tuple(names))
+    if tp == 1:
+        return mesh, None
+    dp = mesh["dp_replicate", "dp_shard"] if replicas > 1 else mesh["dp_shard"]
+    return dp, mesh["tp"]
 
 
 def is_fsdp(module: nn.Module) -> bool:

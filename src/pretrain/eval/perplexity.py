@@ -49,6 +49,7 @@ def evaluate(
     accuracy: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    counts: bool = True,
 ) -> dict[str, Any]:
     """Average loss over every label token of (up to ``max_batches``) ``batches``.
 
@@ -60,7 +61,9 @@ def evaluate(
     over ranks, so each rank returns the result of one process reading all batches, in
     ``1 / world_size`` of the time. Ranks run forwards in lockstep rounds (FSDP gathers weights
     inside the forward, a collective): in a short last round, a rank without a batch of its
-    own runs the round's first batch and counts nothing.
+    own runs the round's first batch and counts nothing. ``rank`` and ``world_size`` are
+    data-parallel: the ranks of a tensor-parallel group pass the same ``rank`` and run the
+    same batches, and all but its first pass ``counts=False``, which leaves their sums out.
     """
     was_training = model.training
     model.eval()
@@ -99,6 +102,8 @@ def evaluate(
             num_bytes += int(token_bytes.to(labels.device)[labels].sum())
     model.train(was_training)
     if world_size > 1:
+        if not counts:
+            nats, tokens, num_bytes, correct, per_task = 0.0, 0, 0, 0, {}
         nats, tokens, num_bytes, correct = _sum_over_ranks(
             [nats, tokens, num_bytes, correct], device
         )

@@ -377,12 +377,16 @@ def load_whole_into_sharded(
 
 
 def full_model_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The whole (unsharded) weights of an FSDP ``module`` on CPU, on rank 0 (collective).
+    """The whole (unsharded) weights of an FSDP ``module`` on CPU, on rank 0 (collective), as
+    the single-device model names them (also under tensor parallelism).
 
     Other ranks get an empty dict. ``prefix`` is stripped from the names.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from pretrain.distributed.tensor_parallel import fuse_row_blocks
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(module, options=options)
-    return {k.removeprefix(prefix): v for k, v in state.items()}
+    # tensor parallelism's separate q, k, v (gate, up) back into the fused matrices
+    return fuse_row_blocks({k.removeprefix(prefix): v for k, v in state.items()})

@@ -5,7 +5,9 @@ One process and DDP (whose ranks all hold the whole model) write ``model.safeten
 them together into ``dcp/`` and rank 0 adds the consolidated weights
 (:mod:`pretrain.train.checkpoint`). Either kind restores under either strategy and any number
 of ranks: a sharded checkpoint is resharded by DCP, a whole one is read by every rank, which
-keeps its shard.
+keeps its shard. Tensor parallelism splits the fused projections into one parameter per block
+of rows (:mod:`pretrain.distributed.tensor_parallel`): its sharded checkpoints resume under any
+tensor-parallel degree > 1, and only there (the consolidated weights are the fused model's).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pretrain.train.checkpoint import (
     step_dir_name,
     temp_dir,
 )
+from pretrain.train.errors import TrainingError
 
 # The loss module holds the model as its ``model`` attribute.
 _MODEL_PREFIX = "model."
@@ -93,6 +96,7 @@ def load_run_checkpoint(
     """Load the latest good checkpoint's weights and optimizer state into the run's modules;
     returns the checkpoint for the rest of its state (RNG, loader, trainer counters)."""
     ckpt = _load_agreed_checkpoint(ckpt_dir)
+    _check_tensor_parallel_layout(ckpt, loss_module)
     if ckpt.sharded is not None:
         # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
         load_sharded(ckpt.sharded, loss_module, optimizer)
@@ -111,6 +115,28 @@ def load_run_checkpoint(
         loss_module.model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optim_state["optimizer"])
     return ckpt
+
+
+def _check_tensor_parallel_layout(ckpt: Checkpoint, loss_module: nn.Module) -> None:
+    """Refuse to resume a tensor-parallel checkpoint without tensor parallelism, or another
+    checkpoint with it: their parameters have other names (q, k, v apart, or fused).
+
+    Raises:
+        TrainingError: naming both degrees and the way to change: a new run from the weights.
+    """
+    from pretrain.distributed.tensor_parallel import RowBlocks
+
+    saved = int(ckpt.state.get("tensor_parallel_degree", 1))
+    split_now = any(isinstance(m, RowBlocks) for m in loss_module.modules())
+    if (saved > 1) != split_now:
+        now = "> 1" if split_now else "1"
+        raise TrainingError(
+            f"{ckpt.path}: written with distributed.tensor_parallel_degree={saved}, this run "
+            f"has {now}; a tensor-parallel run keeps q, k, v (and gate, up) as separate "
+            "parameters, so its checkpoints resume under any degree > 1 and others only "
+            "without. To change, start a new run from the weights: pretrain export --run "
+            "RUN --format hf --out DIR, then --model.init_from=DIR"
+        )
 
 
 def _check_update_rules(saved: dict, optimizer: torch.optim.Optimizer) -> None:

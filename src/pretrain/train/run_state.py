@@ -145,6 +145,7 @@ class RunState:
             "val_loss": val_loss,
             "world_size": self.dist.world_size,
             "strategy": self.cfg.distributed.strategy,
+            "tensor_parallel_degree": self.dist.tp_size,
         }
         path = save_run_checkpoint(
             self.ckpt_dir,

@@ -93,6 +93,7 @@ def sum_over_ranks(
     grad_norm: torch.Tensor | None = None,
     spikes: SpikeDetector | None = None,
     router_sum: torch.Tensor | None = None,
+    counts: bool = True,
 ) -> PendingSums:
     """The step's cross-entropy sum, label tokens, ``{task: [ce sum, label tokens]}`` (for
     the tasks some rank drew), training FLOPs and votes to stop, each summed over all ranks,
@@ -110,6 +111,8 @@ def sum_over_ranks(
         spikes: checks the step's mean loss and gradient norm for a spike (and records them).
         router_sum: a mixture of experts' load-balancing loss, times its label tokens, summed
             over the step's micro-batches (a 0-d tensor), default 0.
+        counts: False leaves this rank's sums and FLOPs out (its votes still count): a
+            tensor-parallel group's peers of its first rank, which computed the same batches.
 
     Each task has fixed slots in one float64 vector ``[ce, ce per task..., router loss, flops,
     signal votes, deadline votes, label tokens, (label tokens, drawn) per task...]``: float64 keeps
@@ -120,6 +123,8 @@ def sum_over_ranks(
     work queued before it.
     """
     zero = ce_sum.new_zeros(())
+    if not counts:
+        ce_sum, label_tokens, per_task, flops, router_sum = zero, 0, {}, 0.0, None
     ces = [per_task.get(name, (zero, 0))[0].detach() for name in task_names]
     counts = [label_tokens]
     for name in task_names:

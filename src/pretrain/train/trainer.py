@@ -29,7 +29,10 @@ or ``fsdp``; see docs/scaling-out.md): each rank reads its own stride of the sam
 its loss sum by the label count summed over micro-batches *and ranks* (all-reduced before
 backward), times N because the gradient reduction averages over ranks. So N ranks compute the
 update one process computes with N times the accumulation. Rank 0 logs and writes files; FSDP
-checkpoints are written by all ranks together (``dcp/``).
+checkpoints are written by all ranks together (``dcp/``). With tensor parallelism
+(``distributed.tensor_parallel_degree`` T) N counts the data-parallel ranks, WORLD_SIZE / T: a
+group of T ranks reads one stride and computes each forward together, and only its first rank
+adds its sums and counts to those over ranks.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import torch
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import comm
 from pretrain.distributed.env import DistEnv, shutdown
+from pretrain.distributed.grad_norm import clip_grad_norm
 from pretrain.distributed.parallelize import (
     apply_activation_checkpointing,
     gathered,
@@ -115,7 +119,7 @@ class Trainer:
         refuse_flex_off_cuda(cfg.model.attention_backend, self.device)
         self.dist: DistEnv = start_distributed(cfg, self.device)
         self._lock: Path | None = None
-        self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        self.grad_accum = cfg.grad_accum_steps(self.dist.dp_size)
         if cfg.train.compile:  # before the model is built: a wrong setting fails at once
             refuse_cuda_graphs_with_accumulation(
                 cfg.train.compile_mode, self.device.type, self.grad_accum
@@ -154,7 +158,8 @@ class Trainer:
             self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
         )
         self.optimizer = build_training_optimizer(self.model, cfg.optim)
-        source = BatchSource.from_config(cfg, self.dist.rank, self.dist.world_size)
+        # A tensor-parallel group's ranks read the same batches: data is split by dp_rank.
+        source = BatchSource.from_config(cfg, self.dist.dp_rank, self.dist.dp_size)
         # One process per machine reads every shard through sha256; the others trust it (a
         # mismatch stops that process, and its peers then stop at the next collective).
         self._verify_checksums = cfg.data.verify_checksums and self.dist.local_rank == 0
@@ -162,7 +167,7 @@ class Trainer:
         self.window_seq_len = self.loader.seq_len
         # Rank 0 draws what a single process draws; other ranks draw their own noise (masks).
         self.generator = torch.Generator().manual_seed(
-            objective_seed(cfg.train.seed, self.dist.rank, 0)
+            objective_seed(cfg.train.seed, self.dist.dp_rank, 0)
         )
         # Opened now so a wrong data.val fails before training, not at the first evaluation.
         self.val_batches = None
@@ -173,7 +178,7 @@ class Trainer:
         self.downstream = None  # read now: a bad record fails before training
         if cfg.eval.tasks:
             lockstep = is_fsdp(self.train_module)  # every rank runs every forward
-            rank, world = self.dist.rank, self.dist.world_size
+            rank, world = self.dist.dp_rank, self.dist.dp_size
             self.downstream = DownstreamTasks(cfg, self.tokenizer, rank, world, lockstep)
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
@@ -441,12 +446,13 @@ class Trainer:
         if self._marks_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
         batches = self.batches.take()
-        world = self.dist.world_size
+        dp_size, counts = self.dist.dp_size, self.dist.counts_data
         local_labels = sum(b.num_label_tokens for b in batches)
         divisor = max(local_labels, 1)
-        if world > 1:  # the step's label tokens on all ranks, before any backward: summed
-            # on the device, so the host queues the forward without waiting for it
-            divisor = comm.all_reduce_sum(local_labels, self.device).clamp(min=1)
+        if self.dist.world_size > 1:  # the step's label tokens on all ranks, before any
+            # backward: summed on the device, so the host queues the forward without waiting
+            divisor = comm.all_reduce_sum(local_labels if counts else 0, self.device)
+            divisor = divisor.clamp(min=1)
         ce_sum = torch.zeros((), device=self.device)
         router_sum = torch.zeros((), device=self.device)  # a mixture of experts' balancing loss
         per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
@@ -455,8 +461,9 @@ class Trainer:
             batch = cpu_batch.to(self.device)
             with gradient_sync(self.train_module, i == len(batches) - 1):
                 total, ce, tasks, router = self.train_module(batch, groups)
-                # DDP and FSDP average gradients over ranks; `* world` turns that into the sum.
-                (total / divisor * world).backward()
+                # DDP and FSDP average gradients over the data-parallel ranks; `* dp_size`
+                # turns that into the sum.
+                (total / divisor * dp_size).backward()
             ce_sum += ce
             router_sum += router
             for name, (task_ce, count) in tasks.items():
@@ -465,7 +472,7 @@ class Trainer:
                 sums[1] += count
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
         if self.state.step + 1 < cfg.train.max_steps:
             self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
@@ -481,13 +488,14 @@ class Trainer:
             grad_norm=grad_norm,
             spikes=self.spikes,
             router_sum=router_sum,
+            counts=counts,
         )
         if skips_updates_on_device(self.optimizer):
             step_unless(self.optimizer, pending.skip)
         elif is_applied(pending.result()):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_tokens = sum(b.input_ids.numel() for b in batches) * world
+        step_tokens = sum(b.input_ids.numel() for b in batches) * dp_size
         self.state.step += 1
         self.state.tokens_seen += step_tokens
         return QueuedStep(self.state.step, self.state.tokens_seen, lr, step_tokens, pending)
@@ -502,7 +510,8 @@ class Trainer:
         if self.val_batches is None:
             return None
         self.val_batches.reset()
-        # Each rank evaluates every world_size-th batch, in lockstep (FSDP gathers weights).
+        # Each data-parallel rank evaluates every dp_size-th batch, in lockstep (FSDP gathers
+        # weights; a tensor-parallel group's ranks run each forward together).
         with gathered(self.train_module):
             result = evaluate(
                 self.model,
@@ -513,8 +522,9 @@ class Trainer:
                 self.cfg.eval.max_batches,
                 self._autocast,
                 accuracy=self.objective.reports_accuracy,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
+                rank=self.dist.dp_rank,
+                world_size=self.dist.dp_size,
+                counts=self.dist.counts_data,
             )
         lr = self.optimizer.param_groups[0]["lr"]
         record = val_record(result, self.state.step, lr, self.state.tokens_seen)

@@ -204,7 +204,7 @@ class DecoderLM(nn.Module):
         return KVCache(
             self.cfg.n_layers,
             batch_size,
-            self.cfg.n_kv_heads,
+            self.blocks[0].attn.n_kv_heads,  # this rank's share under tensor parallelism
             self.cfg.head_dim,
             max_len,
             dtype=param.dtype,

@@ -1,0 +1,161 @@
+"""Tensor parallelism of the transformer blocks (Megatron-LM's layout, through DTensor).
+
+Shoeybi et al. 2019 ("Megatron-LM", §3): in each block the first linear layer of the
+attention and of the MLP is split by output rows across the ranks of a tensor-parallel group
+(column parallel: each rank computes its heads, or its slice of the hidden layer, from the
+whole input), the second by input columns (row parallel: each rank's partial output is summed
+by one all-reduce). A block then costs two all-reduces forward and two backward, and each rank
+holds ``1 / tp`` of its weights and of its attention and MLP activations. The plans are
+PyTorch's (``parallelize_module`` with ``ColwiseParallel`` / ``RowwiseParallel``), as in
+torchtitan; FSDP2 then shards the same parameters over the data-parallel ranks (2-D).
+
+Our blocks fuse q, k and v into one ``qkv`` matrix and the SwiGLU gate and up projections into
+one ``gate_up``. Split by rows as one matrix, rank 0 would get every query head and no value
+head. So before the plan is applied each fused projection becomes :class:`RowBlocks`: one
+linear layer per block of rows (the blocks its module names in ``fused_projections()``), each
+split across the ranks on its own, their local outputs concatenated: each rank then sees
+``[its queries; its keys; its values]``, the layout the attention's forward splits. Checkpoints
+stay independent of the tensor-parallel degree: the consolidated ``model.safetensors`` holds
+the fused matrices (:func:`fuse_row_blocks`), and the sharded ``dcp/`` checkpoint names each
+block's whole (global) matrix, which DCP reshards onto any other degree > 1.
+
+Embeddings, norms and the output projection are replicated across a tensor-parallel group:
+their inputs and gradients are the same on its ranks (a column-parallel layer's input gradient
+is all-reduced by its plan), so they stay equal without communication.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from pretrain.models.common.attention import Attention
+from pretrain.models.common.mlp import GeluMLP, SwiGLU
+
+# A RowBlocks part's name in a state dict: ``<fused>.parts.<i>.<weight|bias>``.
+_PART = re.compile(r"^(?P<fused>.+)\.parts\.(?P<index>\d+)\.(?P<kind>weight|bias)$")
+
+
+class RowBlocks(nn.Module):
+    """A fused linear layer as one linear layer per block of its output rows.
+
+    ``forward`` concatenates the parts' outputs, so it equals the fused layer's; under tensor
+    parallelism each part is split across the ranks and each rank concatenates its slices.
+    """
+
+    def __init__(self, fused: nn.Linear, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        if sum(sizes) != fused.out_features:
+            raise ValueError(f"row blocks {sizes} do not add up to {fused.out_features} rows")
+        weights = fused.weight.detach().split(sizes, dim=0)
+        biases = fused.bias.detach().split(sizes) if fused.bias is not None else [None] * len(sizes)
+        self.parts = nn.ModuleList()
+        for weight, bias in zip(weights, biases, strict=True):
+            part = nn.Linear(
+                fused.in_features,
+                weight.shape[0],
+                bias=bias is not None,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
+            with torch.no_grad():
+                part.weight.copy_(weight)
+                if bias is not None:
+                    part.bias.copy_(bias)
+            self.parts.append(part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def check_divisible(model: nn.Module, degree: int) -> None:
+    """Refuse a model whose blocks do not split evenly into ``degree`` slices.
+
+    Raises:
+        ValueError: naming the config key (heads, key/value heads, MLP width) that does not
+            divide, or the block part tensor parallelism does not know.
+    """
+    for block in model.blocks:
+        attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+        if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU | GeluMLP):
+            raise ValueError(
+                f"distributed.tensor_parallel_degree={degree}: {type(block).__name__} is not a "
+                "block of self-attention and a dense MLP (decoder and encoder families; no "
+                "mixture of experts)"
+            )
+        width = mlp.d_ff if isinstance(mlp, SwiGLU) else mlp.up.out_features
+        for key, count in (
+            ("model.n_heads", attn.n_heads),
+            ("model.n_kv_heads", attn.n_kv_heads),
+            ("model.d_ff", width),
+        ):
+            if count % degree:
+                raise ValueError(
+                    f"distributed.tensor_parallel_degree={degree} must divide {key}={count}: "
+                    "each rank takes an equal share"
+                )
+        return  # every block has the same shape
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
+    """Split each of ``model.blocks`` across ``tp_mesh`` (a 1-D DeviceMesh), in place.
+
+    Call it before FSDP wraps the blocks, and build the optimizer after both.
+    """
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    degree = tp_mesh.size()
+    check_divisible(model, degree)
+    for block in model.blocks:
+        plan: dict[str, object] = {"attn.out": RowwiseParallel(), "mlp.down": RowwiseParallel()}
+        plan.update({path: ColwiseParallel() for path in split_fused_projections(block)})
+        parallelize_module(block, tp_mesh, plan)
+        # The forward reshapes the local projections into this rank's heads.
+        block.attn.n_heads //= degree
+        block.attn.n_kv_heads //= degree
+
+
+def split_fused_projections(block: nn.Module) -> list[str]:
+    """Replace ``block``'s fused projections by :class:`RowBlocks` (same outputs, same
+    weights); return the paths, in ``block``, of the layers that read the block's input: what
+    the column-parallel plan splits (``attn.qkv.parts.0`` .. ``mlp.gate_up.parts.1``, or
+    GPT-2's ``mlp.up``)."""
+    paths = []
+    for path in ("attn", "mlp"):
+        module = getattr(block, path)
+        fused = module.fused_projections() if hasattr(module, "fused_projections") else {}
+        for name, sizes in fused.items():
+            setattr(module, name, RowBlocks(getattr(module, name), sizes))
+            paths += [f"{path}.{name}.parts.{i}" for i in range(len(sizes))]
+    if isinstance(block.mlp, GeluMLP):
+        paths.append("mlp.up")
+    return paths
+
+
+def fuse_row_blocks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of the fused model: every ``X.parts.i.weight`` (and bias) concatenated
+    by rows, in ``i`` order, into ``X.weight``; other entries unchanged and in order."""
+    fused: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _PART.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        name = f"{match['fused']}.{match['kind']}"
+        if name not in fused:
+            fused[name] = []
+            out[name] = value  # a placeholder that keeps the key's position
+        fused[name].append((int(match["index"]), value))
+    for name, parts in fused.items():
+        indices = sorted(i for i, _ in parts)
+        if indices != list(range(len(parts))):
+            raise ValueError(f"{name}: row blocks {indices}, expected 0..{len(parts) - 1}")
+        out[name] = torch.cat([value for _, value in sorted(parts, key=lambda p: p[0])], dim=0)
+    return out
