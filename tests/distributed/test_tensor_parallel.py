@@ -6,9 +6,11 @@ same batches; its checkpoint is refused without tensor parallelism, with the way
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
+import torch
 
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.train.checkpoint import STATE_FILE, step_dir_name
@@ -69,6 +71,29 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
     one = _overrides(shards_dir, tokenizer_dir, run)
     with pytest.raises(TrainingError, match="tensor_parallel_degree=2, this run has 1"):
         Trainer(load_config(ExperimentConfig, None, one), resume=True)
+
+
+def test_a_bert_split_over_two_ranks_trains_as_one_process(shards_dir, tokenizer_dir, tmp_path):
+    """The encoder's biases (split with the query, key and value rows, added once after the
+    output projection's all-reduce), its erf-GELU MLP and MLM's random masks, the same on a
+    pair's two ranks."""
+    mlm = {"model__family": "encoder", "objective__name": "mlm"}
+    single, split = tmp_path / "single", tmp_path / "tp"
+    torch.set_num_threads(1)
+    try:
+        Trainer(
+            load_config(
+                ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **mlm)
+            )
+        ).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    tp = {"distributed__strategy": "fsdp", "distributed__tensor_parallel_degree": 2}
+    _torchrun(
+        ["-m", "pretrain", "train"], _overrides(shards_dir, tokenizer_dir, split, **mlm, **tp)
+    )
+    _assert_same_run(split, single)
+    _assert_same_counts(split, single)
 
 
 def _assert_same_counts(run, reference) -> None:
