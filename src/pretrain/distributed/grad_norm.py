@@ -27,10 +27,13 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     from torch.distributed.tensor.experimental import implicit_replication
 
+    from pretrain.distributed.tensor_parallel import quiet_redistribution
+
     norms = []
-    for group in groups.values():
-        norm = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0)
-        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    with quiet_redistribution():
+        for group in groups.values():
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0)
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     total = torch.linalg.vector_norm(torch.stack(norms))
     with implicit_replication():  # the plain factor multiplies every mesh's DTensors
         for group in groups.values():

@@ -26,7 +26,10 @@ is all-reduced by its plan), so they stay equal without communication.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -159,3 +162,17 @@ def fuse_row_blocks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             raise ValueError(f"{name}: row blocks {indices}, expected 0..{len(parts) - 1}")
         out[name] = torch.cat([value for _, value in sorted(parts, key=lambda p: p[0])], dim=0)
     return out
+
+
+@contextlib.contextmanager
+def quiet_redistribution() -> Iterator[None]:
+    """Silence DTensor's warning that a redistribution over the 2-D (data x tensor parallel)
+    mesh takes one collective per dimension: the gradient norm's and the checkpoint's
+    gathers do, once a step or a checkpoint, and every rank would print it."""
+    logger = logging.getLogger("torch.distributed.tensor._redistribute")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

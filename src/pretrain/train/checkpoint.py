@@ -384,9 +384,10 @@ def full_model_state(module: torch.nn.Module, prefix: str = "") -> dict[str, tor
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from pretrain.distributed.tensor_parallel import fuse_row_blocks
+    from pretrain.distributed.tensor_parallel import fuse_row_blocks, quiet_redistribution
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(module, options=options)
+    with quiet_redistribution():
+        state = get_model_state_dict(module, options=options)
     # tensor parallelism's separate q, k, v (gate, up) back into the fused matrices
     return fuse_row_blocks({k.removeprefix(prefix): v for k, v in state.items()})
