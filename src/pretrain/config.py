@@ -118,7 +118,8 @@ class OptimConfig:
     name: typing.Literal["adamw", "muon"] = "adamw"
     """adamw; or muon: Muon on the hidden matrices (the blocks' linear weights), AdamW on the
     rest, both at ``lr`` and ``weight_decay`` (Muon's updates scaled to AdamW's RMS, Liu et
-    al. 2025; ``pretrain.optim_muon``). Not with distributed.strategy=fsdp."""
+    al. 2025; ``pretrain.optim_muon``). Under FSDP each sharded matrix is gathered whole for
+    its update (Moonlight's distributed Muon)."""
     lr: float = 3e-4
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)

@@ -109,7 +109,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             "train.activation_memory_budget applies to compiled steps only; set "
             "train.compile=true or leave it at 1.0"
         )
-    _check_optim(cfg.optim, cfg.distributed.strategy)
+    _check_optim(cfg.optim)
     if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
         raise ConfigError(f"train.max_minutes must be > 0, got {cfg.train.max_minutes}")
     if cfg.train.device != "auto":
@@ -170,14 +170,9 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
         )
 
 
-def _check_optim(optim: OptimConfig, strategy: str) -> None:
+def _check_optim(optim: OptimConfig) -> None:
     if not 0.0 <= optim.muon_momentum < 1.0:
         raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
-    if optim.name == "muon" and strategy == "fsdp":
-        raise ConfigError(
-            "optim.name=muon orthogonalizes whole matrices, which distributed.strategy=fsdp "
-            "shards over the ranks: use distributed.strategy=ddp, or optim.name=adamw"
-        )
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
     if optim.eps <= 0:

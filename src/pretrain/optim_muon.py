@@ -22,7 +22,9 @@ Hidden matrices here are the weights of the ``nn.Linear`` layers inside ``model.
 attention's q, k and v projections are one fused matrix here, and a SwiGLU MLP's gate and up
 projections another; the modules name the blocks of rows they fuse
 (``fused_projections()``), and Muon orthogonalizes and scales each block on its own, as it
-would the separate matrices of HF's models, Moonlight's and Keller Jordan's code.
+would the separate matrices of HF's models, Moonlight's and Keller Jordan's code (tensor
+parallelism splits them into separate matrices anyway). Under FSDP and tensor parallelism each
+sharded matrix is gathered whole for its update (:meth:`MuonWithAdamW._muon_step`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.distributed.tensor_parallel import RowBlocks
 from pretrain.models.common.moe import MoE
 from pretrain.optim import fused_adamw_applies, param_groups
 
@@ -71,6 +74,8 @@ def row_blocks(model: nn.Module) -> dict[int, tuple[int, ...]]:
             continue
         for name, rows in fused().items():
             weight = getattr(module, name)
+            if isinstance(weight, RowBlocks):  # split by tensor parallelism: matrices apart
+                continue
             weight = weight.weight if isinstance(weight, nn.Module) else weight
             if sum(rows) != weight.size(-2):
                 raise ValueError(
@@ -192,7 +197,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def _muon_step(self, group: dict[str, Any]) -> None:
         """``torch.optim.Muon``'s update (Nesterov momentum, Newton-Schulz, the RMS-matched
         rate, decoupled weight decay) of each matrix in ``group`` with a gradient, and of each
-        block of rows of a fused one (:func:`row_blocks`) as if it were a matrix of its own."""
+        block of rows of a fused one (:func:`row_blocks`) as if it were a matrix of its own.
+
+        A sharded matrix (a DTensor: FSDP, tensor parallelism) keeps its momentum sharded;
+        the update is gathered whole, orthogonalized on every rank, and each rank adds its
+        shard of the result: Moonlight's distributed Muon (Liu et al. 2025, §2.3), which
+        spends one all-gather a matrix and repeats the Newton-Schulz iterations on each rank."""
         lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
         for param in group["params"]:
             if param.grad is None:
@@ -205,17 +215,41 @@ class MuonWithAdamW(torch.optim.Optimizer):
             buffer.lerp_(grad, 1 - momentum)
             update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
             param.mul_(1 - lr * decay)
-            blocks = self.row_blocks.get(id(param), (param.size(-2),))
-            # a 2-D weight, or each expert's matrix of a stacked (E, rows, cols) one
-            for matrix, target in zip(update.view(-1, *update.shape[-2:]),
-                                      param.view(-1, *param.shape[-2:]), strict=True):  # fmt: skip
-                for block, rows in zip(matrix.split(blocks), target.split(blocks), strict=True):
-                    block = orthogonalize(
-                        block, group["ns_steps"], group["ns_coefficients"], group["eps"],
-                        self.ns_dtype,
-                    )  # fmt: skip
-                    rows.add_(block, alpha=-(lr * (0.2 * math.sqrt(max(block.shape)))))
+            if hasattr(update, "full_tensor"):  # sharded: the whole update, then our shard
+                whole = update.full_tensor()
+                step = torch.zeros_like(whole)
+                self._add_orthogonalized(whole, step, group, id(param))
+                param.add_(_shard_like(step, param))
+            else:
+                self._add_orthogonalized(update, param, group, id(param))
+
+    def _add_orthogonalized(
+        self, update: torch.Tensor, target: torch.Tensor, group: dict[str, Any], key: int
+    ) -> None:
+        """``target -= lr * 0.2 sqrt(max(A, B)) * orthogonalize(block)`` for each ``A x B``
+        block of rows of ``update`` (the blocks of the weight ``key``, :func:`row_blocks`)."""
+        lr = group["lr"]
+        blocks = self.row_blocks.get(key, (update.size(-2),))
+        # a 2-D weight, or each expert's matrix of a stacked (E, rows, cols) one
+        for matrix, whole in zip(update.view(-1, *update.shape[-2:]),
+                                 target.view(-1, *target.shape[-2:]), strict=True):  # fmt: skip
+            for block, rows in zip(matrix.split(blocks), whole.split(blocks), strict=True):
+                block = orthogonalize(
+                    block, group["ns_steps"], group["ns_coefficients"], group["eps"],
+                    self.ns_dtype,
+                )  # fmt: skip
+                rows.add_(block, alpha=-(lr * (0.2 * math.sqrt(max(block.shape)))))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)  # builds new group dicts and a new state
         self._link()
+
+
+def _shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``whole``, the same on every rank, as a DTensor laid out like ``param``: each rank
+    keeps its part (no communication)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = param.device_mesh
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, param.placements)

@@ -247,6 +247,17 @@ def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
     assert all("momentum_buffer" in optim["state"][i] for i in muon_group["params"])
 
 
+def test_fsdp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
+    """Each sharded matrix's update is gathered whole, orthogonalized (q, k, v and gate, up as
+    their own blocks) and added shard by shard: one process's update. The momentum stays
+    sharded in the checkpoint."""
+    muon = {"optim__name": "muon", "optim__lr": 1e-2}
+    single, fsdp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "fsdp", **muon)
+    _assert_same_run(fsdp, single)
+    shards = list((fsdp / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR).glob("*.distcp"))
+    assert len(shards) == 2
+
+
 def test_fsdp_trains_a_mixture_of_experts_as_one_process(shards_dir, tokenizer_dir, tmp_path):
     """The stacked expert weights are sharded by expert, the load-balancing loss is on, and
     the run is one process's. One window a micro-batch: the balancing loss is a statistic of

@@ -73,11 +73,19 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
         Trainer(load_config(ExperimentConfig, None, one), resume=True)
 
 
-def test_a_bert_split_over_two_ranks_trains_as_one_process(shards_dir, tokenizer_dir, tmp_path):
+def test_a_bert_split_over_two_ranks_trains_with_muon_as_one_process(
+    shards_dir, tokenizer_dir, tmp_path
+):
     """The encoder's biases (split with the query, key and value rows, added once after the
     output projection's all-reduce), its erf-GELU MLP and MLM's random masks, the same on a
-    pair's two ranks."""
-    mlm = {"model__family": "encoder", "objective__name": "mlm"}
+    pair's two ranks; Muon gathers each split matrix (q, k, v apart: what one process's
+    block-by-block Muon orthogonalizes) for its update."""
+    mlm = {
+        "model__family": "encoder",
+        "objective__name": "mlm",
+        "optim__name": "muon",
+        "optim__lr": 1e-2,
+    }
     single, split = tmp_path / "single", tmp_path / "tp"
     torch.set_num_threads(1)
     try:

@@ -120,7 +120,6 @@ def test_malformed_override_is_named():
         ("--distributed.replicate_degree=0", "distributed.replicate_degree must be >= 1"),
         ("--distributed.replicate_degree=2", "set distributed.strategy=fsdp"),
         ("--optim.muon_momentum=1", r"optim.muon_momentum must be in \[0, 1\)"),
-        ("--optim.name=muon --distributed.strategy=fsdp", "use distributed.strategy=ddp"),
         ("--distributed.tensor_parallel_degree=0", "tensor_parallel_degree must be >= 1"),
         (
             "--distributed.tensor_parallel_degree=2 --distributed.strategy=ddp",
