@@ -350,7 +350,7 @@ class ExperimentConfig:
             raise ConfigError(
                 f"train.tokens_per_batch={train.tokens_per_batch} is not a multiple of "
                 f"train.micro_batch_size * train.seq_len * world_size = {per_micro} "
-                f"({world_size} rank{'s' if world_size > 1 else ''}): {hint}"
+                f"({world_size} data-parallel rank{'s' if world_size > 1 else ''}): {hint}"
             )
         return train.tokens_per_batch // per_micro
 

@@ -28,12 +28,16 @@ def objective_seed(seed: int, rank: int, step: int) -> int:
 
 
 def rng_state(
-    objective_state: torch.Tensor, device: torch.device, world_size: int
+    objective_state: torch.Tensor, device: torch.device, world_size: int, tp_size: int = 1
 ) -> dict[str, Any]:
-    """The generator states to save (every rank calls this: it gathers the ranks' states)."""
+    """The generator states to save (every rank calls this: it gathers the ranks' states).
+
+    ``objective_ranks`` holds one state per data-parallel rank: the ranks of a
+    tensor-parallel group (``tp_size`` consecutive ranks) draw the same noise, so the first
+    one's stands for the group."""
     rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
     if world_size > 1:
-        rng["objective_ranks"] = comm.gather_objects(objective_state)
+        rng["objective_ranks"] = comm.gather_objects(objective_state)[::tp_size]
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     return rng
@@ -48,13 +52,14 @@ def restore_rng_state(
     rank: int,
     world_size: int,
 ) -> None:
-    """Set the generators from a checkpoint's ``rng`` (saved by :func:`rng_state`)."""
+    """Set the generators from a checkpoint's ``rng`` (saved by :func:`rng_state`);
+    ``rank`` and ``world_size`` are this rank's data-parallel ones."""
     per_rank = rng.get("objective_ranks")
     saved_on = len(per_rank) if per_rank is not None else 1
     if saved_on == world_size:
         objective_generator.set_state(per_rank[rank] if per_rank else rng["objective"])
     else:  # the data continues exactly; the objective's noise does not
-        if rank == 0:
+        if comm.rank() == 0:
             log.warning(
                 "the checkpoint was saved on %d rank(s), this run has %d: the data continues "
                 "exactly, but the objective's random draws (masks, spans, orders, if it makes "

@@ -111,8 +111,8 @@ class RunState:
             self.device,
             self.cfg.train.seed,
             int(ckpt.step),
-            self.dist.rank,
-            self.dist.world_size,
+            self.dist.dp_rank,  # a tensor-parallel group's ranks draw alike
+            self.dist.dp_size,
         )
         try:
             loader.load_state_dict(ckpt.state["loader"])
@@ -137,7 +137,7 @@ class RunState:
         if is_best:
             state.best_val_loss = val_loss
         loader_state, objective_state = batches.data_state()
-        rng = rng_state(objective_state, self.device, self.dist.world_size)
+        rng = rng_state(objective_state, self.device, self.dist.world_size, self.dist.tp_size)
         saved = {
             "trainer": state.to_dict(),
             "loader": loader_state,
