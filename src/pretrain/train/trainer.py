@@ -5,9 +5,7 @@ micro-batches of the step (forward, loss, backward), clip, step, then maybe log,
 checkpoint. The trainer never knows which architecture or objective it runs: it calls
 ``objective(token_batch)``, ``model(batch)`` and ``cross_entropy_sum(...)``.
 
-Loss normalization (DESIGN.md §3): each micro-batch's loss *sum* is divided by the number of
-label tokens of the whole step, so every label token weighs the same however the tokens are
-spread over micro-batches (torchtitan's ``global_valid_tokens``).
+Loss normalization over micro-batches and ranks: :mod:`pretrain.train.accumulate`.
 
 No wait between steps: :meth:`Trainer.queue_step` queues a whole step on the device and
 returns; :meth:`Trainer.fit` reads its loss, gradient norm and the ranks' votes to stop only
@@ -24,15 +22,10 @@ pure function of the step. On CPU the losses after ``--resume`` are bit-identica
 uninterrupted run's.
 
 Data parallel (``torchrun --nproc_per_node=N -m pretrain train ... --distributed.strategy=ddp``
-or ``fsdp``; see docs/scaling-out.md): each rank reads its own stride of the samples, runs
-``grad_accum / N`` micro-batches without synchronizing gradients but on the last, and divides
-its loss sum by the label count summed over micro-batches *and ranks* (all-reduced before
-backward), times N because the gradient reduction averages over ranks. So N ranks compute the
-update one process computes with N times the accumulation. Rank 0 logs and writes files; FSDP
-checkpoints are written by all ranks together (``dcp/``). With tensor parallelism
-(``distributed.tensor_parallel_degree`` T) N counts the data-parallel ranks, WORLD_SIZE / T: a
-group of T ranks reads one stride and computes each forward together, and only its first rank
-adds its sums and counts to those over ranks.
+or ``fsdp``; tensor parallel with ``distributed.tensor_parallel_degree``; see
+docs/scaling-out.md): each data-parallel rank reads its own stride of the samples and the
+gradients add up to one process's (:mod:`pretrain.train.accumulate`). Rank 0 logs and writes
+files; FSDP checkpoints are written by all ranks together (``dcp/``).
 """
 
 from __future__ import annotations
@@ -54,7 +47,6 @@ from pretrain.distributed.grad_norm import clip_grad_norm
 from pretrain.distributed.parallelize import (
     apply_activation_checkpointing,
     gathered,
-    gradient_sync,
     is_fsdp,
     parallelize,
 )
@@ -64,6 +56,7 @@ from pretrain.optim import build_training_optimizer, lr_at, skips_updates_on_dev
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
+from pretrain.train.accumulate import accumulate_gradients
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import list_steps
 from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, training_forward
@@ -446,30 +439,7 @@ class Trainer:
         if self._marks_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
         batches = self.batches.take()
-        dp_size, counts = self.dist.dp_size, self.dist.counts_data
-        local_labels = sum(b.num_label_tokens for b in batches)
-        divisor = max(local_labels, 1)
-        if self.dist.world_size > 1:  # the step's label tokens on all ranks, before any
-            # backward: summed on the device, so the host queues the forward without waiting
-            divisor = comm.all_reduce_sum(local_labels if counts else 0, self.device)
-            divisor = divisor.clamp(min=1)
-        ce_sum = torch.zeros((), device=self.device)
-        router_sum = torch.zeros((), device=self.device)  # a mixture of experts' balancing loss
-        per_task: dict[str, list[torch.Tensor]] = {}  # name -> [ce sum, label tokens]
-        for i, cpu_batch in enumerate(batches):
-            groups = cpu_batch.loss_groups(self.device)
-            batch = cpu_batch.to(self.device)
-            with gradient_sync(self.train_module, i == len(batches) - 1):
-                total, ce, tasks, router = self.train_module(batch, groups)
-                # DDP and FSDP average gradients over the data-parallel ranks; `* dp_size`
-                # turns that into the sum.
-                (total / divisor * dp_size).backward()
-            ce_sum += ce
-            router_sum += router
-            for name, (task_ce, count) in tasks.items():
-                sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
-                sums[0] += task_ce
-                sums[1] += count
+        losses = accumulate_gradients(self.train_module, batches, self.device, self.dist)
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
@@ -478,24 +448,24 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
         pending = sum_over_ranks(
-            ce_sum,
-            local_labels,
-            per_task,
+            losses.ce_sum,
+            losses.label_tokens,
+            losses.per_task,
             batches[0].task_names,
             step_flops(self.model, batches),
             signal_vote=self._signals.requested,
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
             grad_norm=grad_norm,
             spikes=self.spikes,
-            router_sum=router_sum,
-            counts=counts,
+            router_sum=losses.router_sum,
+            counts=self.dist.counts_data,
         )
         if skips_updates_on_device(self.optimizer):
             step_unless(self.optimizer, pending.skip)
         elif is_applied(pending.result()):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_tokens = sum(b.input_ids.numel() for b in batches) * dp_size
+        step_tokens = sum(b.input_ids.numel() for b in batches) * self.dist.dp_size
         self.state.step += 1
         self.state.tokens_seen += step_tokens
         return QueuedStep(self.state.step, self.state.tokens_seen, lr, step_tokens, pending)

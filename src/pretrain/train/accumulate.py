@@ -1,0 +1,70 @@
+"""One step's micro-batches: forward, loss and backward, the loss normalized over the step.
+
+Loss normalization (DESIGN.md §3): each micro-batch's loss *sum* is divided by the number of
+label tokens of the whole step, so every label token weighs the same however the tokens are
+spread over micro-batches (torchtitan's ``global_valid_tokens``).
+
+Data parallel (``torchrun --nproc_per_node=N -m pretrain train ... --distributed.strategy=ddp``
+or ``fsdp``; see docs/scaling-out.md): each rank reads its own stride of the samples, runs
+``grad_accum / N`` micro-batches without synchronizing gradients but on the last, and divides
+its loss sum by the label count summed over micro-batches *and ranks* (all-reduced before
+backward), times N because the gradient reduction averages over ranks. So N ranks compute the
+update one process computes with N times the accumulation. With tensor parallelism
+(``distributed.tensor_parallel_degree`` T) N counts the data-parallel ranks, WORLD_SIZE / T: a
+group of T ranks reads one stride and computes each forward together, and only its first rank
+adds its label count to the sum over ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pretrain.distributed import comm
+from pretrain.distributed.env import DistEnv
+from pretrain.distributed.parallelize import gradient_sync
+from pretrain.objectives.base import ModelBatch
+
+
+@dataclass
+class StepLosses:
+    """This rank's sums over the step's micro-batches (before any sum over ranks)."""
+
+    ce_sum: torch.Tensor  # cross-entropy summed over label tokens (0-d, on the device)
+    router_sum: torch.Tensor  # a mixture of experts' balancing loss times its label tokens
+    per_task: dict[str, list]  # task -> [ce sum tensor, label tokens], for the tasks drawn
+    label_tokens: int
+
+
+def accumulate_gradients(
+    train_module: nn.Module, batches: list[ModelBatch], device: torch.device, dist: DistEnv
+) -> StepLosses:
+    """Forward and backward ``batches`` (one step's micro-batches, on the host) through
+    ``train_module`` (the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, maybe
+    wrapped by DDP or FSDP), leaving the step's gradients in the parameters."""
+    local_labels = sum(b.num_label_tokens for b in batches)
+    divisor = max(local_labels, 1)
+    if dist.world_size > 1:  # the step's label tokens on all ranks, before any backward:
+        # summed on the device, so the host queues the forward without waiting for it
+        divisor = comm.all_reduce_sum(local_labels if dist.counts_data else 0, device)
+        divisor = divisor.clamp(min=1)
+    ce_sum = torch.zeros((), device=device)
+    router_sum = torch.zeros((), device=device)
+    per_task: dict[str, list] = {}
+    for i, cpu_batch in enumerate(batches):
+        groups = cpu_batch.loss_groups(device)
+        batch = cpu_batch.to(device)
+        with gradient_sync(train_module, i == len(batches) - 1):
+            total, ce, tasks, router = train_module(batch, groups)
+            # DDP and FSDP average gradients over the data-parallel ranks; `* dp_size` turns
+            # that into the sum.
+            (total / divisor * dist.dp_size).backward()
+        ce_sum += ce
+        router_sum += router
+        for name, (task_ce, count) in tasks.items():
+            sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
+            sums[0] += task_ce
+            sums[1] += count
+    return StepLosses(ce_sum, router_sum, per_task, local_labels)
