@@ -29,6 +29,7 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
 pytestmark = pytest.mark.distributed
 
 RECORD = str(REPO / "tests" / "distributed" / "record_samples.py")
+COUNT = str(REPO / "tests" / "distributed" / "count_tp_collectives.py")
 SAVED_AT = 5  # checkpoint.every_steps of _overrides
 GLOBAL_BATCH = 8  # windows a step
 
@@ -71,6 +72,18 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
     one = _overrides(shards_dir, tokenizer_dir, run)
     with pytest.raises(TrainingError, match="tensor_parallel_degree=2, this run has 1"):
         Trainer(load_config(ExperimentConfig, None, one), resume=True)
+
+
+def test_a_split_block_all_reduces_four_times_and_computes_what_the_whole_one_does(tmp_path):
+    """Megatron's count (Shoeybi et al. 2019, §3): per block, one all-reduce after the
+    attention and one after the MLP in the forward, one for each of their input gradients in
+    the backward; q, k and v (and gate, up), split apart, share theirs."""
+    _torchrun([COUNT, str(tmp_path), "llama"], [])
+    for rank in (0, 1):
+        facts = json.loads((tmp_path / f"collectives_rank{rank}.json").read_text())
+        assert facts["collectives"] == {"all_reduce": 4 * facts["n_layers"]}
+        assert facts["hidden_abs"] < 1e-5
+        assert facts["grad_rel"] < 1e-4
 
 
 def test_a_bert_split_over_two_ranks_trains_with_muon_as_one_process(

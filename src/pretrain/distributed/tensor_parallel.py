@@ -107,8 +107,10 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
 
     Call it before FSDP wraps the blocks, and build the optimizer after both.
     """
+    from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
+        PrepareModuleInput,
         RowwiseParallel,
         parallelize_module,
     )
@@ -117,7 +119,17 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     check_divisible(model, degree)
     for block in model.blocks:
         plan: dict[str, object] = {"attn.out": RowwiseParallel(), "mlp.down": RowwiseParallel()}
-        plan.update({path: ColwiseParallel() for path in split_fused_projections(block)})
+        columns = split_fused_projections(block)
+        plan.update({path: ColwiseParallel() for path in columns})
+        # The parts of a split projection read one replicated input: their partial input
+        # gradients add up first and are all-reduced once (Megatron's count: one all-reduce
+        # per projection input in backward), not once per part.
+        for fused in {path.rpartition(".parts.")[0] for path in columns if ".parts." in path}:
+            plan[fused] = PrepareModuleInput(
+                input_layouts=(Replicate(),),
+                desired_input_layouts=(Replicate(),),
+                use_local_output=False,
+            )
         parallelize_module(block, tp_mesh, plan)
         # The forward reshapes the local projections into this rank's heads.
         block.attn.n_heads //= degree

@@ -1,0 +1,65 @@
+"""Worker for tests: split a ``debug`` decoder over the ranks (``apply_tensor_parallel``), run
+one forward and backward beside the whole model, and write the collectives counted and the
+largest differences to ``OUT_DIR/collectives_rank{R}.json``.
+
+Usage: ``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE``
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.debug import CommDebugMode
+
+from pretrain.config import ModelConfig
+from pretrain.distributed.launch import exit_process
+from pretrain.distributed.tensor_parallel import apply_tensor_parallel, fuse_row_blocks
+
+
+def main() -> None:
+    out, style = Path(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("tp",))
+    torch.manual_seed(0)
+    from pretrain.models.spec import build_model
+
+    whole = build_model(ModelConfig(family="decoder", size="debug", style=style), 64, 16, 0)
+    split = copy.deepcopy(whole)
+    apply_tensor_parallel(split, mesh)
+    ids = torch.randint(1, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    counter = CommDebugMode()
+    with counter:
+        hidden = split.forward_tokens(ids)
+        hidden.pow(2).sum().backward()
+    reference = whole.forward_tokens(ids)
+    reference.pow(2).sum().backward()
+    grads = fuse_row_blocks(
+        {
+            n: getattr(p.grad, "full_tensor", lambda g=p.grad: g)()
+            for n, p in split.named_parameters()
+        }
+    )
+    grad_rel = max(
+        float((grads[n] - p.grad).abs().max() / p.grad.abs().max())
+        for n, p in whole.named_parameters()
+    )
+    counts = {str(op).rpartition(".")[2]: n for op, n in counter.get_comm_counts().items()}
+    facts = {
+        "collectives": counts,
+        "n_layers": len(whole.blocks),
+        "hidden_abs": float((hidden - reference).abs().max()),
+        "grad_rel": grad_rel,
+    }
+    (out / f"collectives_rank{dist.get_rank()}.json").write_text(json.dumps(facts))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
+    exit_process(0)
