@@ -277,6 +277,12 @@ class DistributedConfig:
     consecutive ranks (Megatron-LM's tensor parallelism, ``pretrain.distributed.tensor_parallel``;
     decoder and encoder families, dense MLPs); FSDP shards over the WORLD_SIZE / T data-parallel
     ranks. The ranks of a group read the same batches. Keep a group inside a node (fast links)."""
+    sequence_parallel: bool = False
+    """With tensor_parallel_degree T > 1: also split the residual stream and the blocks' norms
+    along the sequence, seq_len / T positions a rank (Korthikanti et al. 2022): the
+    activations outside the attention and MLP take 1 / T of the memory, for the same traffic.
+    Needs train.seq_len divisible by T; no samples.txt and no eval.tasks (their lengths
+    vary)."""
 
 
 @dataclasses.dataclass

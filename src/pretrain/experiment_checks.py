@@ -150,6 +150,23 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
     degree = cfg.distributed.tensor_parallel_degree
     if degree < 1:
         raise ConfigError(f"distributed.tensor_parallel_degree must be >= 1, got {degree}")
+    if cfg.distributed.sequence_parallel:
+        if degree == 1:
+            raise ConfigError(
+                "distributed.sequence_parallel splits each tensor-parallel group's sequence: "
+                "set distributed.tensor_parallel_degree > 1"
+            )
+        if cfg.train.seq_len % degree:
+            raise ConfigError(
+                f"distributed.sequence_parallel: train.seq_len={cfg.train.seq_len} must be a "
+                f"multiple of distributed.tensor_parallel_degree={degree}"
+            )
+        if cfg.eval.tasks:
+            raise ConfigError(
+                "distributed.sequence_parallel needs sequences of a length the ranks share "
+                "evenly; eval.tasks scores prompts of any length: score them with pretrain "
+                "fewshot on a checkpoint, or set distributed.sequence_parallel=false"
+            )
     if degree == 1:
         return
     if cfg.distributed.strategy != "fsdp":

@@ -2,7 +2,8 @@
 one forward and backward beside the whole model, and write the collectives counted and the
 largest differences to ``OUT_DIR/collectives_rank{R}.json``.
 
-Usage: ``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE``
+Usage: ``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE SP``
+(SP: 1 for sequence parallelism, else 0)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pretrain.distributed.tensor_parallel import apply_tensor_parallel, fuse_row
 
 
 def main() -> None:
-    out, style = Path(sys.argv[1]), sys.argv[2]
+    out, style, sequence_parallel = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("tp",))
     torch.manual_seed(0)
@@ -31,7 +32,7 @@ def main() -> None:
 
     whole = build_model(ModelConfig(family="decoder", size="debug", style=style), 64, 16, 0)
     split = copy.deepcopy(whole)
-    apply_tensor_parallel(split, mesh)
+    apply_tensor_parallel(split, mesh, sequence_parallel)
     ids = torch.randint(1, 64, (2, 16), generator=torch.Generator().manual_seed(1))
     counter = CommDebugMode()
     with counter:
@@ -56,7 +57,8 @@ def main() -> None:
         "hidden_abs": float((hidden - reference).abs().max()),
         "grad_rel": grad_rel,
     }
-    (out / f"collectives_rank{dist.get_rank()}.json").write_text(json.dumps(facts))
+    name = f"collectives_{int(sequence_parallel)}_rank{dist.get_rank()}.json"
+    (out / name).write_text(json.dumps(facts))
     dist.destroy_process_group()
 
 

@@ -41,7 +41,11 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
     tmp_path,
 ):
     run = tmp_path / "run"
-    tp = {"distributed__strategy": "fsdp", "distributed__tensor_parallel_degree": 2}
+    tp = {
+        "distributed__strategy": "fsdp",
+        "distributed__tensor_parallel_degree": 2,
+        "distributed__sequence_parallel": "true",  # the norms' weights: gradients summed
+    }
     args = _overrides(shards_dir, tokenizer_dir, run, **tp)
     _torchrun(["-m", "pretrain", "train"], args)
     # Both ranks computed every micro-batch together: what one process computes, and the
@@ -74,14 +78,26 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
         Trainer(load_config(ExperimentConfig, None, one), resume=True)
 
 
-def test_a_split_block_all_reduces_four_times_and_computes_what_the_whole_one_does(tmp_path):
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_a_split_block_communicates_as_megatron_does_and_computes_what_the_whole_one_does(
+    sequence_parallel, tmp_path
+):
     """Megatron's count (Shoeybi et al. 2019, §3): per block, one all-reduce after the
     attention and one after the MLP in the forward, one for each of their input gradients in
-    the backward; q, k and v (and gate, up), split apart, share theirs."""
-    _torchrun([COUNT, str(tmp_path), "llama"], [])
+    the backward; q, k and v (and gate, up), split apart, share theirs. With sequence
+    parallelism (Korthikanti et al. 2022, §4.2.2) each all-reduce becomes an all-gather before
+    and a reduce-scatter after, plus the gather of the sequence after the last block and of
+    its gradient at the first."""
+    _torchrun([COUNT, str(tmp_path), "llama", str(int(sequence_parallel))], [])
     for rank in (0, 1):
-        facts = json.loads((tmp_path / f"collectives_rank{rank}.json").read_text())
-        assert facts["collectives"] == {"all_reduce": 4 * facts["n_layers"]}
+        name = f"collectives_{int(sequence_parallel)}_rank{rank}.json"
+        facts = json.loads((tmp_path / name).read_text())
+        layers = facts["n_layers"]
+        if sequence_parallel:
+            want = {"all_gather_into_tensor": 4 * layers + 2, "reduce_scatter_tensor": 4 * layers}
+        else:
+            want = {"all_reduce": 4 * layers}
+        assert facts["collectives"] == want
         assert facts["hidden_abs"] < 1e-5
         assert facts["grad_rel"] < 1e-4
 

@@ -121,6 +121,12 @@ def test_malformed_override_is_named():
         ("--distributed.replicate_degree=2", "set distributed.strategy=fsdp"),
         ("--optim.muon_momentum=1", r"optim.muon_momentum must be in \[0, 1\)"),
         ("--distributed.tensor_parallel_degree=0", "tensor_parallel_degree must be >= 1"),
+        ("--distributed.sequence_parallel=true", "set distributed.tensor_parallel_degree > 1"),
+        (
+            "--distributed.tensor_parallel_degree=2 --distributed.strategy=fsdp "
+            "--distributed.sequence_parallel=true --train.seq_len=33",
+            "train.seq_len=33 must be a multiple of distributed.tensor_parallel_degree=2",
+        ),
         (
             "--distributed.tensor_parallel_degree=2 --distributed.strategy=ddp",
             "composes with FSDP: set distributed.strategy=fsdp",
@@ -161,6 +167,15 @@ TASK = "name: s, train: [t.jsonl], eval: [e.jsonl]"
         (
             [f"--eval.tasks=[{{{TASK}}}]", "--model.family=encoder", "--objective.name=mlm"],
             "needs a model that writes text",
+        ),  # fmt: skip
+        (
+            [
+                f"--eval.tasks=[{{{TASK}}}]",
+                "--distributed.strategy=fsdp",
+                "--distributed.tensor_parallel_degree=2",
+                "--distributed.sequence_parallel=true",
+            ],
+            "eval.tasks scores prompts of any length",
         ),  # fmt: skip
     ],
 )

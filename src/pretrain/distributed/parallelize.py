@@ -89,7 +89,7 @@ def parallelize(
         if tp_mesh is not None:
             from pretrain.distributed.tensor_parallel import apply_tensor_parallel
 
-            apply_tensor_parallel(module.model, tp_mesh)
+            apply_tensor_parallel(module.model, tp_mesh, cfg.sequence_parallel)
         mp = MixedPrecisionPolicy()
         if param_dtype is not None:
             mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)

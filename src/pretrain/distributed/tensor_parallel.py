@@ -102,38 +102,97 @@ def check_divisible(model: nn.Module, degree: int) -> None:
         return  # every block has the same shape
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
+def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
     """Split each of ``model.blocks`` across ``tp_mesh`` (a 1-D DeviceMesh), in place.
 
-    Call it before FSDP wraps the blocks, and build the optimizer after both.
+    With ``sequence_parallel`` (Korthikanti et al. 2022, "Reducing Activation Recomputation
+    in Large Transformer Models", §4.2.2) the residual stream between the attention and MLP
+    is split along the sequence too: each rank keeps and normalizes ``T / tp`` positions, the
+    sequence is all-gathered before each attention and MLP, and their outputs are
+    reduce-scattered instead of all-reduced (the same traffic); the blocks' input is split at
+    the first block and gathered after the last. Call it before FSDP wraps the blocks, and
+    build the optimizer after both.
     """
-    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
-        PrepareModuleInput,
         RowwiseParallel,
+        SequenceParallel,
         parallelize_module,
     )
 
     degree = tp_mesh.size()
     check_divisible(model, degree)
+    outputs = Shard(1) if sequence_parallel else None
     for block in model.blocks:
-        plan: dict[str, object] = {"attn.out": RowwiseParallel(), "mlp.down": RowwiseParallel()}
-        columns = split_fused_projections(block)
-        plan.update({path: ColwiseParallel() for path in columns})
-        # The parts of a split projection read one replicated input: their partial input
-        # gradients add up first and are all-reduced once (Megatron's count: one all-reduce
-        # per projection input in backward), not once per part.
-        for fused in {path.rpartition(".parts.")[0] for path in columns if ".parts." in path}:
-            plan[fused] = PrepareModuleInput(
-                input_layouts=(Replicate(),),
-                desired_input_layouts=(Replicate(),),
-                use_local_output=False,
-            )
+        row = RowwiseParallel(output_layouts=outputs) if outputs else RowwiseParallel()
+        plan: dict[str, object] = {"attn.out": row, "mlp.down": row}
+        plan.update({path: ColwiseParallel() for path in split_fused_projections(block)})
+        if sequence_parallel:
+            plan.update({name: SequenceParallel(use_local_output=True) for name in _NORMS})
         parallelize_module(block, tp_mesh, plan)
+        # The attention and the MLP take their input as one replicated DTensor (gathered
+        # along the sequence first, with sequence_parallel): the partial input gradients of
+        # their column-parallel layers (q, k, v; gate, up) add up, then one all-reduce (or
+        # reduce-scatter) per input: Megatron's count.
+        for module in (block.attn, block.mlp):
+            module.register_forward_pre_hook(_replicated_input(tp_mesh, sequence_parallel))
         # The forward reshapes the local projections into this rank's heads.
         block.attn.n_heads //= degree
         block.attn.n_kv_heads //= degree
+    if sequence_parallel:
+        model.blocks[0].register_forward_pre_hook(_split_sequence(tp_mesh))
+        model.blocks[-1].register_forward_hook(_gather_sequence(tp_mesh))
+
+
+# A block's norms: what sequence parallelism runs on each rank's share of the positions.
+_NORMS = ("attn_norm", "mlp_norm")
+
+
+def _replicated_input(mesh, sequence_sharded: bool):
+    """A forward pre-hook: the module's first input as a replicated DTensor (all-gathered
+    along the sequence when each rank holds a share of it); backward sums the ranks'
+    partial gradients (all-reduce, or reduce-scatter back to the shares)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    layout = (Shard(1),) if sequence_sharded else (Replicate(),)
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = DTensor.from_local(args[0], mesh, layout, run_check=False)
+        return (x.redistribute(mesh, (Replicate(),)), *args[1:])
+
+    return hook
+
+
+def _split_sequence(mesh):
+    """A forward pre-hook for the first block: keep this rank's share of the positions (its
+    gradient is gathered back in backward)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    degree = mesh.size()
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if x.shape[1] % degree:
+            raise ValueError(
+                f"distributed.sequence_parallel: a sequence of {x.shape[1]} positions does not "
+                f"split over distributed.tensor_parallel_degree={degree} ranks"
+            )
+        whole = DTensor.from_local(x, mesh, (Replicate(),), run_check=False)
+        return (whole.redistribute(mesh, (Shard(1),)).to_local(), *args[1:])
+
+    return hook
+
+
+def _gather_sequence(mesh):
+    """A forward hook for the last block: the whole sequence again, on every rank."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        shares = DTensor.from_local(out, mesh, (Shard(1),), run_check=False)
+        return shares.redistribute(mesh, (Replicate(),)).to_local()
+
+    return hook
 
 
 def split_fused_projections(block: nn.Module) -> list[str]:

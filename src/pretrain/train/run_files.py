@@ -9,6 +9,7 @@ sample in ``samples.txt``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 from pretrain.config import ExperimentConfig, save_config
 from pretrain.distributed.parallelize import gathered, is_fsdp
 from pretrain.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 MODEL_CONFIG_FILE = "model_config.json"
 
@@ -47,6 +50,10 @@ def write_sample(
     from pretrain.generate import generate
 
     if cfg.log.sample_tokens <= 0 or cfg.model.family != "decoder":
+        return
+    if cfg.distributed.sequence_parallel:  # one new token a step does not split over ranks
+        if is_main:
+            log.info("no samples.txt under distributed.sequence_parallel: run pretrain generate")
         return
     if not (is_main or is_fsdp(train_module)):
         return

@@ -89,6 +89,8 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             x.device.type != "cpu"
+            or type(x) is not torch.Tensor  # a DTensor (sequence parallelism) takes the
+            # sharding rules of the aten ops nn.RMSNorm calls
             or torch.compiler.is_compiling()
             or len(self.normalized_shape) != 1
             or self.eps is None
