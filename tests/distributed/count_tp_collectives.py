@@ -1,6 +1,7 @@
 """Worker for tests: split a ``debug`` decoder over the ranks (``apply_tensor_parallel``), run
-one forward and backward beside the whole model, and write the collectives counted and the
-largest differences to ``OUT_DIR/collectives_rank{R}.json``.
+one forward and backward beside the whole model (and, without sequence parallelism, greedy
+decoding with the KV cache), and write the collectives counted and the largest differences to
+``OUT_DIR/collectives_{SP}_rank{R}.json``.
 
 Usage: ``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE SP``
 (SP: 1 for sequence parallelism, else 0)
@@ -33,6 +34,16 @@ def main() -> None:
     whole = build_model(ModelConfig(family="decoder", size="debug", style=style), 64, 16, 0)
     split = copy.deepcopy(whole)
     apply_tensor_parallel(split, mesh, sequence_parallel)
+    generated = None
+    # before the counting: decoding after CommDebugMode's context failed in its module
+    # tracking (IndexError in _fw_set_module_hook, PyTorch 2.13)
+    if not sequence_parallel:  # decoding with the KV cache: this rank's key/value heads
+        from pretrain.generate import generate
+
+        with torch.no_grad():
+            prompt = torch.tensor([3, 5, 7])
+            ours, want = (generate(m, prompt, 8, temperature=0) for m in (split, whole))
+        generated = ours.tolist() == want.tolist()
     ids = torch.randint(1, 64, (2, 16), generator=torch.Generator().manual_seed(1))
     counter = CommDebugMode()
     with counter:
@@ -56,6 +67,7 @@ def main() -> None:
         "n_layers": len(whole.blocks),
         "hidden_abs": float((hidden - reference).abs().max()),
         "grad_rel": grad_rel,
+        "greedy_tokens_equal": generated,
     }
     name = f"collectives_{int(sequence_parallel)}_rank{dist.get_rank()}.json"
     (out / name).write_text(json.dumps(facts))

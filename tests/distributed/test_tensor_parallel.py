@@ -100,6 +100,7 @@ def test_a_split_block_communicates_as_megatron_does_and_computes_what_the_whole
         assert facts["collectives"] == want
         assert facts["hidden_abs"] < 1e-5
         assert facts["grad_rel"] < 1e-4
+        assert facts["greedy_tokens_equal"] is (None if sequence_parallel else True)
 
 
 def test_a_bert_split_over_two_ranks_trains_with_muon_as_one_process(

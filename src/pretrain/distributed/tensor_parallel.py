@@ -21,7 +21,9 @@ block's whole (global) matrix, which DCP reshards onto any other degree > 1.
 
 Embeddings, norms and the output projection are replicated across a tensor-parallel group:
 their inputs and gradients are the same on its ranks (a column-parallel layer's input gradient
-is all-reduced by its plan), so they stay equal without communication.
+is all-reduced), so they stay equal without communication. With sequence parallelism the
+blocks' norms run on each rank's share of the positions instead; their weights are then
+replicated DTensors, whose partial gradients DTensor sums over the group.
 """
 
 from __future__ import annotations
