@@ -1,6 +1,7 @@
-"""Resharding and hangs, on CPU with gloo: a run saved on 2 ranks resumes on 4 at exactly the
-next sample and finishes like one process (also when a DDP run resumes under hybrid-sharded
-FSDP, two shard groups of two ranks); a rank
+"""Resharding and hangs, on CPU with gloo: a DDP run saved on 2 ranks resumes on 4 at exactly
+the next sample and finishes like one process (also under hybrid-sharded FSDP, two shard
+groups of two ranks; an FSDP checkpoint's resharding onto 4 ranks is tested by
+test_tensor_parallel.py); a rank
 that stops responding (SIGSTOP, not death) makes the other exit with the clear error within
 ``distributed.timeout_seconds``, leaving no checkpoint that looks complete but is not."""
 
@@ -45,7 +46,9 @@ GLOBAL_BATCH = 8  # windows a step (train.tokens_per_batch / train.seq_len)
 
 @pytest.mark.parametrize(
     ("saved_with", "strategy"),
-    [("fsdp", "fsdp"), ("ddp", "ddp"), ("ddp", "hsdp")],
+    # A sharded (FSDP) checkpoint saved on 2 ranks and resumed on 4: test_tensor_parallel.py,
+    # whose tensor-parallel pair resumes as 2 x 2 (DCP reshards over both mesh dimensions).
+    [("ddp", "ddp"), ("ddp", "hsdp")],
 )
 def test_saved_on_two_ranks_resumes_on_four(
     saved_with,

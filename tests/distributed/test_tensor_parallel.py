@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pretrain.config import ExperimentConfig, load_config
-from pretrain.train.checkpoint import STATE_FILE, step_dir_name
+from pretrain.train.checkpoint import SHARDED_DIR, STATE_FILE, step_dir_name
 from pretrain.train.errors import TrainingError
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
@@ -71,6 +71,8 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
     assert all(lay["mesh_shape"] == [2, 2] for lay in layout)
     assert all(4 * lay["local_rows"] == lay["rows"] for lay in layout)  # a quarter each
     assert len({lay["local_sum"] for lay in layout}) == 4  # four different quarters
+    sharded = run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR
+    assert {f"__{r}_0.distcp" for r in range(4)} <= {p.name for p in sharded.iterdir()}
 
     # One process cannot take the split parameters: refused, naming both degrees.
     one = _overrides(shards_dir, tokenizer_dir, run)
