@@ -3,8 +3,8 @@ one forward and backward beside the whole model (and, without sequence paralleli
 decoding with the KV cache), and write the collectives counted and the largest differences to
 ``OUT_DIR/collectives_{SP}_rank{R}.json``.
 
-Usage: ``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE SP``
-(SP: 1 for sequence parallelism, else 0)
+Both without and with sequence parallelism (SP 0 and 1 in the file names). Usage:
+``torchrun --nproc_per_node=2 tests/distributed/count_tp_collectives.py OUT_DIR STYLE``
 """
 
 from __future__ import annotations
@@ -25,11 +25,20 @@ from pretrain.distributed.tensor_parallel import apply_tensor_parallel, fuse_row
 
 
 def main() -> None:
-    out, style, sequence_parallel = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+    out, style = Path(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("tp",))
-    torch.manual_seed(0)
+    for sequence_parallel in (False, True):
+        facts = measure(mesh, style, sequence_parallel)
+        name = f"collectives_{int(sequence_parallel)}_rank{dist.get_rank()}.json"
+        (out / name).write_text(json.dumps(facts))
+    dist.destroy_process_group()
+
+
+def measure(mesh, style: str, sequence_parallel: bool) -> dict:
     from pretrain.models.spec import build_model
+
+    torch.manual_seed(0)
 
     whole = build_model(ModelConfig(family="decoder", size="debug", style=style), 64, 16, 0)
     split = copy.deepcopy(whole)
@@ -62,16 +71,13 @@ def main() -> None:
         for n, p in whole.named_parameters()
     )
     counts = {str(op).rpartition(".")[2]: n for op, n in counter.get_comm_counts().items()}
-    facts = {
+    return {
         "collectives": counts,
         "n_layers": len(whole.blocks),
         "hidden_abs": float((hidden - reference).abs().max()),
         "grad_rel": grad_rel,
         "greedy_tokens_equal": generated,
     }
-    name = f"collectives_{int(sequence_parallel)}_rank{dist.get_rank()}.json"
-    (out / name).write_text(json.dumps(facts))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

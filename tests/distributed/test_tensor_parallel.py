@@ -5,6 +5,7 @@ same batches; its checkpoint is refused without tensor parallelism, with the way
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -80,9 +81,8 @@ def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
         Trainer(load_config(ExperimentConfig, None, one), resume=True)
 
 
-@pytest.mark.parametrize("sequence_parallel", [False, True])
 def test_a_split_block_communicates_as_megatron_does_and_computes_what_the_whole_one_does(
-    sequence_parallel, tmp_path
+    tmp_path,
 ):
     """Megatron's count (Shoeybi et al. 2019, §3): per block, one all-reduce after the
     attention and one after the MLP in the forward, one for each of their input gradients in
@@ -90,8 +90,8 @@ def test_a_split_block_communicates_as_megatron_does_and_computes_what_the_whole
     parallelism (Korthikanti et al. 2022, §4.2.2) each all-reduce becomes an all-gather before
     and a reduce-scatter after, plus the gather of the sequence after the last block and of
     its gradient at the first."""
-    _torchrun([COUNT, str(tmp_path), "llama", str(int(sequence_parallel))], [])
-    for rank in (0, 1):
+    _torchrun([COUNT, str(tmp_path), "llama"], [])
+    for sequence_parallel, rank in itertools.product((False, True), (0, 1)):
         name = f"collectives_{int(sequence_parallel)}_rank{rank}.json"
         facts = json.loads((tmp_path / name).read_text())
         layers = facts["n_layers"]
