@@ -36,10 +36,11 @@ def main() -> None:
 
 
 def measure(mesh, style: str, sequence_parallel: bool) -> dict:
+    """The collectives of one split forward and backward, and how far it is from the whole
+    model's (and, without sequence parallelism, whether greedy decoding agrees)."""
     from pretrain.models.spec import build_model
 
     torch.manual_seed(0)
-
     whole = build_model(ModelConfig(family="decoder", size="debug", style=style), 64, 16, 0)
     split = copy.deepcopy(whole)
     apply_tensor_parallel(split, mesh, sequence_parallel)
