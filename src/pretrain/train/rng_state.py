@@ -5,7 +5,8 @@ rank 0 seeded with ``train.seed`` draws what a single process draws, the others 
 own. A checkpoint keeps every rank's generator state, so a run resumed on the same number of
 ranks continues each stream exactly; on another number the data continues exactly (the
 loader's state) but the objective's noise does not (one process goes on with rank 0's stream,
-several draw anew from a seed of the step), and a warning says so.
+several draw anew from a seed of the step), and a warning says so. "Rank" here is the
+data-parallel rank: the ranks of a tensor-parallel group draw the same noise, one stream.
 """
 
 from __future__ import annotations
