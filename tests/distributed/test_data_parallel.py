@@ -174,10 +174,15 @@ def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
 
 
 def _one_process_and_two_ranks(
-    shards_dir: Path, tokenizer_dir: Path, tmp_path: Path, strategy: str, **overrides
+    shards_dir: Path,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    strategy: str,
+    launched_only: tuple[str, ...] = (),
+    **overrides,
 ) -> tuple[Path, Path]:
     """The same run twice: in this process (one thread, as ``single_run``), then on 2 ranks
-    under ``strategy``; returns both run directories."""
+    under ``strategy`` (and the ``launched_only`` arguments); returns both run directories."""
     single, launched = tmp_path / "single", tmp_path / strategy
     torch.set_num_threads(1)
     try:
@@ -186,7 +191,10 @@ def _one_process_and_two_ranks(
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
     args = _overrides(shards_dir, tokenizer_dir, launched, **overrides)
-    _torchrun(["-m", "pretrain", "train"], [*args, f"--distributed.strategy={strategy}"])
+    _torchrun(
+        ["-m", "pretrain", "train"],
+        [*args, f"--distributed.strategy={strategy}", *launched_only],
+    )
     return single, launched
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 
 import pytest
-import torch
 
 from pretrain.config import ExperimentConfig, load_config
 from pretrain.train.checkpoint import SHARDED_DIR, STATE_FILE, step_dir_name
@@ -22,6 +20,7 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
     REPO,
     STEPS,
     _assert_same_run,
+    _one_process_and_two_ranks,
     _overrides,
     _torchrun,
     single_run,
@@ -118,20 +117,10 @@ def test_a_bert_split_over_two_ranks_trains_with_muon_as_one_process(
         "optim__name": "muon",
         "optim__lr": 1e-2,
     }
-    single, split = tmp_path / "single", tmp_path / "tp"
-    torch.set_num_threads(1)
-    try:
-        Trainer(
-            load_config(
-                ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, single, **mlm)
-            )
-        ).fit()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    tp = {"distributed__strategy": "fsdp", "distributed__tensor_parallel_degree": 2}
-    _torchrun(
-        ["-m", "pretrain", "train"], _overrides(shards_dir, tokenizer_dir, split, **mlm, **tp)
-    )
+    single, split = _one_process_and_two_ranks(
+        shards_dir, tokenizer_dir, tmp_path, "fsdp", ("--distributed.tensor_parallel_degree=2",),
+        **mlm,
+    )  # fmt: skip
     _assert_same_run(split, single)
     _assert_same_counts(split, single)
 
