@@ -141,3 +141,7 @@ def _assert_same_counts(run, reference) -> None:
     assert train == want_train
     assert [v[:2] for v in val] == [v[:2] for v in want_val]
     assert [v[2] for v in val] == pytest.approx([v[2] for v in want_val], rel=1e-6)
+    # Clipping acted (optim.grad_clip 1.0), so equal weights also say that the gradient norm
+    # over the two meshes (blocks split, the rest whole) scaled every gradient alike.
+    norms = [r["grad_norm"] for r in read_metrics(run) if r["split"] == "train"]
+    assert max(norms) > 1.0

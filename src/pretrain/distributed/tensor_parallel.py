@@ -82,26 +82,25 @@ def check_divisible(model: nn.Module, degree: int) -> None:
         ValueError: naming the config key (heads, key/value heads, MLP width) that does not
             divide, or the block part tensor parallelism does not know.
     """
-    for block in model.blocks:
-        attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
-        if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU | GeluMLP):
+    block = model.blocks[0]  # every block has the same parts and shapes
+    attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+    if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU | GeluMLP):
+        raise ValueError(
+            f"distributed.tensor_parallel_degree={degree}: {type(block).__name__} is not a "
+            "block of self-attention and a dense MLP (decoder and encoder families; no "
+            "mixture of experts)"
+        )
+    width = mlp.d_ff if isinstance(mlp, SwiGLU) else mlp.up.out_features
+    for key, count in (
+        ("model.n_heads", attn.n_heads),
+        ("model.n_kv_heads", attn.n_kv_heads),
+        ("model.d_ff", width),
+    ):
+        if count % degree:
             raise ValueError(
-                f"distributed.tensor_parallel_degree={degree}: {type(block).__name__} is not a "
-                "block of self-attention and a dense MLP (decoder and encoder families; no "
-                "mixture of experts)"
+                f"distributed.tensor_parallel_degree={degree} must divide {key}={count}: "
+                "each rank takes an equal share"
             )
-        width = mlp.d_ff if isinstance(mlp, SwiGLU) else mlp.up.out_features
-        for key, count in (
-            ("model.n_heads", attn.n_heads),
-            ("model.n_kv_heads", attn.n_kv_heads),
-            ("model.d_ff", width),
-        ):
-            if count % degree:
-                raise ValueError(
-                    f"distributed.tensor_parallel_degree={degree} must divide {key}={count}: "
-                    "each rank takes an equal share"
-                )
-        return  # every block has the same shape
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
@@ -115,9 +114,11 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
     the first block and gathered after the last. Call it before FSDP wraps the blocks, and
     build the optimizer after both.
     """
-    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
+        PrepareModuleInput,
+        PrepareModuleOutput,
         RowwiseParallel,
         SequenceParallel,
         parallelize_module,
@@ -125,50 +126,46 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
 
     degree = tp_mesh.size()
     check_divisible(model, degree)
-    outputs = Shard(1) if sequence_parallel else None
+    # Between the attention and the MLP, the residual stream: whole, or each rank's positions.
+    stream = Shard(1) if sequence_parallel else Replicate()
+    # The attention and the MLP take their input as one replicated DTensor (gathered along
+    # the sequence first, with sequence_parallel): the partial input gradients of their
+    # column-parallel layers (q, k, v; gate, up) add up, then one all-reduce (or
+    # reduce-scatter) per input: Megatron's count. Their other arguments come by keyword.
+    replicated_input = PrepareModuleInput(
+        input_layouts=(stream,), desired_input_layouts=(Replicate(),), use_local_output=False
+    )
     for block in model.blocks:
-        row = RowwiseParallel(output_layouts=outputs) if outputs else RowwiseParallel()
-        plan: dict[str, object] = {"attn.out": row, "mlp.down": row}
+        plan: dict[str, object] = {
+            "attn": replicated_input,
+            "mlp": replicated_input,
+            "attn.out": RowwiseParallel(output_layouts=stream),
+            "mlp.down": RowwiseParallel(output_layouts=stream),
+        }
         plan.update({path: ColwiseParallel() for path in split_fused_projections(block)})
         if sequence_parallel:
             plan.update({name: SequenceParallel(use_local_output=True) for name in _NORMS})
         parallelize_module(block, tp_mesh, plan)
-        # The attention and the MLP take their input as one replicated DTensor (gathered
-        # along the sequence first, with sequence_parallel): the partial input gradients of
-        # their column-parallel layers (q, k, v; gate, up) add up, then one all-reduce (or
-        # reduce-scatter) per input: Megatron's count.
-        for module in (block.attn, block.mlp):
-            module.register_forward_pre_hook(_replicated_input(tp_mesh, sequence_parallel))
         # The forward reshapes the local projections into this rank's heads.
         block.attn.n_heads //= degree
         block.attn.n_kv_heads //= degree
     if sequence_parallel:
         model.blocks[0].register_forward_pre_hook(_split_sequence(tp_mesh))
-        model.blocks[-1].register_forward_hook(_gather_sequence(tp_mesh))
+        gathered = PrepareModuleOutput(
+            output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True
+        )
+        parallelize_module(model.blocks[-1], tp_mesh, gathered)
 
 
 # A block's norms: what sequence parallelism runs on each rank's share of the positions.
 _NORMS = ("attn_norm", "mlp_norm")
 
 
-def _replicated_input(mesh, sequence_sharded: bool):
-    """A forward pre-hook: the module's first input as a replicated DTensor (all-gathered
-    along the sequence when each rank holds a share of it); backward sums the ranks'
-    partial gradients (all-reduce, or reduce-scatter back to the shares)."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
-    layout = (Shard(1),) if sequence_sharded else (Replicate(),)
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        x = DTensor.from_local(args[0], mesh, layout, run_check=False)
-        return (x.redistribute(mesh, (Replicate(),)), *args[1:])
-
-    return hook
-
-
 def _split_sequence(mesh):
     """A forward pre-hook for the first block: keep this rank's share of the positions (its
-    gradient is gathered back in backward)."""
+    gradient is gathered back in backward). Not ``PrepareModuleInput``: a length the ranks
+    cannot share evenly is refused here, by name, rather than split unevenly (a rank with no
+    position fails later, obscurely), and the families' blocks take other arguments."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     degree = mesh.size()
@@ -182,17 +179,6 @@ def _split_sequence(mesh):
             )
         whole = DTensor.from_local(x, mesh, (Replicate(),), run_check=False)
         return (whole.redistribute(mesh, (Shard(1),)).to_local(), *args[1:])
-
-    return hook
-
-
-def _gather_sequence(mesh):
-    """A forward hook for the last block: the whole sequence again, on every rank."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
-    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        shares = DTensor.from_local(out, mesh, (Shard(1),), run_check=False)
-        return shares.redistribute(mesh, (Replicate(),)).to_local()
 
     return hook
 

@@ -69,7 +69,12 @@ class Block(nn.Module):
         is_causal: bool,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, is_causal, kv_cache)
+        # by keyword past x: tensor parallelism's input plan (PrepareModuleInput) lays out
+        # the one positional input
+        attended = self.attn(
+            self.attn_norm(x), rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache
+        )
+        x = x + attended
         return x + self.mlp(self.mlp_norm(x))
 
 

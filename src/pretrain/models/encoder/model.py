@@ -55,7 +55,8 @@ class EncoderBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, None, mask, is_causal))
+        # by keyword past x: tensor parallelism's input plan lays out the positional input
+        x = self.attn_norm(x + self.attn(x, mask=mask, is_causal=is_causal))
         return self.mlp_norm(x + self.mlp(x))
 
 
