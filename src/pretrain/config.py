@@ -283,6 +283,18 @@ class DistributedConfig:
     activations outside the attention and MLP take 1 / T of the memory, for the same traffic.
     Needs train.seq_len divisible by T; no samples.txt and no eval.tasks (their lengths
     vary)."""
+    pipeline_parallel_degree: int = 1
+    """ddp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and runs
+    each step's micro-batches through them on a schedule (``pretrain.distributed.
+    pipeline_parallel``; GPipe, Huang et al. 2019, or 1F1B, Narayanan et al. 2021); DDP
+    all-reduces each stage's gradients over the WORLD_SIZE / P data-parallel ranks. Each
+    step's micro-batches (train.tokens_per_batch over train.micro_batch_size) are the
+    pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
+    Decoder family, dense MLPs; no train.compile, samples.txt or eval.tasks."""
+    pipeline_schedule: typing.Literal["1f1b", "gpipe"] = "1f1b"
+    """1f1b: a stage runs a micro-batch's backward as soon as it can, holding at most P
+    micro-batches' activations; gpipe: all forwards, then all backwards (every micro-batch's
+    activations held at once). The same gradients either way."""
 
 
 @dataclasses.dataclass

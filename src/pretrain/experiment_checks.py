@@ -130,6 +130,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             f"distributed.replicate_degree={replicas} replicates FSDP's shard groups "
             f"(HSDP): set distributed.strategy=fsdp (it is {cfg.distributed.strategy!r})"
         )
+    _check_pipeline_parallel(cfg)
     _check_tensor_parallel(cfg)
     if cfg.distributed.timeout_seconds <= 0:
         raise ConfigError(
@@ -143,7 +144,10 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         )
     # torchrun's WORLD_SIZE, so the batch is checked (and a fix suggested) for this launch
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg.grad_accum_steps(max(world // cfg.distributed.tensor_parallel_degree, 1))
+    dist = cfg.distributed
+    model_parallel = dist.tensor_parallel_degree * dist.pipeline_parallel_degree
+    micro_batches = cfg.grad_accum_steps(max(world // model_parallel, 1))
+    _check_pipeline_micro_batches(cfg, micro_batches)
 
 
 def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
@@ -184,6 +188,60 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"distributed.tensor_parallel_degree={degree} splits dense MLPs; "
             f"model.n_experts={cfg.model.n_experts} (a mixture of experts) is not supported"
+        )
+
+
+def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
+    dist = cfg.distributed
+    degree = dist.pipeline_parallel_degree
+    if degree < 1:
+        raise ConfigError(f"distributed.pipeline_parallel_degree must be >= 1, got {degree}")
+    if degree == 1:
+        return
+    key = f"distributed.pipeline_parallel_degree={degree}"
+    if dist.tensor_parallel_degree > 1:
+        raise ConfigError(
+            f"{key} with distributed.tensor_parallel_degree={dist.tensor_parallel_degree}: "
+            "pipeline and tensor parallelism do not combine yet; choose one"
+        )
+    if dist.strategy != "ddp":
+        raise ConfigError(
+            f"{key} composes with DDP: set distributed.strategy=ddp (it is "
+            f"{dist.strategy!r}; with as many ranks as stages there is no data parallelism)"
+        )
+    if cfg.model.family != "decoder":
+        raise ConfigError(
+            f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "
+            "distributed.pipeline_parallel_degree=1"
+        )
+    if cfg.model.n_experts:
+        raise ConfigError(
+            f"{key} runs dense decoders; model.n_experts={cfg.model.n_experts} (a mixture of "
+            "experts' balancing loss spans every stage) is not supported"
+        )
+    refused = {
+        "train.compile": cfg.train.compile,
+        "eval.tasks": bool(cfg.eval.tasks),
+    }
+    for name, on in refused.items():
+        if on:
+            raise ConfigError(
+                f"{key}: {name} is not supported with pipeline parallelism (each rank holds "
+                f"a few blocks, not a model to compile or to score prompts with); unset {name}"
+            )
+
+
+def _check_pipeline_micro_batches(cfg: ExperimentConfig, micro_batches: int) -> None:
+    """1F1B starts each of a step's micro-batches down the pipeline before the first comes
+    back: it needs at least as many as stages."""
+    degree = cfg.distributed.pipeline_parallel_degree
+    if degree > 1 and cfg.distributed.pipeline_schedule == "1f1b" and micro_batches < degree:
+        raise ConfigError(
+            f"distributed.pipeline_schedule=1f1b needs at least as many micro-batches a step "
+            f"(train.tokens_per_batch / (train.micro_batch_size * train.seq_len * data-"
+            f"parallel ranks) = {micro_batches}) as stages (distributed.pipeline_parallel_"
+            f"degree={degree}): lower train.micro_batch_size, raise train.tokens_per_batch, "
+            "or set distributed.pipeline_schedule=gpipe"
         )
 
 

@@ -1,6 +1,6 @@
 """Worker for tests: train like ``pretrain train`` and record the global sample ids each rank read
 (and, for FSDP, how the first weight lies over the ranks; under tensor parallelism, how the
-first block's query projection does).
+first block's query projection does; under pipeline parallelism, which parts its stage holds).
 
 Usage: ``torchrun ... tests/distributed/record_samples.py OUT_DIR [--resume] --key=value ...``
 """
@@ -44,6 +44,15 @@ def main() -> None:
             "local_sum": float(local.double().sum()),
         }
         (out / f"layout_rank{rank}.json").write_text(json.dumps(layout))
+    if trainer.pipeline is not None:  # which parts of the model this rank's stage holds
+        model = trainer.model
+        held = {
+            "stage": trainer.pipeline.stage,
+            "blocks": [i for i, b in enumerate(model.blocks) if any(True for _ in b.parameters())],
+            "parts": [name for name, _ in model.named_children() if name != "blocks"],
+        }
+        (out / f"stage_rank{rank}.json").write_text(json.dumps(held))
+        return
     qkv = trainer.model.blocks[0].attn.qkv
     if hasattr(qkv, "parts"):  # tensor parallel: the first block's query projection
         weight = qkv.parts[0].weight

@@ -106,6 +106,9 @@ def test_malformed_override_is_named():
         load_config(Experiment, None, ["--train.seq_len"])
 
 
+PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -140,6 +143,24 @@ def test_malformed_override_is_named():
             "--distributed.tensor_parallel_degree=2 --distributed.strategy=fsdp "
             "--model.n_experts=4",
             r"model.n_experts=4 \(a mixture of experts\) is not supported",
+        ),
+        ("--distributed.pipeline_parallel_degree=0", "pipeline_parallel_degree must be >= 1"),
+        ("--distributed.pipeline_parallel_degree=2", "composes with DDP: set distributed.strat"),
+        (
+            "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
+            "--distributed.tensor_parallel_degree=2",
+            "pipeline and tensor parallelism do not combine yet",
+        ),
+        (
+            f"{PIPELINE} --model.family=encoder --objective.name=mlm",
+            "model.family=encoder is not supported",
+        ),
+        (f"{PIPELINE} --model.n_experts=4", "model.n_experts=4 .* is not supported"),
+        (f"{PIPELINE} --train.compile=true", "train.compile is not supported with pipeline"),
+        (  # 2 micro-batches of 2 x 64 tokens a step
+            f"{PIPELINE} --distributed.pipeline_parallel_degree=4 --train.seq_len=64 "
+            "--train.micro_batch_size=2 --train.tokens_per_batch=256",
+            r"1f1b needs at least as many micro-batches a step .* = 2\) as stages",
         ),
     ],
 )
@@ -176,6 +197,10 @@ TASK = "name: s, train: [t.jsonl], eval: [e.jsonl]"
                 "--distributed.sequence_parallel=true",
             ],
             "eval.tasks scores prompts of any length",
+        ),  # fmt: skip
+        (
+            [f"--eval.tasks=[{{{TASK}}}]", *PIPELINE.split()],
+            "eval.tasks is not supported with pipeline parallelism",
         ),  # fmt: skip
     ],
 )

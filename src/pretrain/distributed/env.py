@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistEnv:
-    """Where this process sits in the job."""
+    """Where this process sits in the job.
+
+    Ranks are laid out ``(pipeline stage, data-parallel rank, tensor-parallel rank)``, the
+    last innermost: a tensor-parallel group is ``tp_size`` consecutive ranks (one node's
+    fast links carry its traffic every block), a stage's data-parallel ranks follow each
+    other, and the pipeline's stages, which pass only activations, are furthest apart.
+    """
 
     rank: int = 0
     local_rank: int = 0
@@ -31,6 +37,7 @@ class DistEnv:
     strategy: str = "none"
     backend: str | None = None
     tp_size: int = 1  # ranks in a tensor-parallel group: consecutive, they share their batches
+    pp_size: int = 1  # pipeline stages: a pipeline's ranks share their batches too
 
     @property
     def is_main(self) -> bool:
@@ -38,20 +45,32 @@ class DistEnv:
         return self.rank == 0
 
     @property
+    def pp_rank(self) -> int:
+        """This rank's pipeline stage (0: the first, holding the embedding)."""
+        return self.rank // (self.world_size // self.pp_size)
+
+    @property
     def dp_rank(self) -> int:
         """This rank's place among the data-parallel ranks: which batches it reads."""
-        return self.rank // self.tp_size
+        return (self.rank % (self.world_size // self.pp_size)) // self.tp_size
 
     @property
     def dp_size(self) -> int:
-        """Data-parallel ranks: groups of ``tp_size`` ranks, each reading its own batches."""
-        return self.world_size // self.tp_size
+        """Data-parallel ranks: groups of ``tp_size * pp_size`` ranks, each reading its own
+        batches."""
+        return self.world_size // (self.tp_size * self.pp_size)
 
     @property
     def counts_data(self) -> bool:
-        """Whether this rank's loss sums and token counts enter the sums over ranks: the first
-        rank of each tensor-parallel group speaks for it (its peers saw the same batches)."""
-        return self.rank % self.tp_size == 0
+        """Whether this rank's loss sums and token counts enter the sums over ranks: one rank
+        speaks for the ranks that saw the same batches: a tensor-parallel group's first, a
+        pipeline's last stage (where the loss is)."""
+        return self.rank % self.tp_size == 0 and self.pp_rank == self.pp_size - 1
+
+    def dp_representatives(self) -> list[int]:
+        """One global rank per data-parallel rank, in data-parallel order (the first stage's
+        first tensor-parallel ranks): whose generator states a checkpoint keeps."""
+        return [d * self.tp_size for d in range(self.dp_size)]
 
 
 def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
@@ -79,6 +98,12 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             f"distributed.tensor_parallel_degree={tp} times distributed.replicate_degree="
             f"{cfg.replicate_degree} must divide the number of ranks, WORLD_SIZE={world_size}"
         )
+    pp = cfg.pipeline_parallel_degree
+    if world_size % (tp * pp):
+        raise ValueError(
+            f"distributed.pipeline_parallel_degree={pp} must divide the number of ranks, "
+            f"WORLD_SIZE={world_size}"
+        )
     backend = cfg.backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -100,12 +125,12 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             timeout=datetime.timedelta(seconds=cfg.timeout_seconds),
             device_id=device if backend == "nccl" else None,
         )
-    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend, tp)
+    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend, tp, pp)
     if not env.is_main:
         # Only rank 0 reports progress (DESIGN.md §8); other ranks still report problems.
         logging.getLogger("pretrain").setLevel(logging.WARNING)
-    log.info("rank %d of %d (%s, %s, tensor parallel %d)", rank, world_size, backend,
-             cfg.strategy, tp)  # fmt: skip
+    log.info("rank %d of %d (%s, %s, tensor parallel %d, pipeline parallel %d)", rank,
+             world_size, backend, cfg.strategy, tp, pp)  # fmt: skip
     return env
 
 

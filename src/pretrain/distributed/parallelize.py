@@ -66,22 +66,7 @@ def parallelize(
     if cfg.strategy == "none":
         return module
     if cfg.strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        # A model whose forward leaves some parameters out (XLNet's segment terms when no
-        # token types are given) says so; DDP then looks for them after each forward.
-        unused = any(getattr(m, "has_unused_parameters", False) for m in module.modules())
-        # Buffers (RoPE tables) are the same on every rank: no broadcast before each forward.
-        # PyTorch 2.13 renamed the option and warns on the old name.
-        no_sync = (
-            {"forward_sync_buffers": False}
-            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-            else {"broadcast_buffers": False}
-        )
-        return DistributedDataParallel(
-            module, device_ids=ids, find_unused_parameters=unused, **no_sync
-        )
+        return wrap_ddp(module, device)
     if cfg.strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -101,6 +86,30 @@ def parallelize(
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
         return module
     raise ValueError(f"distributed.strategy={cfg.strategy!r}: use none, ddp or fsdp")
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, process_group=None) -> nn.Module:
+    """``module`` under ``DistributedDataParallel`` over ``process_group`` (default: all)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # A model whose forward leaves some parameters out (XLNet's segment terms when no
+    # token types are given) says so; DDP then looks for them after each forward.
+    unused = any(getattr(m, "has_unused_parameters", False) for m in module.modules())
+    # Buffers (RoPE tables) are the same on every rank: no broadcast before each forward.
+    # PyTorch 2.13 renamed the option and warns on the old name.
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(
+        module,
+        device_ids=ids,
+        find_unused_parameters=unused,
+        process_group=process_group,
+        **no_sync,
+    )
 
 
 def _meshes(device_type: str, cfg: DistributedConfig):

@@ -50,6 +50,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     counts: bool = True,
+    forward: Callable[[ModelBatch], torch.Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """Average loss over every label token of (up to ``max_batches``) ``batches``.
 
@@ -64,6 +65,8 @@ def evaluate(
     own runs the round's first batch and counts nothing. ``rank`` and ``world_size`` are
     data-parallel: the ranks of a tensor-parallel group pass the same ``rank`` and run the
     same batches, and all but its first pass ``counts=False``, which leaves their sums out.
+    ``forward`` computes the final hidden states in place of ``model(batch)``: a pipeline's
+    stages all run it, and only the last gets them (the others get None and count nothing).
     """
     was_training = model.training
     model.eval()
@@ -79,8 +82,8 @@ def evaluate(
         groups = cpu_batch.loss_groups(device)
         batch = cpu_batch.to(device)
         with autocast():
-            hidden = model(batch)
-        if not own:
+            hidden = model(batch) if forward is None else forward(batch)
+        if not own or hidden is None:
             continue
         for name, rows, _, count, ce in cross_entropy_by_task(
             hidden,
@@ -101,7 +104,7 @@ def evaluate(
             labels = batch.labels[batch.labels != IGNORE_INDEX]
             num_bytes += int(token_bytes.to(labels.device)[labels].sum())
     model.train(was_training)
-    if world_size > 1:
+    if comm.active():  # every rank of the job: some may count nothing (a pipeline's first)
         if not counts:
             nats, tokens, num_bytes, correct, per_task = 0.0, 0, 0, 0, {}
         nats, tokens, num_bytes, correct = _sum_over_ranks(

@@ -12,7 +12,10 @@ backward), times N because the gradient reduction averages over ranks. So N rank
 update one process computes with N times the accumulation. With tensor parallelism
 (``distributed.tensor_parallel_degree`` T) N counts the data-parallel ranks, WORLD_SIZE / T: a
 group of T ranks reads one stride and computes each forward together, and only its first rank
-adds its label count to the sum over ranks.
+adds its label count to the sum over ranks. With pipeline parallelism
+(``distributed.pipeline_parallel_degree``) the micro-batches run through the stages on a
+schedule (:func:`pipeline_gradients`), normalized the same way; a pipeline's last stage
+counts for it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from torch import nn
 from pretrain.distributed import comm
 from pretrain.distributed.env import DistEnv
 from pretrain.distributed.parallelize import gradient_sync
+from pretrain.distributed.pipeline_parallel import Pipeline
 from pretrain.objectives.base import ModelBatch
+from pretrain.train.loss_module import ModelWithLoss
 
 
 @dataclass
@@ -38,18 +43,26 @@ class StepLosses:
     label_tokens: int
 
 
-def accumulate_gradients(
-    train_module: nn.Module, batches: list[ModelBatch], device: torch.device, dist: DistEnv
-) -> StepLosses:
-    """Forward and backward ``batches`` (one step's micro-batches, on the host) through
-    ``train_module`` (the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, maybe
-    wrapped by DDP or FSDP), leaving the step's gradients in the parameters."""
+def _label_tokens(
+    batches: list[ModelBatch], device: torch.device, dist: DistEnv
+) -> tuple[int, torch.Tensor | int]:
+    """This rank's label tokens in the step, and the step's on all ranks (the divisor)."""
     local_labels = sum(b.num_label_tokens for b in batches)
     divisor = max(local_labels, 1)
     if dist.world_size > 1:  # the step's label tokens on all ranks, before any backward:
         # summed on the device, so the host queues the forward without waiting for it
         divisor = comm.all_reduce_sum(local_labels if dist.counts_data else 0, device)
         divisor = divisor.clamp(min=1)
+    return local_labels, divisor
+
+
+def accumulate_gradients(
+    train_module: nn.Module, batches: list[ModelBatch], device: torch.device, dist: DistEnv
+) -> StepLosses:
+    """Forward and backward ``batches`` (one step's micro-batches, on the host) through
+    ``train_module`` (the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, maybe
+    wrapped by DDP or FSDP), leaving the step's gradients in the parameters."""
+    local_labels, divisor = _label_tokens(batches, device, dist)
     ce_sum = torch.zeros((), device=device)
     router_sum = torch.zeros((), device=device)
     per_task: dict[str, list] = {}
@@ -68,3 +81,18 @@ def accumulate_gradients(
             sums[0] += task_ce
             sums[1] += count
     return StepLosses(ce_sum, router_sum, per_task, local_labels)
+
+
+def pipeline_gradients(
+    pipeline: Pipeline,
+    loss_module: ModelWithLoss,
+    batches: list[ModelBatch],
+    device: torch.device,
+    dist: DistEnv,
+) -> StepLosses:
+    """:func:`accumulate_gradients` through a pipeline's stages: ``batches`` are its
+    micro-batches, each micro-batch's loss is divided by the same count (the last stage
+    computes the losses; the sums of the other stages stay zero)."""
+    local_labels, divisor = _label_tokens(batches, device, dist)
+    sums = pipeline.step(batches, loss_module.loss, divisor, dist.dp_size)
+    return StepLosses(sums.ce_sum, sums.router_sum, sums.per_task, local_labels)

@@ -299,25 +299,44 @@ def load_checkpoint(
     raise CheckpointError(f"{root}: no good checkpoint found")
 
 
-def save_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def save_sharded(
+    path: Path,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    by_parameter: bool = False,
+) -> None:
     """Every rank writes its shard of ``module`` and ``optimizer`` into ``path`` (collective).
 
     Keys are parameter names (FQNs), not positions, so :func:`load_sharded` can read them
-    into the same module sharded over another number of ranks, or not sharded at all.
+    into the same module sharded over another number of ranks, or not sharded at all. With
+    ``by_parameter`` the optimizer's hyperparameters are stored per parameter too
+    (``param_groups.NAME.lr``), not as one list of groups: ranks that hold different
+    parameters (a pipeline's stages) each write their own.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_state, optim_state = get_state_dict(module, optimizer)
+    options = StateDictOptions(flatten_optimizer_state_dict=by_parameter)
+    model_state, optim_state = get_state_dict(module, optimizer, options=options)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=path)
 
 
 def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load a :func:`save_sharded` checkpoint into ``module`` and ``optimizer``, resharding."""
+    """Load a :func:`save_sharded` checkpoint (either layout of its optimizer state) into
+    ``module`` and ``optimizer``, resharding."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
-    model_state, optim_state = get_state_dict(module, optimizer)
+    saved_keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    # A list of groups is stored as optim.param_groups.0.lr, ...; per parameter as
+    # optim.param_groups.NAME.lr
+    by_parameter = not any(k.startswith("optim.param_groups.0.") for k in saved_keys)
+    options = StateDictOptions(flatten_optimizer_state_dict=by_parameter)
+    model_state, optim_state = get_state_dict(module, optimizer, options=options)
     target = {"model": model_state, "optim": optim_state}
     no_dist = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     with warnings.catch_warnings():
@@ -326,7 +345,11 @@ def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Opt
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load(target, checkpoint_id=path, no_dist=no_dist)  # no_dist: one plain process
     set_state_dict(
-        module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"]
+        module,
+        optimizer,
+        model_state_dict=target["model"],
+        optim_state_dict=target["optim"],
+        options=options,
     )
 
 

@@ -57,13 +57,23 @@ class ModelWithLoss(nn.Module):
         run = self.model if self._forward is None else self._forward
         with self._autocast():
             hidden = run(batch)
+        return self.loss(hidden, batch.labels, groups)
+
+    def loss(
+        self,
+        hidden: torch.Tensor,
+        labels: torch.Tensor,
+        groups: list[tuple[str, torch.Tensor | None, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, int]], torch.Tensor]:
+        """:meth:`forward`'s values from the model's final ``hidden`` states (a pipeline's
+        last stage computes them, :mod:`pretrain.distributed.pipeline_parallel`)."""
         total = hidden.new_zeros((), dtype=torch.float32)
         ce_sum = hidden.new_zeros((), dtype=torch.float32)
         per_task: dict[str, tuple[torch.Tensor, int]] = {}
         label_counts = {name: len(positions) for name, _, positions in groups}  # on the host
         for name, rows, task_total, _, ce in cross_entropy_by_task(
             hidden,
-            batch.labels,
+            labels,
             groups,
             self.model.output_weight,
             z_loss_coef=self.z_loss,

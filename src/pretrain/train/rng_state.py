@@ -6,7 +6,8 @@ own. A checkpoint keeps every rank's generator state, so a run resumed on the sa
 ranks continues each stream exactly; on another number the data continues exactly (the
 loader's state) but the objective's noise does not (one process goes on with rank 0's stream,
 several draw anew from a seed of the step), and a warning says so. "Rank" here is the
-data-parallel rank: the ranks of a tensor-parallel group draw the same noise, one stream.
+data-parallel rank: the ranks of a tensor-parallel group, and the stages of a pipeline, draw
+the same noise, one stream.
 """
 
 from __future__ import annotations
@@ -29,16 +30,21 @@ def objective_seed(seed: int, rank: int, step: int) -> int:
 
 
 def rng_state(
-    objective_state: torch.Tensor, device: torch.device, world_size: int, tp_size: int = 1
+    objective_state: torch.Tensor,
+    device: torch.device,
+    world_size: int,
+    representatives: list[int] | None = None,
 ) -> dict[str, Any]:
     """The generator states to save (every rank calls this: it gathers the ranks' states).
 
-    ``objective_ranks`` holds one state per data-parallel rank: the ranks of a
-    tensor-parallel group (``tp_size`` consecutive ranks) draw the same noise, so the first
-    one's stands for the group."""
+    ``objective_ranks`` holds one state per data-parallel rank, that of the global rank
+    ``representatives`` names for it (default: every rank): the ranks of a tensor-parallel
+    group, and a pipeline's stages, draw the same noise, so one stands for them."""
     rng: dict[str, Any] = {"objective": objective_state, "torch": torch.get_rng_state()}
     if world_size > 1:
-        rng["objective_ranks"] = comm.gather_objects(objective_state)[::tp_size]
+        states = comm.gather_objects(objective_state)
+        ranks = representatives if representatives is not None else range(world_size)
+        rng["objective_ranks"] = [states[r] for r in ranks]
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     return rng

@@ -8,6 +8,10 @@ of ranks: a sharded checkpoint is resharded by DCP, a whole one is read by every
 keeps its shard. Tensor parallelism splits the fused projections into one parameter per block
 of rows (:mod:`pretrain.distributed.tensor_parallel`): its sharded checkpoints resume under any
 tensor-parallel degree > 1, and only there (the consolidated weights are the fused model's).
+Under pipeline parallelism each stage holds some of the parameters: all ranks write ``dcp/``
+(the optimizer state keyed by parameter name, so stages of other sizes can read it) and rank 0
+gathers the stages' weights into ``model.safetensors``; such a checkpoint resumes under any
+number of stages, FSDP or one process, but a pipeline resumes only sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from pretrain.distributed import comm
 from pretrain.distributed.parallelize import is_fsdp
+from pretrain.distributed.pipeline_parallel import gather_stage_weights
 from pretrain.train.checkpoint import (
     SHARDED_DIR,
     Checkpoint,
@@ -52,6 +57,8 @@ def save_run_checkpoint(
     keep_last: int,
     is_best: bool,
     is_main: bool,
+    pipelined: bool = False,
+    sends_stage: bool = True,
 ) -> Path:
     """Write ``ckpt_dir/step_N``; every rank calls this, and returns once it has its name.
 
@@ -61,14 +68,20 @@ def save_run_checkpoint(
         rng: random generator states, stored in ``optim.pt``.
         state: trainer and loader state, stored in ``state.json``.
         is_main: this is rank 0, which writes the files (the only rank of one process).
+        pipelined: each rank holds one pipeline stage's parameters.
+        sends_stage: under a pipeline, this rank sends its stage's weights to rank 0 for
+            ``model.safetensors`` (one data-parallel rank a stage does).
     """
-    if is_fsdp(train_module):
+    if is_fsdp(train_module) or pipelined:
         tmp = temp_dir(ckpt_dir, step)
         if is_main:
             begin_checkpoint(ckpt_dir, step)
         comm.barrier()
-        save_sharded(tmp / SHARDED_DIR, loss_module, optimizer)
-        model_state = full_model_state(loss_module, prefix=_MODEL_PREFIX)
+        save_sharded(tmp / SHARDED_DIR, loss_module, optimizer, by_parameter=pipelined)
+        if pipelined:
+            model_state = gather_stage_weights(loss_module.model, sends_stage)
+        else:
+            model_state = full_model_state(loss_module, prefix=_MODEL_PREFIX)
         if is_main:
             finish_checkpoint(
                 ckpt_dir, step, tmp, model_state, {"rng": rng}, state, keep_last, is_best
@@ -92,11 +105,19 @@ def load_run_checkpoint(
     train_module: nn.Module,
     loss_module: nn.Module,
     optimizer: torch.optim.Optimizer,
+    pipelined: bool = False,
 ) -> Checkpoint:
     """Load the latest good checkpoint's weights and optimizer state into the run's modules;
     returns the checkpoint for the rest of its state (RNG, loader, trainer counters)."""
     ckpt = _load_agreed_checkpoint(ckpt_dir)
     _check_tensor_parallel_layout(ckpt, loss_module)
+    if pipelined and ckpt.sharded is None:
+        raise TrainingError(
+            f"{ckpt.path}: written by one process or DDP (its optimizer state numbers the "
+            "whole model's parameters), this run is a pipeline; resume it as it was written, "
+            "or start a new run from the weights: pretrain export --run RUN --format hf --out "
+            "DIR, then --model.init_from=DIR"
+        )
     if ckpt.sharded is not None:
         # Written by FSDP: DCP reshards onto this run's ranks (or one unsharded process).
         load_sharded(ckpt.sharded, loss_module, optimizer)

@@ -55,6 +55,10 @@ def write_sample(
         if is_main:
             log.info("no samples.txt under distributed.sequence_parallel: run pretrain generate")
         return
+    if cfg.distributed.pipeline_parallel_degree > 1:  # no rank holds the whole model
+        if is_main:
+            log.info("no samples.txt under pipeline parallelism: run pretrain generate")
+        return
     if not (is_main or is_fsdp(train_module)):
         return
     eos = tokenizer.special.eos

@@ -23,6 +23,7 @@ from pretrain.data.loader import TokenLoader
 from pretrain.distributed.env import DistEnv
 from pretrain.train.batch_worker import WorkerStepBatches
 from pretrain.train.checkpoint import Checkpoint, CheckpointError, list_steps
+from pretrain.train.errors import TrainingError
 from pretrain.train.loss_spikes import SpikeDetector
 from pretrain.train.metrics import MetricsWriter, NoMetrics
 from pretrain.train.resume_settings import (
@@ -84,9 +85,13 @@ class RunState:
         try:
             with configured_hyperparameters(self.optimizer):
                 ckpt = load_run_checkpoint(
-                    self.ckpt_dir, self.train_module, self.loss_module, self.optimizer
+                    self.ckpt_dir,
+                    self.train_module,
+                    self.loss_module,
+                    self.optimizer,
+                    pipelined=self.dist.pp_size > 1,
                 )
-        except CheckpointError:
+        except (CheckpointError, TrainingError):  # says what is wrong already
             raise
         except RuntimeError as e:  # the weights do not fit: the model settings changed
             cfg = self.cfg.with_absolute_paths()
@@ -111,7 +116,7 @@ class RunState:
             self.device,
             self.cfg.train.seed,
             int(ckpt.step),
-            self.dist.dp_rank,  # a tensor-parallel group's ranks draw alike
+            self.dist.dp_rank,  # a tensor-parallel group's ranks (a pipeline's) draw alike
             self.dist.dp_size,
         )
         try:
@@ -137,7 +142,9 @@ class RunState:
         if is_best:
             state.best_val_loss = val_loss
         loader_state, objective_state = batches.data_state()
-        rng = rng_state(objective_state, self.device, self.dist.world_size, self.dist.tp_size)
+        rng = rng_state(
+            objective_state, self.device, self.dist.world_size, self.dist.dp_representatives()
+        )
         saved = {
             "trainer": state.to_dict(),
             "loader": loader_state,
@@ -146,6 +153,7 @@ class RunState:
             "world_size": self.dist.world_size,
             "strategy": self.cfg.distributed.strategy,
             "tensor_parallel_degree": self.dist.tp_size,
+            "pipeline_parallel_degree": self.dist.pp_size,
         }
         path = save_run_checkpoint(
             self.ckpt_dir,
@@ -158,6 +166,8 @@ class RunState:
             self.cfg.checkpoint.keep_last,
             is_best,
             self.dist.is_main,
+            pipelined=self.dist.pp_size > 1,
+            sends_stage=self.dist.dp_rank == 0,
         )
         self.last_saved_step = state.step
         return path

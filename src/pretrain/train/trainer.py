@@ -22,10 +22,11 @@ pure function of the step. On CPU the losses after ``--resume`` are bit-identica
 uninterrupted run's.
 
 Data parallel (``torchrun --nproc_per_node=N -m pretrain train ... --distributed.strategy=ddp``
-or ``fsdp``; tensor parallel with ``distributed.tensor_parallel_degree``; see
-docs/scaling-out.md): each data-parallel rank reads its own stride of the samples and the
-gradients add up to one process's (:mod:`pretrain.train.accumulate`). Rank 0 logs and writes
-files; FSDP checkpoints are written by all ranks together (``dcp/``).
+or ``fsdp``; tensor parallel with ``distributed.tensor_parallel_degree``, pipeline parallel
+with ``distributed.pipeline_parallel_degree``; see docs/scaling-out.md): each data-parallel
+rank reads its own stride of the samples and the gradients add up to one process's
+(:mod:`pretrain.train.accumulate`). Rank 0 logs and writes files; FSDP and pipeline
+checkpoints are written by all ranks together (``dcp/``).
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ from pretrain.distributed.parallelize import (
     is_fsdp,
     parallelize,
 )
+from pretrain.distributed.pipeline_parallel import Pipeline
 from pretrain.eval.perplexity import evaluate
 from pretrain.models.spec import build_model
 from pretrain.optim import build_training_optimizer, lr_at, skips_updates_on_device, step_unless
 from pretrain.scaling.batch_flops import step_flops
 from pretrain.scaling.flops import peak_flops
 from pretrain.tokenizer import Tokenizer, token_byte_lengths
-from pretrain.train.accumulate import accumulate_gradients
+from pretrain.train.accumulate import accumulate_gradients, pipeline_gradients
 from pretrain.train.batch_worker import BatchSource, WorkerStepBatches
 from pretrain.train.checkpoint import list_steps
 from pretrain.train.compile import refuse_cuda_graphs_with_accumulation, training_forward
@@ -143,13 +145,27 @@ class Trainer:
             forward=self.step_model,
             autocast=self._autocast,
         )
-        # FSDP replaces the parameters by shards: the optimizer is built from them afterwards.
-        self.train_module = parallelize(
-            self.loss_module,
-            cfg.distributed,
-            self.device,
-            self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
-        )
+        self.pipeline: Pipeline | None = None
+        self.flops_model = self.model  # what a step's FLOPs are counted on
+        if self.dist.pp_size > 1:  # this rank keeps its stage's part of the model
+            self.pipeline = Pipeline(
+                self.model,
+                self.dist,
+                cfg.distributed.pipeline_schedule,
+                self.grad_accum,
+                self.device,
+                self._autocast,
+            )
+            self.train_module = self.loss_module  # the pipeline wraps its stage in DDP
+            self.flops_model = self.pipeline.whole_model
+        else:
+            # FSDP replaces the parameters by shards: the optimizer is built from them after.
+            self.train_module = parallelize(
+                self.loss_module,
+                cfg.distributed,
+                self.device,
+                self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
+            )
         self.optimizer = build_training_optimizer(self.model, cfg.optim)
         # A tensor-parallel group's ranks read the same batches: data is split by dp_rank.
         source = BatchSource.from_config(cfg, self.dist.dp_rank, self.dist.dp_size)
@@ -439,10 +455,16 @@ class Trainer:
         if self._marks_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
         batches = self.batches.take()
-        losses = accumulate_gradients(self.train_module, batches, self.device, self.dist)
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
+        if self.pipeline is None:
+            losses = accumulate_gradients(self.train_module, batches, self.device, self.dist)
+            grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
+        else:
+            losses = pipeline_gradients(
+                self.pipeline, self.loss_module, batches, self.device, self.dist
+            )
+            grad_norm = self.pipeline.clip_grad_norm(max_norm)
         if self.state.step + 1 < cfg.train.max_steps:
             self.batches.draw_ahead()  # on the host, while the device still runs this step
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
@@ -452,7 +474,7 @@ class Trainer:
             losses.label_tokens,
             losses.per_task,
             batches[0].task_names,
-            step_flops(self.model, batches),
+            step_flops(self.flops_model, batches),
             signal_vote=self._signals.requested,
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
             grad_norm=grad_norm,
@@ -495,6 +517,7 @@ class Trainer:
                 rank=self.dist.dp_rank,
                 world_size=self.dist.dp_size,
                 counts=self.dist.counts_data,
+                forward=None if self.pipeline is None else self.pipeline.forward,
             )
         lr = self.optimizer.param_groups[0]["lr"]
         record = val_record(result, self.state.step, lr, self.state.tokens_seen)

@@ -121,7 +121,8 @@ class DecoderLM(nn.Module):
         """The load-balancing loss of the last forward's routing over every MoE layer
         (:func:`~pretrain.models.common.moe.load_balancing_loss`), already weighted by
         ``router_aux_loss_coef``; None for a dense model. Reading it lets go of the routing."""
-        layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        # (getattr: a pipeline stage holds parameter-free stand-ins for other stages' blocks)
+        layers = [b.mlp for b in self.blocks if isinstance(getattr(b, "mlp", None), MoE)]
         if not layers or layers[0].router_logits is None:
             return None
         logits = [layer.router_logits for layer in layers]
@@ -158,46 +159,81 @@ class DecoderLM(nn.Module):
                 without document ids, or, for the first call (an empty cache), a ``prefix``
                 spec: a prefix LM's prompt, bidirectional over itself.
         """
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         offset = 0 if kv_cache is None else kv_cache.length
-        spec = attention if attention is not None else AttentionSpec()
-        if kv_cache is None:
-            if flex.enabled(self.cfg.attention_backend, input_ids.device) and flex.supports(spec):
-                mask, is_causal = flex.block_mask(spec, T), False
-            else:
-                mask = attention_mask(spec, T, input_ids.device)
-                is_causal = mask is None and spec.kind == "causal"
-        elif spec.kind == "prefix" and offset == 0 and spec.document_ids is None:
-            mask, is_causal = attention_mask(spec, T, input_ids.device), False  # (B, 1, T, T)
-        else:
-            if spec.kind != "causal" or spec.document_ids is not None:
-                raise ValueError(
-                    "a KV cache supports causal attention without document_ids (or a prefix "
-                    "spec on an empty cache)"
-                )
-            # One new token sees every cached key; several need the bottom-right triangle.
-            is_causal = offset == 0 and T > 1
-            mask = cached_causal_mask(T, offset, input_ids.device) if offset and T > 1 else None
-
-        x = self.embed(input_ids)  # (B, T, d_model)
-        rope = None
-        if self.pos_embed is not None:
-            if position_ids is None:
-                if offset + T > self.cfg.max_seq_len:
-                    raise ValueError(
-                        f"sequence of {offset + T} positions exceeds max_seq_len "
-                        f"{self.cfg.max_seq_len} (learned positions)"
-                    )
-                position_ids = torch.arange(offset, offset + T, device=input_ids.device)
-            x = x + self.pos_embed(position_ids)  # (B or 1, T, d_model) broadcast
-        else:
-            rope = self.rope(T, offset, position_ids)  # cos, sin: (B or 1, T, 1, head_dim)
-
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal, kv_cache)
+        mask, is_causal = self.attention_inputs(attention, T, input_ids.device, kv_cache)
+        x = self.embed_tokens(input_ids, position_ids, offset)  # (B, T, d_model)
+        rope = self.rotary(T, position_ids, offset)
+        x = self.run_blocks(x, rope, mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.norm(x)
+
+    # The steps of forward_tokens, which a pipeline's stages run in parts
+    # (pretrain.distributed.pipeline_parallel).
+
+    def attention_inputs(
+        self,
+        attention: AttentionSpec | None,
+        T: int,
+        device: torch.device,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor | None, bool]:
+        """``(mask, is_causal)`` for the blocks' attention over ``T`` new positions (the mask a
+        boolean SDPA mask or, with FlexAttention, a ``BlockMask``)."""
+        offset = 0 if kv_cache is None else kv_cache.length
+        spec = attention if attention is not None else AttentionSpec()
+        if kv_cache is None:
+            if flex.enabled(self.cfg.attention_backend, device) and flex.supports(spec):
+                return flex.block_mask(spec, T), False
+            mask = attention_mask(spec, T, device)
+            return mask, mask is None and spec.kind == "causal"
+        if spec.kind == "prefix" and offset == 0 and spec.document_ids is None:
+            return attention_mask(spec, T, device), False  # (B, 1, T, T)
+        if spec.kind != "causal" or spec.document_ids is not None:
+            raise ValueError(
+                "a KV cache supports causal attention without document_ids (or a prefix "
+                "spec on an empty cache)"
+            )
+        # One new token sees every cached key; several need the bottom-right triangle.
+        mask = cached_causal_mask(T, offset, device) if offset and T > 1 else None
+        return mask, offset == 0 and T > 1
+
+    def embed_tokens(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, offset: int = 0
+    ) -> torch.Tensor:
+        """Token embeddings (B, T, d_model), plus learned positions for GPT-2 style."""
+        x = self.embed(input_ids)
+        if self.pos_embed is None:
+            return x
+        T = input_ids.shape[1]
+        if position_ids is None:
+            if offset + T > self.cfg.max_seq_len:
+                raise ValueError(
+                    f"sequence of {offset + T} positions exceeds max_seq_len "
+                    f"{self.cfg.max_seq_len} (learned positions)"
+                )
+            position_ids = torch.arange(offset, offset + T, device=input_ids.device)
+        return x + self.pos_embed(position_ids)  # (B or 1, T, d_model) broadcast
+
+    def rotary(
+        self, T: int, position_ids: torch.Tensor | None, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE's cos, sin (B or 1, T, 1, head_dim) for Llama style; None for GPT-2 style."""
+        return None if self.rope is None else self.rope(T, offset, position_ids)
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The residual stream through every block."""
+        for block in self.blocks:
+            x = block(x, rope, mask, is_causal, kv_cache)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (..., d_model) to float32 logits (..., vocab_size)."""

@@ -1,0 +1,101 @@
+"""Pipeline parallelism on CPU with gloo: the blocks split over 2 stages (1F1B, tied embeddings
+kept equal across the first and last stage) compute what one process computes; saved there,
+the run resumes on 4 ranks (2 stages x 2 data-parallel ranks, GPipe) at exactly the next
+sample, a pipeline's two stages reading the same batches, and in one process from the same
+sharded checkpoint; a checkpoint without shards is refused by a pipeline, with the way out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain.config import ExperimentConfig, load_config
+from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, step_dir_name
+from pretrain.train.errors import TrainingError
+from pretrain.train.run_checkpoint import load_run_checkpoint
+from pretrain.train.trainer import Trainer
+from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+    REPO,
+    STEPS,
+    _assert_same_run,
+    _losses,
+    _overrides,
+    _torchrun,
+    single_run,
+)
+from tests.distributed.test_tensor_parallel import _assert_same_counts
+
+pytestmark = pytest.mark.distributed
+
+RECORD = str(REPO / "tests" / "distributed" / "record_samples.py")
+SAVED_AT = 5  # checkpoint.every_steps of _overrides
+GLOBAL_BATCH = 8  # windows a step
+
+
+def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
+    single_run,  # noqa: F811 (the fixture imported above)
+    shards_dir,
+    tokenizer_dir,
+    tmp_path,
+):
+    run = tmp_path / "run"
+    pipeline = {"distributed__strategy": "ddp", "distributed__pipeline_parallel_degree": 2}
+    args = _overrides(shards_dir, tokenizer_dir, run, **pipeline)
+    _torchrun(["-m", "pretrain", "train"], args)
+    # Four micro-batches a step through the two stages: one process's losses, gradient norms
+    # (the tied embedding's gradient counted once), validation and, gathered from both
+    # stages, weights (the tied embedding's copies still one).
+    _assert_same_run(run, single_run)
+    _assert_same_counts(run, single_run)
+    assert not (run / "samples.txt").exists()  # no rank holds the whole model to sample
+    saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
+    assert saved["pipeline_parallel_degree"] == 2
+    sharded = run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR
+    assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in sharded.iterdir()}
+
+    # Resumed from step 5 on 4 ranks: the same 2 stages, each on 2 data-parallel ranks (DDP
+    # over a stage's pair), on the other schedule. The optimizer state, saved per parameter
+    # by the stage that holds it, is read back by name.
+    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
+    out = tmp_path / "samples"
+    out.mkdir()
+    gpipe = [*args, "--distributed.pipeline_schedule=gpipe", "--resume"]
+    _torchrun([RECORD, str(out)], gpipe, nproc=4, timeout=240)
+    seen = [json.loads((out / f"samples_rank{r}.json").read_text()) for r in range(4)]
+    # ranks 0, 1: stage 0 of data-parallel ranks 0, 1; ranks 2, 3: stage 1 of the same
+    assert seen[0] == seen[2] and seen[1] == seen[3]  # a pipeline's stages read alike
+    first = SAVED_AT * GLOBAL_BATCH
+    assert sorted(seen[0] + seen[1]) == list(range(first, STEPS * GLOBAL_BATCH))
+    held = [json.loads((out / f"stage_rank{r}.json").read_text()) for r in range(4)]
+    assert [h["stage"] for h in held] == [0, 0, 1, 1]
+    assert [h["blocks"] for h in held] == [[0], [0], [1], [1]]
+    assert held[0]["parts"] == ["embed", "rope"]  # and the tied embedding's copy at the end:
+    assert held[2]["parts"] == ["embed", "rope", "norm"]
+    _assert_same_run(run, single_run)
+    _assert_same_counts(run, single_run)
+
+    # One process resumes the pipeline's sharded step 5 as well: the same steps 6..10.
+    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    Trainer(load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, one)),
+            resume=True).fit()  # fmt: skip
+    assert _losses(one)[SAVED_AT:] == pytest.approx(_losses(single_run)[SAVED_AT:], rel=1e-6)
+    final = load_file(str(one / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
+    want = load_file(str(single_run / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
+    assert max(float((final[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+
+def test_a_pipeline_refuses_a_checkpoint_without_shards(single_run):  # noqa: F811
+    """Its optimizer state numbers the whole model's parameters, which no stage has: refused
+    before anything is loaded, naming the way out (checked in one process: the refusal comes
+    before any collective)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TrainingError, match="written by one process or DDP") as refused:
+        load_run_checkpoint(single_run / "checkpoints", model, model, optimizer, pipelined=True)
+    assert "--model.init_from=DIR" in str(refused.value)
