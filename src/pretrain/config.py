@@ -284,10 +284,10 @@ class DistributedConfig:
     Needs train.seq_len divisible by T; no samples.txt and no eval.tasks (their lengths
     vary)."""
     pipeline_parallel_degree: int = 1
-    """ddp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and runs
-    each step's micro-batches through them on a schedule (``pretrain.distributed.
-    pipeline_parallel``; GPipe, Huang et al. 2019, or 1F1B, Narayanan et al. 2021); DDP
-    all-reduces each stage's gradients over the WORLD_SIZE / P data-parallel ranks. Each
+    """ddp or fsdp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and
+    runs each step's micro-batches through them on a schedule (``pretrain.distributed.
+    pipeline_parallel``; GPipe, Huang et al. 2019, or 1F1B, Narayanan et al. 2021); DDP or
+    FSDP2 spans each stage's WORLD_SIZE / P data-parallel ranks. Each
     step's micro-batches (train.tokens_per_batch over train.micro_batch_size) are the
     pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
     Decoder family, dense MLPs; no train.compile, samples.txt or eval.tasks."""

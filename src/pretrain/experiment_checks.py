@@ -204,10 +204,15 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
             f"{key} with distributed.tensor_parallel_degree={dist.tensor_parallel_degree}: "
             "pipeline and tensor parallelism do not combine yet; choose one"
         )
-    if dist.strategy != "ddp":
+    if dist.strategy == "none":
         raise ConfigError(
-            f"{key} composes with DDP: set distributed.strategy=ddp (it is "
-            f"{dist.strategy!r}; with as many ranks as stages there is no data parallelism)"
+            f"{key}: set distributed.strategy=ddp or fsdp, how each stage's data-parallel "
+            "ranks share it (with as many ranks as stages there is no data parallelism)"
+        )
+    if dist.replicate_degree > 1:
+        raise ConfigError(
+            f"{key} with distributed.replicate_degree={dist.replicate_degree}: pipeline "
+            "parallelism and hybrid sharding do not combine yet; choose one"
         )
     if cfg.model.family != "decoder":
         raise ConfigError(

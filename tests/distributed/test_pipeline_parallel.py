@@ -1,8 +1,9 @@
 """Pipeline parallelism on CPU with gloo: the blocks split over 2 stages (1F1B, tied embeddings
 kept equal across the first and last stage) compute what one process computes; saved there,
-the run resumes on 4 ranks (2 stages x 2 data-parallel ranks, GPipe) at exactly the next
-sample, a pipeline's two stages reading the same batches, and in one process from the same
-sharded checkpoint; a checkpoint without shards is refused by a pipeline, with the way out."""
+the run resumes on 4 ranks (2 stages x 2 data-parallel ranks under DDP, then FSDP, on GPipe)
+at exactly the next sample, a pipeline's two stages reading the same batches, and in one
+process from the same sharded checkpoint; a checkpoint without shards is refused by a
+pipeline, with the way out."""
 
 from __future__ import annotations
 
@@ -57,26 +58,33 @@ def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
     sharded = run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR
     assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in sharded.iterdir()}
 
-    # Resumed from step 5 on 4 ranks: the same 2 stages, each on 2 data-parallel ranks (DDP
-    # over a stage's pair), on the other schedule. The optimizer state, saved per parameter
-    # by the stage that holds it, is read back by name.
-    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
-    out = tmp_path / "samples"
-    out.mkdir()
-    gpipe = [*args, "--distributed.pipeline_schedule=gpipe", "--resume"]
-    _torchrun([RECORD, str(out)], gpipe, nproc=4, timeout=240)
-    seen = [json.loads((out / f"samples_rank{r}.json").read_text()) for r in range(4)]
-    # ranks 0, 1: stage 0 of data-parallel ranks 0, 1; ranks 2, 3: stage 1 of the same
-    assert seen[0] == seen[2] and seen[1] == seen[3]  # a pipeline's stages read alike
-    first = SAVED_AT * GLOBAL_BATCH
-    assert sorted(seen[0] + seen[1]) == list(range(first, STEPS * GLOBAL_BATCH))
-    held = [json.loads((out / f"stage_rank{r}.json").read_text()) for r in range(4)]
-    assert [h["stage"] for h in held] == [0, 0, 1, 1]
-    assert [h["blocks"] for h in held] == [[0], [0], [1], [1]]
-    assert held[0]["parts"] == ["embed", "rope"]  # and the tied embedding's copy at the end:
-    assert held[2]["parts"] == ["embed", "rope", "norm"]
-    _assert_same_run(run, single_run)
-    _assert_same_counts(run, single_run)
+    # Resumed from step 5 on 4 ranks: the same 2 stages, each on 2 data-parallel ranks (DDP,
+    # then FSDP over a stage's pair), on the other schedule. The optimizer state, saved per
+    # parameter by the stage that holds it, is read back by name (and resharded).
+    for strategy in ("ddp", "fsdp"):
+        shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
+        out = tmp_path / strategy
+        out.mkdir()
+        resumed = _overrides(shards_dir, tokenizer_dir, run, **{
+            **pipeline, "distributed__strategy": strategy, "distributed__pipeline_schedule": "gpipe"
+        })  # fmt: skip
+        _torchrun([RECORD, str(out)], [*resumed, "--resume"], nproc=4, timeout=240)
+        seen = [json.loads((out / f"samples_rank{r}.json").read_text()) for r in range(4)]
+        # ranks 0, 1: stage 0 of data-parallel ranks 0, 1; ranks 2, 3: stage 1 of the same
+        assert seen[0] == seen[2] and seen[1] == seen[3]  # a pipeline's stages read alike
+        first = SAVED_AT * GLOBAL_BATCH
+        assert sorted(seen[0] + seen[1]) == list(range(first, STEPS * GLOBAL_BATCH))
+        held = [json.loads((out / f"stage_rank{r}.json").read_text()) for r in range(4)]
+        assert [h["stage"] for h in held] == [0, 0, 1, 1]
+        assert [h["blocks"] for h in held] == [[0], [0], [1], [1]]
+        assert held[0]["parts"] == ["embed", "rope"]  # and the tied embedding's copy at the end:
+        assert held[2]["parts"] == ["embed", "rope", "norm"]
+        if strategy == "fsdp":  # each rank of a stage holds half of its first weight
+            layout = [json.loads((out / f"layout_rank{r}.json").read_text()) for r in range(4)]
+            assert all(2 * lay["local_rows"] == lay["rows"] for lay in layout)
+            assert layout[0]["local_sum"] != layout[1]["local_sum"]
+        _assert_same_run(run, single_run)
+        _assert_same_counts(run, single_run)
 
     # One process resumes the pipeline's sharded step 5 as well: the same steps 6..10.
     shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))

@@ -145,11 +145,16 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
             r"model.n_experts=4 \(a mixture of experts\) is not supported",
         ),
         ("--distributed.pipeline_parallel_degree=0", "pipeline_parallel_degree must be >= 1"),
-        ("--distributed.pipeline_parallel_degree=2", "composes with DDP: set distributed.strat"),
+        ("--distributed.pipeline_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),
         (
             "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
             "--distributed.tensor_parallel_degree=2",
             "pipeline and tensor parallelism do not combine yet",
+        ),
+        (
+            "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
+            "--distributed.replicate_degree=2",
+            "pipeline parallelism and hybrid sharding do not combine yet",
         ),
         (
             f"{PIPELINE} --model.family=encoder --objective.name=mlm",

@@ -24,8 +24,10 @@ after the backward the two copies' gradients are summed over the pair of ranks, 
 the same update from the same optimizer state. Gradient clipping counts the copy once.
 
 With ``WORLD_SIZE = P x D``, ranks are laid out ``(stage, data-parallel rank)``: a stage's
-``D`` data-parallel ranks are consecutive and DDP all-reduces their gradients, and the stages
-of a pipeline, which exchange only one activation per micro-batch, are ``D`` ranks apart.
+``D`` data-parallel ranks are consecutive and DDP all-reduces their gradients, or FSDP2
+shards the stage over them (its blocks, then the stage, as torchtitan composes the two), and
+the stages of a pipeline, which exchange only one activation per micro-batch, are ``D`` ranks
+apart.
 
 Parameter names do not change: a stage keeps the blocks it owns under their indices
 (``blocks.5...``) and holds a parameter-free :class:`SkippedBlock` in place of each other one,
@@ -110,6 +112,9 @@ class DecoderStage(nn.Module):
         super().__init__()
         self.model = model
         self.first, self.last = first, last
+        # the master weights' dtype: what the stage passes on (FSDP's mixed precision may run
+        # the blocks in bf16)
+        self.stream_dtype = next(model.parameters()).dtype
         self.__dict__["_autocast"] = autocast  # a function, not state
 
     def forward(
@@ -129,13 +134,9 @@ class DecoderStage(nn.Module):
                 x = model.embed_tokens(x, position_ids)
             x = model.run_blocks(x, model.rotary(T, position_ids), mask, is_causal)
             out = model.norm(x) if self.last else x
-        # In the parameters' dtype, which the schedule is told to expect (exact: a bf16
-        # output is widened; the loss narrows it again).
+        # In the master weights' dtype, which the schedule is told to expect (exact: a bf16
+        # output is widened; the next stage or the loss narrows it again).
         return out.to(self.stream_dtype)
-
-    @property
-    def stream_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
 
 def stage_inputs(batches: list[ModelBatch]) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -190,12 +191,16 @@ class Pipeline:
     """This rank's stage of the pipeline, its schedule, and the collectives around them.
 
     Args:
-        model: the whole single-device decoder; trimmed to this rank's stage in place.
-        dist_env: this rank's place (``pp_size`` stages, ``dp_size`` data-parallel ranks).
+        model: the whole single-device decoder; trimmed to this rank's stage in place (and
+            sharded, under FSDP).
+        dist_env: this rank's place (``pp_size`` stages, ``dp_size`` data-parallel ranks);
+            its ``strategy`` says how a stage's data-parallel ranks share it: DDP or FSDP2.
         schedule: ``"1f1b"`` or ``"gpipe"``.
         micro_batches: micro-batches a step (the schedule's).
         device: this rank's device.
         autocast: context manager factory the stage's forward runs under.
+        param_dtype: FSDP's compute dtype (bf16 under mixed precision), or None.
+        reshard_after_forward: FSDP's ``distributed.reshard_after_forward``, for the blocks.
     """
 
     def __init__(
@@ -206,6 +211,8 @@ class Pipeline:
         micro_batches: int,
         device: torch.device,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        param_dtype: torch.dtype | None = None,
+        reshard_after_forward: bool = True,
     ):
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -222,7 +229,11 @@ class Pipeline:
         self.pp_group = mesh["pp"].get_group()
         self.neighbors = (dist_env.rank - D, dist_env.rank + D)  # previous and next stage
         self.module: nn.Module = DecoderStage(model, self.first, self.last, autocast)
-        if D > 1:
+        self.stream_dtype = self.module.stream_dtype
+        self.sharded = dist_env.strategy == "fsdp"
+        if self.sharded:
+            self._shard(mesh["dp"], param_dtype, reshard_after_forward)
+        elif D > 1:
             from pretrain.distributed.parallelize import wrap_ddp
 
             self.module = wrap_ddp(self.module, device, mesh["dp"].get_group())
@@ -232,6 +243,23 @@ class Pipeline:
         self.micro_batch_shape: tuple[int, int] | None = None
         self._step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
+    def _shard(self, dp_mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool):
+        """FSDP2 over the stage's data-parallel ranks: each of its blocks, then the stage (its
+        embedding, final norm, output projection). The stage's own weights stay gathered
+        after its forward: the loss, which the schedule runs after it, reads the output
+        projection."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy()
+        if param_dtype is not None:
+            mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        for block in self.model.blocks:
+            if any(True for _ in block.parameters()):  # not a stand-in
+                fully_shard(
+                    block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward
+                )
+        fully_shard(self.module, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=False)
+
     def _build_schedule(self, shape: tuple[int, int]) -> None:
         """The stage and its schedule, told the shapes it sends and receives (B, T[, C]):
         PyTorch would otherwise find them with a forward and backward of its own, calling the
@@ -239,11 +267,10 @@ class Pipeline:
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         B, T = shape
-        dtype = next(self.module.parameters()).dtype
 
         def stream() -> torch.Tensor:  # a gradient flows back along it
             shape = (B, T, self.model.cfg.d_model)
-            return torch.empty(shape, dtype=dtype, device="meta", requires_grad=True)
+            return torch.empty(shape, dtype=self.stream_dtype, device="meta", requires_grad=True)
 
         ids = torch.empty(B, T, dtype=torch.int64, device="meta")
         stage = PipelineStage(
@@ -334,7 +361,10 @@ class Pipeline:
         weight = self.model.embed.weight
         if weight.grad is None:
             weight.grad = torch.zeros_like(weight)
-        dist.all_reduce(weight.grad, group=self.embedding_group)
+        # Under FSDP each rank of the pair holds the same rows of it: the same data-parallel
+        # rank's shard.
+        grad = weight.grad.to_local() if hasattr(weight.grad, "to_local") else weight.grad
+        dist.all_reduce(grad, group=self.embedding_group)
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale every stage's gradients so that their total 2-norm is at most ``max_norm``;
@@ -345,12 +375,17 @@ class Pipeline:
             counted = [p for p in counted if p is not self.model.embed.weight]
         grads = [p.grad for p in counted]
         local = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+        if hasattr(local, "full_tensor"):  # FSDP: the norm over the stage's shards
+            local = local.full_tensor()
         squared = local.to(self.device, torch.float32) ** 2
         dist.all_reduce(squared, group=self.pp_group)
         total = squared.sqrt()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if math.isfinite(max_norm):
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+            from torch.distributed.tensor.experimental import implicit_replication
+
+            with implicit_replication():  # the plain factor scales FSDP's sharded gradients
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
 
     @torch.no_grad()
@@ -358,7 +393,7 @@ class Pipeline:
         """The final hidden states of ``batch`` on the last stage, None on the others (every
         stage of the pipeline calls this with the same batch): evaluation, one batch at a
         time, each stage passing its output on to the next."""
-        module = self.module.module if hasattr(self.module, "module") else self.module
+        module = self.module.module if hasattr(self.module, "module") else self.module  # DDP
         kwargs = {"position_ids": batch.position_ids}
         spec = batch.attention
         if spec.kind not in ("causal", "prefix"):
@@ -369,21 +404,27 @@ class Pipeline:
             x = batch.input_ids
         else:
             B, T = batch.input_ids.shape
-            dtype = next(module.parameters()).dtype
-            x = torch.empty(B, T, self.model.cfg.d_model, dtype=dtype, device=self.device)
+            shape = (B, T, self.model.cfg.d_model)
+            x = torch.empty(shape, dtype=self.stream_dtype, device=self.device)
             dist.recv(x, src=self.neighbors[0])
         out = module(x, **kwargs)
         if self.last:
             return out
-        dist.send(out.to(next(module.parameters()).dtype).contiguous(), dst=self.neighbors[1])
+        dist.send(out.contiguous(), dst=self.neighbors[1])
         return None
 
 
 def gather_stage_weights(model: nn.Module, sends: bool) -> dict[str, torch.Tensor]:
     """The whole model's weights on rank 0, from every stage's part (collective); an empty
     dict on the other ranks. ``sends``: this rank's part goes (one data-parallel rank's per
-    stage is enough; the others hold the same weights)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if sends else {}
+    stage is enough; the others hold the same weights). FSDP's shards are gathered first,
+    over each stage's data-parallel ranks."""
+    state = {}
+    for name, value in model.state_dict().items():
+        if hasattr(value, "full_tensor"):  # every data-parallel rank of the stage takes part
+            value = value.full_tensor()
+        state[name] = value.detach().cpu()
+    state = state if sends else {}
     parts: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(state, parts, dst=0)
     merged: dict[str, torch.Tensor] = {}

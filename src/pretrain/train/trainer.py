@@ -155,8 +155,12 @@ class Trainer:
                 self.grad_accum,
                 self.device,
                 self._autocast,
+                param_dtype=self.autocast_dtype,
+                reshard_after_forward=cfg.distributed.reshard_after_forward,
             )
-            self.train_module = self.loss_module  # the pipeline wraps its stage in DDP
+            # The pipeline wraps its stage in DDP or FSDP; under FSDP the stage is what
+            # gathers its weights for evaluation.
+            self.train_module = self.pipeline.module if self.pipeline.sharded else self.loss_module
             self.flops_model = self.pipeline.whole_model
         else:
             # FSDP replaces the parameters by shards: the optimizer is built from them after.
