@@ -224,6 +224,14 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
             f"{key} runs dense decoders; model.n_experts={cfg.model.n_experts} (a mixture of "
             "experts' balancing loss spans every stage) is not supported"
         )
+    stages = dist.pipeline_stages_per_rank
+    interleaved = dist.pipeline_schedule == "interleaved_1f1b"
+    if stages < 1 or (stages > 1) != interleaved:
+        raise ConfigError(
+            f"distributed.pipeline_stages_per_rank={stages}: use 2 or more with "
+            "distributed.pipeline_schedule=interleaved_1f1b (several stages a rank), else 1 "
+            f"(the schedule is {dist.pipeline_schedule})"
+        )
     refused = {
         "train.compile": cfg.train.compile,
         "eval.tasks": bool(cfg.eval.tasks),
@@ -238,9 +246,20 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
 
 def _check_pipeline_micro_batches(cfg: ExperimentConfig, micro_batches: int) -> None:
     """1F1B starts each of a step's micro-batches down the pipeline before the first comes
-    back: it needs at least as many as stages."""
+    back: it needs at least as many as stages. Interleaved 1F1B runs them in equal rounds of
+    about one per pipeline rank (PyTorch's ``ScheduleInterleaved1F1B``)."""
     degree = cfg.distributed.pipeline_parallel_degree
-    if degree > 1 and cfg.distributed.pipeline_schedule == "1f1b" and micro_batches < degree:
+    schedule = cfg.distributed.pipeline_schedule
+    rounds = max(1, micro_batches // degree)
+    if degree > 1 and schedule == "interleaved_1f1b" and micro_batches % rounds:
+        raise ConfigError(
+            f"distributed.pipeline_schedule=interleaved_1f1b runs a step's micro-batches in "
+            f"{rounds} equal rounds (one per distributed.pipeline_parallel_degree={degree} "
+            f"of them): {micro_batches} micro-batches (train.tokens_per_batch / (train."
+            f"micro_batch_size * train.seq_len * data-parallel ranks)) do not split so; make "
+            f"them a multiple of {degree} with train.micro_batch_size or train.tokens_per_batch"
+        )
+    if degree > 1 and schedule == "1f1b" and micro_batches < degree:
         raise ConfigError(
             f"distributed.pipeline_schedule=1f1b needs at least as many micro-batches a step "
             f"(train.tokens_per_batch / (train.micro_batch_size * train.seq_len * data-"

@@ -47,7 +47,7 @@ def main() -> None:
     if trainer.pipeline is not None:  # which parts of the model this rank's stage holds
         model = trainer.model
         held = {
-            "stage": trainer.pipeline.stage,
+            "stages": trainer.pipeline.stages,
             "blocks": [i for i, b in enumerate(model.blocks) if any(True for _ in b.parameters())],
             "parts": [name for name, _ in model.named_children() if name != "blocks"],
         }

@@ -1,13 +1,14 @@
 """Pipeline parallelism on CPU with gloo: the blocks split over 2 stages (1F1B, tied embeddings
 kept equal across the first and last stage) compute what one process computes; saved there,
-the run resumes on 4 ranks (2 stages x 2 data-parallel ranks under DDP, then FSDP, on GPipe)
-at exactly the next sample, a pipeline's two stages reading the same batches, and in one
-process from the same sharded checkpoint; a checkpoint without shards is refused by a
-pipeline, with the way out."""
+the run resumes on 4 ranks (2 pipeline ranks x 2 data-parallel ranks, under DDP on GPipe and
+under FSDP on interleaved 1F1B with 2 stages a rank) at exactly the next sample, a
+pipeline's ranks reading the same batches, and in one process from the same sharded
+checkpoint; a checkpoint without shards is refused by a pipeline, with the way out."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -38,63 +39,79 @@ GLOBAL_BATCH = 8  # windows a step
 
 
 def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
-    single_run,  # noqa: F811 (the fixture imported above)
-    shards_dir,
-    tokenizer_dir,
-    tmp_path,
+    shards_dir, tokenizer_dir, tmp_path
 ):
+    four_blocks = {"model__n_layers": 4}  # 4 stages of one block on the interleaved schedule
+    reference = tmp_path / "reference"
+    torch.set_num_threads(1)  # as the ranks run
+    try:
+        args = _overrides(shards_dir, tokenizer_dir, reference, **four_blocks)
+        Trainer(load_config(ExperimentConfig, None, args)).fit()
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
     run = tmp_path / "run"
-    pipeline = {"distributed__strategy": "ddp", "distributed__pipeline_parallel_degree": 2}
-    args = _overrides(shards_dir, tokenizer_dir, run, **pipeline)
-    _torchrun(["-m", "pretrain", "train"], args)
+    pipeline = {
+        **four_blocks,
+        "distributed__strategy": "ddp",
+        "distributed__pipeline_parallel_degree": 2,
+    }
+    _torchrun(["-m", "pretrain", "train"], _overrides(shards_dir, tokenizer_dir, run, **pipeline))
     # Four micro-batches a step through the two stages: one process's losses, gradient norms
     # (the tied embedding's gradient counted once), validation and, gathered from both
     # stages, weights (the tied embedding's copies still one).
-    _assert_same_run(run, single_run)
-    _assert_same_counts(run, single_run)
+    _assert_same_run(run, reference)
+    _assert_same_counts(run, reference)
     assert not (run / "samples.txt").exists()  # no rank holds the whole model to sample
     saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
     assert saved["pipeline_parallel_degree"] == 2
     sharded = run / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR
     assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in sharded.iterdir()}
 
-    # Resumed from step 5 on 4 ranks: the same 2 stages, each on 2 data-parallel ranks (DDP,
-    # then FSDP over a stage's pair), on the other schedule. The optimizer state, saved per
-    # parameter by the stage that holds it, is read back by name (and resharded).
-    for strategy in ("ddp", "fsdp"):
+    # Resumed from step 5 on 4 ranks, each stage on 2 data-parallel ranks: under DDP on GPipe,
+    # then under FSDP on the interleaved schedule, each rank holding two stages of one block
+    # (rank 0: stages 0 and 2). The optimizer state, saved per parameter by the stage that
+    # holds it, is read back by name (and resharded).
+    resumes = {
+        "ddp": {"distributed__pipeline_schedule": "gpipe"},
+        "fsdp": {
+            "distributed__pipeline_schedule": "interleaved_1f1b",
+            "distributed__pipeline_stages_per_rank": 2,
+        },
+    }
+    blocks = {"ddp": [[0, 1], [0, 1], [2, 3], [2, 3]], "fsdp": [[0, 2], [0, 2], [1, 3], [1, 3]]}
+    for strategy, schedule in resumes.items():
         shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
         out = tmp_path / strategy
         out.mkdir()
-        resumed = _overrides(shards_dir, tokenizer_dir, run, **{
-            **pipeline, "distributed__strategy": strategy, "distributed__pipeline_schedule": "gpipe"
-        })  # fmt: skip
+        settings = {**pipeline, "distributed__strategy": strategy, **schedule}
+        resumed = _overrides(shards_dir, tokenizer_dir, run, **settings)
         _torchrun([RECORD, str(out)], [*resumed, "--resume"], nproc=4, timeout=240)
         seen = [json.loads((out / f"samples_rank{r}.json").read_text()) for r in range(4)]
-        # ranks 0, 1: stage 0 of data-parallel ranks 0, 1; ranks 2, 3: stage 1 of the same
-        assert seen[0] == seen[2] and seen[1] == seen[3]  # a pipeline's stages read alike
+        # ranks 0, 1: pipeline rank 0 of data-parallel ranks 0, 1; ranks 2, 3: rank 1 of those
+        assert seen[0] == seen[2] and seen[1] == seen[3]  # a pipeline's ranks read alike
         first = SAVED_AT * GLOBAL_BATCH
         assert sorted(seen[0] + seen[1]) == list(range(first, STEPS * GLOBAL_BATCH))
         held = [json.loads((out / f"stage_rank{r}.json").read_text()) for r in range(4)]
-        assert [h["stage"] for h in held] == [0, 0, 1, 1]
-        assert [h["blocks"] for h in held] == [[0], [0], [1], [1]]
+        assert [h["blocks"] for h in held] == blocks[strategy]
         assert held[0]["parts"] == ["embed", "rope"]  # and the tied embedding's copy at the end:
         assert held[2]["parts"] == ["embed", "rope", "norm"]
         if strategy == "fsdp":  # each rank of a stage holds half of its first weight
+            assert [h["stages"] for h in held] == [[0, 2], [0, 2], [1, 3], [1, 3]]
             layout = [json.loads((out / f"layout_rank{r}.json").read_text()) for r in range(4)]
             assert all(2 * lay["local_rows"] == lay["rows"] for lay in layout)
             assert layout[0]["local_sum"] != layout[1]["local_sum"]
-        _assert_same_run(run, single_run)
-        _assert_same_counts(run, single_run)
+        _assert_same_run(run, reference)
+        _assert_same_counts(run, reference)
 
     # One process resumes the pipeline's sharded step 5 as well: the same steps 6..10.
     shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
     one = tmp_path / "one"
     shutil.copytree(run, one)
-    Trainer(load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, one)),
-            resume=True).fit()  # fmt: skip
-    assert _losses(one)[SAVED_AT:] == pytest.approx(_losses(single_run)[SAVED_AT:], rel=1e-6)
+    args = _overrides(shards_dir, tokenizer_dir, one, **four_blocks)
+    Trainer(load_config(ExperimentConfig, None, args), resume=True).fit()
+    assert _losses(one)[SAVED_AT:] == pytest.approx(_losses(reference)[SAVED_AT:], rel=1e-6)
     final = load_file(str(one / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
-    want = load_file(str(single_run / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
+    want = load_file(str(reference / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
     assert max(float((final[k] - want[k]).abs().max()) for k in want) < 1e-5
 
 

@@ -167,6 +167,14 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
             "--train.micro_batch_size=2 --train.tokens_per_batch=256",
             r"1f1b needs at least as many micro-batches a step .* = 2\) as stages",
         ),
+        (f"{PIPELINE} --distributed.pipeline_stages_per_rank=2", "use 2 or more with"),
+        (f"{PIPELINE} --distributed.pipeline_schedule=interleaved_1f1b", "use 2 or more with"),
+        (  # 5 micro-batches: rounds of 2 and a half
+            f"{PIPELINE} --distributed.pipeline_schedule=interleaved_1f1b "
+            "--distributed.pipeline_stages_per_rank=2 --train.seq_len=64 "
+            "--train.micro_batch_size=2 --train.tokens_per_batch=640",
+            "in 2 equal rounds .* 5 micro-batches .* do not split so; make them a multiple of 2",
+        ),
     ],
 )
 def test_experiment_values_at_their_bounds_are_refused_by_key(override, message):

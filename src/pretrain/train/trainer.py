@@ -152,15 +152,14 @@ class Trainer:
                 self.model,
                 self.dist,
                 cfg.distributed.pipeline_schedule,
+                cfg.distributed.pipeline_stages_per_rank,
                 self.grad_accum,
                 self.device,
                 self._autocast,
                 param_dtype=self.autocast_dtype,
                 reshard_after_forward=cfg.distributed.reshard_after_forward,
             )
-            # The pipeline wraps its stage in DDP or FSDP; under FSDP the stage is what
-            # gathers its weights for evaluation.
-            self.train_module = self.pipeline.module if self.pipeline.sharded else self.loss_module
+            self.train_module = self.loss_module  # the pipeline wraps its stages in DDP or FSDP
             self.flops_model = self.pipeline.whole_model
         else:
             # FSDP replaces the parameters by shards: the optimizer is built from them after.
@@ -507,8 +506,9 @@ class Trainer:
             return None
         self.val_batches.reset()
         # Each data-parallel rank evaluates every dp_size-th batch, in lockstep (FSDP gathers
-        # weights; a tensor-parallel group's ranks run each forward together).
-        with gathered(self.train_module):
+        # weights; a tensor-parallel group's ranks, a pipeline's, run each forward together).
+        gather = gathered(self.train_module) if self.pipeline is None else self.pipeline.gathered()
+        with gather:
             result = evaluate(
                 self.model,
                 self.objective,

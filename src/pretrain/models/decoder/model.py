@@ -14,6 +14,8 @@ never exist during training. The module is single-device; distributed wrappers i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -229,9 +231,11 @@ class DecoderLM(nn.Module):
         mask: torch.Tensor | None,
         is_causal: bool,
         kv_cache: KVCache | None = None,
+        blocks: Iterable[nn.Module] | None = None,
     ) -> torch.Tensor:
-        """The residual stream through every block."""
-        for block in self.blocks:
+        """The residual stream through every block (or through ``blocks``, a pipeline
+        stage's)."""
+        for block in self.blocks if blocks is None else blocks:
             x = block(x, rope, mask, is_causal, kv_cache)
         return x
 
