@@ -199,10 +199,11 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
     if degree == 1:
         return
     key = f"distributed.pipeline_parallel_degree={degree}"
-    if dist.tensor_parallel_degree > 1:
+    if dist.sequence_parallel:
         raise ConfigError(
-            f"{key} with distributed.tensor_parallel_degree={dist.tensor_parallel_degree}: "
-            "pipeline and tensor parallelism do not combine yet; choose one"
+            f"{key} with distributed.sequence_parallel: pipeline and sequence parallelism "
+            "do not combine yet (tensor parallelism does); set distributed.sequence_parallel="
+            "false"
         )
     if dist.strategy == "none":
         raise ConfigError(

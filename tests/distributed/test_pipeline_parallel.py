@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,20 +39,28 @@ SAVED_AT = 5  # checkpoint.every_steps of _overrides
 GLOBAL_BATCH = 8  # windows a step
 
 
-def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
-    shards_dir, tokenizer_dir, tmp_path
-):
-    four_blocks = {"model__n_layers": 4}  # 4 stages of one block on the interleaved schedule
-    reference = tmp_path / "reference"
+FOUR_BLOCKS = {"model__n_layers": 4}  # 4 stages of one block on the interleaved schedule
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
+    """The runs below in one process."""
+    run = tmp_path_factory.mktemp("reference")
     torch.set_num_threads(1)  # as the ranks run
     try:
-        args = _overrides(shards_dir, tokenizer_dir, reference, **four_blocks)
+        args = _overrides(shards_dir, tokenizer_dir, run, **FOUR_BLOCKS)
         Trainer(load_config(ExperimentConfig, None, args)).fit()
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
+    return run
+
+
+def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
+    reference, shards_dir, tokenizer_dir, tmp_path
+):
     run = tmp_path / "run"
     pipeline = {
-        **four_blocks,
+        **FOUR_BLOCKS,
         "distributed__strategy": "ddp",
         "distributed__pipeline_parallel_degree": 2,
     }
@@ -107,12 +116,31 @@ def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
     shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
     one = tmp_path / "one"
     shutil.copytree(run, one)
-    args = _overrides(shards_dir, tokenizer_dir, one, **four_blocks)
+    args = _overrides(shards_dir, tokenizer_dir, one, **FOUR_BLOCKS)
     Trainer(load_config(ExperimentConfig, None, args), resume=True).fit()
     assert _losses(one)[SAVED_AT:] == pytest.approx(_losses(reference)[SAVED_AT:], rel=1e-6)
     final = load_file(str(one / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
     want = load_file(str(reference / "checkpoints" / step_dir_name(STEPS) / MODEL_FILE))
     assert max(float((final[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+
+def test_two_stages_each_split_over_two_ranks_equal_one_process(
+    reference, shards_dir, tokenizer_dir, tmp_path
+):
+    """Pipeline x tensor parallelism (FSDP over the one data-parallel rank): each stage's
+    blocks split over a pair of ranks, the pairs passing the stream along, as torchtitan
+    composes the two; the gathered weights are the fused model's."""
+    run = tmp_path / "run"
+    settings = {
+        **FOUR_BLOCKS,
+        "distributed__strategy": "fsdp",
+        "distributed__pipeline_parallel_degree": 2,
+        "distributed__tensor_parallel_degree": 2,
+    }
+    args = _overrides(shards_dir, tokenizer_dir, run, **settings)
+    _torchrun(["-m", "pretrain", "train"], args, nproc=4, timeout=240)
+    _assert_same_run(run, reference)
+    _assert_same_counts(run, reference)
 
 
 def test_a_pipeline_refuses_a_checkpoint_without_shards(single_run):  # noqa: F811

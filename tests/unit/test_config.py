@@ -148,8 +148,12 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
         ("--distributed.pipeline_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),
         (
             "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
-            "--distributed.tensor_parallel_degree=2",
-            "pipeline and tensor parallelism do not combine yet",
+            "--distributed.tensor_parallel_degree=2 --distributed.sequence_parallel=true",
+            "pipeline and sequence parallelism do not combine yet",
+        ),
+        (
+            f"{PIPELINE} --distributed.tensor_parallel_degree=2",
+            "tensor_parallel_degree=2 composes with FSDP",
         ),
         (
             "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "

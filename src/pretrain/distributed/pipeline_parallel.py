@@ -32,8 +32,12 @@ With ``WORLD_SIZE = P x D``, ranks are laid out ``(pipeline rank, data-parallel 
 stage's ``D`` data-parallel ranks are consecutive and DDP all-reduces their gradients, or FSDP2
 shards the stage over them (its blocks, then the stage, as torchtitan composes the two), and
 the pipeline's ranks, which exchange only one activation per micro-batch and stage, are ``D``
-ranks apart. A pipeline's sharded checkpoint (``dcp/``, keyed by parameter name) resumes under
-another number of stages, under FSDP or in one process.
+ranks apart. With tensor parallelism (``T`` ranks a group) the layout is ``(pipeline rank,
+data-parallel rank, tensor-parallel rank)``: each stage's blocks are split over its group
+(:mod:`pretrain.distributed.tensor_parallel`), each rank passing the whole stream on to the
+same tensor-parallel rank of the next stage. A pipeline's sharded checkpoint (``dcp/``,
+keyed by parameter name) resumes under another number of stages, under FSDP or in one
+process.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrain.distributed.env import DistEnv
+from pretrain.distributed.grad_norm import clip_to_norm, total_norm
 from pretrain.distributed.pipeline_stages import (
     DecoderStage,
     rank_stages,
@@ -98,7 +103,7 @@ class Pipeline:
     ):
         from torch.distributed.device_mesh import init_device_mesh
 
-        P, D = dist_env.pp_size, dist_env.dp_size
+        P, D, T = dist_env.pp_size, dist_env.dp_size, dist_env.tp_size
         self.num_ranks, self.num_stages = P, P * stages_per_rank
         self.stages = rank_stages(dist_env.pp_rank, P, stages_per_rank)
         self.first, self.last = 0 in self.stages, self.num_stages - 1 in self.stages
@@ -108,9 +113,16 @@ class Pipeline:
             self.whole_model = type(model)(model.cfg)
         layers = split_decoder(model, self.stages, self.num_stages)
         self.model = model
-        mesh = init_device_mesh(device.type, (P, D), mesh_dim_names=("pp", "dp"))
+        if T > 1:
+            mesh = init_device_mesh(device.type, (P, D, T), mesh_dim_names=("pp", "dp", "tp"))
+        else:
+            mesh = init_device_mesh(device.type, (P, D), mesh_dim_names=("pp", "dp"))
         self.pp_group = mesh["pp"].get_group()
-        self.dp_rank, self.dp_size = dist_env.dp_rank, D
+        self.pp_ranks = dist.get_process_group_ranks(self.pp_group)  # by pipeline rank
+        if T > 1:  # the blocks this rank holds split over its tensor-parallel group
+            from pretrain.distributed.tensor_parallel import apply_tensor_parallel
+
+            apply_tensor_parallel(model, mesh["tp"])
         self.modules: list[nn.Module] = [
             DecoderStage(model, layers[s], s == 0, s == self.num_stages - 1, autocast)
             for s in self.stages
@@ -124,15 +136,15 @@ class Pipeline:
 
             group = mesh["dp"].get_group()
             self.modules = [wrap_ddp(m, device, group) for m in self.modules]
-        self.embedding_group = self._embedding_group(dist_env) if self.tied else None
+        self.embedding_group = self._embedding_group(mesh) if self.tied else None
         self.schedule_name, self.micro_batches = schedule, micro_batches
         self.schedule = None  # built for the micro-batches' shape at the first step
         self.micro_batch_shape: tuple[int, int] | None = None
         self._step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def _global_rank(self, stage: int) -> int:
-        """The rank holding ``stage`` for this rank's data-parallel index."""
-        return (stage % self.num_ranks) * self.dp_size + self.dp_rank
+        """The rank of this rank's pipeline that holds ``stage``."""
+        return self.pp_ranks[stage % self.num_ranks]
 
     def _shard(self, dp_mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool):
         """FSDP2 over each stage's data-parallel ranks: its blocks, then the stage (its
@@ -188,14 +200,15 @@ class Pipeline:
             self.schedule = single(stages[0], scale_grads=False, **options)
         self.micro_batch_shape = shape
 
-    def _embedding_group(self, dist_env: DistEnv) -> dist.ProcessGroup | None:
-        """The pair (first stage, last stage) of this rank's data-parallel index: the ranks
-        holding the tied embedding. Every rank creates every pair (new_group is collective)."""
-        D, last = dist_env.dp_size, (self.num_ranks - 1) * dist_env.dp_size
+    def _embedding_group(self, mesh) -> dist.ProcessGroup | None:
+        """The pair (first stage's rank, last stage's rank) of this rank's pipeline: the ranks
+        holding the tied embedding. Every rank creates every pipeline's pair (new_group is
+        collective, in one order everywhere)."""
+        pipelines = mesh.mesh.reshape(self.num_ranks, -1).T.tolist()  # each the pp ranks
         mine = None
-        for d in range(D):
-            group = dist.new_group([d, last + d])
-            if dist_env.dp_rank == d and (self.first or self.last):
+        for ranks in pipelines:
+            group = dist.new_group([ranks[0], ranks[-1]])
+            if ranks == self.pp_ranks and (self.first or self.last):
                 mine = group
         return mine
 
@@ -273,22 +286,16 @@ class Pipeline:
         """Scale every stage's gradients so that their total 2-norm is at most ``max_norm``;
         returns the norm before clipping, the same on every rank. A tied embedding counts
         once (the first stage's copy)."""
-        counted = [p for p in self.model.parameters() if p.grad is not None]
+        params = list(self.model.parameters())
+        counted = params
         if self.tied and self.last and not self.first:
-            counted = [p for p in counted if p is not self.model.embed.weight]
-        grads = [p.grad for p in counted]
-        local = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
-        if hasattr(local, "full_tensor"):  # FSDP: the norm over the stage's shards
-            local = local.full_tensor()
-        squared = local.to(self.device, torch.float32) ** 2
+            counted = [p for p in params if p is not self.model.embed.weight]
+        # over this rank's shards (FSDP) and slices (tensor parallelism), then over the stages
+        squared = total_norm(counted).to(self.device, torch.float32) ** 2
         dist.all_reduce(squared, group=self.pp_group)
         total = squared.sqrt()
-        params = [p for p in self.model.parameters() if p.grad is not None]
         if math.isfinite(max_norm):
-            from torch.distributed.tensor.experimental import implicit_replication
-
-            with implicit_replication():  # the plain factor scales FSDP's sharded gradients
-                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+            clip_to_norm(params, max_norm, total)
         return total
 
     @contextlib.contextmanager
@@ -351,4 +358,6 @@ def gather_stage_weights(model: nn.Module, sends: bool) -> dict[str, torch.Tenso
     merged: dict[str, torch.Tensor] = {}
     for part in parts or []:
         merged.update(part)
-    return merged
+    from pretrain.distributed.tensor_parallel import fuse_row_blocks
+
+    return fuse_row_blocks(merged)  # tensor parallelism's q, k, v apart: fused again

@@ -75,6 +75,13 @@ class RowBlocks(nn.Module):
         return torch.cat([part(x) for part in self.parts], dim=-1)
 
 
+def held_blocks(model: nn.Module) -> list[nn.Module]:
+    """``model.blocks`` but for the stand-ins of blocks other pipeline stages hold."""
+    from pretrain.distributed.pipeline_stages import SkippedBlock
+
+    return [b for b in model.blocks if not isinstance(b, SkippedBlock)]
+
+
 def check_divisible(model: nn.Module, degree: int) -> None:
     """Refuse a model whose blocks do not split evenly into ``degree`` slices.
 
@@ -82,7 +89,7 @@ def check_divisible(model: nn.Module, degree: int) -> None:
         ValueError: naming the config key (heads, key/value heads, MLP width) that does not
             divide, or the block part tensor parallelism does not know.
     """
-    block = model.blocks[0]  # every block has the same parts and shapes
+    block = held_blocks(model)[0]  # every block has the same parts and shapes
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU | GeluMLP):
         raise ValueError(
@@ -135,7 +142,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
     replicated_input = PrepareModuleInput(
         input_layouts=(stream,), desired_input_layouts=(Replicate(),), use_local_output=False
     )
-    for block in model.blocks:
+    for block in held_blocks(model):  # a pipeline stage's, or all
         plan: dict[str, object] = {
             "attn": replicated_input,
             "mlp": replicated_input,
