@@ -290,7 +290,8 @@ class DistributedConfig:
     FSDP2 spans each stage's WORLD_SIZE / P data-parallel ranks. Each
     step's micro-batches (train.tokens_per_batch over train.micro_batch_size) are the
     pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
-    Decoder family, dense MLPs; no train.compile, samples.txt or eval.tasks."""
+    Decoder family, dense MLPs; train.compile with compile_scope blocks only; no
+    samples.txt or eval.tasks."""
     pipeline_schedule: typing.Literal["1f1b", "gpipe", "interleaved_1f1b"] = "1f1b"
     """1f1b: a stage runs a micro-batch's backward as soon as it can, holding at most P
     micro-batches' activations; gpipe: all forwards, then all backwards (every micro-batch's

@@ -233,16 +233,18 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
             "distributed.pipeline_schedule=interleaved_1f1b (several stages a rank), else 1 "
             f"(the schedule is {dist.pipeline_schedule})"
         )
-    refused = {
-        "train.compile": cfg.train.compile,
-        "eval.tasks": bool(cfg.eval.tasks),
-    }
-    for name, on in refused.items():
-        if on:
-            raise ConfigError(
-                f"{key}: {name} is not supported with pipeline parallelism (each rank holds "
-                f"a few blocks, not a model to compile or to score prompts with); unset {name}"
-            )
+    if cfg.train.compile and cfg.train.compile_scope != "blocks":
+        raise ConfigError(
+            f"{key}: train.compile_scope={cfg.train.compile_scope} compiles the whole model's "
+            "forward, which no stage runs; use train.compile_scope=blocks (each block "
+            "compiled, as each stage runs them)"
+        )
+    if cfg.eval.tasks:
+        raise ConfigError(
+            f"{key}: eval.tasks is not supported with pipeline parallelism (each rank holds "
+            "a few blocks, no model to score prompts with); score them with pretrain fewshot "
+            "on a checkpoint, or unset eval.tasks"
+        )
 
 
 def _check_pipeline_micro_batches(cfg: ExperimentConfig, micro_batches: int) -> None:

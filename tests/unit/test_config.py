@@ -165,7 +165,10 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
             "model.family=encoder is not supported",
         ),
         (f"{PIPELINE} --model.n_experts=4", "model.n_experts=4 .* is not supported"),
-        (f"{PIPELINE} --train.compile=true", "train.compile is not supported with pipeline"),
+        (
+            f"{PIPELINE} --train.compile=true --train.compile_scope=model",
+            "train.compile_scope=model compiles the whole model's forward, which no stage runs",
+        ),
         (  # 2 micro-batches of 2 x 64 tokens a step
             f"{PIPELINE} --distributed.pipeline_parallel_degree=4 --train.seq_len=64 "
             "--train.micro_batch_size=2 --train.tokens_per_batch=256",
