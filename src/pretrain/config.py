@@ -292,14 +292,17 @@ class DistributedConfig:
     pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
     Decoder family, dense MLPs; train.compile with compile_scope blocks only; no
     samples.txt or eval.tasks."""
-    pipeline_schedule: typing.Literal["1f1b", "gpipe", "interleaved_1f1b"] = "1f1b"
+    pipeline_schedule: typing.Literal["1f1b", "gpipe", "interleaved_1f1b", "looped_bfs"] = "1f1b"
     """1f1b: a stage runs a micro-batch's backward as soon as it can, holding at most P
     micro-batches' activations; gpipe: all forwards, then all backwards (every micro-batch's
     activations held at once); interleaved_1f1b: 1F1B over pipeline_stages_per_rank stages a
-    rank, a bubble that many times smaller. The same gradients on every schedule."""
+    rank, a bubble that many times smaller; looped_bfs: breadth-first over those stages (each
+    runs every micro-batch it can before the rank's next). The same gradients on every
+    schedule."""
     pipeline_stages_per_rank: int = 1
     """Stages a pipeline rank holds (v): 1, or 2 and more with pipeline_schedule=
-    interleaved_1f1b (rank r holds stages r, r + P, ...; the model needs P x v blocks)."""
+    interleaved_1f1b or looped_bfs (rank r holds stages r, r + P, ...; the model needs P x v
+    blocks)."""
 
 
 @dataclasses.dataclass

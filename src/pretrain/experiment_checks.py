@@ -191,6 +191,10 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
         )
 
 
+# Schedules over several stages a rank (rank r holds stages r, r + P, ...).
+LOOPED_SCHEDULES = ("interleaved_1f1b", "looped_bfs")
+
+
 def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
     dist = cfg.distributed
     degree = dist.pipeline_parallel_degree
@@ -226,12 +230,12 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
             "experts' balancing loss spans every stage) is not supported"
         )
     stages = dist.pipeline_stages_per_rank
-    interleaved = dist.pipeline_schedule == "interleaved_1f1b"
-    if stages < 1 or (stages > 1) != interleaved:
+    looped = dist.pipeline_schedule in LOOPED_SCHEDULES
+    if stages < 1 or (stages > 1) != looped:
         raise ConfigError(
             f"distributed.pipeline_stages_per_rank={stages}: use 2 or more with "
-            "distributed.pipeline_schedule=interleaved_1f1b (several stages a rank), else 1 "
-            f"(the schedule is {dist.pipeline_schedule})"
+            f"distributed.pipeline_schedule={'|'.join(LOOPED_SCHEDULES)} (several stages a "
+            f"rank), else 1 (the schedule is {dist.pipeline_schedule})"
         )
     if cfg.train.compile and cfg.train.compile_scope != "blocks":
         raise ConfigError(
@@ -256,7 +260,7 @@ def _check_pipeline_micro_batches(cfg: ExperimentConfig, micro_batches: int) -> 
     rounds = max(1, micro_batches // degree)
     if degree > 1 and schedule == "interleaved_1f1b" and micro_batches % rounds:
         raise ConfigError(
-            f"distributed.pipeline_schedule=interleaved_1f1b runs a step's micro-batches in "
+            f"distributed.pipeline_schedule={schedule} runs a step's micro-batches in "
             f"{rounds} equal rounds (one per distributed.pipeline_parallel_degree={degree} "
             f"of them): {micro_batches} micro-batches (train.tokens_per_batch / (train."
             f"micro_batch_size * train.seq_len * data-parallel ranks)) do not split so; make "

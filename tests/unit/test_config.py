@@ -176,6 +176,7 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
         ),
         (f"{PIPELINE} --distributed.pipeline_stages_per_rank=2", "use 2 or more with"),
         (f"{PIPELINE} --distributed.pipeline_schedule=interleaved_1f1b", "use 2 or more with"),
+        (f"{PIPELINE} --distributed.pipeline_schedule=looped_bfs", "use 2 or more with"),
         (  # 5 micro-batches: rounds of 2 and a half
             f"{PIPELINE} --distributed.pipeline_schedule=interleaved_1f1b "
             "--distributed.pipeline_stages_per_rank=2 --train.seq_len=64 "

@@ -16,6 +16,12 @@ accumulation would run one after the other) flow through the stages on a schedul
 - **Interleaved 1F1B** (the same paper, §2.2.2): ``v`` stages a rank, so a micro-batch
   passes each rank ``v`` times in smaller pieces; the bubble shrinks ``v``-fold for ``v``
   times the activation sends.
+- **Looped BFS** (Lamy-Poirier 2023, "Breadth-First Pipeline Parallelism"): ``v`` stages a
+  rank, each running every micro-batch it can before the next stage of the rank.
+
+PyTorch's zero-bubble schedules (Qi et al. 2024), which defer the weight gradients, are not
+offered: on 2.13 they gave other gradients than one process as soon as DDP or FSDP wrapped
+the stages (measured, 6-step CPU runs), though right ones on bare stages.
 
 Either way the gradients are those of the micro-batches run in one process: the loss of each
 is its sum over label tokens divided by the step's label count, as in
@@ -171,6 +177,7 @@ class Pipeline:
             Schedule1F1B,
             ScheduleGPipe,
             ScheduleInterleaved1F1B,
+            ScheduleLoopedBFS,
         )
 
         B, T = shape
@@ -193,8 +200,12 @@ class Pipeline:
             for stage, module in zip(self.stages, self.modules, strict=True)
         ]
         options = {"n_microbatches": self.micro_batches, "loss_fn": self._loss}
-        if self.schedule_name == "interleaved_1f1b":
-            self.schedule = ScheduleInterleaved1F1B(stages, scale_grads=False, **options)
+        looped = {
+            "interleaved_1f1b": ScheduleInterleaved1F1B,
+            "looped_bfs": ScheduleLoopedBFS,
+        }
+        if self.schedule_name in looped:
+            self.schedule = looped[self.schedule_name](stages, scale_grads=False, **options)
         else:
             single = {"1f1b": Schedule1F1B, "gpipe": ScheduleGPipe}[self.schedule_name]
             self.schedule = single(stages[0], scale_grads=False, **options)
