@@ -203,12 +203,6 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
     if degree == 1:
         return
     key = f"distributed.pipeline_parallel_degree={degree}"
-    if dist.sequence_parallel:
-        raise ConfigError(
-            f"{key} with distributed.sequence_parallel: pipeline and sequence parallelism "
-            "do not combine yet (tensor parallelism does); set distributed.sequence_parallel="
-            "false"
-        )
     if dist.strategy == "none":
         raise ConfigError(
             f"{key}: set distributed.strategy=ddp or fsdp, how each stage's data-parallel "

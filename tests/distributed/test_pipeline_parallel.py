@@ -127,15 +127,17 @@ def test_two_stages_equal_one_process_and_resume_on_four_ranks_and_on_one(
 def test_two_stages_each_split_over_two_ranks_equal_one_process(
     reference, shards_dir, tokenizer_dir, tmp_path
 ):
-    """Pipeline x tensor parallelism (FSDP over the one data-parallel rank): each stage's
-    blocks split over a pair of ranks, the pairs passing the stream along, as torchtitan
-    composes the two; the gathered weights are the fused model's."""
+    """Pipeline x tensor x sequence parallelism (FSDP over the one data-parallel rank): each
+    stage's blocks split over a pair of ranks, the sequence split at the stage's first block
+    and gathered after its last, the pairs passing the whole stream along, as torchtitan
+    composes them; the gathered weights are the fused model's."""
     run = tmp_path / "run"
     settings = {
         **FOUR_BLOCKS,
         "distributed__strategy": "fsdp",
         "distributed__pipeline_parallel_degree": 2,
         "distributed__tensor_parallel_degree": 2,
+        "distributed__sequence_parallel": "true",
     }
     args = _overrides(shards_dir, tokenizer_dir, run, **settings)
     _torchrun(["-m", "pretrain", "train"], args, nproc=4, timeout=240)

@@ -147,11 +147,6 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
         ("--distributed.pipeline_parallel_degree=0", "pipeline_parallel_degree must be >= 1"),
         ("--distributed.pipeline_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),
         (
-            "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
-            "--distributed.tensor_parallel_degree=2 --distributed.sequence_parallel=true",
-            "pipeline and sequence parallelism do not combine yet",
-        ),
-        (
             f"{PIPELINE} --distributed.tensor_parallel_degree=2",
             "tensor_parallel_degree=2 composes with FSDP",
         ),

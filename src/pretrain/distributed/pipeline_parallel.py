@@ -93,6 +93,8 @@ class Pipeline:
         autocast: context manager factory the stages' forward runs under.
         param_dtype: FSDP's compute dtype (bf16 under mixed precision), or None.
         reshard_after_forward: FSDP's ``distributed.reshard_after_forward``, for the blocks.
+        sequence_parallel: with tensor parallelism, split the sequence too (Korthikanti et
+            al. 2022) between each stage's first and last block.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Pipeline:
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         param_dtype: torch.dtype | None = None,
         reshard_after_forward: bool = True,
+        sequence_parallel: bool = False,
     ):
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -128,7 +131,10 @@ class Pipeline:
         if T > 1:  # the blocks this rank holds split over its tensor-parallel group
             from pretrain.distributed.tensor_parallel import apply_tensor_parallel
 
-            apply_tensor_parallel(model, mesh["tp"])
+            # with sequence parallelism each stage splits the sequence at its first block
+            # and gathers it after its last: the stream between stages is whole
+            runs = [[model.blocks[i] for i in layers[s]] for s in self.stages]
+            apply_tensor_parallel(model, mesh["tp"], sequence_parallel, runs)
         self.modules: list[nn.Module] = [
             DecoderStage(model, layers[s], s == 0, s == self.num_stages - 1, autocast)
             for s in self.stages

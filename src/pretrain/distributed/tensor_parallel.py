@@ -110,7 +110,12 @@ def check_divisible(model: nn.Module, degree: int) -> None:
             )
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
+def apply_tensor_parallel(
+    model: nn.Module,
+    tp_mesh,
+    sequence_parallel: bool = False,
+    runs: list[list[nn.Module]] | None = None,
+) -> None:
     """Split each of ``model.blocks`` across ``tp_mesh`` (a 1-D DeviceMesh), in place.
 
     With ``sequence_parallel`` (Korthikanti et al. 2022, "Reducing Activation Recomputation
@@ -118,7 +123,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
     is split along the sequence too: each rank keeps and normalizes ``T / tp`` positions, the
     sequence is all-gathered before each attention and MLP, and their outputs are
     reduce-scattered instead of all-reduced (the same traffic); the blocks' input is split at
-    the first block and gathered after the last. Call it before FSDP wraps the blocks, and
+    the first block and gathered after the last: of each of ``runs`` (a pipeline's stages'
+    blocks; default: the model's blocks as one run). Call it before FSDP wraps the blocks, and
     build the optimizer after both.
     """
     from torch.distributed.tensor import Replicate, Shard
@@ -157,11 +163,12 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
         block.attn.n_heads //= degree
         block.attn.n_kv_heads //= degree
     if sequence_parallel:
-        model.blocks[0].register_forward_pre_hook(_split_sequence(tp_mesh))
         gathered = PrepareModuleOutput(
             output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True
         )
-        parallelize_module(model.blocks[-1], tp_mesh, gathered)
+        for run in runs if runs is not None else [list(model.blocks)]:
+            run[0].register_forward_pre_hook(_split_sequence(tp_mesh))
+            parallelize_module(run[-1], tp_mesh, gathered)
 
 
 # A block's norms: what sequence parallelism runs on each rank's share of the positions.

@@ -158,6 +158,7 @@ class Trainer:
                 self._autocast,
                 param_dtype=self.autocast_dtype,
                 reshard_after_forward=cfg.distributed.reshard_after_forward,
+                sequence_parallel=cfg.distributed.sequence_parallel,
             )
             self.train_module = self.loss_module  # the pipeline wraps its stages in DDP or FSDP
             self.flops_model = self.pipeline.whole_model
