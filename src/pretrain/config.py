@@ -290,6 +290,7 @@ class DistributedConfig:
     FSDP2 spans each stage's WORLD_SIZE / P data-parallel ranks. Each
     step's micro-batches (train.tokens_per_batch over train.micro_batch_size) are the
     pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
+    With fsdp, also HSDP (replicate_degree) and tensor_parallel_degree within each stage.
     Decoder family, dense MLPs; train.compile with compile_scope blocks only; no
     samples.txt or eval.tasks."""
     pipeline_schedule: typing.Literal["1f1b", "gpipe", "interleaved_1f1b", "looped_bfs"] = "1f1b"

@@ -208,11 +208,6 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
             f"{key}: set distributed.strategy=ddp or fsdp, how each stage's data-parallel "
             "ranks share it (with as many ranks as stages there is no data parallelism)"
         )
-    if dist.replicate_degree > 1:
-        raise ConfigError(
-            f"{key} with distributed.replicate_degree={dist.replicate_degree}: pipeline "
-            "parallelism and hybrid sharding do not combine yet; choose one"
-        )
     if cfg.model.family != "decoder":
         raise ConfigError(
             f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "

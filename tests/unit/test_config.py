@@ -151,11 +151,6 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
             "tensor_parallel_degree=2 composes with FSDP",
         ),
         (
-            "--distributed.pipeline_parallel_degree=2 --distributed.strategy=fsdp "
-            "--distributed.replicate_degree=2",
-            "pipeline parallelism and hybrid sharding do not combine yet",
-        ),
-        (
             f"{PIPELINE} --model.family=encoder --objective.name=mlm",
             "model.family=encoder is not supported",
         ),

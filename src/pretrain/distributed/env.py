@@ -99,9 +99,10 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             f"{cfg.replicate_degree} must divide the number of ranks, WORLD_SIZE={world_size}"
         )
     pp = cfg.pipeline_parallel_degree
-    if world_size % (tp * pp):
+    if world_size % (tp * pp * cfg.replicate_degree):
         raise ValueError(
-            f"distributed.pipeline_parallel_degree={pp} must divide the number of ranks, "
+            f"distributed.pipeline_parallel_degree={pp} times tensor_parallel_degree={tp} "
+            f"times replicate_degree={cfg.replicate_degree} must divide the number of ranks, "
             f"WORLD_SIZE={world_size}"
         )
     backend = cfg.backend

@@ -95,6 +95,8 @@ class Pipeline:
         reshard_after_forward: FSDP's ``distributed.reshard_after_forward``, for the blocks.
         sequence_parallel: with tensor parallelism, split the sequence too (Korthikanti et
             al. 2022) between each stage's first and last block.
+        replicate_degree: FSDP's HSDP replicas: the data-parallel ranks of a stage as that
+            many groups, each holding one sharded copy.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Pipeline:
         param_dtype: torch.dtype | None = None,
         reshard_after_forward: bool = True,
         sequence_parallel: bool = False,
+        replicate_degree: int = 1,
     ):
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -122,10 +125,14 @@ class Pipeline:
             self.whole_model = type(model)(model.cfg)
         layers = split_decoder(model, self.stages, self.num_stages)
         self.model = model
-        if T > 1:
-            mesh = init_device_mesh(device.type, (P, D, T), mesh_dim_names=("pp", "dp", "tp"))
-        else:
-            mesh = init_device_mesh(device.type, (P, D), mesh_dim_names=("pp", "dp"))
+        # (pp, dp[, tp]), the data-parallel ranks as (replicas, shards) under HSDP
+        R = replicate_degree
+        dp_dims = (("dp_replicate", R), ("dp_shard", D // R)) if R > 1 else (("dp", D),)
+        dims = (("pp", P), *dp_dims, *((("tp", T),) if T > 1 else ()))
+        mesh = init_device_mesh(
+            device.type, tuple(n for _, n in dims), mesh_dim_names=tuple(k for k, _ in dims)
+        )
+        dp_mesh = mesh["dp_replicate", "dp_shard"] if R > 1 else mesh["dp"]
         self.pp_group = mesh["pp"].get_group()
         self.pp_ranks = dist.get_process_group_ranks(self.pp_group)  # by pipeline rank
         if T > 1:  # the blocks this rank holds split over its tensor-parallel group
@@ -142,11 +149,11 @@ class Pipeline:
         self.stream_dtype = self.modules[0].stream_dtype
         self.sharded = dist_env.strategy == "fsdp"
         if self.sharded:
-            self._shard(mesh["dp"], param_dtype, reshard_after_forward)
+            self._shard(dp_mesh, param_dtype, reshard_after_forward)
         elif D > 1:
             from pretrain.distributed.parallelize import wrap_ddp
 
-            group = mesh["dp"].get_group()
+            group = dp_mesh.get_group()
             self.modules = [wrap_ddp(m, device, group) for m in self.modules]
         self.embedding_group = self._embedding_group(mesh) if self.tied else None
         self.schedule_name, self.micro_batches = schedule, micro_batches

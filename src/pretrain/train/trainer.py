@@ -159,6 +159,7 @@ class Trainer:
                 param_dtype=self.autocast_dtype,
                 reshard_after_forward=cfg.distributed.reshard_after_forward,
                 sequence_parallel=cfg.distributed.sequence_parallel,
+                replicate_degree=cfg.distributed.replicate_degree,
             )
             self.train_module = self.loss_module  # the pipeline wraps its stages in DDP or FSDP
             self.flops_model = self.pipeline.whole_model
