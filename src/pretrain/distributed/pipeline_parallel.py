@@ -81,12 +81,12 @@ class Pipeline:
     """This rank's stages of the pipeline, their schedule, and the collectives around them.
 
     Args:
-        model: the whole single-device decoder; trimmed to this rank's stages in place (and
-            sharded, under FSDP).
+        model: the whole single-device decoder, in host memory; trimmed to this rank's stages
+            in place, then moved to ``device`` (and sharded, under FSDP).
         dist_env: this rank's place (``pp_size`` pipeline ranks, ``dp_size`` data-parallel
             ranks); its ``strategy`` says how a stage's data-parallel ranks share it: DDP or
             FSDP2.
-        schedule: ``"1f1b"``, ``"gpipe"`` or ``"interleaved_1f1b"``.
+        schedule: ``"1f1b"``, ``"gpipe"``, ``"interleaved_1f1b"`` or ``"looped_bfs"``.
         stages_per_rank: ``v``, more than 1 only for the interleaved schedule.
         micro_batches: micro-batches a step (the schedule's).
         device: this rank's device.
@@ -124,7 +124,7 @@ class Pipeline:
         with torch.device("meta"):  # the whole model's shapes, for the FLOPs a step counts
             self.whole_model = type(model)(model.cfg)
         layers = split_decoder(model, self.stages, self.num_stages)
-        self.model = model
+        self.model = model.to(device)  # only this rank's stages, built whole in host memory
         # (pp, dp[, tp]), the data-parallel ranks as (replicas, shards) under HSDP
         R = replicate_degree
         dp_dims = (("dp_replicate", R), ("dp_shard", D // R)) if R > 1 else (("dp", D),)
@@ -364,24 +364,3 @@ class Pipeline:
             if after != dist.get_rank():
                 dist.send(x.contiguous(), dst=after)
         return None
-
-
-def gather_stage_weights(model: nn.Module, sends: bool) -> dict[str, torch.Tensor]:
-    """The whole model's weights on rank 0, from every stage's part (collective); an empty
-    dict on the other ranks. ``sends``: this rank's part goes (one data-parallel rank's per
-    stage is enough; the others hold the same weights). FSDP's shards are gathered first,
-    over each stage's data-parallel ranks."""
-    state = {}
-    for name, value in model.state_dict().items():
-        if hasattr(value, "full_tensor"):  # every data-parallel rank of the stage takes part
-            value = value.full_tensor()
-        state[name] = value.detach().cpu()
-    state = state if sends else {}
-    parts: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(state, parts, dst=0)
-    merged: dict[str, torch.Tensor] = {}
-    for part in parts or []:
-        merged.update(part)
-    from pretrain.distributed.tensor_parallel import fuse_row_blocks
-
-    return fuse_row_blocks(merged)  # tensor parallelism's q, k, v apart: fused again

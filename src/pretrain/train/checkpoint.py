@@ -353,6 +353,28 @@ def load_sharded(path: Path, module: torch.nn.Module, optimizer: torch.optim.Opt
     )
 
 
+def weights_from_sharded(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The whole model weights of a :func:`save_sharded` checkpoint, read back from its files
+    into CPU memory by this process alone (no collective, nothing on a device), as the
+    single-device model names them: what rank 0 writes as ``model.safetensors`` when no rank
+    holds the whole model (a pipeline's stages). ``prefix`` is stripped from the names."""
+    import torch.distributed.checkpoint as dcp
+
+    from pretrain.distributed.tensor_parallel import fuse_row_blocks
+
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state = {
+        key: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in saved.items()
+        if key.startswith("model.") and hasattr(meta, "size")  # tensors, not pickled values
+    }
+    with warnings.catch_warnings():  # one process reading files is what no_dist asks for
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=path, no_dist=True)
+    weights = {key.removeprefix("model.").removeprefix(prefix): t for key, t in state.items()}
+    return fuse_row_blocks(weights)  # tensor parallelism's q, k, v apart: fused again
+
+
 def load_whole_into_sharded(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -10,8 +10,9 @@ of rows (:mod:`pretrain.distributed.tensor_parallel`): its sharded checkpoints r
 tensor-parallel degree > 1, and only there (the consolidated weights are the fused model's).
 Under pipeline parallelism each stage holds some of the parameters: all ranks write ``dcp/``
 (the optimizer state keyed by parameter name, so stages of other sizes can read it) and rank 0
-gathers the stages' weights into ``model.safetensors``; such a checkpoint resumes under any
-number of stages, FSDP or one process, but a pipeline resumes only sharded checkpoints.
+reads the stages' weights back from those files into ``model.safetensors``; such a checkpoint
+resumes under any number of stages, FSDP or one process, but a pipeline resumes only sharded
+checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 
 from pretrain.distributed import comm
 from pretrain.distributed.parallelize import is_fsdp
-from pretrain.distributed.pipeline_parallel import gather_stage_weights
 from pretrain.train.checkpoint import (
     SHARDED_DIR,
     Checkpoint,
@@ -39,6 +39,7 @@ from pretrain.train.checkpoint import (
     save_sharded,
     step_dir_name,
     temp_dir,
+    weights_from_sharded,
 )
 from pretrain.train.errors import TrainingError
 
@@ -58,7 +59,6 @@ def save_run_checkpoint(
     is_best: bool,
     is_main: bool,
     pipelined: bool = False,
-    sends_stage: bool = True,
 ) -> Path:
     """Write ``ckpt_dir/step_N``; every rank calls this, and returns once it has its name.
 
@@ -68,9 +68,7 @@ def save_run_checkpoint(
         rng: random generator states, stored in ``optim.pt``.
         state: trainer and loader state, stored in ``state.json``.
         is_main: this is rank 0, which writes the files (the only rank of one process).
-        pipelined: each rank holds one pipeline stage's parameters.
-        sends_stage: under a pipeline, this rank sends its stage's weights to rank 0 for
-            ``model.safetensors`` (one data-parallel rank a stage does).
+        pipelined: each rank holds pipeline stages' parameters.
     """
     if is_fsdp(train_module) or pipelined:
         tmp = temp_dir(ckpt_dir, step)
@@ -78,10 +76,10 @@ def save_run_checkpoint(
             begin_checkpoint(ckpt_dir, step)
         comm.barrier()
         save_sharded(tmp / SHARDED_DIR, loss_module, optimizer, by_parameter=pipelined)
-        if pipelined:
-            model_state = gather_stage_weights(loss_module.model, sends_stage)
-        else:
+        if not pipelined:
             model_state = full_model_state(loss_module, prefix=_MODEL_PREFIX)
+        elif is_main:  # read back from the files just written: no stage's weights in flight
+            model_state = weights_from_sharded(tmp / SHARDED_DIR, prefix=_MODEL_PREFIX)
         if is_main:
             finish_checkpoint(
                 ckpt_dir, step, tmp, model_state, {"rng": rng}, state, keep_last, is_best

@@ -167,7 +167,6 @@ class RunState:
             is_best,
             self.dist.is_main,
             pipelined=self.dist.pp_size > 1,
-            sends_stage=self.dist.dp_rank == 0,
         )
         self.last_saved_step = state.step
         return path

@@ -131,7 +131,12 @@ class Trainer:
         self.tokenizer = Tokenizer.load(tokenizer_path)
         self.model = build_model(
             cfg.model, self.tokenizer.vocab_size, cfg.train.seq_len, self.tokenizer.special.pad
-        ).to(self.device)
+        )
+        # A pipeline rank moves only its stages to the device (the Pipeline, after the split):
+        # the whole model, built and initialized in host memory as one process would, need
+        # not fit on one GPU.
+        if self.dist.pp_size == 1:
+            self.model.to(self.device)
         if cfg.distributed.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.step_model, self._marks_cudagraph_steps = training_forward(
