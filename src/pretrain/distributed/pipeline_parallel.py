@@ -87,7 +87,8 @@ class Pipeline:
             ranks); its ``strategy`` says how a stage's data-parallel ranks share it: DDP or
             FSDP2.
         schedule: ``"1f1b"``, ``"gpipe"``, ``"interleaved_1f1b"`` or ``"looped_bfs"``.
-        stages_per_rank: ``v``, more than 1 only for the interleaved schedule.
+        stages_per_rank: ``v``, more than 1 only for the looped schedules (interleaved 1F1B,
+            looped BFS).
         micro_batches: micro-batches a step (the schedule's).
         device: this rank's device.
         autocast: context manager factory the stages' forward runs under.
