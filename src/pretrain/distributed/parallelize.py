@@ -165,19 +165,20 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def gathered(module: nn.Module) -> Iterator[None]:
+def gathered(*modules: nn.Module) -> Iterator[None]:
     """Full (unsharded) root weights outside the training forward: evaluation and sampling.
 
     FSDP2 gathers a wrapped module's weights only inside its forward; the trainer evaluates
-    through the bare model, so the root's own weights (embeddings, output head, final norm)
-    are gathered here for the duration; the blocks gather their own in their forward. Every
-    rank must enter it (it is a collective).
+    through the bare model, so the roots' own weights (embeddings, output head, final norm;
+    one root a pipeline stage) are gathered here for the duration; the blocks gather their
+    own in their forward. Every rank must enter it (it is a collective). Modules FSDP does
+    not wrap are left as they are.
     """
-    if not is_fsdp(module):
-        yield
-        return
-    module.unshard()
+    roots = [m for m in modules if is_fsdp(m)]
+    for root in roots:
+        root.unshard()
     try:
         yield
     finally:
-        module.reshard()
+        for root in roots:
+            root.reshard()

@@ -50,8 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -66,15 +65,6 @@ from pretrain.distributed.pipeline_stages import (
     stage_inputs,
 )
 from pretrain.objectives.base import ModelBatch
-
-
-@dataclass
-class StepSums:
-    """The last stage's sums over a step's micro-batches (zeros on the other stages)."""
-
-    ce_sum: torch.Tensor
-    router_sum: torch.Tensor
-    per_task: dict[str, list]
 
 
 class Pipeline:
@@ -148,8 +138,7 @@ class Pipeline:
             for s in self.stages
         ]
         self.stream_dtype = self.modules[0].stream_dtype
-        self.sharded = dist_env.strategy == "fsdp"
-        if self.sharded:
+        if dist_env.strategy == "fsdp":
             self._shard(dp_mesh, param_dtype, reshard_after_forward)
         elif D > 1:
             from pretrain.distributed.parallelize import wrap_ddp
@@ -160,7 +149,7 @@ class Pipeline:
         self.schedule_name, self.micro_batches = schedule, micro_batches
         self.schedule = None  # built for the micro-batches' shape at the first step
         self.micro_batch_shape: tuple[int, int] | None = None
-        self._step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._step_loss: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
     def _global_rank(self, stage: int) -> int:
         """The rank of this rank's pipeline that holds ``stage``."""
@@ -239,22 +228,18 @@ class Pipeline:
 
     def _loss(self, hidden: torch.Tensor, micro_batch: torch.Tensor) -> torch.Tensor:
         assert self._step_loss is not None, "the loss is set per step by Pipeline.step"
-        return self._step_loss(hidden, micro_batch)
+        # The target the schedule split is each row's micro-batch index (on the host).
+        return self._step_loss(hidden, int(micro_batch[0]))
 
     def step(
-        self,
-        batches: list[ModelBatch],
-        loss: Callable[[torch.Tensor, torch.Tensor, list], tuple],
-        divisor: torch.Tensor,
-        dp_size: int,
-    ) -> StepSums:
+        self, batches: list[ModelBatch], loss: Callable[[torch.Tensor, int], torch.Tensor]
+    ) -> None:
         """Forward and backward one step's ``batches`` (on the host) through the pipeline,
         leaving the gradients in this rank's stages' parameters (tied copies summed).
 
-        ``loss(hidden, labels, groups)`` is the trainer's loss
-        (:meth:`~pretrain.train.loss_module.ModelWithLoss.loss`); each micro-batch's total is
-        divided by ``divisor`` (the step's label tokens over all ranks), times ``dp_size``
-        since DDP and FSDP average."""
+        ``loss(hidden, i)``, called on the last stage, is what micro-batch ``i``'s final
+        hidden states backpropagate (:func:`pretrain.train.accumulate.pipeline_gradients`):
+        found by the index the schedule splits with the inputs, not by the order of calls."""
         device = self.device
         shapes = {tuple(b.input_ids.shape) for b in batches}
         if self.schedule is None:
@@ -266,25 +251,7 @@ class Pipeline:
             )
         input_ids, index, kwargs = stage_inputs(batches)
         kwargs = {k: v.to(device) for k, v in kwargs.items()}
-        sums = StepSums(torch.zeros((), device=device), torch.zeros((), device=device), {})
-        if self.last:
-            labels = [b.labels.to(device) for b in batches]
-            groups = [b.loss_groups(device) for b in batches]
-
-        def step_loss(hidden: torch.Tensor, micro_batch: torch.Tensor) -> torch.Tensor:
-            # The target the schedule split is the micro-batch index of each row (on the
-            # host): this micro-batch's labels and loss groups.
-            i = int(micro_batch[0])
-            total, ce, tasks, router = loss(hidden, labels[i], groups[i])
-            sums.ce_sum += ce
-            sums.router_sum += router
-            for name, (task_ce, count) in tasks.items():
-                task = sums.per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
-                task[0] += task_ce
-                task[1] += count
-            return total / divisor * dp_size
-
-        self._step_loss = step_loss
+        self._step_loss = loss
         try:
             args = (input_ids.to(device),) if self.first else ()
             target = index if self.last else None
@@ -292,7 +259,6 @@ class Pipeline:
         finally:
             self._step_loss = None
         self.sync_tied_gradients()
-        return sums
 
     def sync_tied_gradients(self) -> None:
         """Sum the tied embedding's gradients of the first and the last stage (Megatron-LM's
@@ -323,36 +289,13 @@ class Pipeline:
             clip_to_norm(params, max_norm, total)
         return total
 
-    @contextlib.contextmanager
-    def gathered(self) -> Iterator[None]:
-        """FSDP: this rank's stages' own weights (embeddings, final norm, output projection)
-        whole for evaluation (every data-parallel rank of the stage enters it)."""
-        if not self.sharded:
-            yield
-            return
-        for module in self.modules:
-            module.unshard()
-        try:
-            yield
-        finally:
-            for module in self.modules:
-                module.reshard()
-
     @torch.no_grad()
     def forward(self, batch: ModelBatch) -> torch.Tensor | None:
         """The final hidden states of ``batch`` on the last stage, None on the other ranks
         (every rank of the pipeline calls this with the same batch): evaluation, one batch at
         a time, each stage passing its output on to the next."""
-        spec = batch.attention
-        if spec.kind not in ("causal", "prefix"):
-            raise ValueError(f"pipeline parallelism cannot evaluate {spec.kind} attention")
-        kwargs = {
-            "position_ids": batch.position_ids,
-            "document_ids": spec.document_ids,
-            "prefix_lengths": spec.prefix_lengths if spec.kind == "prefix" else None,
-        }
-        B, T = batch.input_ids.shape
-        x = batch.input_ids
+        x, _, kwargs = stage_inputs([batch])  # as a step passes them
+        B, T = x.shape
         for stage, module in zip(self.stages, self.modules, strict=True):
             if stage > 0 and self._global_rank(stage - 1) != dist.get_rank():
                 x = torch.empty(B, T, self.model.cfg.d_model, dtype=self.stream_dtype,

@@ -42,6 +42,19 @@ class StepLosses:
     per_task: dict[str, list]  # task -> [ce sum tensor, label tokens], for the tasks drawn
     label_tokens: int
 
+    @classmethod
+    def empty(cls, device: torch.device, label_tokens: int) -> StepLosses:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device), {}, label_tokens)
+
+    def add(self, ce: torch.Tensor, tasks: dict[str, tuple[torch.Tensor, int]], router) -> None:
+        """One micro-batch's sums (:meth:`~pretrain.train.loss_module.ModelWithLoss.loss`)."""
+        self.ce_sum += ce
+        self.router_sum += router
+        for name, (task_ce, count) in tasks.items():
+            sums = self.per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
+            sums[0] += task_ce
+            sums[1] += count
+
 
 def _label_tokens(
     batches: list[ModelBatch], device: torch.device, dist: DistEnv
@@ -63,9 +76,7 @@ def accumulate_gradients(
     ``train_module`` (the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, maybe
     wrapped by DDP or FSDP), leaving the step's gradients in the parameters."""
     local_labels, divisor = _label_tokens(batches, device, dist)
-    ce_sum = torch.zeros((), device=device)
-    router_sum = torch.zeros((), device=device)
-    per_task: dict[str, list] = {}
+    losses = StepLosses.empty(device, local_labels)
     for i, cpu_batch in enumerate(batches):
         groups = cpu_batch.loss_groups(device)
         batch = cpu_batch.to(device)
@@ -74,13 +85,8 @@ def accumulate_gradients(
             # DDP and FSDP average gradients over the data-parallel ranks; `* dp_size` turns
             # that into the sum.
             (total / divisor * dist.dp_size).backward()
-        ce_sum += ce
-        router_sum += router
-        for name, (task_ce, count) in tasks.items():
-            sums = per_task.setdefault(name, [torch.zeros_like(task_ce), 0])
-            sums[0] += task_ce
-            sums[1] += count
-    return StepLosses(ce_sum, router_sum, per_task, local_labels)
+        losses.add(ce, tasks, router)
+    return losses
 
 
 def pipeline_gradients(
@@ -94,5 +100,15 @@ def pipeline_gradients(
     micro-batches, each micro-batch's loss is divided by the same count (the last stage
     computes the losses; the sums of the other stages stay zero)."""
     local_labels, divisor = _label_tokens(batches, device, dist)
-    sums = pipeline.step(batches, loss_module.loss, divisor, dist.dp_size)
-    return StepLosses(sums.ce_sum, sums.router_sum, sums.per_task, local_labels)
+    losses = StepLosses.empty(device, local_labels)
+    if pipeline.last:  # the schedule calls the loss there only
+        labels = [b.labels.to(device) for b in batches]
+        groups = [b.loss_groups(device) for b in batches]
+
+    def micro_batch_loss(hidden: torch.Tensor, i: int) -> torch.Tensor:
+        total, ce, tasks, router = loss_module.loss(hidden, labels[i], groups[i])
+        losses.add(ce, tasks, router)
+        return total / divisor * dist.dp_size  # as in accumulate_gradients
+
+    pipeline.step(batches, micro_batch_loss)
+    return losses

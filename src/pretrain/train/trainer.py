@@ -514,8 +514,8 @@ class Trainer:
         self.val_batches.reset()
         # Each data-parallel rank evaluates every dp_size-th batch, in lockstep (FSDP gathers
         # weights; a tensor-parallel group's ranks, a pipeline's, run each forward together).
-        gather = gathered(self.train_module) if self.pipeline is None else self.pipeline.gathered()
-        with gather:
+        roots = [self.train_module] if self.pipeline is None else self.pipeline.modules
+        with gathered(*roots):
             result = evaluate(
                 self.model,
                 self.objective,
