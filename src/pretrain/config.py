@@ -283,6 +283,15 @@ class DistributedConfig:
     activations outside the attention and MLP take 1 / T of the memory, for the same traffic.
     Needs train.seq_len divisible by T; no samples.txt and no eval.tasks (their lengths
     vary)."""
+    context_parallel_degree: int = 1
+    """ddp or fsdp: C > 1 splits each sequence over groups of C ranks (each holds 2 of its 2C
+    chunks, one early and one late) and gathers the keys and values of the group in every
+    attention layer (Llama 3's context parallelism, ``pretrain.distributed.
+    context_parallel``): activations take 1/C of the memory, for sequences too long for one
+    device. The ranks of a group read the same batches; gradients are averaged over data- and
+    context-parallel ranks (FSDP shards over both). Decoder family; train.seq_len a multiple
+    of 2C; with fsdp also HSDP and tensor_parallel_degree (inside each context rank); not with
+    pipeline_parallel_degree or sequence_parallel."""
     pipeline_parallel_degree: int = 1
     """ddp or fsdp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and
     runs each step's micro-batches through them on a schedule (``pretrain.distributed.

@@ -132,6 +132,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         )
     _check_pipeline_parallel(cfg)
     _check_tensor_parallel(cfg)
+    _check_context_parallel(cfg)
     if cfg.distributed.timeout_seconds <= 0:
         raise ConfigError(
             f"distributed.timeout_seconds must be > 0, got {cfg.distributed.timeout_seconds}"
@@ -145,7 +146,9 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     # torchrun's WORLD_SIZE, so the batch is checked (and a fix suggested) for this launch
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist = cfg.distributed
-    model_parallel = dist.tensor_parallel_degree * dist.pipeline_parallel_degree
+    model_parallel = (
+        dist.tensor_parallel_degree * dist.pipeline_parallel_degree * dist.context_parallel_degree
+    )
     micro_batches = cfg.grad_accum_steps(max(world // model_parallel, 1))
     _check_pipeline_micro_batches(cfg, micro_batches)
 
@@ -189,6 +192,41 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
             f"distributed.tensor_parallel_degree={degree} splits dense MLPs; "
             f"model.n_experts={cfg.model.n_experts} (a mixture of experts) is not supported"
         )
+
+
+def _check_context_parallel(cfg: ExperimentConfig) -> None:
+    dist = cfg.distributed
+    degree = dist.context_parallel_degree
+    if degree < 1:
+        raise ConfigError(f"distributed.context_parallel_degree must be >= 1, got {degree}")
+    if degree == 1:
+        return
+    key = f"distributed.context_parallel_degree={degree}"
+    if dist.strategy == "none":
+        raise ConfigError(
+            f"{key}: set distributed.strategy=ddp or fsdp, how the ranks share the weights "
+            "(launch with torchrun)"
+        )
+    if cfg.model.family != "decoder":
+        raise ConfigError(
+            f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "
+            "distributed.context_parallel_degree=1"
+        )
+    if cfg.train.seq_len % (2 * degree):
+        raise ConfigError(
+            f"{key} cuts each sequence into {2 * degree} equal chunks: train.seq_len="
+            f"{cfg.train.seq_len} is not a multiple of {2 * degree}"
+        )
+    others = [
+        f"distributed.{name}"
+        for name, used in (
+            ("pipeline_parallel_degree", dist.pipeline_parallel_degree > 1),
+            ("sequence_parallel", dist.sequence_parallel),
+        )
+        if used
+    ]
+    if others:
+        raise ConfigError(f"{key} does not compose with {' or '.join(others)}: unset it")
 
 
 # Schedules over several stages a rank (rank r holds stages r, r + P, ...).

@@ -107,6 +107,7 @@ def test_malformed_override_is_named():
 
 
 PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
+CONTEXT = "--distributed.context_parallel_degree=2 --distributed.strategy=ddp"
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,20 @@ PIPELINE = "--distributed.pipeline_parallel_degree=2 --distributed.strategy=ddp"
             "--distributed.tensor_parallel_degree=2 --distributed.strategy=fsdp "
             "--model.n_experts=4",
             r"model.n_experts=4 \(a mixture of experts\) is not supported",
+        ),
+        ("--distributed.context_parallel_degree=0", "context_parallel_degree must be >= 1"),
+        ("--distributed.context_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),
+        (
+            f"{CONTEXT} --model.family=encoder --objective.name=mlm",
+            "context_parallel_degree=2: model.family=encoder is not supported",
+        ),
+        (
+            f"{CONTEXT} --train.seq_len=34 --train.tokens_per_batch=272",
+            "cuts each sequence into 4 equal chunks: train.seq_len=34 is not a multiple of 4",
+        ),
+        (
+            f"{CONTEXT} {PIPELINE} --train.micro_batch_size=1",
+            "does not compose with distributed.pipeline_parallel_degree: unset it",
         ),
         ("--distributed.pipeline_parallel_degree=0", "pipeline_parallel_degree must be >= 1"),
         ("--distributed.pipeline_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),

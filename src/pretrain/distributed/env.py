@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 class DistEnv:
     """Where this process sits in the job.
 
-    Ranks are laid out ``(pipeline stage, data-parallel rank, tensor-parallel rank)``, the
-    last innermost: a tensor-parallel group is ``tp_size`` consecutive ranks (one node's
-    fast links carry its traffic every block), a stage's data-parallel ranks follow each
-    other, and the pipeline's stages, which pass only activations, are furthest apart.
+    Ranks are laid out ``(pipeline stage, data-parallel rank, context-parallel rank,
+    tensor-parallel rank)``, the last innermost: a tensor-parallel group is ``tp_size``
+    consecutive ranks (one node's fast links carry its traffic every block), a
+    context-parallel group (which gathers keys and values every block) comes next, a stage's
+    data-parallel ranks follow each other, and the pipeline's stages, which pass only
+    activations, are furthest apart.
     """
 
     rank: int = 0
@@ -38,6 +40,7 @@ class DistEnv:
     backend: str | None = None
     tp_size: int = 1  # ranks in a tensor-parallel group: consecutive, they share their batches
     pp_size: int = 1  # pipeline stages: a pipeline's ranks share their batches too
+    cp_size: int = 1  # ranks in a context-parallel group: they share batches, split sequences
 
     @property
     def is_main(self) -> bool:
@@ -52,25 +55,43 @@ class DistEnv:
     @property
     def dp_rank(self) -> int:
         """This rank's place among the data-parallel ranks: which batches it reads."""
-        return (self.rank % (self.world_size // self.pp_size)) // self.tp_size
+        return (self.rank % (self.world_size // self.pp_size)) // (self.cp_size * self.tp_size)
 
     @property
     def dp_size(self) -> int:
-        """Data-parallel ranks: groups of ``tp_size * pp_size`` ranks, each reading its own
-        batches."""
-        return self.world_size // (self.tp_size * self.pp_size)
+        """Data-parallel ranks: groups of ``tp_size * cp_size * pp_size`` ranks, each reading
+        its own batches."""
+        return self.world_size // (self.tp_size * self.cp_size * self.pp_size)
+
+    @property
+    def cp_rank(self) -> int:
+        """This rank's place in its context-parallel group: which positions it holds."""
+        return (self.rank // self.tp_size) % self.cp_size
+
+    @property
+    def dp_cp_rank(self) -> int:
+        """This rank's place among the ranks that hold different tokens of a step (data- and
+        context-parallel ranks)."""
+        return self.dp_rank * self.cp_size + self.cp_rank
+
+    @property
+    def dp_cp_size(self) -> int:
+        """Ranks that hold different tokens of a step: DDP and FSDP average the gradients
+        over them."""
+        return self.dp_size * self.cp_size
 
     @property
     def counts_data(self) -> bool:
         """Whether this rank's loss sums and token counts enter the sums over ranks: one rank
-        speaks for the ranks that saw the same batches: a tensor-parallel group's first, a
-        pipeline's last stage (where the loss is)."""
+        speaks for the ranks that saw the same tokens: a tensor-parallel group's first, a
+        pipeline's last stage (where the loss is). Each context-parallel rank counts its
+        own positions."""
         return self.rank % self.tp_size == 0 and self.pp_rank == self.pp_size - 1
 
     def dp_representatives(self) -> list[int]:
         """One global rank per data-parallel rank, in data-parallel order (the first stage's
-        first tensor-parallel ranks): whose generator states a checkpoint keeps."""
-        return [d * self.tp_size for d in range(self.dp_size)]
+        first context- and tensor-parallel ranks): whose generator states a checkpoint keeps."""
+        return [d * self.cp_size * self.tp_size for d in range(self.dp_size)]
 
 
 def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
@@ -105,6 +126,13 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             f"times replicate_degree={cfg.replicate_degree} must divide the number of ranks, "
             f"WORLD_SIZE={world_size}"
         )
+    cp = cfg.context_parallel_degree
+    if world_size % (tp * pp * cp * cfg.replicate_degree):
+        raise ValueError(
+            f"distributed.context_parallel_degree={cp} times tensor_parallel_degree={tp} "
+            f"times pipeline_parallel_degree={pp} times replicate_degree="
+            f"{cfg.replicate_degree} must divide the number of ranks, WORLD_SIZE={world_size}"
+        )
     backend = cfg.backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -126,12 +154,12 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistEnv:
             timeout=datetime.timedelta(seconds=cfg.timeout_seconds),
             device_id=device if backend == "nccl" else None,
         )
-    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend, tp, pp)
+    env = DistEnv(rank, local_rank, world_size, cfg.strategy, backend, tp, pp, cp)
     if not env.is_main:
         # Only rank 0 reports progress (DESIGN.md §8); other ranks still report problems.
         logging.getLogger("pretrain").setLevel(logging.WARNING)
-    log.info("rank %d of %d (%s, %s, tensor parallel %d, pipeline parallel %d)", rank,
-             world_size, backend, cfg.strategy, tp, pp)  # fmt: skip
+    log.info("rank %d of %d (%s, %s, tensor parallel %d, pipeline parallel %d, context "
+             "parallel %d)", rank, world_size, backend, cfg.strategy, tp, pp, cp)  # fmt: skip
     return env
 
 

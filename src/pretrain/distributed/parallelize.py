@@ -12,7 +12,9 @@
   (torchtitan's ``mixed_precision_param``/``mixed_precision_reduce``).
   With ``distributed.tensor_parallel_degree`` T > 1 each block is first split over groups of
   T consecutive ranks (:mod:`pretrain.distributed.tensor_parallel`), and FSDP shards over the
-  WORLD_SIZE / T data-parallel ranks (2-D, as torchtitan composes them).
+  WORLD_SIZE / T data-parallel ranks (2-D, as torchtitan composes them). With
+  ``distributed.context_parallel_degree`` C > 1 the ranks of a context-parallel group hold the
+  same weights and DDP or FSDP spans them too (:mod:`pretrain.distributed.context_parallel`).
 
 The wrapped module is the trainer's :class:`~pretrain.train.loss_module.ModelWithLoss`, whose
 ``model`` holds ``blocks`` (every family in ``pretrain.models`` does).
@@ -23,12 +25,17 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pretrain.config import DistributedConfig
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
@@ -57,24 +64,27 @@ def parallelize(
     cfg: DistributedConfig,
     device: torch.device,
     param_dtype: torch.dtype | None,
+    meshes: Meshes | None = None,
 ) -> nn.Module:
     """Return ``module`` wrapped for ``cfg.strategy`` (``none`` returns it unchanged).
 
     For ``fsdp`` the parameters of ``module`` are replaced by sharded ones in place: build
-    the optimizer from ``module`` *after* this call.
+    the optimizer from ``module`` *after* this call. ``meshes``: :func:`device_meshes`,
+    built here when None.
     """
     if cfg.strategy == "none":
         return module
-    if cfg.strategy == "ddp":
+    if cfg.strategy == "ddp":  # over every rank: data and context parallel (ddp has no tp)
         return wrap_ddp(module, device)
     if cfg.strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mesh, tp_mesh = _meshes(device.type, cfg)
-        if tp_mesh is not None:
+        meshes = meshes or device_meshes(device.type, cfg)
+        mesh = meshes.dp
+        if meshes.tp is not None:
             from pretrain.distributed.tensor_parallel import apply_tensor_parallel
 
-            apply_tensor_parallel(module.model, tp_mesh, cfg.sequence_parallel)
+            apply_tensor_parallel(module.model, meshes.tp, cfg.sequence_parallel)
         mp = MixedPrecisionPolicy()
         if param_dtype is not None:
             mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -112,31 +122,43 @@ def wrap_ddp(module: nn.Module, device: torch.device, process_group=None) -> nn.
     )
 
 
-def _meshes(device_type: str, cfg: DistributedConfig):
-    """The data-parallel DeviceMesh FSDP shards over, and the tensor-parallel one (or None).
+@dataclass(frozen=True)
+class Meshes:
+    """The DeviceMeshes of a run without pipeline parallelism."""
 
-    Ranks are laid out ``(replicate, shard, tp)``, tensor parallelism innermost: a group of
-    ``tp`` consecutive ranks (one node's GPUs) exchanges activations every block; HSDP's
-    replicas (``fully_shard`` on a 2-D mesh replicates along its first dimension) exchange
-    only gradients.
+    dp: DeviceMesh  # what FSDP shards over (HSDP: 2-D), context-parallel ranks included
+    tp: DeviceMesh | None  # a tensor-parallel group (None: no tensor parallelism)
+    cp: DeviceMesh | None  # a context-parallel group (None: no context parallelism)
+
+
+def device_meshes(device_type: str, cfg: DistributedConfig) -> Meshes:
+    """The meshes of ``cfg``'s layout over every rank.
+
+    Ranks are laid out ``(replicate, shard, cp, tp)``, tensor parallelism innermost: a group of
+    ``tp`` consecutive ranks (one node's GPUs) exchanges activations every block, a
+    context-parallel group keys and values; HSDP's replicas (``fully_shard`` on a 2-D mesh
+    replicates along its first dimension) exchange only gradients. The context-parallel ranks
+    hold the same weights, so FSDP shards over them too (``shard`` and ``cp`` flattened, as
+    torchtitan's ``dp_shard_cp``).
     """
     from torch.distributed.device_mesh import init_device_mesh
 
     world, replicas = torch.distributed.get_world_size(), cfg.replicate_degree
-    tp = cfg.tensor_parallel_degree
-    shards = world // (replicas * tp)
+    tp, cp = cfg.tensor_parallel_degree, cfg.context_parallel_degree
+    shards = world // (replicas * cp * tp)
     shape, names = [shards], ["dp_shard"]
     if replicas > 1:
         shape, names = [replicas, *shape], ["dp_replicate", *names]
+    if cp > 1:
+        shape, names = [*shape, cp], [*names, "cp"]
     if tp > 1:
         shape, names = [*shape, tp], [*names, "tp"]
     if shape == [world]:  # plain FSDP: one dimension
-        names = ["dp"]
+        return Meshes(init_device_mesh(device_type, (world,), mesh_dim_names=("dp",)), None, None)
     mesh = init_device_mesh(device_type, tuple(shape), mesh_dim_names=tuple(names))
-    if tp == 1:
-        return mesh, None
-    dp = mesh["dp_replicate", "dp_shard"] if replicas > 1 else mesh["dp_shard"]
-    return dp, mesh["tp"]
+    shard = mesh["dp_shard", "cp"]._flatten("dp_shard_cp") if cp > 1 else mesh["dp_shard"]
+    dp = mesh["dp_replicate", shard.mesh_dim_names[0]] if replicas > 1 else shard
+    return Meshes(dp, mesh["tp"] if tp > 1 else None, mesh["cp"] if cp > 1 else None)
 
 
 def is_fsdp(module: nn.Module) -> bool:

@@ -61,6 +61,12 @@ class AttentionSpec:
             NOT see j exactly when ``query_rank[b, i] <= key_rank[b, j]`` (see
             :func:`pretrain.objectives.plm.permutation_ranks`). A kernel that takes a mask rule
             (FlexAttention) reads these; :func:`permutation_allowed` expands them.
+        query_positions, key_positions: ``(Tq,)`` and ``(Tk,)`` int64, the sequence positions
+            of a call's queries and keys when they are not ``0..T-1`` in order: a
+            context-parallel rank's share of the queries, attending to the keys gathered from
+            every rank (:mod:`pretrain.distributed.context_parallel`). The rule is the same,
+            read at those positions: ``document_ids`` and ``prefix_lengths`` describe the
+            whole sequence. None: ``0..T-1``.
     """
 
     kind: AttentionKind = "causal"
@@ -69,6 +75,8 @@ class AttentionSpec:
     permutation_mask: torch.Tensor | None = None
     query_rank: torch.Tensor | None = None
     key_rank: torch.Tensor | None = None
+    query_positions: torch.Tensor | None = None
+    key_positions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> AttentionSpec:
         return AttentionSpec(
@@ -78,6 +86,8 @@ class AttentionSpec:
             to_device(self.permutation_mask, device),
             to_device(self.query_rank, device),
             to_device(self.key_rank, device),
+            to_device(self.query_positions, device),
+            to_device(self.key_positions, device),
         )
 
     def permutation_allowed(self) -> torch.Tensor:

@@ -12,10 +12,13 @@ backward), times N because the gradient reduction averages over ranks. So N rank
 update one process computes with N times the accumulation. With tensor parallelism
 (``distributed.tensor_parallel_degree`` T) N counts the data-parallel ranks, WORLD_SIZE / T: a
 group of T ranks reads one stride and computes each forward together, and only its first rank
-adds its label count to the sum over ranks. With pipeline parallelism
-(``distributed.pipeline_parallel_degree``) the micro-batches run through the stages on a
-schedule (:func:`pipeline_gradients`), normalized the same way; a pipeline's last stage
-counts for it.
+adds its label count to the sum over ranks. With context parallelism
+(``distributed.context_parallel_degree`` C) the C ranks of a group read one stride too, each
+holding 1/C of every sequence (:mod:`pretrain.distributed.context_parallel`): each adds the
+labels of its positions, and the gradients are averaged over N * C ranks. With pipeline
+parallelism (``distributed.pipeline_parallel_degree``) the micro-batches run through the
+stages on a schedule (:func:`pipeline_gradients`), normalized the same way; a pipeline's last
+stage counts for it.
 """
 
 from __future__ import annotations
@@ -82,9 +85,9 @@ def accumulate_gradients(
         batch = cpu_batch.to(device)
         with gradient_sync(train_module, i == len(batches) - 1):
             total, ce, tasks, router = train_module(batch, groups)
-            # DDP and FSDP average gradients over the data-parallel ranks; `* dp_size` turns
-            # that into the sum.
-            (total / divisor * dist.dp_size).backward()
+            # DDP and FSDP average gradients over the data- (and context-) parallel ranks;
+            # `* dp_cp_size` turns that into the sum.
+            (total / divisor * dist.dp_cp_size).backward()
         losses.add(ce, tasks, router)
     return losses
 
@@ -108,7 +111,7 @@ def pipeline_gradients(
     def micro_batch_loss(hidden: torch.Tensor, i: int) -> torch.Tensor:
         total, ce, tasks, router = loss_module.loss(hidden, labels[i], groups[i])
         losses.add(ce, tasks, router)
-        return total / divisor * dist.dp_size  # as in accumulate_gradients
+        return total / divisor * dist.dp_cp_size  # as in accumulate_gradients
 
     pipeline.step(batches, micro_batch_loss)
     return losses

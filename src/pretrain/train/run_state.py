@@ -154,6 +154,7 @@ class RunState:
             "strategy": self.cfg.distributed.strategy,
             "tensor_parallel_degree": self.dist.tp_size,
             "pipeline_parallel_degree": self.dist.pp_size,
+            "context_parallel_degree": self.dist.cp_size,
         }
         path = save_run_checkpoint(
             self.ckpt_dir,

@@ -43,10 +43,12 @@ import torch
 
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import comm
+from pretrain.distributed.context_parallel import ContextParallel
 from pretrain.distributed.env import DistEnv, shutdown
 from pretrain.distributed.grad_norm import clip_grad_norm
 from pretrain.distributed.parallelize import (
     apply_activation_checkpointing,
+    device_meshes,
     gathered,
     is_fsdp,
     parallelize,
@@ -169,13 +171,20 @@ class Trainer:
             self.train_module = self.loss_module  # the pipeline wraps its stages in DDP or FSDP
             self.flops_model = self.pipeline.whole_model
         else:
+            meshes = None
+            if cfg.distributed.strategy == "fsdp" or self.dist.cp_size > 1:
+                meshes = device_meshes(self.device.type, cfg.distributed)
             # FSDP replaces the parameters by shards: the optimizer is built from them after.
             self.train_module = parallelize(
                 self.loss_module,
                 cfg.distributed,
                 self.device,
                 self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
+                meshes,
             )
+        self.context: ContextParallel | None = None  # each rank attends over part of a sequence
+        if self.dist.cp_size > 1:
+            self.context = ContextParallel(self.model, meshes.cp.get_group())
         self.optimizer = build_training_optimizer(self.model, cfg.optim)
         # A tensor-parallel group's ranks read the same batches: data is split by dp_rank.
         source = BatchSource.from_config(cfg, self.dist.dp_rank, self.dist.dp_size)
@@ -197,7 +206,7 @@ class Trainer:
         self.downstream = None  # read now: a bad record fails before training
         if cfg.eval.tasks:
             lockstep = is_fsdp(self.train_module)  # every rank runs every forward
-            rank, world = self.dist.dp_rank, self.dist.dp_size
+            rank, world = self.dist.dp_cp_rank, self.dist.dp_cp_size  # prompts are not split
             self.downstream = DownstreamTasks(cfg, self.tokenizer, rank, world, lockstep)
         self.batches = StepBatches(self.loader, self.objective, self.generator, self.grad_accum)
         if cfg.data.batch_worker == "process":
@@ -468,7 +477,8 @@ class Trainer:
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         if self.pipeline is None:
-            losses = accumulate_gradients(self.train_module, batches, self.device, self.dist)
+            shards = batches if self.context is None else [self.context.shard(b) for b in batches]
+            losses = accumulate_gradients(self.train_module, shards, self.device, self.dist)
             grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
         else:
             losses = pipeline_gradients(
@@ -484,7 +494,7 @@ class Trainer:
             losses.label_tokens,
             losses.per_task,
             batches[0].task_names,
-            step_flops(self.flops_model, batches),
+            step_flops(self.flops_model, batches) / self.dist.cp_size,  # a share each
             signal_vote=self._signals.requested,
             deadline_vote=self.dist.is_main and self._deadline_passed(),  # one clock decides
             grad_norm=grad_norm,
@@ -515,10 +525,16 @@ class Trainer:
         # Each data-parallel rank evaluates every dp_size-th batch, in lockstep (FSDP gathers
         # weights; a tensor-parallel group's ranks, a pipeline's, run each forward together).
         roots = [self.train_module] if self.pipeline is None else self.pipeline.modules
+        objective = self.objective
+        if self.context is not None:  # each context-parallel rank evaluates its positions
+
+            def objective(tokens, generator, context=self.context):
+                return context.shard(self.objective(tokens, generator))
+
         with gathered(*roots):
             result = evaluate(
                 self.model,
-                self.objective,
+                objective,
                 self.val_batches,
                 self.token_bytes,
                 self.device,

@@ -40,41 +40,56 @@ def attention_mask(
 
     Returns None when no mask is needed: plain ``causal`` (call SDPA with ``is_causal=True``)
     and plain ``bidirectional`` (attend everywhere). ``document_ids`` restrict every kind to
-    same-document pairs, so packed documents never see each other.
+    same-document pairs, so packed documents never see each other. With ``query_positions``
+    and ``key_positions`` (a context-parallel shard) the mask is ``(B or 1, 1, Tq, Tk)``, the
+    rows and columns of the whole sequence's mask at those positions, and never None: its
+    width tells the attention that the keys are gathered from every shard.
 
     Raises:
-        ValueError: on an unknown kind, or a ``prefix``/``permutation`` spec missing its tensor.
+        ValueError: on an unknown kind, a ``prefix``/``permutation`` spec missing its tensor,
+            or positions given for one side only or with a permutation.
     """
     docs = spec.document_ids
     if docs is not None:
         device = docs.device
-    idx = torch.arange(seq_len, device=device)
-    causal = idx[None, :] <= idx[:, None]  # (T, T): key j <= query i
+    q_pos, k_pos = spec.query_positions, spec.key_positions
+    sharded = q_pos is not None or k_pos is not None
+    if sharded and (q_pos is None or k_pos is None or spec.kind == "permutation"):
+        raise ValueError(
+            "query_positions and key_positions come together, with a causal, bidirectional or "
+            "prefix attention spec"
+        )
+    if sharded:
+        q_pos, k_pos = q_pos.to(device), k_pos.to(device)
+    else:
+        q_pos = k_pos = torch.arange(seq_len, device=device)
+    causal = k_pos[None, :] <= q_pos[:, None]  # (Tq, Tk): key j <= query i
     if spec.kind == "causal":
-        if docs is None:
+        if docs is None and not sharded:
             return None
-        allowed = causal[None]  # (1, T, T)
+        allowed = causal[None]  # (1, Tq, Tk)
     elif spec.kind == "bidirectional":
-        if docs is None:
+        if docs is None and not sharded:
             return None
-        allowed = None
+        allowed = None if docs is not None else torch.ones_like(causal)[None]
     elif spec.kind == "prefix":
         if spec.prefix_lengths is None:
             raise ValueError("attention kind 'prefix' needs prefix_lengths (B,)")
-        prefix = spec.prefix_lengths.to(idx.device)
+        prefix = spec.prefix_lengths.to(causal.device)
         # Every query sees the whole prefix; past it, causal. Inside the prefix, j < P covers it.
-        allowed = causal[None] | (idx[None, None, :] < prefix[:, None, None])  # (B, T, T)
+        allowed = causal[None] | (k_pos[None, None, :] < prefix[:, None, None])  # (B, Tq, Tk)
     elif spec.kind == "permutation":
-        allowed = spec.permutation_allowed().to(idx.device)  # (B, T, T)
+        allowed = spec.permutation_allowed().to(causal.device)  # (B, T, T)
     else:
         raise ValueError(
             f"unknown attention kind {spec.kind!r}; valid: causal, bidirectional, prefix, "
             "permutation"
         )
     if docs is not None:
-        same_doc = docs[:, :, None] == docs[:, None, :]  # (B, T, T)
+        q_docs, k_docs = (docs, docs) if not sharded else (docs[:, q_pos], docs[:, k_pos])
+        same_doc = q_docs[:, :, None] == k_docs[:, None, :]  # (B, Tq, Tk)
         allowed = same_doc if allowed is None else allowed & same_doc
-    return allowed[:, None]  # (B, 1, T, T): broadcast over heads
+    return allowed[:, None]  # (B or 1, 1, Tq, Tk): broadcast over heads
 
 
 def cached_causal_mask(seq_len: int, offset: int, device: torch.device | str) -> torch.Tensor:
@@ -157,6 +172,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.q_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, eps=norm_eps) if qk_norm else None
+        self.core = ScaledDotProduct()
 
     def fused_projections(self) -> dict[str, tuple[int, ...]]:
         """Each fused projection's blocks of output rows: ``qkv``'s queries, keys and values
@@ -207,15 +223,40 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|KV, T, hd)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, KV, T_keys, hd)
+        y = self.core(q, k, v, mask, is_causal)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, d_model): heads side by side
+        return self.out(y)
+
+
+class ScaledDotProduct(nn.Module):
+    """``softmax(q k^T / sqrt(hd) + mask) v`` on the kernel that suits the inputs.
+
+    A module of its own (without parameters, so no state-dict key) so that a wrapper from
+    outside can reach the rotated queries, keys and values: context parallelism gathers the
+    keys and values of every rank here (:mod:`pretrain.distributed.context_parallel`), as
+    torchtitan wraps its attention for the same reason.
+    """
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Attend ``q`` (B, H, Tq, hd) over ``k``, ``v`` (B, KV, Tk, hd); returns (B, H, Tq, hd).
+
+        ``mask``: boolean (True = attend) broadcastable to (B, H, Tq, Tk), or a FlexAttention
+        ``BlockMask``; ``is_causal``: SDPA's causal fast path (no mask, Tq == Tk).
+        """
+        gqa = k.shape[1] != q.shape[1]
         if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
             from pretrain.models.common import flex
 
-            y = flex.attend(q, k, v, block_mask=mask, enable_gqa=KV != H)
-        elif prefers_explicit(q, k, is_causal and mask is None):  # CPU: GEMMs beat SDPA's kernel
-            y = explicit_attention(q, k, v, mask=mask, is_causal=is_causal)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=KV != H
-            )  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, d_model): heads side by side
-        return self.out(y)
+            return flex.attend(q, k, v, block_mask=mask, enable_gqa=gqa)
+        if prefers_explicit(q, k, is_causal and mask is None):  # CPU: GEMMs beat SDPA's kernel
+            return explicit_attention(q, k, v, mask=mask, is_causal=is_causal)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa
+        )

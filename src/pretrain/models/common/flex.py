@@ -31,7 +31,7 @@ def enabled(backend: str, device: torch.device) -> bool:
 def supports(spec: AttentionSpec) -> bool:
     """Whether :func:`block_mask` can express ``spec`` (and a dense mask would be needed)."""
     if spec.kind == "causal" or spec.kind == "bidirectional":
-        return spec.document_ids is not None
+        return spec.document_ids is not None or spec.query_positions is not None
     return spec.kind == "prefix"
 
 
@@ -44,13 +44,18 @@ def block_mask(
     """A ``BlockMask`` for causal/bidirectional attention within documents, or a prefix LM.
 
     ``keys`` ``(B, T)`` bool, when given, also hides the keys where it is False (padding).
-    ``device``: where the mask lives when no tensor of ``spec`` or ``keys`` says it.
+    ``device``: where the mask lives when no tensor of ``spec`` or ``keys`` says it. With the
+    spec's ``query_positions`` and ``key_positions`` (a context-parallel shard), the rule is
+    read at those positions: ``len(query_positions)`` queries over ``len(key_positions)`` keys.
     """
     docs = spec.document_ids
     prefix = spec.prefix_lengths
     kind = spec.kind
+    q_positions, k_positions = spec.query_positions, spec.key_positions
 
     def mask_mod(b, h, q_idx, kv_idx):
+        if q_positions is not None:  # a shard's rows and columns of the sequence's mask
+            q_idx, kv_idx = q_positions[q_idx], k_positions[kv_idx]
         if kind == "bidirectional":
             allowed = q_idx >= 0  # everything
         elif kind == "prefix":
@@ -63,10 +68,13 @@ def block_mask(
             allowed = allowed & keys[b, kv_idx]
         return allowed
 
-    refs = [t for t in (docs, prefix, keys) if t is not None]
-    B = refs[0].shape[0] if refs else None
+    batched = [t for t in (docs, prefix, keys) if t is not None]
+    B = batched[0].shape[0] if batched else None
+    refs = [t for t in (*batched, q_positions) if t is not None]
     device = refs[0].device if refs else device
-    return build_block_mask(mask_mod, B, seq_len, seq_len, device)
+    q_len = seq_len if q_positions is None else len(q_positions)
+    kv_len = seq_len if k_positions is None else len(k_positions)
+    return build_block_mask(mask_mod, B, q_len, kv_len, device)
 
 
 def key_mask(keys: torch.Tensor, q_len: int):
