@@ -27,10 +27,12 @@ positions, which the sums over ranks add up.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 from torch import nn
 
+from pretrain.models.common import flex
 from pretrain.models.common.attention import ScaledDotProduct
 from pretrain.objectives.base import ModelBatch
 
@@ -91,6 +93,9 @@ def shard_batch(batch: ModelBatch, rank: int, size: int) -> ModelBatch:
     )
 
 
+log = logging.getLogger(__name__)
+
+
 class ContextParallel:
     """A model's attention over a context-parallel group (see the module's docstring)."""
 
@@ -105,6 +110,15 @@ class ContextParallel:
             raise ValueError(f"{type(model).__name__} has no attention to gather keys for")
         for core in cores:
             core.register_forward_pre_hook(self._gather_keys_values, with_kwargs=True)
+        backend = getattr(getattr(model, "cfg", None), "attention_backend", None)
+        device = next(model.parameters()).device
+        if device.type == "cuda" and backend is not None and not flex.enabled(backend, device):
+            log.warning(
+                "context parallelism with model.attention_backend=%s: each attention builds a "
+                "dense (B, T/C, T) mask and SDPA computes every masked score; "
+                "model.attention_backend=auto (FlexAttention) skips the masked blocks",
+                backend,
+            )
 
     def shard(self, batch: ModelBatch) -> ModelBatch:
         """This rank's share of ``batch`` (:func:`shard_batch`)."""
