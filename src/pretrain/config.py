@@ -131,6 +131,12 @@ class OptimConfig:
     grad_clip: float = 1.0
     muon_momentum: float = 0.95
     """name muon: Muon's Nesterov momentum (0.95 in Jordan et al. 2024 and Liu et al. 2025)."""
+    muon_precision: typing.Literal["auto", "fp32", "bf16"] = "auto"
+    """name muon: the dtype of the Newton-Schulz iterations. auto: bf16 where the device
+    computes it natively (CUDA; CPUs with AVX512-BF16 or AMX), as Jordan et al. 2024 and
+    ``torch.optim.Muon`` run them, else fp32 (emulated bf16 is many times slower). fp32 makes
+    the update depend less on the last bits of the gradient: runs on different numbers of
+    ranks, which add gradients in another order, then agree more closely."""
 
 
 @dataclasses.dataclass

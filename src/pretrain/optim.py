@@ -80,8 +80,15 @@ def build_training_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimi
     if optim.name == "muon":
         from pretrain.optim_muon import MuonWithAdamW
 
+        ns_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
         return MuonWithAdamW(
-            model, optim.lr, optim.weight_decay, betas, optim.eps, optim.muon_momentum
+            model,
+            optim.lr,
+            optim.weight_decay,
+            betas,
+            optim.eps,
+            optim.muon_momentum,
+            ns_dtype[optim.muon_precision],
         )
     return build_optimizer(model, optim.lr, optim.weight_decay, betas, optim.eps)
 

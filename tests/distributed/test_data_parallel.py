@@ -106,8 +106,11 @@ def _weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / step_dir_name(step) / MODEL_FILE))
 
 
-def _assert_same_run(run: Path, reference: Path, first_step: int = 1) -> dict[str, float]:
-    """Same losses (relative 1e-6) and final weights (absolute 1e-5) as ``reference``."""
+def _assert_same_run(
+    run: Path, reference: Path, first_step: int = 1, param_atol: float = PARAM_ATOL
+) -> dict[str, float]:
+    """Same losses (relative 1e-6) and final weights (absolute ``param_atol``) as
+    ``reference``."""
     got, want = _losses(run), _losses(reference)[first_step - 1 :]
     assert len(got) == len(want) == STEPS - first_step + 1
     loss_rel = max(abs(a - b) / abs(b) for a, b in zip(got, want, strict=True))
@@ -120,10 +123,10 @@ def _assert_same_run(run: Path, reference: Path, first_step: int = 1) -> dict[st
     a, b = _weights(run), _weights(reference)
     assert a.keys() == b.keys()
     param_abs = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert param_abs <= PARAM_ATOL
+    assert param_abs <= param_atol
     # training moved the weights far more than the tolerance: the comparison means something
     start = _weights(reference, 5)
-    assert max(float((b[k] - start[k]).abs().max()) for k in b) > 100 * PARAM_ATOL
+    assert max(float((b[k] - start[k]).abs().max()) for k in b) > 100 * param_atol
     return {"loss_rel": loss_rel, "param_abs": param_abs}
 
 
@@ -241,12 +244,20 @@ def test_ddp_skips_the_spikes_one_process_skips(shards_dir, tokenizer_dir, tmp_p
     assert 2 <= spike_steps(single)[-1] <= STEPS - 4, spike_steps(single)
 
 
+# Muon's Newton-Schulz iterations in fp32 on any CPU: in bf16 (native on some CPUs) they
+# round the last-bit differences of gradients added in another order up to 1e-5 of the loss.
+# Even in fp32 the orthogonalization amplifies them: the weights of 2 ranks were within 1e-5
+# of one process's on an AMD EPYC, 1.17e-5 on an Intel Xeon with AVX-512 (session 22).
+MUON = {"optim__name": "muon", "optim__lr": 1e-2, "optim__muon_precision": "fp32"}
+MUON_PARAM_ATOL = 3e-5
+
+
 def test_ddp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
     """Muon orthogonalizes the all-reduced gradient's momentum on every rank: the ranks take
     the update one process takes, and stay equal to it."""
-    muon = {"optim__name": "muon", "optim__lr": 1e-2}
+    muon = MUON
     single, ddp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "ddp", **muon)
-    _assert_same_run(ddp, single)
+    _assert_same_run(ddp, single, param_atol=MUON_PARAM_ATOL)
     optim = torch.load(ddp / "checkpoints" / step_dir_name(STEPS) / "optim.pt", weights_only=True)[
         "optimizer"
     ]
@@ -259,9 +270,9 @@ def test_fsdp_with_muon_equals_one_process(shards_dir, tokenizer_dir, tmp_path):
     """Each sharded matrix's update is gathered whole, orthogonalized (q, k, v and gate, up as
     their own blocks) and added shard by shard: one process's update. The momentum stays
     sharded in the checkpoint."""
-    muon = {"optim__name": "muon", "optim__lr": 1e-2}
+    muon = MUON
     single, fsdp = _one_process_and_two_ranks(shards_dir, tokenizer_dir, tmp_path, "fsdp", **muon)
-    _assert_same_run(fsdp, single)
+    _assert_same_run(fsdp, single, param_atol=MUON_PARAM_ATOL)
     shards = list((fsdp / "checkpoints" / step_dir_name(STEPS) / SHARDED_DIR).glob("*.distcp"))
     assert len(shards) == 2
 

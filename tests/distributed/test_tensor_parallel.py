@@ -17,6 +17,8 @@ from pretrain.train.errors import TrainingError
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
 from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+    MUON,
+    MUON_PARAM_ATOL,
     REPO,
     STEPS,
     _assert_same_run,
@@ -111,17 +113,12 @@ def test_a_bert_split_over_two_ranks_trains_with_muon_as_one_process(
     output projection's all-reduce), its erf-GELU MLP and MLM's random masks, the same on a
     pair's two ranks; Muon gathers each split matrix (q, k, v apart: what one process's
     block-by-block Muon orthogonalizes) for its update."""
-    mlm = {
-        "model__family": "encoder",
-        "objective__name": "mlm",
-        "optim__name": "muon",
-        "optim__lr": 1e-2,
-    }
+    mlm = {"model__family": "encoder", "objective__name": "mlm", **MUON}
     single, split = _one_process_and_two_ranks(
         shards_dir, tokenizer_dir, tmp_path, "fsdp", ("--distributed.tensor_parallel_degree=2",),
         **mlm,
     )  # fmt: skip
-    _assert_same_run(split, single)
+    _assert_same_run(split, single, param_atol=MUON_PARAM_ATOL)
     _assert_same_counts(split, single)
 
 

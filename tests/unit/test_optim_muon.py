@@ -183,6 +183,13 @@ def test_fp32_iterations_where_bf16_would_be_emulated(monkeypatch):
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.float32
     monkeypatch.setattr(cpu_precision, "cpu_has_native_bf16", lambda: True)
     assert MuonWithAdamW(_model(), lr=1e-3).ns_dtype == torch.bfloat16
+    # optim.muon_precision chooses (fp32: what the tests comparing ranks pin, on any CPU)
+    from pretrain.config import OptimConfig
+    from pretrain.optim import build_training_optimizer
+
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        optim = OptimConfig(name="muon", muon_precision=precision)
+        assert build_training_optimizer(_model(), optim).ns_dtype == dtype
     # the dtype reaches the update: Muon's matrices move differently, AdamW's weights alike
     moved = {}
     for dtype in (torch.float32, torch.bfloat16):
