@@ -9,12 +9,11 @@ import json
 import pytest
 
 from pretrain.train.checkpoint import STATE_FILE, step_dir_name
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     REPO,
     _assert_same_run,
     _overrides,
     _torchrun,
-    single_run,
 )
 from tests.distributed.test_tensor_parallel import SAVED_AT, _assert_same_counts
 
@@ -46,7 +45,7 @@ def test_a_split_sequence_attends_and_learns_as_the_whole_one(tmp_path):
 
 
 def test_two_context_parallel_ranks_under_fsdp_train_as_one_process(
-    single_run,  # noqa: F811 (the fixture imported above)
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,

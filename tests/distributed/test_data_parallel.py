@@ -163,19 +163,6 @@ def _assert_tasks_scored_as_one_process_scores_them(run: Path, task: FewShotTask
             assert during[key] == after[key], (record["step"], key, during, after)
 
 
-@pytest.fixture(scope="module")
-def single_run(tmp_path_factory, shards_dir, tokenizer_dir) -> Path:
-    """The reference: one process, 4 micro-batches a step."""
-    run = tmp_path_factory.mktemp("single") / "run"
-    torch.set_num_threads(1)
-    try:
-        cfg = load_config(ExperimentConfig, None, _overrides(shards_dir, tokenizer_dir, run))
-        Trainer(cfg).fit()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
-    return run
-
-
 def _one_process_and_two_ranks(
     shards_dir: Path,
     tokenizer_dir: Path,

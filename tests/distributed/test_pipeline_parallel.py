@@ -21,14 +21,13 @@ from pretrain.train.checkpoint import MODEL_FILE, SHARDED_DIR, STATE_FILE, step_
 from pretrain.train.errors import TrainingError
 from pretrain.train.run_checkpoint import load_run_checkpoint
 from pretrain.train.trainer import Trainer
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     REPO,
     STEPS,
     _assert_same_run,
     _losses,
     _overrides,
     _torchrun,
-    single_run,
 )
 from tests.distributed.test_tensor_parallel import _assert_same_counts
 

@@ -23,7 +23,7 @@ from pretrain.train.checkpoint import (
     verify_checkpoint,
 )
 from pretrain.train.metrics import read_metrics
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     LOSS_RTOL,
     PARAM_ATOL,
     REPO,
@@ -33,7 +33,6 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
     _overrides,
     _torchrun,
     _weights,
-    single_run,
 )
 
 pytestmark = pytest.mark.distributed
@@ -44,37 +43,40 @@ SAVED_AT = 5  # checkpoint.every_steps of _overrides: the resume point
 GLOBAL_BATCH = 8  # windows a step (train.tokens_per_batch / train.seq_len)
 
 
-@pytest.mark.parametrize(
-    ("saved_with", "strategy"),
-    # A sharded (FSDP) checkpoint saved on 2 ranks and resumed on 4: test_tensor_parallel.py,
-    # whose tensor-parallel pair resumes as 2 x 2 (DCP reshards over both mesh dimensions).
-    [("ddp", "ddp"), ("ddp", "hsdp")],
-)
+@pytest.fixture(scope="module")
+def saved_by_two_ddp_ranks(tmp_path_factory, shards_dir, tokenizer_dir):
+    """A run of 2 DDP ranks without its step-10 checkpoint: it resumes at step 5."""
+    run = tmp_path_factory.mktemp("saved") / "run"
+    args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="ddp")
+    _torchrun(["-m", "pretrain", "train"], args)
+    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
+    return run
+
+
+# A sharded (FSDP) checkpoint saved on 2 ranks and resumed on 4: test_tensor_parallel.py,
+# whose tensor-parallel pair resumes as 2 x 2 (DCP reshards over both mesh dimensions).
+@pytest.mark.parametrize("strategy", ["ddp", "hsdp"])
 def test_saved_on_two_ranks_resumes_on_four(
-    saved_with,
     strategy,
-    single_run,  # noqa: F811 (the fixture imported above)
+    saved_by_two_ddp_ranks,
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,
 ):
-    # Saved on 2 ranks at step 5 (the step-10 checkpoint is dropped: the run restarts there);
-    # ddp -> hsdp: whole weights and optimizer state are sharded on resume, over each of two
-    # shard groups of two ranks.
+    # Saved on 2 ranks at step 5 (a copy each: the run restarts there); ddp -> hsdp: whole
+    # weights and optimizer state are sharded on resume, over each of two shard groups of two
+    # ranks.
     run = tmp_path / "run"
-    saved_args = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy=saved_with)
-    _torchrun(["-m", "pretrain", "train"], saved_args)
+    shutil.copytree(saved_by_two_ddp_ranks, run)
     # hsdp: two shard groups of two ranks, {0, 1} and {2, 3}, each a whole copy
     hybrid = {"distributed__strategy": "fsdp", "distributed__replicate_degree": 2}
     resume = hybrid if strategy == "hsdp" else {"distributed__strategy": strategy}
     args = _overrides(shards_dir, tokenizer_dir, run, **resume)
-    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
     saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
     assert saved["world_size"] == 2
     assert saved["loader"]["num_samples_consumed"] == SAVED_AT * GLOBAL_BATCH
-    assert (run / "checkpoints" / step_dir_name(SAVED_AT) / SHARDED_DIR).exists() == (
-        saved_with == "fsdp"
-    )
+    assert not (run / "checkpoints" / step_dir_name(SAVED_AT) / SHARDED_DIR).exists()
 
     # Resumed on 4 ranks (one micro-batch each a step instead of two).
     out = tmp_path / "samples"
@@ -117,7 +119,7 @@ def test_saved_on_two_ranks_resumes_on_four(
 
 
 def test_rank_0_alone_verifies_and_every_rank_falls_back_to_the_same_checkpoint(
-    single_run,  # noqa: F811 (the fixture imported above)
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,

@@ -8,13 +8,12 @@ import pytest
 
 from pretrain.train.checkpoint import list_steps
 from pretrain.train.metrics import read_metrics
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     REPO,
     STEPS,
     _assert_same_run,
     _overrides,
     _torchrun,
-    single_run,
 )
 
 pytestmark = pytest.mark.distributed
@@ -35,7 +34,7 @@ def test_every_rank_stops_after_one_step_saves_it_and_resume_is_exact(
     sender,
     signal_name,
     to,
-    single_run,  # noqa: F811 (the fixture imported above)
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,

@@ -16,7 +16,7 @@ from pretrain.train.checkpoint import SHARDED_DIR, STATE_FILE, step_dir_name
 from pretrain.train.errors import TrainingError
 from pretrain.train.metrics import read_metrics
 from pretrain.train.trainer import Trainer
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     MUON,
     MUON_PARAM_ATOL,
     REPO,
@@ -25,7 +25,6 @@ from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is 
     _one_process_and_two_ranks,
     _overrides,
     _torchrun,
-    single_run,
 )
 
 pytestmark = pytest.mark.distributed
@@ -37,7 +36,7 @@ GLOBAL_BATCH = 8  # windows a step
 
 
 def test_two_tensor_parallel_ranks_equal_one_process_and_resume_on_four(
-    single_run,  # noqa: F811 (the fixture imported above)
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,

@@ -11,20 +11,19 @@ import pytest
 
 from pretrain.distributed.env import free_port
 from pretrain.train.checkpoint import STATE_FILE, step_dir_name
-from tests.distributed.test_data_parallel import (  # noqa: F401 (single_run is a fixture)
+from tests.distributed.test_data_parallel import (
     REPO,
     STEPS,
     _assert_same_run,
     _env,
     _overrides,
-    single_run,
 )
 
 pytestmark = pytest.mark.distributed
 
 
 def test_two_nodes_over_c10d_rendezvous_train_like_one_process(
-    single_run,  # noqa: F811 (the fixture imported above)
+    single_run,
     shards_dir,
     tokenizer_dir,
     tmp_path,
