@@ -194,24 +194,33 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
         )
 
 
-def _check_context_parallel(cfg: ExperimentConfig) -> None:
-    dist = cfg.distributed
-    degree = dist.context_parallel_degree
+def _decoder_parallelism(cfg: ExperimentConfig, name: str, sharing: str) -> str | None:
+    """The checks every decoder-only parallelism ``distributed.NAME`` starts with: a degree of
+    at least 1; above 1, a strategy (``sharing`` says what it shares) and the decoder family.
+    Returns ``distributed.NAME=DEGREE`` to name in further errors, None at degree 1."""
+    degree = getattr(cfg.distributed, name)
     if degree < 1:
-        raise ConfigError(f"distributed.context_parallel_degree must be >= 1, got {degree}")
+        raise ConfigError(f"distributed.{name} must be >= 1, got {degree}")
     if degree == 1:
-        return
-    key = f"distributed.context_parallel_degree={degree}"
-    if dist.strategy == "none":
-        raise ConfigError(
-            f"{key}: set distributed.strategy=ddp or fsdp, how the ranks share the weights "
-            "(launch with torchrun)"
-        )
+        return None
+    key = f"distributed.{name}={degree}"
+    if cfg.distributed.strategy == "none":
+        raise ConfigError(f"{key}: set distributed.strategy=ddp or fsdp, {sharing}")
     if cfg.model.family != "decoder":
         raise ConfigError(
             f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "
-            "distributed.context_parallel_degree=1"
+            f"distributed.{name}=1"
         )
+    return key
+
+
+def _check_context_parallel(cfg: ExperimentConfig) -> None:
+    sharing = "how the ranks share the weights (launch with torchrun)"
+    key = _decoder_parallelism(cfg, "context_parallel_degree", sharing)
+    if key is None:
+        return
+    dist = cfg.distributed
+    degree = dist.context_parallel_degree
     if cfg.train.seq_len % (2 * degree):
         raise ConfigError(
             f"{key} cuts each sequence into {2 * degree} equal chunks: train.seq_len="
@@ -234,23 +243,14 @@ LOOPED_SCHEDULES = ("interleaved_1f1b", "looped_bfs")
 
 
 def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
-    dist = cfg.distributed
-    degree = dist.pipeline_parallel_degree
-    if degree < 1:
-        raise ConfigError(f"distributed.pipeline_parallel_degree must be >= 1, got {degree}")
-    if degree == 1:
+    sharing = (
+        "how each stage's data-parallel ranks share it (with as many ranks as stages there is "
+        "no data parallelism)"
+    )
+    key = _decoder_parallelism(cfg, "pipeline_parallel_degree", sharing)
+    if key is None:
         return
-    key = f"distributed.pipeline_parallel_degree={degree}"
-    if dist.strategy == "none":
-        raise ConfigError(
-            f"{key}: set distributed.strategy=ddp or fsdp, how each stage's data-parallel "
-            "ranks share it (with as many ranks as stages there is no data parallelism)"
-        )
-    if cfg.model.family != "decoder":
-        raise ConfigError(
-            f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "
-            "distributed.pipeline_parallel_degree=1"
-        )
+    dist = cfg.distributed
     if cfg.model.n_experts:
         raise ConfigError(
             f"{key} runs dense decoders; model.n_experts={cfg.model.n_experts} (a mixture of "
