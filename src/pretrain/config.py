@@ -295,9 +295,9 @@ class DistributedConfig:
     attention layer (Llama 3's context parallelism, ``pretrain.distributed.
     context_parallel``): activations take 1/C of the memory, for sequences too long for one
     device. The ranks of a group read the same batches; gradients are averaged over data- and
-    context-parallel ranks (FSDP shards over both). Decoder family; train.seq_len a multiple
-    of 2C; with fsdp also HSDP and tensor_parallel_degree (inside each context rank); not with
-    pipeline_parallel_degree or sequence_parallel."""
+    context-parallel ranks (FSDP shards over both). Decoder and encoder families;
+    train.seq_len a multiple of 2C; with fsdp also HSDP and tensor_parallel_degree (inside
+    each context rank); not with pipeline_parallel_degree or sequence_parallel."""
     pipeline_parallel_degree: int = 1
     """ddp or fsdp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and
     runs each step's micro-batches through them on a schedule (``pretrain.distributed.

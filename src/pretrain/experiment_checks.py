@@ -194,9 +194,11 @@ def _check_tensor_parallel(cfg: ExperimentConfig) -> None:
         )
 
 
-def _decoder_parallelism(cfg: ExperimentConfig, name: str, sharing: str) -> str | None:
-    """The checks every decoder-only parallelism ``distributed.NAME`` starts with: a degree of
-    at least 1; above 1, a strategy (``sharing`` says what it shares) and the decoder family.
+def _model_parallelism(
+    cfg: ExperimentConfig, name: str, sharing: str, families: tuple[str, ...] = ("decoder",)
+) -> str | None:
+    """The checks a parallelism ``distributed.NAME`` over DDP or FSDP starts with: a degree of
+    at least 1; above 1, a strategy (``sharing`` says what it shares) and one of ``families``.
     Returns ``distributed.NAME=DEGREE`` to name in further errors, None at degree 1."""
     degree = getattr(cfg.distributed, name)
     if degree < 1:
@@ -206,9 +208,10 @@ def _decoder_parallelism(cfg: ExperimentConfig, name: str, sharing: str) -> str 
     key = f"distributed.{name}={degree}"
     if cfg.distributed.strategy == "none":
         raise ConfigError(f"{key}: set distributed.strategy=ddp or fsdp, {sharing}")
-    if cfg.model.family != "decoder":
+    if cfg.model.family not in families:
+        supported = " and ".join(families) + (" are" if len(families) > 1 else " is")
         raise ConfigError(
-            f"{key}: model.family={cfg.model.family} is not supported (decoder is); use "
+            f"{key}: model.family={cfg.model.family} is not supported ({supported}); use "
             f"distributed.{name}=1"
         )
     return key
@@ -216,7 +219,7 @@ def _decoder_parallelism(cfg: ExperimentConfig, name: str, sharing: str) -> str 
 
 def _check_context_parallel(cfg: ExperimentConfig) -> None:
     sharing = "how the ranks share the weights (launch with torchrun)"
-    key = _decoder_parallelism(cfg, "context_parallel_degree", sharing)
+    key = _model_parallelism(cfg, "context_parallel_degree", sharing, ("decoder", "encoder"))
     if key is None:
         return
     dist = cfg.distributed
@@ -247,7 +250,7 @@ def _check_pipeline_parallel(cfg: ExperimentConfig) -> None:
         "how each stage's data-parallel ranks share it (with as many ranks as stages there is "
         "no data parallelism)"
     )
-    key = _decoder_parallelism(cfg, "pipeline_parallel_degree", sharing)
+    key = _model_parallelism(cfg, "pipeline_parallel_degree", sharing)
     if key is None:
         return
     dist = cfg.distributed

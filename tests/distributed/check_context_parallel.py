@@ -1,4 +1,4 @@
-"""Worker for tests: a decoder whose sequence is split over the ranks
+"""Worker for tests: a decoder (and an encoder) whose sequence is split over the ranks
 (:class:`~pretrain.distributed.context_parallel.ContextParallel`) against the whole model, for
 several attention specs and both styles; writes ``OUT_DIR/context_rank{R}.json``.
 
@@ -36,17 +36,18 @@ def main() -> None:
         "llama_documents": measure("llama", "causal", documents=True),
         "llama_prefix": measure("llama", "prefix", documents=False),
         "gpt2_causal": measure("gpt2", "causal", documents=False),
+        "bert_documents": measure(None, "bidirectional", documents=True, family="encoder"),
     }
     (out / f"context_rank{dist.get_rank()}.json").write_text(json.dumps(facts))
     dist.destroy_process_group()
 
 
-def measure(style: str, kind: str, documents: bool) -> dict:
+def measure(style: str | None, kind: str, documents: bool, family: str = "decoder") -> dict:
     from pretrain.generate import generate
     from pretrain.models.spec import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(family="decoder", size="debug", style=style, d_model=64, n_heads=4)
+    cfg = ModelConfig(family=family, size="debug", style=style, d_model=64, n_heads=4)
     if style == "llama":
         cfg.n_kv_heads = 2  # grouped-query: the two key/value heads are gathered
     whole = build_model(cfg, VOCAB, SEQ_LEN, 0)
@@ -74,12 +75,17 @@ def measure(style: str, kind: str, documents: bool) -> dict:
         (hidden * weights[:, positions]).sum().backward()
     grad_rel = 0.0
     for p, q in zip(split.parameters(), whole.parameters(), strict=True):
+        if q.grad is None:  # outside this forward (the encoder's output bias): both alike
+            assert p.grad is None
+            continue
         grad = p.grad.clone()
         dist.all_reduce(grad)  # what DDP's (or FSDP's) reduction adds up
         grad_rel = max(grad_rel, float((grad - q.grad).abs().max() / q.grad.abs().max()))
-    with torch.no_grad():
-        prompt = ids[0, :5]
-        greedy = [generate(m, prompt, 6, temperature=0).tolist() for m in (split, whole)]
+    greedy = None  # an encoder does not generate
+    if family == "decoder":
+        with torch.no_grad():
+            prompt = ids[0, :5]
+            greedy = [generate(m, prompt, 6, temperature=0).tolist() for m in (split, whole)]
     counts = {str(op).rpartition(".")[2]: n for op, n in counter.get_comm_counts().items()}
     return {
         "positions": positions.tolist(),
@@ -87,7 +93,7 @@ def measure(style: str, kind: str, documents: bool) -> dict:
         "grad_rel": grad_rel,
         "collectives": counts,
         "n_layers": len(whole.blocks),
-        "greedy_equal": greedy[0] == greedy[1],
+        "greedy_equal": None if greedy is None else greedy[0] == greedy[1],
     }
 
 

@@ -148,8 +148,8 @@ CONTEXT = "--distributed.context_parallel_degree=2 --distributed.strategy=ddp"
         ("--distributed.context_parallel_degree=0", "context_parallel_degree must be >= 1"),
         ("--distributed.context_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),
         (
-            f"{CONTEXT} --model.family=encoder --objective.name=mlm",
-            "context_parallel_degree=2: model.family=encoder is not supported",
+            f"{CONTEXT} --model.family=xlnet --objective.name=plm",
+            r"model.family=xlnet is not supported \(decoder and encoder are\)",
         ),
         (
             f"{CONTEXT} --train.seq_len=34 --train.tokens_per_batch=272",

@@ -68,8 +68,8 @@ def shard_batch(batch: ModelBatch, rank: int, size: int) -> ModelBatch:
     ``key_positions`` (:func:`gathered_positions`) and keeps its whole-sequence tensors.
 
     Raises:
-        ValueError: for an encoder-decoder or XLNet batch, or a length :func:`shard_positions`
-            refuses.
+        ValueError: for an encoder-decoder or XLNet batch (decoder and encoder batches are
+            split), or a length :func:`shard_positions` refuses.
     """
     if batch.decoder_input_ids is not None or batch.target_mapping is not None:
         raise ValueError(
