@@ -296,8 +296,9 @@ class DistributedConfig:
     context_parallel``): activations take 1/C of the memory, for sequences too long for one
     device. The ranks of a group read the same batches; gradients are averaged over data- and
     context-parallel ranks (FSDP shards over both). Decoder and encoder families;
-    train.seq_len a multiple of 2C; with fsdp also HSDP and tensor_parallel_degree (inside
-    each context rank); not with pipeline_parallel_degree or sequence_parallel."""
+    train.seq_len a multiple of 2C; with pipeline_parallel_degree (each stage's ranks), and
+    with fsdp also HSDP and tensor_parallel_degree (inside each context rank); not with
+    sequence_parallel."""
     pipeline_parallel_degree: int = 1
     """ddp or fsdp: P > 1 splits the decoder's blocks into P consecutive stages, one a rank, and
     runs each step's micro-batches through them on a schedule (``pretrain.distributed.
@@ -305,7 +306,8 @@ class DistributedConfig:
     FSDP2 spans each stage's WORLD_SIZE / P data-parallel ranks. Each
     step's micro-batches (train.tokens_per_batch over train.micro_batch_size) are the
     pipeline's; more of them make the idle bubble, (P - 1) / (micro-batches + P - 1), smaller.
-    With fsdp, also HSDP (replicate_degree) and tensor_parallel_degree within each stage.
+    With fsdp, also HSDP (replicate_degree) and tensor_parallel_degree within each stage;
+    context_parallel_degree splits each stage's sequences.
     Decoder family, dense MLPs; train.compile with compile_scope blocks only; no
     samples.txt or eval.tasks."""
     pipeline_schedule: typing.Literal["1f1b", "gpipe", "interleaved_1f1b", "looped_bfs"] = "1f1b"

@@ -229,16 +229,8 @@ def _check_context_parallel(cfg: ExperimentConfig) -> None:
             f"{key} cuts each sequence into {2 * degree} equal chunks: train.seq_len="
             f"{cfg.train.seq_len} is not a multiple of {2 * degree}"
         )
-    others = [
-        f"distributed.{name}"
-        for name, used in (
-            ("pipeline_parallel_degree", dist.pipeline_parallel_degree > 1),
-            ("sequence_parallel", dist.sequence_parallel),
-        )
-        if used
-    ]
-    if others:
-        raise ConfigError(f"{key} does not compose with {' or '.join(others)}: unset it")
+    if dist.sequence_parallel:
+        raise ConfigError(f"{key} does not compose with distributed.sequence_parallel: unset it")
 
 
 # Schedules over several stages a rank (rank r holds stages r, r + P, ...).

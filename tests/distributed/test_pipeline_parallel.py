@@ -144,7 +144,28 @@ def test_two_stages_each_split_over_two_ranks_equal_one_process(
     _assert_same_counts(run, reference)
 
 
-def test_a_pipeline_refuses_a_checkpoint_without_shards(single_run):  # noqa: F811
+def test_two_stages_a_rank_over_two_context_ranks_equal_one_process(
+    reference, shards_dir, tokenizer_dir, tmp_path
+):
+    """Pipeline x context parallelism (4 ranks): each of a pipeline's ranks holds 2 of the 4
+    stages (interleaved 1F1B) and a share of every sequence; FSDP shards each stage over its
+    pair of context-parallel ranks, which gather keys and values in every block."""
+    run = tmp_path / "run"
+    settings = {
+        **FOUR_BLOCKS,
+        "distributed__strategy": "fsdp",
+        "distributed__pipeline_parallel_degree": 2,
+        "distributed__pipeline_schedule": "interleaved_1f1b",
+        "distributed__pipeline_stages_per_rank": 2,
+        "distributed__context_parallel_degree": 2,
+    }
+    args = _overrides(shards_dir, tokenizer_dir, run, **settings)
+    _torchrun(["-m", "pretrain", "train"], args, nproc=4, timeout=240)
+    _assert_same_run(run, reference)
+    _assert_same_counts(run, reference)
+
+
+def test_a_pipeline_refuses_a_checkpoint_without_shards(single_run):
     """Its optimizer state numbers the whole model's parameters, which no stage has: refused
     before anything is loaded, naming the way out (checked in one process: the refusal comes
     before any collective)."""

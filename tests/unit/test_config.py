@@ -156,8 +156,9 @@ CONTEXT = "--distributed.context_parallel_degree=2 --distributed.strategy=ddp"
             "cuts each sequence into 4 equal chunks: train.seq_len=34 is not a multiple of 4",
         ),
         (
-            f"{CONTEXT} {PIPELINE} --train.micro_batch_size=1",
-            "does not compose with distributed.pipeline_parallel_degree: unset it",
+            f"{CONTEXT} --distributed.strategy=fsdp --distributed.tensor_parallel_degree=2 "
+            "--distributed.sequence_parallel=true",
+            "does not compose with distributed.sequence_parallel: unset it",
         ),
         ("--distributed.pipeline_parallel_degree=0", "pipeline_parallel_degree must be >= 1"),
         ("--distributed.pipeline_parallel_degree=2", "set distributed.strategy=ddp or fsdp"),

@@ -41,7 +41,11 @@ the pipeline's ranks, which exchange only one activation per micro-batch and sta
 ranks apart. With tensor parallelism (``T`` ranks a group) the layout is ``(pipeline rank,
 data-parallel rank, tensor-parallel rank)``: each stage's blocks are split over its group
 (:mod:`pretrain.distributed.tensor_parallel`), each rank passing the whole stream on to the
-same tensor-parallel rank of the next stage. A pipeline's sharded checkpoint (``dcp/``,
+same tensor-parallel rank of the next stage. With context parallelism (``C`` ranks a group,
+:mod:`pretrain.distributed.context_parallel`) the layout is ``(pipeline rank, data-parallel
+rank, context-parallel rank[, tensor-parallel rank])``: each stage runs its rank's share of
+every sequence, and DDP or FSDP spans a stage's data- and context-parallel ranks. A
+pipeline's sharded checkpoint (``dcp/``,
 keyed by parameter name) resumes under another number of stages, under FSDP or in one
 process.
 """
@@ -106,7 +110,7 @@ class Pipeline:
     ):
         from torch.distributed.device_mesh import init_device_mesh
 
-        P, D, T = dist_env.pp_size, dist_env.dp_size, dist_env.tp_size
+        P, D, T, C = dist_env.pp_size, dist_env.dp_size, dist_env.tp_size, dist_env.cp_size
         self.num_ranks, self.num_stages = P, P * stages_per_rank
         self.stages = rank_stages(dist_env.pp_rank, P, stages_per_rank)
         self.first, self.last = 0 in self.stages, self.num_stages - 1 in self.stages
@@ -116,15 +120,25 @@ class Pipeline:
             self.whole_model = type(model)(model.cfg)
         layers = split_decoder(model, self.stages, self.num_stages)
         self.model = model.to(device)  # only this rank's stages, built whole in host memory
-        # (pp, dp[, tp]), the data-parallel ranks as (replicas, shards) under HSDP
+        # (pp, dp[, cp][, tp]), the data-parallel ranks as (replicas, shards) under HSDP
         R = replicate_degree
         dp_dims = (("dp_replicate", R), ("dp_shard", D // R)) if R > 1 else (("dp", D),)
-        dims = (("pp", P), *dp_dims, *((("tp", T),) if T > 1 else ()))
+        inner = ((("cp", C),) if C > 1 else ()) + ((("tp", T),) if T > 1 else ())
+        dims = (("pp", P), *dp_dims, *inner)
         mesh = init_device_mesh(
             device.type, tuple(n for _, n in dims), mesh_dim_names=tuple(k for k, _ in dims)
         )
-        dp_mesh = mesh["dp_replicate", "dp_shard"] if R > 1 else mesh["dp"]
+        # a stage's weights are shared by its data- and context-parallel ranks
+        shard = dp_dims[-1][0]
+        if C > 1:
+            shard = mesh[shard, "cp"]._flatten(f"{shard}_cp").mesh_dim_names[0]
+        dp_mesh = mesh["dp_replicate", shard] if R > 1 else mesh[shard]
         self.pp_group = mesh["pp"].get_group()
+        self.context = None  # each rank a share of every sequence
+        if C > 1:
+            from pretrain.distributed.context_parallel import ContextParallel
+
+            self.context = ContextParallel(model, mesh["cp"].get_group())
         self.pp_ranks = dist.get_process_group_ranks(self.pp_group)  # by pipeline rank
         if T > 1:  # the blocks this rank holds split over its tensor-parallel group
             from pretrain.distributed.tensor_parallel import apply_tensor_parallel
@@ -133,14 +147,15 @@ class Pipeline:
             # and gathers it after its last: the stream between stages is whole
             runs = [[model.blocks[i] for i in layers[s]] for s in self.stages]
             apply_tensor_parallel(model, mesh["tp"], sequence_parallel, runs)
+        context = None if self.context is None else (self.context.rank, self.context.size)
         self.modules: list[nn.Module] = [
-            DecoderStage(model, layers[s], s == 0, s == self.num_stages - 1, autocast)
+            DecoderStage(model, layers[s], s == 0, s == self.num_stages - 1, autocast, context)
             for s in self.stages
         ]
         self.stream_dtype = self.modules[0].stream_dtype
         if dist_env.strategy == "fsdp":
             self._shard(dp_mesh, param_dtype, reshard_after_forward)
-        elif D > 1:
+        elif D * C > 1:
             from pretrain.distributed.parallelize import wrap_ddp
 
             group = dp_mesh.get_group()

@@ -12,11 +12,13 @@ the single-device model's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from pretrain.distributed.context_parallel import gathered_positions, shard_positions
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 
@@ -79,7 +81,10 @@ class DecoderStage(nn.Module):
     stage's). The model's helpers (masks, positions) are reached through ``model``, which is
     not registered. The attention arrives as keyword tensors, which the schedule splits into
     micro-batches like the inputs: ``document_ids`` (B, T), ``prefix_lengths`` (B,) for a
-    prefix LM's bidirectional prefix, ``position_ids`` (B, T).
+    prefix LM's bidirectional prefix, ``position_ids`` (B, T). With ``context`` ``(rank,
+    size)`` the stage runs a context-parallel rank's share of each sequence
+    (:mod:`pretrain.distributed.context_parallel`): ``T / size`` positions in, the attention
+    over the whole sequence's keys (``document_ids`` then cover the whole sequence).
     """
 
     def __init__(
@@ -89,9 +94,11 @@ class DecoderStage(nn.Module):
         first: bool,
         last: bool,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        context: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.__dict__["model"] = model  # shared by a rank's stages
+        self.context = context
         self.blocks = nn.ModuleList(model.blocks[i] for i in layers)
         self.first, self.last = first, last
         if first:
@@ -115,6 +122,13 @@ class DecoderStage(nn.Module):
         T = x.shape[1]
         kind = "causal" if prefix_lengths is None else "prefix"
         spec = AttentionSpec(kind, document_ids=document_ids, prefix_lengths=prefix_lengths)
+        if self.context is not None:  # this rank's positions of sequences C times longer
+            rank, size = self.context
+            spec = dataclasses.replace(
+                spec,
+                query_positions=shard_positions(T * size, rank, size).to(x.device),
+                key_positions=gathered_positions(T * size, size).to(x.device),
+            )
         with self._autocast():
             mask, is_causal = model.attention_inputs(spec, T, x.device)
             if self.first:
@@ -143,8 +157,11 @@ def stage_inputs(batches: list[ModelBatch]) -> tuple[torch.Tensor, torch.Tensor,
         raise ValueError(
             f"pipeline parallelism runs causal and prefix-LM attention, not {sorted(kinds)}"
         )
-    inputs = {
-        "position_ids": [b.position_ids for b in batches],
+    inputs = {  # positions shared by a micro-batch's rows (1, T) given to each row
+        "position_ids": [
+            None if b.position_ids is None else b.position_ids.expand(len(b.input_ids), -1)
+            for b in batches
+        ],
         "document_ids": [b.attention.document_ids for b in batches],
     }
     if "prefix" in kinds:

@@ -154,6 +154,7 @@ class Trainer:
         )
         self.pipeline: Pipeline | None = None
         self.flops_model = self.model  # what a step's FLOPs are counted on
+        self.context: ContextParallel | None = None  # each rank attends over part of a sequence
         if self.dist.pp_size > 1:  # this rank keeps its stage's part of the model
             self.pipeline = Pipeline(
                 self.model,
@@ -170,6 +171,7 @@ class Trainer:
             )
             self.train_module = self.loss_module  # the pipeline wraps its stages in DDP or FSDP
             self.flops_model = self.pipeline.whole_model
+            self.context = self.pipeline.context
         else:
             meshes = None
             if cfg.distributed.strategy == "fsdp" or self.dist.cp_size > 1:
@@ -182,9 +184,8 @@ class Trainer:
                 self.autocast_dtype,  # FSDP computes in the autocast dtype, reduces in fp32
                 meshes,
             )
-        self.context: ContextParallel | None = None  # each rank attends over part of a sequence
-        if self.dist.cp_size > 1:
-            self.context = ContextParallel(self.model, meshes.cp.get_group())
+            if self.dist.cp_size > 1:
+                self.context = ContextParallel(self.model, meshes.cp.get_group())
         self.optimizer = build_training_optimizer(self.model, cfg.optim)
         # A tensor-parallel group's ranks read the same batches: data is split by dp_rank.
         source = BatchSource.from_config(cfg, self.dist.dp_rank, self.dist.dp_size)
@@ -476,13 +477,13 @@ class Trainer:
         batches = self.batches.take()
         # grad_clip <= 0 means no clipping (the norm is still measured and logged)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        shards = batches if self.context is None else [self.context.shard(b) for b in batches]
         if self.pipeline is None:
-            shards = batches if self.context is None else [self.context.shard(b) for b in batches]
             losses = accumulate_gradients(self.train_module, shards, self.device, self.dist)
             grad_norm = clip_grad_norm(self.model.parameters(), max_norm)
         else:
             losses = pipeline_gradients(
-                self.pipeline, self.loss_module, batches, self.device, self.dist
+                self.pipeline, self.loss_module, shards, self.device, self.dist
             )
             grad_norm = self.pipeline.clip_grad_norm(max_norm)
         if self.state.step + 1 < cfg.train.max_steps:
