@@ -45,9 +45,8 @@ same tensor-parallel rank of the next stage. With context parallelism (``C`` ran
 :mod:`pretrain.distributed.context_parallel`) the layout is ``(pipeline rank, data-parallel
 rank, context-parallel rank[, tensor-parallel rank])``: each stage runs its rank's share of
 every sequence, and DDP or FSDP spans a stage's data- and context-parallel ranks. A
-pipeline's sharded checkpoint (``dcp/``,
-keyed by parameter name) resumes under another number of stages, under FSDP or in one
-process.
+pipeline's sharded checkpoint (``dcp/``, keyed by parameter name) resumes under another
+number of stages, under FSDP or in one process.
 """
 
 from __future__ import annotations
