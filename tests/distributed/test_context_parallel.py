@@ -1,17 +1,20 @@
 """Context parallelism on CPU with gloo: a sequence split over 2 ranks (chunks 0 and 3 on one,
 1 and 2 on the other) attends as the whole sequence does, with packed documents, a prefix,
 grouped-query heads, learned positions and a bidirectional encoder; 2 such ranks under FSDP
-train as one process."""
+train as one process, and their checkpoint resumes on 2 DDP ranks without context
+parallelism."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from pretrain.train.checkpoint import STATE_FILE, step_dir_name
 from tests.distributed.test_data_parallel import (
     REPO,
+    STEPS,
     _assert_same_run,
     _overrides,
     _torchrun,
@@ -54,7 +57,9 @@ def test_two_context_parallel_ranks_under_fsdp_train_as_one_process(
 ):
     """Both ranks read the same batches, each computes the loss of its positions; FSDP
     shards the weights over both and averages their gradients: one process's losses, gradient
-    norms and weights, and the tokens and validation counted once."""
+    norms and weights, and the tokens and validation counted once. The weights are not split,
+    so the checkpoint resumes without context parallelism: 2 plain DDP ranks, which read
+    different batches from there, finish like one process."""
     run = tmp_path / "run"
     cp = {"distributed__strategy": "fsdp", "distributed__context_parallel_degree": 2}
     _torchrun(["-m", "pretrain", "train"], _overrides(shards_dir, tokenizer_dir, run, **cp))
@@ -62,3 +67,11 @@ def test_two_context_parallel_ranks_under_fsdp_train_as_one_process(
     _assert_same_counts(run, single_run)
     saved = json.loads((run / "checkpoints" / step_dir_name(SAVED_AT) / STATE_FILE).read_text())
     assert saved["context_parallel_degree"] == 2
+
+    shutil.rmtree(run / "checkpoints" / step_dir_name(STEPS))
+    ddp = _overrides(shards_dir, tokenizer_dir, run, distributed__strategy="ddp")
+    _torchrun(["-m", "pretrain", "train"], [*ddp, "--resume"])
+    _assert_same_run(run, single_run)
+    _assert_same_counts(run, single_run)
+    resumed = json.loads((run / "checkpoints" / step_dir_name(STEPS) / STATE_FILE).read_text())
+    assert resumed["context_parallel_degree"] == 1 and resumed["world_size"] == 2
