@@ -122,3 +122,14 @@ def test_a_step_travels_as_one_batch_causal_micro_batches_beside_prefix_ones_wit
         stage_inputs([documents, causal])
     with pytest.raises(ValueError, match="causal and prefix-LM attention, not"):
         stage_inputs([ModelBatch(ids, ids, AttentionSpec("bidirectional"))])
+
+
+def test_positions_shared_by_a_micro_batchs_rows_travel_one_a_row():
+    """A context-parallel shard's positions are one row ``(1, T)`` for the micro-batch; the
+    schedule splits the step's rows, so each row gets its copy."""
+    ids = torch.randint(VOCAB, (B, T))
+    shared = torch.arange(5, 5 + T)[None]  # (1, T)
+    batches = [ModelBatch(ids, ids, AttentionSpec(), position_ids=shared) for _ in range(3)]
+    _, _, kwargs = stage_inputs(batches)
+    assert kwargs["position_ids"].shape == (3 * B, T)
+    assert torch.equal(kwargs["position_ids"], shared.expand(3 * B, T))

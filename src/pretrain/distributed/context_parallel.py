@@ -34,7 +34,7 @@ from torch import nn
 
 from pretrain.models.common import flex
 from pretrain.models.common.attention import ScaledDotProduct
-from pretrain.objectives.base import ModelBatch
+from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 
 def shard_positions(seq_len: int, rank: int, size: int) -> torch.Tensor:
@@ -60,6 +60,19 @@ def gathered_positions(seq_len: int, size: int) -> torch.Tensor:
     return torch.cat([shard_positions(seq_len, r, size) for r in range(size)])
 
 
+def shard_spec(
+    spec: AttentionSpec, seq_len: int, rank: int, size: int, device: torch.device | str
+) -> AttentionSpec:
+    """``spec`` (of a whole sequence of ``seq_len``) for the queries ``rank`` of ``size``
+    holds (:func:`shard_positions`) over the keys gathered from every rank
+    (:func:`gathered_positions`), on ``device``."""
+    return dataclasses.replace(
+        spec,
+        query_positions=shard_positions(seq_len, rank, size).to(device),
+        key_positions=gathered_positions(seq_len, size).to(device),
+    )
+
+
 def shard_batch(batch: ModelBatch, rank: int, size: int) -> ModelBatch:
     """``batch`` cut to the positions ``rank`` of ``size`` holds (:func:`shard_positions`).
 
@@ -76,14 +89,11 @@ def shard_batch(batch: ModelBatch, rank: int, size: int) -> ModelBatch:
             "context parallelism shards self-attention over one sequence: an encoder-decoder "
             "or XLNet batch is not supported"
         )
-    seq_len = batch.input_ids.shape[1]
-    positions = shard_positions(seq_len, rank, size).to(batch.input_ids.device)
-    position_ids = positions[None] if batch.position_ids is None else batch.position_ids
-    attention = dataclasses.replace(
-        batch.attention,
-        query_positions=positions,
-        key_positions=gathered_positions(seq_len, size).to(positions.device),
+    attention = shard_spec(
+        batch.attention, batch.input_ids.shape[1], rank, size, batch.input_ids.device
     )
+    positions = attention.query_positions
+    position_ids = positions[None] if batch.position_ids is None else batch.position_ids
     return dataclasses.replace(
         batch,
         input_ids=batch.input_ids[:, positions],

@@ -156,9 +156,20 @@ def device_meshes(device_type: str, cfg: DistributedConfig) -> Meshes:
     if shape == [world]:  # plain FSDP: one dimension
         return Meshes(init_device_mesh(device_type, (world,), mesh_dim_names=("dp",)), None, None)
     mesh = init_device_mesh(device_type, tuple(shape), mesh_dim_names=tuple(names))
-    shard = mesh["dp_shard", "cp"]._flatten("dp_shard_cp") if cp > 1 else mesh["dp_shard"]
-    dp = mesh["dp_replicate", shard.mesh_dim_names[0]] if replicas > 1 else shard
+    dp = data_parallel_mesh(mesh, "dp_shard", replicas > 1, cp > 1)
     return Meshes(dp, mesh["tp"] if tp > 1 else None, mesh["cp"] if cp > 1 else None)
+
+
+def data_parallel_mesh(
+    mesh: DeviceMesh, shard_dim: str, replicated: bool, context: bool
+) -> DeviceMesh:
+    """The part of ``mesh`` whose ranks hold the same weights, which DDP or FSDP spans: the
+    ``shard_dim`` ranks, flattened with the context-parallel ``cp`` ones when ``context``,
+    and behind ``dp_replicate`` when ``replicated`` (HSDP: 2-D)."""
+    shard = shard_dim
+    if context:
+        shard = mesh[shard_dim, "cp"]._flatten(f"{shard_dim}_cp").mesh_dim_names[0]
+    return mesh["dp_replicate", shard] if replicated else mesh[shard]
 
 
 def is_fsdp(module: nn.Module) -> bool:

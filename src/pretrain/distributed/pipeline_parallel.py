@@ -61,6 +61,7 @@ from torch import nn
 
 from pretrain.distributed.env import DistEnv
 from pretrain.distributed.grad_norm import clip_to_norm, total_norm
+from pretrain.distributed.parallelize import data_parallel_mesh, wrap_ddp
 from pretrain.distributed.pipeline_stages import (
     DecoderStage,
     rank_stages,
@@ -128,10 +129,7 @@ class Pipeline:
             device.type, tuple(n for _, n in dims), mesh_dim_names=tuple(k for k, _ in dims)
         )
         # a stage's weights are shared by its data- and context-parallel ranks
-        shard = dp_dims[-1][0]
-        if C > 1:
-            shard = mesh[shard, "cp"]._flatten(f"{shard}_cp").mesh_dim_names[0]
-        dp_mesh = mesh["dp_replicate", shard] if R > 1 else mesh[shard]
+        dp_mesh = data_parallel_mesh(mesh, dp_dims[-1][0], R > 1, C > 1)
         self.pp_group = mesh["pp"].get_group()
         self.context = None  # each rank a share of every sequence
         if C > 1:
@@ -155,8 +153,6 @@ class Pipeline:
         if dist_env.strategy == "fsdp":
             self._shard(dp_mesh, param_dtype, reshard_after_forward)
         elif D * C > 1:
-            from pretrain.distributed.parallelize import wrap_ddp
-
             group = dp_mesh.get_group()
             self.modules = [wrap_ddp(m, device, group) for m in self.modules]
         self.embedding_group = self._embedding_group(mesh) if self.tied else None

@@ -12,13 +12,12 @@ the single-device model's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from pretrain.distributed.context_parallel import gathered_positions, shard_positions
+from pretrain.distributed.context_parallel import shard_spec
 from pretrain.objectives.base import AttentionSpec, ModelBatch
 
 
@@ -124,11 +123,7 @@ class DecoderStage(nn.Module):
         spec = AttentionSpec(kind, document_ids=document_ids, prefix_lengths=prefix_lengths)
         if self.context is not None:  # this rank's positions of sequences C times longer
             rank, size = self.context
-            spec = dataclasses.replace(
-                spec,
-                query_positions=shard_positions(T * size, rank, size).to(x.device),
-                key_positions=gathered_positions(T * size, size).to(x.device),
-            )
+            spec = shard_spec(spec, T * size, rank, size, x.device)
         with self._autocast():
             mask, is_causal = model.attention_inputs(spec, T, x.device)
             if self.first:

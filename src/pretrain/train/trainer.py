@@ -173,8 +173,8 @@ class Trainer:
             self.flops_model = self.pipeline.whole_model
             self.context = self.pipeline.context
         else:
-            meshes = None
-            if cfg.distributed.strategy == "fsdp" or self.dist.cp_size > 1:
+            meshes = None  # parallelize builds FSDP's; context parallelism needs its group
+            if self.dist.cp_size > 1:
                 meshes = device_meshes(self.device.type, cfg.distributed)
             # FSDP replaces the parameters by shards: the optimizer is built from them after.
             self.train_module = parallelize(
